@@ -1,0 +1,30 @@
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+.PHONY: run_tests test-env images build_and_run stop bench lint
+
+## Bring up everything the tests need (services, Docker, images), then run them all.
+run_tests: test-env
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-env:
+	bash scripts/test-env
+
+## Build the sandbox image of every language plugin (skips those that exist).
+images: test-env
+	$(VENV)/bin/coderund images build
+
+## The whole stack in Docker Compose: API, workers, PostgreSQL, Redis, RabbitMQ, Prometheus, Grafana.
+build_and_run:
+	docker compose build
+	docker compose run --rm images
+	docker compose up -d
+
+stop:
+	docker compose down
+
+bench: test-env
+	$(VENV)/bin/python bench/latency.py
+
+lint:
+	$(VENV)/bin/ruff check coderund tests bench

@@ -1,0 +1,18 @@
+"""The aiohttp application: route table, middlewares, body limit."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..domain import MAX_BODY_BYTES
+from . import middlewares
+from .keys import PROTECTED, SERVICES, Services
+from .routes import ROUTES
+
+
+def make_app(services: Services) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[middlewares.errors, middlewares.auth])
+    app[SERVICES] = services
+    app[PROTECTED] = frozenset(route.path for route in ROUTES if route.protected)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    return app

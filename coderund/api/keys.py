@@ -1,0 +1,25 @@
+"""Typed keys of what the application carries."""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..plugins import Plugins
+from ..usecases import Accounts, TaskService
+
+SESSION_COOKIE = "coderund_session"
+
+
+@dataclass
+class Services:
+    accounts: Accounts
+    tasks: TaskService
+    plugins: Plugins
+    # name → a coroutine that raises when that dependency does not answer
+    checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+
+
+SERVICES = web.AppKey("services", Services)
+PROTECTED = web.AppKey("protected", frozenset)

@@ -1,0 +1,143 @@
+"""HTTP handlers and the route table. Handlers parse, call a use case, and shape the answer."""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from .. import domain
+from ..domain import Task
+from ..errors import InvalidJson
+from .keys import SERVICES, SESSION_COOKIE
+
+RESULT_RETRY_AFTER = "1"
+
+
+async def _json(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidJson("The body is not valid JSON.") from None
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+async def register(request: web.Request) -> web.Response:
+    credentials = domain.parse_credentials(await _json(request))
+    user = await request.app[SERVICES].accounts.register(credentials)
+    return web.json_response({"id": user.id, "username": user.username}, status=201)
+
+
+async def login(request: web.Request) -> web.Response:
+    credentials = domain.parse_credentials(await _json(request))
+    session = await request.app[SERVICES].accounts.login(credentials)
+    response = web.json_response({"token": session.token, "expires_in": session.expires_in})
+    response.set_cookie(SESSION_COOKIE, session.token, max_age=session.expires_in, httponly=True, samesite="Lax", path="/")
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    await request.app[SERVICES].accounts.logout(request["token"])
+    response = web.Response(status=204)
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def submit(request: web.Request) -> web.Response:
+    task_request = domain.parse_task_request(await _json(request))
+    task_id = await request.app[SERVICES].tasks.submit(request["user_id"], task_request)
+    return web.json_response({"task_id": str(task_id)}, status=201, headers={"Location": f"/result/{task_id}"})
+
+
+async def _task(request: web.Request) -> Task:
+    return await request.app[SERVICES].tasks.get(request["user_id"], request.match_info["task_id"])
+
+
+async def status(request: web.Request) -> web.Response:
+    task = await _task(request)
+    return web.json_response({"status": task.state.public})
+
+
+async def result(request: web.Request) -> web.Response:
+    task = await _task(request)
+    if task.result is None:
+        return web.json_response({"status": task.state.public}, status=202, headers={"Retry-After": RESULT_RETRY_AFTER})
+    r = task.result
+    return web.json_response({
+        "status": task.state.public,
+        "result": _text(r.stdout),
+        "verdict": r.verdict.value,
+        "exit_code": r.exit_code,
+        "signal": r.signal,
+        "stdout": _text(r.stdout),
+        "stderr": _text(r.stderr),
+        "compile_output": _text(r.compile_output),
+        "truncated": r.truncated,
+        "time_ms": r.time_ms,
+        "wall_ms": r.wall_ms,
+        "memory_kb": r.memory_kb,
+        "language": task.language,
+        "created_at": _time(task.created_at),
+        "started_at": _time(task.started_at),
+        "finished_at": _time(task.finished_at),
+    })
+
+
+async def languages(request: web.Request) -> web.Response:
+    return web.json_response({"languages": [p.describe() for p in request.app[SERVICES].plugins.all]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = request.app[SERVICES].checks
+    outcomes = await asyncio.gather(*(_check(fn) for fn in checks.values()))
+    report = dict(zip(checks, outcomes))
+    failing = [name for name, outcome in report.items() if outcome != "ok"]
+    if failing:
+        return web.json_response(
+            {"error": "unavailable", "message": f"Not ready: {', '.join(failing)} not answering.", "checks": report},
+            status=503,
+        )
+    return web.json_response({"status": "ready", "checks": report})
+
+
+async def _check(fn: Any) -> str:
+    try:
+        await asyncio.wait_for(fn(), 5)
+        return "ok"
+    except Exception as e:  # noqa: BLE001 - any failure means not ready, and says which
+        return f"failing: {getattr(e, 'message', None) or type(e).__name__}"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Any
+    protected: bool = False
+
+
+ROUTES = [
+    Route("POST", "/register", register),
+    Route("POST", "/login", login),
+    Route("POST", "/logout", logout, protected=True),
+    Route("POST", "/task", submit, protected=True),
+    Route("GET", "/status/{task_id}", status, protected=True),
+    Route("GET", "/result/{task_id}", result, protected=True),
+    Route("GET", "/languages", languages),
+    Route("GET", "/healthz", healthz),
+    Route("GET", "/readyz", readyz),
+]

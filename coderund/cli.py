@@ -1,0 +1,98 @@
+"""The coderund command: run a role, migrate, build images, list languages."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import docker
+
+from . import __version__, config
+from . import plugins as plugin_loader
+from .config import ConfigError, Settings
+from .errors import UnsupportedLanguage
+
+COMMANDS = ("migrate", "images", "languages")
+
+
+def parser() -> argparse.ArgumentParser:
+    settings = argparse.ArgumentParser(add_help=False)
+    config.add_arguments(settings)
+    main = argparse.ArgumentParser(
+        prog="coderund",
+        parents=[settings],
+        description="Run untrusted code over a REST API. Without a command, runs the daemon in --role api, worker or all.",
+        epilog="Every option can also be set by the CODERUND_* environment variable shown with it.",
+    )
+    main.add_argument("--version", action="version", version=f"coderund {__version__}")
+    commands = main.add_subparsers(dest="command", metavar="{migrate,images,languages}")
+    commands.add_parser("migrate", parents=[settings], help="apply sql/*.sql migrations and exit")
+    images = commands.add_parser("images", parents=[settings], help="sandbox images of the language plugins")
+    image_commands = images.add_subparsers(dest="images_command", required=True)
+    build = image_commands.add_parser("build", parents=[settings], help="build missing images from Debian packages")
+    build.add_argument("languages", nargs="*", metavar="LANG", help="languages to build (default: all)")
+    build.add_argument("--force", action="store_true", help="rebuild images that exist")
+    commands.add_parser("languages", parents=[settings], help="print the loaded language plugins")
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parser().parse_args(argv))
+    try:
+        settings = config.load(args)
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return run(args, settings)
+    except (ConfigError, plugin_loader.PluginError) as e:
+        print(f"coderund: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(args: dict[str, object], settings: Settings) -> int:
+    command = args.get("command")
+    if command == "languages":
+        for plugin in plugin_loader.load(settings.plugins_dir).all:
+            aliases = f" (aliases: {', '.join(plugin.aliases)})" if plugin.aliases else ""
+            limits = f"time {plugin.limits.time_ms} ms, memory {plugin.limits.memory_mb} MB"
+            print(f"{plugin.name:10} {plugin.version:14} {plugin.image:28} {limits}{aliases}")
+        return 0
+    if command == "migrate":
+        from .daemon import reachable
+        from .repository.db import migrate
+
+        async def _migrate() -> list[str]:
+            async with reachable("database_url", settings.database_url):
+                return await migrate(settings.database_url)
+
+        applied = asyncio.run(_migrate())
+        print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+        return 0
+    if command == "images":
+        return build_images(settings, list(args.get("languages") or []), bool(args.get("force")))
+    from .daemon import serve
+
+    asyncio.run(serve(settings))
+    return 0
+
+
+def build_images(settings: Settings, languages: list[str], force: bool) -> int:
+    from .daemon import docker_client
+    from .sandbox import images
+
+    loaded = plugin_loader.load(settings.plugins_dir)
+    try:
+        chosen = [loaded.get(name) for name in languages] if languages else loaded.all
+    except UnsupportedLanguage as e:
+        raise ConfigError(e.message) from None
+    try:
+        client = docker_client(settings)
+        for plugin in chosen:
+            built = images.build(client, plugin, mirror=settings.debian_mirror, force=force)
+            print(f"{plugin.name}: {'built' if built else 'exists'} {plugin.image}")
+    except docker.errors.DockerException as e:
+        raise ConfigError(f"Docker: {e}") from None
+    except images.ImageBuildError as e:
+        raise ConfigError(str(e)) from None
+    return 0

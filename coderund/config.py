@@ -1,0 +1,109 @@
+"""Settings: one dataclass, read once from flags and CODERUND_* environment variables."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_PLUGINS_DIR = PACKAGE_DIR.parent / "plugins"
+ROLES = ("api", "worker", "all")
+
+
+class ConfigError(Exception):
+    """A setting that cannot work; the message names it."""
+
+
+def _setting(default: object, help: str, **extra: object) -> object:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class Settings:
+    role: str = _setting("all", "which parts to run: api, worker or all", choices=ROLES)
+    host: str = _setting("0.0.0.0", "address the HTTP API listens on")
+    port: int = _setting(8080, "port the HTTP API listens on")
+    database_url: str = _setting("postgresql://postgres@127.0.0.1:5432/coderund", "PostgreSQL URL")
+    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis URL (sessions, login limits)")
+    amqp_url: str = _setting("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ URL")
+    queue: str = _setting("coderund.tasks", "name of the durable RabbitMQ task queue")
+    plugins_dir: str = _setting(str(DEFAULT_PLUGINS_DIR), "folder of language plugin TOML files")
+    concurrency: int = _setting(os.cpu_count() or 1, "tasks a worker runs at once (default: CPU count)")
+    runtime: str = _setting("runc", "OCI runtime of sandbox containers: runc, or runsc for gVisor")
+    docker_url: str = _setting("", "Docker engine URL (default: DOCKER_HOST or the local socket)")
+    output_limit_kb: int = _setting(64, "cap of a task's stdout and of its stderr, each, in KiB")
+    tmpfs_mb: int = _setting(64, "size of a task's writable work folder, in MiB")
+    pids_limit: int = _setting(128, "processes and threads a task may have at once")
+    max_attempts: int = _setting(3, "deliveries of a task before it ends as internal_error")
+    session_ttl: int = _setting(86400, "session lifetime in seconds")
+    login_max_failures: int = _setting(10, "failed logins per username before 429")
+    login_failure_window: int = _setting(300, "seconds over which failed logins are counted")
+    cache_dir: str = _setting(str(Path.home() / ".cache" / "coderund"), "where the worker keeps the built sandbox supervisor")
+    debian_mirror: str = _setting("http://deb.debian.org/debian", "Debian mirror that `images build` installs from")
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def database_name(self) -> str:
+        return urlsplit(self.database_url).path.lstrip("/") or "postgres"
+
+    @property
+    def output_limit(self) -> int:
+        return self.output_limit_kb * 1024
+
+
+def env_name(name: str) -> str:
+    return "CODERUND_" + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; defaults are filled later so the environment can stand between."""
+    for f in dataclasses.fields(Settings):
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=type(f.default),
+            choices=f.metadata.get("choices"),
+            default=argparse.SUPPRESS,
+            help=f"{f.metadata['help']} [{env_name(f.name)}, default: {f.default}]",
+        )
+
+
+def load(flags: dict[str, object], environ: dict[str, str] | None = None) -> Settings:
+    """Flag over environment over default; every value checked, errors name the setting."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(Settings):
+        if f.name in flags:
+            values[f.name] = flags[f.name]
+        elif env_name(f.name) in environ:
+            raw = environ[env_name(f.name)]
+            try:
+                values[f.name] = type(f.default)(raw)
+            except ValueError:
+                raise ConfigError(f"{env_name(f.name)}={raw!r} is not a valid {type(f.default).__name__}") from None
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    for name, schemes in (
+        ("database_url", ("postgresql", "postgres")),
+        ("redis_url", ("redis", "rediss", "unix")),
+        ("amqp_url", ("amqp", "amqps")),
+    ):
+        value = getattr(s, name)
+        if urlsplit(value).scheme not in schemes:
+            raise ConfigError(f"{env_name(name)}={value!r} is not a {schemes[0]}:// URL")
+    if s.role not in ROLES:
+        raise ConfigError(f"{env_name('role')}={s.role!r} is not one of {', '.join(ROLES)}")
+    if not 0 < s.port < 65536:
+        raise ConfigError(f"{env_name('port')}={s.port} is not a TCP port")
+    for name in ("concurrency", "output_limit_kb", "tmpfs_mb", "pids_limit", "max_attempts", "session_ttl"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 1")
+    if not Path(s.plugins_dir).is_dir():
+        raise ConfigError(f"{env_name('plugins_dir')}={s.plugins_dir!r} is not a folder")

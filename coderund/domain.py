@@ -1,0 +1,215 @@
+"""Users, tasks, limits and verdicts: the rules, with no I/O."""
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .errors import PayloadTooLarge, ValidationFailed
+
+USERNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{3,64}")
+PASSWORD_LENGTH = (8, 256)
+MAX_CODE_BYTES = 512 * 1024
+MAX_STDIN_BYTES = 1024 * 1024
+MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_ARGS = 64
+MAX_ARG_CHARS = 4096
+
+
+class Verdict(str, enum.Enum):
+    OK = "ok"
+    COMPILE_ERROR = "compile_error"
+    RUNTIME_ERROR = "runtime_error"
+    TIME_LIMIT = "time_limit"
+    MEMORY_LIMIT = "memory_limit"
+    OUTPUT_LIMIT = "output_limit"
+    INTERNAL_ERROR = "internal_error"
+
+
+class TaskState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+    @property
+    def public(self) -> str:
+        """Clients see two words only: finished in any way is ready."""
+        return "ready" if self is TaskState.DONE else "in_progress"
+
+
+@dataclass(frozen=True)
+class Limits:
+    time_ms: int
+    memory_mb: int
+
+    FIELDS = ("time_ms", "memory_mb")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    language: str
+    code: str
+    stdin: str
+    args: tuple[str, ...]
+    limits: dict[str, int]  # only what the client asked for; the plugin resolves the rest
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What the supervisor saw of one program run."""
+
+    exit_code: int | None
+    signal: int | None
+    wall_ms: int
+    cpu_ms: int
+    memory_kb: int
+    timed_out: bool
+    output_over: bool
+    oom: bool | None  # None where the kernel does not tell (e.g. some gVisor versions)
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass(frozen=True)
+class Result:
+    verdict: Verdict
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    compile_output: bytes = b""
+    truncated: bool = False
+    time_ms: int | None = None
+    wall_ms: int | None = None
+    memory_kb: int | None = None
+
+
+@dataclass
+class Task:
+    id: uuid.UUID
+    user_id: int
+    language: str
+    code: str
+    stdin: str
+    args: list[str]
+    limits: Limits
+    state: TaskState = TaskState.QUEUED
+    attempts: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Result | None = field(default=None)
+
+
+def _string(body: dict[str, Any], *names: str, required: bool = True) -> str | None:
+    for name in names:
+        if name in body:
+            value = body[name]
+            if not isinstance(value, str):
+                raise ValidationFailed(f"'{name}' must be a string.")
+            return value
+    if required:
+        raise ValidationFailed(f"'{names[0]}' is required.")
+    return None
+
+
+def _object(body: object) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be a JSON object.")
+    return body
+
+
+def parse_credentials(body: object) -> Credentials:
+    body = _object(body)
+    username = _string(body, "username", "login")
+    password = _string(body, "password")
+    assert username is not None and password is not None
+    if not USERNAME_RE.fullmatch(username):
+        raise ValidationFailed("'username' must be 3 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-'.")
+    low, high = PASSWORD_LENGTH
+    if not low <= len(password) <= high:
+        raise ValidationFailed(f"'password' must be {low} to {high} characters long.")
+    return Credentials(username, password)
+
+
+def _utf8_size(value: str, name: str) -> int:
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationFailed(f"'{name}' is not valid Unicode text.") from None
+
+
+def parse_task_request(body: object) -> TaskRequest:
+    body = _object(body)
+    language = _string(body, "language", "translator")
+    code = _string(body, "code")
+    stdin = _string(body, "stdin", required=False) or ""
+    assert language is not None and code is not None
+    if _utf8_size(code, "code") > MAX_CODE_BYTES:
+        raise PayloadTooLarge(f"'code' is over {MAX_CODE_BYTES // 1024} KiB.")
+    if _utf8_size(stdin, "stdin") > MAX_STDIN_BYTES:
+        raise PayloadTooLarge(f"'stdin' is over {MAX_STDIN_BYTES // 1024} KiB.")
+    args = body.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise ValidationFailed("'args' must be a list of strings.")
+    if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_CHARS or "\0" in a for a in args):
+        raise ValidationFailed(f"'args' takes at most {MAX_ARGS} strings of {MAX_ARG_CHARS} characters, no NUL.")
+    for arg in args:
+        _utf8_size(arg, "args")
+    limits = body.get("limits", {})
+    if not isinstance(limits, dict):
+        raise ValidationFailed("'limits' must be an object.")
+    for name, value in limits.items():
+        if name not in Limits.FIELDS:
+            raise ValidationFailed(f"'limits.{name}' is not a limit; use {', '.join(Limits.FIELDS)}.")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValidationFailed(f"'limits.{name}' must be a positive integer.")
+    return TaskRequest(language, code, stdin, tuple(args), dict(limits))
+
+
+def resolve_limits(defaults: Limits, maximum: Limits, requested: dict[str, int]) -> Limits:
+    """A request may lower a default or raise it up to the maximum, never past it."""
+    for name, value in requested.items():
+        if value > getattr(maximum, name):
+            raise ValidationFailed(f"'limits.{name}' is {value}; this language allows at most {getattr(maximum, name)}.")
+    return Limits(**{name: requested.get(name, getattr(defaults, name)) for name in Limits.FIELDS})
+
+
+def classify(report: RunReport, memory_mb: int) -> Verdict:
+    """The verdict of a program run, from what the supervisor saw."""
+    if report.timed_out:
+        return Verdict.TIME_LIMIT
+    if report.output_over:
+        return Verdict.OUTPUT_LIMIT
+    killed = report.signal == 9
+    # Without the kernel's OOM count, a SIGKILL near the limit is the OOM killer's.
+    near_limit = report.memory_kb >= memory_mb * 1024 * 0.9
+    if killed and (report.oom or (report.oom is None and near_limit)):
+        return Verdict.MEMORY_LIMIT
+    if report.signal or report.exit_code:
+        return Verdict.RUNTIME_ERROR
+    return Verdict.OK
+
+
+def run_result(report: RunReport, memory_mb: int, compile_output: bytes = b"") -> Result:
+    return Result(
+        verdict=classify(report, memory_mb),
+        exit_code=report.exit_code,
+        signal=report.signal or None,
+        stdout=report.stdout,
+        stderr=report.stderr,
+        compile_output=compile_output,
+        truncated=report.output_over,
+        time_ms=report.cpu_ms,
+        wall_ms=report.wall_ms,
+        memory_kb=report.memory_kb,
+    )

@@ -1,0 +1,151 @@
+"""Language plugins: one TOML file each in the plugins folder, checked once at load."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .domain import Limits, TaskRequest, resolve_limits
+from .errors import UnsupportedLanguage
+
+REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
+OPTIONAL = {"aliases", "debian_packages", "compile", "compile_limits", "env"}
+DEFAULT_COMPILE_LIMITS = Limits(time_ms=30000, memory_mb=1024)
+
+
+class PluginError(Exception):
+    """A plugin file that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    name: str
+    version: str
+    image: str
+    source_file: str
+    run: tuple[str, ...]
+    limits: Limits
+    max_limits: Limits
+    compile: tuple[str, ...] | None = None
+    compile_limits: Limits = DEFAULT_COMPILE_LIMITS
+    aliases: tuple[str, ...] = ()
+    debian_packages: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    def resolve_limits(self, requested: dict[str, int]) -> Limits:
+        return resolve_limits(self.limits, self.max_limits, requested)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "aliases": list(self.aliases),
+            "compiled": self.compile is not None,
+            "limits": vars(self.limits),
+            "max_limits": vars(self.max_limits),
+        }
+
+
+class Plugins:
+    """The loaded languages, found by name or alias."""
+
+    def __init__(self, plugins: list[Plugin]) -> None:
+        self.all = sorted(plugins, key=lambda p: p.name)
+        self._by_name: dict[str, Plugin] = {}
+        for plugin in self.all:
+            for key in (plugin.name, *plugin.aliases):
+                if key in self._by_name:
+                    raise PluginError(f"language name {key!r} is claimed by both {self._by_name[key].name} and {plugin.name}")
+                self._by_name[key] = plugin
+
+    def get(self, language: str) -> Plugin:
+        try:
+            return self._by_name[language.lower()]
+        except KeyError:
+            names = ", ".join(p.name for p in self.all)
+            raise UnsupportedLanguage(f"Language {language!r} is not supported; use one of: {names}.") from None
+
+    def for_request(self, request: TaskRequest) -> tuple[Plugin, Limits]:
+        plugin = self.get(request.language)
+        return plugin, plugin.resolve_limits(request.limits)
+
+
+def load(folder: str | Path) -> Plugins:
+    files = sorted(Path(folder).glob("*.toml"))
+    if not files:
+        raise PluginError(f"{folder}: no *.toml language plugins found")
+    return Plugins([load_file(path) for path in files])
+
+
+def load_file(path: Path) -> Plugin:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise PluginError(f"{path}: {e}") from None
+    return parse(data, str(path))
+
+
+def parse(data: dict[str, Any], where: str) -> Plugin:
+    def fail(field: str, why: str) -> PluginError:
+        return PluginError(f"{where}: '{field}' {why}")
+
+    unknown = set(data) - REQUIRED - OPTIONAL
+    if unknown:
+        raise fail(sorted(unknown)[0], "is not a plugin field")
+    missing = REQUIRED - set(data)
+    if missing:
+        raise fail(sorted(missing)[0], "is required")
+    for name in ("name", "version", "image", "source_file"):
+        if not isinstance(data[name], str) or not data[name]:
+            raise fail(name, "must be a non-empty string")
+    if "/" in data["source_file"] or data["source_file"].startswith("."):
+        raise fail("source_file", "must be a plain file name")
+    for name in ("run", "compile", "aliases", "debian_packages"):
+        value = data.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise fail(name, "must be a list of non-empty strings")
+    if not data["run"]:
+        raise fail("run", "must name a command")
+    env = data.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise fail("env", "must be a table of strings")
+
+    limits_table = data["limits"]
+    if not isinstance(limits_table, dict):
+        raise fail("limits", "must be a table")
+    limits = _limits(limits_table, "limits", fail, extra={"max"})
+    max_limits = _limits(limits_table.get("max", {}), "limits.max", fail, fallback=limits)
+    for name in Limits.FIELDS:
+        if getattr(limits, name) > getattr(max_limits, name):
+            raise fail(f"limits.{name}", "is above limits.max")
+    compile_limits = _limits(data.get("compile_limits", {}), "compile_limits", fail, fallback=DEFAULT_COMPILE_LIMITS)
+    return Plugin(
+        name=data["name"].lower(),
+        version=data["version"],
+        image=data["image"],
+        source_file=data["source_file"],
+        run=tuple(data["run"]),
+        compile=tuple(data["compile"]) if data.get("compile") else None,
+        limits=limits,
+        max_limits=max_limits,
+        compile_limits=compile_limits,
+        aliases=tuple(a.lower() for a in data.get("aliases", [])),
+        debian_packages=tuple(data.get("debian_packages", [])),
+        env=tuple(sorted(env.items())),
+    )
+
+
+def _limits(table: Any, where: str, fail: Any, *, extra: set[str] = frozenset(), fallback: Limits | None = None) -> Limits:
+    if not isinstance(table, dict):
+        raise fail(where, "must be a table")
+    unknown = set(table) - set(Limits.FIELDS) - extra
+    if unknown:
+        raise fail(f"{where}.{sorted(unknown)[0]}", "is not a limit")
+    values = {}
+    for name in Limits.FIELDS:
+        value = table.get(name, getattr(fallback, name) if fallback else None)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise fail(f"{where}.{name}", "must be a positive integer")
+        values[name] = value
+    return Limits(**values)

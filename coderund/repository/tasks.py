@@ -1,0 +1,104 @@
+"""Tasks in PostgreSQL. State moves queued → running → done, and never back from done."""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from ..domain import Limits, Result, Task, TaskState, Verdict
+from .db import Database
+
+COLUMNS = (
+    "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
+    " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb"
+)
+
+
+def _task(row: dict[str, Any]) -> Task:
+    result = None
+    if row["verdict"] is not None:
+        result = Result(
+            verdict=Verdict(row["verdict"]),
+            exit_code=row["exit_code"],
+            signal=row["signal"],
+            stdout=bytes(row["stdout"] or b""),
+            stderr=bytes(row["stderr"] or b""),
+            compile_output=bytes(row["compile_output"] or b""),
+            truncated=bool(row["truncated"]),
+            time_ms=row["cpu_ms"],
+            wall_ms=row["wall_ms"],
+            memory_kb=row["memory_kb"],
+        )
+    return Task(
+        id=row["id"],
+        user_id=row["user_id"],
+        language=row["language"],
+        code=bytes(row["code"]).decode(),
+        stdin=bytes(row["stdin"]).decode(),
+        args=row["args"],
+        limits=Limits(time_ms=row["time_ms"], memory_mb=row["memory_mb"]),
+        state=TaskState(row["state"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        result=result,
+    )
+
+
+class Tasks:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, task: Task) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
+                 task.limits.time_ms, task.limits.memory_mb),
+            )
+
+    async def delete_unstarted(self, task_id: uuid.UUID) -> None:
+        """Takes back a task whose hand-off to the queue failed."""
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM tasks WHERE id = %s AND state = 'queued' AND attempts = 0", (task_id,))
+
+    async def get(self, task_id: uuid.UUID, user_id: int | None = None) -> Task | None:
+        """The task, if it exists and (when user_id is given) belongs to that user."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                f"SELECT {COLUMNS} FROM tasks WHERE id = %s AND (%s::bigint IS NULL OR user_id = %s)",
+                (task_id, user_id, user_id),
+            )
+            row = await cursor.fetchone()
+            return _task(row) if row else None
+
+    async def claim(self, task_id: uuid.UUID, worker: str) -> Task | None:
+        """Marks an unfinished task as running on this worker and counts the attempt."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE tasks SET state = 'running', attempts = attempts + 1, worker = %s, started_at = now()"
+                f" WHERE id = %s AND state <> 'done' RETURNING {COLUMNS}",
+                (worker, task_id),
+            )
+            row = await cursor.fetchone()
+            return _task(row) if row else None
+
+    async def release(self, task_id: uuid.UUID) -> None:
+        """Puts a running task back in the queue's hands (the worker is stopping or the platform failed)."""
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE tasks SET state = 'queued', worker = NULL WHERE id = %s AND state = 'running'", (task_id,))
+
+    async def finish(self, task_id: uuid.UUID, result: Result) -> bool:
+        """Writes the result once; a duplicate delivery finds the task done and changes nothing."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE tasks SET state = 'done', finished_at = now(), verdict = %s, exit_code = %s, signal = %s,"
+                " stdout = %s, stderr = %s, compile_output = %s, truncated = %s, cpu_ms = %s, wall_ms = %s,"
+                " memory_kb = %s WHERE id = %s AND state <> 'done'",
+                (result.verdict.value, result.exit_code, result.signal, result.stdout, result.stderr,
+                 result.compile_output, result.truncated, result.time_ms, result.wall_ms, result.memory_kb, task_id),
+            )
+            return cursor.rowcount == 1

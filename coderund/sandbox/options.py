@@ -1,0 +1,58 @@
+"""Docker options of a sandbox container, built from limits by a pure function."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+WORKDIR = "/box"  # the task's files; writable by the task
+TOOLS_DIR = "/.coderund"  # supervisor and stdin; root-owned, so a run cannot tamper with them
+SANDBOX_USER = "65534:65534"  # nobody
+LABEL = "coderund"
+PATH = "/usr/local/bin:/usr/bin:/bin"
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Everything about a container that is not the task's own limits."""
+
+    runtime: str = "runc"
+    tmpfs_mb: int = 64
+    pids_limit: int = 128
+    nofile: int = 256
+
+
+def container_options(
+    *, image: str, name: str, memory_mb: int, isolation: Isolation, env: dict[str, str], labels: dict[str, str]
+) -> dict[str, Any]:
+    tmpfs = f"size={isolation.tmpfs_mb}m,nosuid,nodev"
+    fsize = isolation.tmpfs_mb * MB
+    return {
+        "image": image,
+        "name": name,
+        # An idle first process keeps the container up between the steps we exec into it.
+        "command": ["sleep", "infinity"],
+        "user": SANDBOX_USER,
+        "environment": {"PATH": PATH, "LANG": "C.UTF-8", "HOME": WORKDIR, **env},
+        "labels": {LABEL: "1", **labels},
+        "network_mode": "none",
+        "read_only": True,
+        # Sticky and world-writable: root writes the sources, the task writes its build outputs.
+        "tmpfs": {WORKDIR: f"{tmpfs},exec,mode=1777", "/tmp": f"{tmpfs},mode=1777", TOOLS_DIR: "size=4m,exec,mode=0755"},
+        "shm_size": 16 * MB,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": isolation.pids_limit,
+        "mem_limit": memory_mb * MB,
+        "memswap_limit": memory_mb * MB,
+        "nano_cpus": 10**9,
+        "ulimits": [
+            {"Name": "nofile", "Soft": isolation.nofile, "Hard": isolation.nofile},
+            {"Name": "fsize", "Soft": fsize, "Hard": fsize},
+            {"Name": "core", "Soft": 0, "Hard": 0},
+        ],
+        "oom_score_adj": 1000,  # under host memory pressure, a task goes before anything else
+        "log_config": {"Type": "none", "Config": {}},
+        "hostname": "sandbox",
+        "runtime": isolation.runtime,
+    }

@@ -1,0 +1,140 @@
+"""What coderund does: register, log in, submit, report, execute. Storage and Docker come in as objects."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+from .domain import Credentials, Result, Task, TaskRequest, Verdict
+from .errors import NotFound, RateLimited, Unauthorized, UnsupportedLanguage
+from .passwords import DUMMY_HASH, hash_password, verify_password
+from .plugins import Plugins
+from .repository.queue import Delivery, Queue
+from .repository.sessions import Sessions
+from .repository.tasks import Tasks
+from .repository.users import UserRow, Users
+from .sandbox.runner import Sandbox, SandboxError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Login:
+    token: str
+    expires_in: int
+
+
+class Accounts:
+    def __init__(self, users: Users, sessions: Sessions, *, max_failures: int, failure_window: int) -> None:
+        self.users = users
+        self.sessions = sessions
+        self.max_failures = max_failures
+        self.failure_window = failure_window
+
+    async def register(self, credentials: Credentials) -> UserRow:
+        password_hash = await asyncio.to_thread(hash_password, credentials.password)
+        return await self.users.create(credentials.username, password_hash)
+
+    async def login(self, credentials: Credentials) -> Login:
+        failures, retry_after = await self.sessions.login_failures(credentials.username)
+        if failures >= self.max_failures:
+            raise RateLimited("Too many failed logins for this username; try again later.", retry_after)
+        user = await self.users.by_username(credentials.username)
+        # The same work and the same answer whether the user is unknown or the password wrong.
+        valid = await asyncio.to_thread(verify_password, credentials.password, user.password_hash if user else DUMMY_HASH)
+        if user is None or not valid:
+            await self.sessions.add_login_failure(credentials.username, self.failure_window)
+            raise Unauthorized("Unknown username or wrong password.")
+        return Login(await self.sessions.create(user.id), self.sessions.ttl)
+
+    async def logout(self, token: str) -> None:
+        await self.sessions.delete(token)
+
+    async def authenticate(self, token: str) -> int:
+        user_id = await self.sessions.user_id(token)
+        if user_id is None:
+            raise Unauthorized("The session has expired or does not exist; log in again.")
+        return user_id
+
+
+class TaskService:
+    """The API side of tasks."""
+
+    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins) -> None:
+        self.tasks = tasks
+        self.queue = queue
+        self.plugins = plugins
+
+    async def submit(self, user_id: int, request: TaskRequest) -> uuid.UUID:
+        plugin, limits = self.plugins.for_request(request)
+        task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits)
+        await self.tasks.add(task)
+        try:
+            await self.queue.publish(task.id)
+        except BaseException:
+            # Not confirmed by the broker: take the task back so nothing is left half-made.
+            await asyncio.shield(self.tasks.delete_unstarted(task.id))
+            raise
+        return task.id
+
+    async def get(self, user_id: int, task_id: str) -> Task:
+        try:
+            parsed = uuid.UUID(task_id)
+        except ValueError:
+            parsed = None
+        task = await self.tasks.get(parsed, user_id) if parsed else None
+        if task is None:
+            raise NotFound(f"There is no task {task_id!r}.")
+        return task
+
+
+class Executor:
+    """The worker side: claim a task, run it in the sandbox, store the result, then ack."""
+
+    def __init__(self, tasks: Tasks, sandbox: Sandbox, plugins: Plugins, *, worker_id: str, max_attempts: int) -> None:
+        self.tasks = tasks
+        self.sandbox = sandbox
+        self.plugins = plugins
+        self.worker_id = worker_id
+        self.max_attempts = max_attempts
+
+    async def handle(self, task_id: uuid.UUID, delivery: Delivery) -> Result | None:
+        task = await self.tasks.claim(task_id, self.worker_id)
+        if task is None:
+            log.info("task %s: gone or already done; dropping the message", task_id)
+            await delivery.ack()
+            return None
+        if task.attempts > self.max_attempts:
+            log.error("task %s: %d deliveries without a result; giving up", task_id, task.attempts - 1)
+            result = Result(Verdict.INTERNAL_ERROR)
+        else:
+            try:
+                result = await self.execute(task)
+            except SandboxError as e:
+                if task.attempts < self.max_attempts:
+                    log.warning("task %s: platform failure, will retry: %s", task_id, e)
+                    await self.tasks.release(task_id)
+                    await delivery.requeue()
+                    return None
+                log.error("task %s: platform failure on the last attempt: %s", task_id, e)
+                result = Result(Verdict.INTERNAL_ERROR)
+        await self.tasks.finish(task_id, result)
+        await delivery.ack()
+        log.info("task %s: %s", task_id, result.verdict.value)
+        return result
+
+    async def execute(self, task: Task) -> Result:
+        try:
+            plugin = self.plugins.get(task.language)
+        except UnsupportedLanguage:
+            raise SandboxError(f"this worker has no plugin for {task.language!r}") from None
+        return await self.sandbox.execute(
+            plugin,
+            task.limits,
+            code=task.code,
+            stdin=task.stdin,
+            args=task.args,
+            name=f"coderund-task-{task.id}-{task.attempts}",
+            labels={"coderund.task": str(task.id), "coderund.worker": self.worker_id},
+        )

@@ -1,0 +1,112 @@
+"""The worker role: consume task ids, run them, keep a heartbeat, drain on stop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+
+from .errors import Unavailable
+from .repository.queue import BROKER_ERRORS, Delivery, Queue
+from .repository.workers import Workers
+from .sandbox.runner import Sandbox
+from .usecases import Executor
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 10
+LEASE_S = 3 * HEARTBEAT_S  # a worker silent for this long is taken for dead
+RECONNECT_MAX_S = 30
+RETRY_DELAY_S = 2  # before handing back a task whose storage was briefly unreachable
+
+
+class Worker:
+    def __init__(self, *, queue: Queue, executor: Executor, workers: Workers, sandbox: Sandbox, concurrency: int) -> None:
+        self.queue = queue
+        self.executor = executor
+        self.workers = workers
+        self.sandbox = sandbox
+        self.concurrency = concurrency
+        self.id = executor.worker_id
+        self.running: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    @staticmethod
+    def new_id() -> str:
+        return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+    async def run(self) -> None:
+        """Runs until stop(); reconnects to the broker with backoff when it drops."""
+        heartbeat = asyncio.create_task(self._heartbeat())
+        delay = 1.0
+        try:
+            while not self._stopping.is_set():
+                consuming = asyncio.create_task(self.queue.consume(self._on_task, prefetch=self.concurrency))
+                stopping = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait({consuming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if self._stopping.is_set():
+                    consuming.cancel()
+                    break
+                try:
+                    consuming.result()
+                    delay = 1.0
+                except BROKER_ERRORS as e:
+                    log.warning("broker connection lost (%r); reconnecting in %.0f s", e, delay)
+                    await self.queue.close()
+                    await asyncio.wait({asyncio.create_task(self._stopping.wait())}, timeout=delay)
+                    delay = min(delay * 2, RECONNECT_MAX_S)
+        finally:
+            heartbeat.cancel()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Lets running tasks finish; after timeout, cancels them so the broker hands them to another worker."""
+        if self.running:
+            log.info("waiting up to %.0f s for %d running task(s)", timeout, len(self.running))
+            done, pending = await asyncio.wait(set(self.running), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.queue.close()  # unacked messages go back to the queue
+        try:
+            await self.workers.forget_worker(self.id)
+        except Unavailable:
+            pass
+
+    async def _on_task(self, task_id: uuid.UUID, delivery: Delivery) -> None:
+        if self._stopping.is_set():
+            return  # left unacked: the broker redelivers it when our connection closes
+        current = asyncio.current_task()
+        assert current is not None
+        self.running.add(current)
+        try:
+            await self.executor.handle(task_id, delivery)
+        except Unavailable as e:
+            log.warning("task %s: %s; handing it back", task_id, e.message)
+            await asyncio.sleep(RETRY_DELAY_S)
+            await delivery.requeue()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("task %s: unexpected failure; handing it back", task_id)
+            await delivery.requeue()
+        finally:
+            self.running.discard(current)
+
+    async def _heartbeat(self) -> None:
+        host = socket.gethostname()
+        sweeps = 0
+        while True:
+            try:
+                await self.workers.heartbeat(self.id, host)
+                if sweeps % 6 == 0:  # about once a minute
+                    live = await self.workers.live_workers(LEASE_S) | {self.id}
+                    removed = await self.sandbox.call(self.sandbox.remove_leftovers, live.__contains__)
+                    if removed:
+                        log.info("removed %d container(s) left by dead workers", removed)
+                sweeps += 1
+            except Exception as e:  # noqa: BLE001 - the heartbeat must outlive outages
+                log.warning("heartbeat failed: %s", e)
+            await asyncio.sleep(HEARTBEAT_S)
