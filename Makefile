@@ -1,4 +1,5 @@
 VENV ?= .venv
+COMPOSE ?= docker compose
 PYTEST_ARGS ?=
 
 .PHONY: run_tests test-env images build_and_run stop bench lint
@@ -16,12 +17,12 @@ images: test-env
 
 ## The whole stack in Docker Compose: API, workers, PostgreSQL, Redis, RabbitMQ, Prometheus, Grafana.
 build_and_run:
-	docker compose build
-	docker compose run --rm images
-	docker compose up -d
+	$(COMPOSE) build
+	$(COMPOSE) run --rm images
+	$(COMPOSE) up -d
 
 stop:
-	docker compose down
+	$(COMPOSE) down
 
 bench: test-env
 	$(VENV)/bin/python bench/latency.py

@@ -89,7 +89,7 @@ def build_images(settings: Settings, languages: list[str], force: bool) -> int:
     try:
         client = docker_client(settings)
         for plugin in chosen:
-            built = images.build(client, plugin, mirror=settings.debian_mirror, force=force)
+            built = images.build(client, plugin, mirror=settings.debian_mirror, source=settings.image_source, force=force)
             print(f"{plugin.name}: {'built' if built else 'exists'} {plugin.image}")
     except docker.errors.DockerException as e:
         raise ConfigError(f"Docker: {e}") from None

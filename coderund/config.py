@@ -42,6 +42,8 @@ class Settings:
     login_max_failures: int = _setting(10, "failed logins per username before 429")
     login_failure_window: int = _setting(300, "seconds over which failed logins are counted")
     cache_dir: str = _setting(str(Path.home() / ".cache" / "coderund"), "where the worker keeps the built sandbox supervisor")
+    image_source: str = _setting("debootstrap", "how `images build` makes images: debootstrap (no registry) or registry",
+                                 choices=("debootstrap", "registry"))
     debian_mirror: str = _setting("http://deb.debian.org/debian", "Debian mirror that `images build` installs from")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -98,8 +100,10 @@ def _check(s: Settings) -> None:
         value = getattr(s, name)
         if urlsplit(value).scheme not in schemes:
             raise ConfigError(f"{env_name(name)}={value!r} is not a {schemes[0]}:// URL")
-    if s.role not in ROLES:
-        raise ConfigError(f"{env_name('role')}={s.role!r} is not one of {', '.join(ROLES)}")
+    for f in dataclasses.fields(s):
+        choices = f.metadata.get("choices")
+        if choices and getattr(s, f.name) not in choices:
+            raise ConfigError(f"{env_name(f.name)}={getattr(s, f.name)!r} is not one of {', '.join(choices)}")
     if not 0 < s.port < 65536:
         raise ConfigError(f"{env_name('port')}={s.port} is not a TCP port")
     for name in ("concurrency", "output_limit_kb", "tmpfs_mb", "pids_limit", "max_attempts", "session_ttl"):

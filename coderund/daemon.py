@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import docker
@@ -58,12 +58,21 @@ async def reachable(setting: str, url: str) -> AsyncIterator[None]:
     """At start, an unreachable dependency is a one-line error naming its setting."""
     try:
         yield
-    except (OSError, psycopg.OperationalError, Unavailable, asyncio.TimeoutError, docker.errors.DockerException) as e:
+    except (TimeoutError, OSError, psycopg.OperationalError, Unavailable, docker.errors.DockerException) as e:
         detail = getattr(e, "message", None) or str(e) or type(e).__name__
         raise ConfigError(f"cannot use {env_name(setting)}={url!r}: {detail.splitlines()[0]}") from None
 
 
-async def serve(settings: Settings) -> None:
+async def warn_if_down(name: str, ping: Callable[[], Awaitable[None]]) -> None:
+    """The broker and the cache may come up after us: /readyz says so until they do."""
+    try:
+        await ping()
+    except Unavailable:
+        log.warning("%s is not answering yet; /readyz reports it until it does", name)
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Runs the role until SIGTERM/SIGINT (or until `stop` is set, for embedding and tests)."""
     plugins = plugin_loader.load(settings.plugins_dir)
     async with reachable("database_url", settings.database_url):
         await migrate(settings.database_url)
@@ -75,13 +84,12 @@ async def serve(settings: Settings) -> None:
     api_runner: web.AppRunner | None = None
     worker: Worker | None = None
     try:
-        async with reachable("amqp_url", settings.amqp_url):
-            await queue.ping()
+        await warn_if_down("RabbitMQ", queue.ping)
         if settings.role in ("worker", "all"):
             async with reachable("docker_url", settings.docker_url or "local socket"):
                 sandbox = make_sandbox(settings)
                 await sandbox.call(sandbox.client.ping)
-            closers.append(lambda: asyncio.to_thread(sandbox.close))
+            closers.append(sandbox.close)
             checks["docker"] = lambda: sandbox.call(sandbox.client.ping)
             worker_id = Worker.new_id()
             executor = Executor(Tasks(db), sandbox, plugins, worker_id=worker_id, max_attempts=settings.max_attempts)
@@ -90,8 +98,7 @@ async def serve(settings: Settings) -> None:
         if settings.role in ("api", "all"):
             sessions = Sessions(settings.redis_url, ttl=settings.session_ttl)
             closers.append(sessions.close)
-            async with reachable("redis_url", settings.redis_url):
-                await sessions.ping()
+            await warn_if_down("Redis", sessions.ping)
             checks["redis"] = sessions.ping
             accounts = Accounts(Users(db), sessions, max_failures=settings.login_max_failures,
                                 failure_window=settings.login_failure_window)
@@ -104,10 +111,10 @@ async def serve(settings: Settings) -> None:
                 raise ConfigError(f"cannot listen on {env_name('port')}={settings.port} ({settings.host}): {e.strerror}") from None
             log.info("API listening on http://%s:%d", settings.host, settings.port)
 
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        if stop is None:
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         worker_run = asyncio.create_task(worker.run()) if worker else None
         if worker:
             log.info("worker %s consuming %s with concurrency %d", worker.id, settings.queue, settings.concurrency)

@@ -19,7 +19,7 @@ MAX_ARGS = 64
 MAX_ARG_CHARS = 4096
 
 
-class Verdict(str, enum.Enum):
+class Verdict(enum.StrEnum):
     OK = "ok"
     COMPILE_ERROR = "compile_error"
     RUNTIME_ERROR = "runtime_error"
@@ -29,7 +29,7 @@ class Verdict(str, enum.Enum):
     INTERNAL_ERROR = "internal_error"
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"

@@ -23,3 +23,5 @@ class Services:
 
 SERVICES = web.AppKey("services", Services)
 PROTECTED = web.AppKey("protected", frozenset)
+USER_ID = web.RequestKey("user_id", int)
+TOKEN = web.RequestKey("token", str)

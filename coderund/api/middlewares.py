@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..errors import AppError, Unauthorized
-from .keys import PROTECTED, SERVICES, SESSION_COOKIE
+from .keys import PROTECTED, SERVICES, SESSION_COOKIE, TOKEN, USER_ID
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -64,6 +64,6 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         token = request_token(request)
         if token is None:
             raise Unauthorized()
-        request["user_id"] = await request.app[SERVICES].accounts.authenticate(token)
-        request["token"] = token
+        request[USER_ID] = await request.app[SERVICES].accounts.authenticate(token)
+        request[TOKEN] = token
     return await handler(request)

@@ -12,7 +12,7 @@ from aiohttp import web
 from .. import domain
 from ..domain import Task
 from ..errors import InvalidJson
-from .keys import SERVICES, SESSION_COOKIE
+from .keys import SERVICES, SESSION_COOKIE, TOKEN, USER_ID
 
 RESULT_RETRY_AFTER = "1"
 
@@ -47,7 +47,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    await request.app[SERVICES].accounts.logout(request["token"])
+    await request.app[SERVICES].accounts.logout(request[TOKEN])
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
@@ -55,12 +55,12 @@ async def logout(request: web.Request) -> web.Response:
 
 async def submit(request: web.Request) -> web.Response:
     task_request = domain.parse_task_request(await _json(request))
-    task_id = await request.app[SERVICES].tasks.submit(request["user_id"], task_request)
+    task_id = await request.app[SERVICES].tasks.submit(request[USER_ID], task_request)
     return web.json_response({"task_id": str(task_id)}, status=201, headers={"Location": f"/result/{task_id}"})
 
 
 async def _task(request: web.Request) -> Task:
-    return await request.app[SERVICES].tasks.get(request["user_id"], request.match_info["task_id"])
+    return await request.app[SERVICES].tasks.get(request[USER_ID], request.match_info["task_id"])
 
 
 async def status(request: web.Request) -> web.Response:
@@ -104,7 +104,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks = request.app[SERVICES].checks
     outcomes = await asyncio.gather(*(_check(fn) for fn in checks.values()))
-    report = dict(zip(checks, outcomes))
+    report = dict(zip(checks, outcomes, strict=True))
     failing = [name for name, outcome in report.items() if outcome != "ok"]
     if failing:
         return web.json_response(

@@ -72,8 +72,8 @@ async def create_database(url: str) -> None:
         try:
             await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             log.info("created database %s", name)
-        except psycopg.errors.DuplicateDatabase:
-            pass  # another process won the race
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            pass  # another process won the race (PostgreSQL reports it either way)
 
 
 async def migrate(url: str, folder: Path = MIGRATIONS_DIR) -> list[str]:

@@ -1,6 +1,7 @@
 """Sandbox images built from Debian packages with debootstrap: no container registry needed."""
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import subprocess
@@ -28,12 +29,20 @@ def exists(client: docker.DockerClient, image: str) -> bool:
         return False
 
 
-def build(client: docker.DockerClient, plugin: Plugin, *, mirror: str, force: bool = False) -> bool:
-    """Builds the plugin's image unless it exists; returns whether it built one."""
+def build(client: docker.DockerClient, plugin: Plugin, *, mirror: str, source: str = "debootstrap", force: bool = False) -> bool:
+    """Builds the plugin's image unless it exists; returns whether it built one.
+
+    source "debootstrap" needs no registry (root and debootstrap on this host); "registry" lets the
+    engine build FROM debian:bookworm-slim, for hosts that reach Docker Hub (e.g. inside Compose).
+    """
     if not force and exists(client, plugin.image):
         return False
     if not plugin.debian_packages:
         raise ImageBuildError(f"{plugin.name}: image {plugin.image} is missing and the plugin names no debian_packages")
+    if source == "registry":
+        _from_registry(client, plugin)
+        log.info("built image %s for %s from the registry's Debian", plugin.image, plugin.name)
+        return True
     if shutil.which("debootstrap") is None:
         raise ImageBuildError("debootstrap is not installed (apt-get install debootstrap)")
     repository, tag = docker.utils.parse_repository_tag(plugin.image)
@@ -54,6 +63,20 @@ def build(client: docker.DockerClient, plugin: Plugin, *, mirror: str, force: bo
                 raise ImageBuildError(f"{plugin.name}: tar of the root file system failed")
     log.info("built image %s for %s", plugin.image, plugin.name)
     return True
+
+
+def _from_registry(client: docker.DockerClient, plugin: Plugin) -> None:
+    dockerfile = (
+        f"FROM debian:{SUITE}-slim\n"
+        "RUN apt-get update && apt-get install -y --no-install-recommends "
+        f"{' '.join(plugin.debian_packages)} && rm -rf /var/lib/apt/lists/*\n"
+        f"ENV PATH={PATH} LANG=C.UTF-8\n"
+        f"LABEL coderund.language={plugin.name}\n"
+    )
+    try:
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=plugin.image, rm=True, pull=True)
+    except docker.errors.BuildError as e:
+        raise ImageBuildError(f"{plugin.name}: docker build failed: {e}") from None
 
 
 def _debootstrap(root: Path, packages: tuple[str, ...], mirror: str) -> None:

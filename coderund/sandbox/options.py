@@ -10,6 +10,8 @@ SANDBOX_USER = "65534:65534"  # nobody
 LABEL = "coderund"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 MB = 1024 * 1024
+# Options of the container itself; the rest of container_options() is host configuration.
+CREATE_KEYS = frozenset({"image", "name", "command", "user", "environment", "labels", "hostname"})
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import requests.exceptions
 from ..domain import Limits, Result, RunReport, Verdict, run_result
 from ..plugins import Plugin
 from . import supervisor
-from .options import LABEL, SANDBOX_USER, TOOLS_DIR, WORKDIR, Isolation, container_options
+from .options import CREATE_KEYS, LABEL, SANDBOX_USER, TOOLS_DIR, WORKDIR, Isolation, container_options
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +47,7 @@ class Sandbox:
         self.output_limit = output_limit
         self.supervisor = supervisor_binary.read_bytes()
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="docker")
+        self._removals: set[asyncio.Future[None]] = set()
         self.on_container_start: Callable[[float], None] = lambda seconds: None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -56,7 +57,9 @@ class Sandbox:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise SandboxError(f"docker: {e}") from e
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        if self._removals:
+            await asyncio.wait(self._removals, timeout=30)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def execute(
@@ -94,12 +97,17 @@ class Sandbox:
         try:
             yield Box(self, container)
         finally:
-            await asyncio.shield(self.call(self._remove, container))
+            # Off the task's critical path: the result is stored while the container goes away.
+            removal = asyncio.ensure_future(self.call(self._remove, container))
+            self._removals.add(removal)
+            removal.add_done_callback(self._removals.discard)
 
     def _start(self, options: dict[str, Any]) -> str:
-        container = self.client.containers.create(**options)
-        container.start()
-        return container.id
+        api = self.client.api
+        host_config = api.create_host_config(**{k: v for k, v in options.items() if k not in CREATE_KEYS})
+        container = api.create_container(host_config=host_config, **{k: v for k, v in options.items() if k in CREATE_KEYS})
+        api.start(container["Id"])
+        return container["Id"]
 
     def _remove(self, container: str) -> None:
         """Cleanup never raises: a container that cannot be removed now is swept later."""
@@ -150,7 +158,7 @@ class Box:
         command = supervisor.command(SUPERVISOR_PATH, wall_ms, self.sandbox.output_limit, stdin_path, program)
         try:
             return await asyncio.wait_for(self.sandbox.call(self._run, command), wall_ms / 1000 + GRACE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SandboxError(f"the engine did not finish a {wall_ms} ms step in time") from None
 
     def _run(self, command: list[str]) -> RunReport:

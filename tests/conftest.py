@@ -1,0 +1,176 @@
+"""Real services for the tests: a database and a queue of this run's own, a coderund daemon in-process."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import aiormq
+import psycopg
+import pytest
+
+from coderund import config
+from coderund.config import Settings
+from coderund.daemon import serve
+from coderund.repository.db import migrate
+
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings of this test run: its own database and queue, so runs never see each other."""
+    base = config.load({}, environ={})
+    values = {
+        "database_url": f"postgresql://postgres@127.0.0.1:5432/coderund_test_{RUN_ID}",
+        "queue": f"coderund.test.{RUN_ID}",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "concurrency": 2,
+        "log_level": "WARNING",
+        **overrides,
+    }
+    return dataclasses.replace(base, **values)
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    """The environment that makes a coderund subprocess use these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODERUND_")}
+    for field in dataclasses.fields(Settings):
+        env[config.env_name(field.name)] = str(getattr(settings, field.name))
+    return env
+
+
+class Api:
+    """A thin client of the HTTP API, as a user would drive it."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def call(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> tuple[int, Any, Any]:
+        headers = kwargs.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.session.request(method, self.base + path, headers=headers, **kwargs) as response:
+            body = await response.json() if response.content_type == "application/json" else await response.text()
+            return response.status, body, response.headers
+
+    async def user(self, prefix: str = "user") -> str:
+        """Registers a new user and returns a session token."""
+        username = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        status, body, _ = await self.call("POST", "/register", json={"username": username, "password": "password123"})
+        assert status == 201, body
+        status, body, _ = await self.call("POST", "/login", json={"username": username, "password": "password123"})
+        assert status == 200, body
+        return body["token"]
+
+    async def submit(self, token: str, **task: Any) -> str:
+        status, body, _ = await self.call("POST", "/task", token=token, json=task)
+        assert status == 201, body
+        return body["task_id"]
+
+    async def result(self, token: str, task_id: str, timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body, _ = await self.call("GET", f"/result/{task_id}", token=token)
+            if status == 200:
+                return body
+            assert status == 202, body
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"task {task_id} not ready after {timeout} s")
+
+    async def run(self, token: str, **task: Any) -> dict[str, Any]:
+        return await self.result(token, await self.submit(token, **task))
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[Settings]:
+    settings = make_settings()
+    asyncio.run(migrate(settings.database_url))
+    yield settings
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{settings.database_name}" WITH (FORCE)')
+    asyncio.run(_delete_queue(settings))
+
+
+async def _delete_queue(settings: Settings) -> None:
+    connection = await aiormq.connect(settings.amqp_url)
+    channel = await connection.channel()
+    await channel.queue_delete(settings.queue)
+    await connection.close()
+
+
+async def wait_until_up(base: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(base + "/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"coderund at {base} did not come up")
+
+
+@pytest.fixture(scope="session")
+async def server(settings: Settings) -> AsyncIterator[str]:
+    """One coderund --role all for the session, in this process."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(settings, stop))
+    base = f"http://127.0.0.1:{settings.port}"
+    await wait_until_up(base)
+    yield base
+    stop.set()
+    await asyncio.wait_for(running, 90)
+
+
+@pytest.fixture
+async def api(server: str) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(session, server)
+
+
+@contextlib.asynccontextmanager
+async def api_of(settings: Settings) -> AsyncIterator[Api]:
+    """A client of the coderund that these settings point at, once it is up."""
+    base = f"http://127.0.0.1:{settings.port}"
+    await wait_until_up(base)
+    async with aiohttp.ClientSession() as session:
+        yield Api(session, base)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Any]:
+    """Starts real coderund processes; whatever a test leaves running is stopped after it."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, "-m", "coderund", *args], env=env_of(settings))
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -1,0 +1,66 @@
+"""Pure rules: credentials, task requests, limits, verdicts."""
+from __future__ import annotations
+
+import pytest
+
+from coderund.domain import (
+    Limits, RunReport, TaskState, Verdict, classify, parse_credentials, parse_task_request, resolve_limits,
+)
+from coderund.errors import PayloadTooLarge, ValidationFailed
+
+
+def report(**changes) -> RunReport:
+    values = dict(exit_code=0, signal=None, wall_ms=10, cpu_ms=5, memory_kb=1000, timed_out=False,
+                  output_over=False, oom=False, stdout=b"", stderr=b"")
+    return RunReport(**{**values, **changes})
+
+
+def test_credentials_accept_the_login_alias():
+    assert parse_credentials({"login": "a.b-c_9", "password": "12345678"}).username == "a.b-c_9"
+    with pytest.raises(ValidationFailed):
+        parse_credentials({"username": "ünïcode", "password": "12345678"})
+
+
+def test_task_request_dialects_and_limits():
+    request = parse_task_request({"translator": "python3", "code": "x", "limits": {"time_ms": 100}})
+    assert request.language == "python3" and request.stdin == "" and request.args == () and request.limits == {"time_ms": 100}
+    with pytest.raises(ValidationFailed, match="limits.time_ms"):
+        parse_task_request({"language": "c", "code": "x", "limits": {"time_ms": True}})
+    with pytest.raises(PayloadTooLarge):
+        parse_task_request({"language": "c", "code": "x", "stdin": "é" * (600 * 1024)})
+    with pytest.raises(ValidationFailed, match="Unicode"):
+        parse_task_request({"language": "c", "code": "\ud800"})
+    with pytest.raises(ValidationFailed, match="args"):
+        parse_task_request({"language": "c", "code": "x", "args": ["a\0b"]})
+
+
+def test_limits_lower_raise_and_refuse():
+    defaults, maximum = Limits(2000, 128), Limits(10000, 512)
+    assert resolve_limits(defaults, maximum, {}) == defaults
+    assert resolve_limits(defaults, maximum, {"time_ms": 500}) == Limits(500, 128)
+    assert resolve_limits(defaults, maximum, {"memory_mb": 512}) == Limits(2000, 512)
+    with pytest.raises(ValidationFailed, match="at most 512"):
+        resolve_limits(defaults, maximum, {"memory_mb": 513})
+
+
+@pytest.mark.parametrize(
+    "changes, verdict",
+    [
+        ({}, Verdict.OK),
+        ({"exit_code": 3}, Verdict.RUNTIME_ERROR),
+        ({"exit_code": None, "signal": 11}, Verdict.RUNTIME_ERROR),
+        ({"exit_code": None, "signal": 9, "timed_out": True}, Verdict.TIME_LIMIT),
+        ({"exit_code": None, "signal": 9, "output_over": True}, Verdict.OUTPUT_LIMIT),
+        ({"exit_code": None, "signal": 9, "oom": True}, Verdict.MEMORY_LIMIT),
+        ({"exit_code": None, "signal": 9, "oom": None, "memory_kb": 63 * 1024}, Verdict.MEMORY_LIMIT),
+        ({"exit_code": None, "signal": 9, "oom": None, "memory_kb": 1024}, Verdict.RUNTIME_ERROR),
+        ({"exit_code": None, "signal": 9, "oom": False, "memory_kb": 63 * 1024}, Verdict.RUNTIME_ERROR),
+    ],
+)
+def test_classify(changes, verdict):
+    assert classify(report(**changes), memory_mb=64) is verdict
+
+
+def test_public_states_are_two_words():
+    assert {s.public for s in TaskState} == {"in_progress", "ready"}
+    assert TaskState.DONE.public == "ready" and TaskState.RUNNING.public == "in_progress"

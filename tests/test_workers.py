@@ -1,0 +1,135 @@
+"""Real coderund processes: workers joining late, sharing a queue, draining on SIGTERM, new languages."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import psycopg
+
+from coderund.config import DEFAULT_PLUGINS_DIR
+from tests.conftest import Api, api_of, env_of, free_port
+
+
+async def statuses(api: Api, token: str, ids: list[str]) -> list[str]:
+    return [(await api.call("GET", f"/status/{i}", token=token))[1]["status"] for i in ids]
+
+
+async def workers_of(settings, ids: list[str]) -> set[str]:
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        cursor = await conn.execute("SELECT DISTINCT worker FROM tasks WHERE id = ANY(%s::uuid[])", (ids,))
+        return {row[0] for row in await cursor.fetchall()}
+
+
+async def test_late_worker_picks_up_queued_tasks_and_two_workers_share(settings, spawn):
+    own = dataclasses.replace(settings, queue=f"{settings.queue}.late", port=free_port(), concurrency=1)
+    spawn(own, "--role", "api")
+    async with api_of(own) as api:
+        token = await api.user()
+        ids = [await api.submit(token, language="python", code=f"import time; time.sleep(0.5); print({i})")
+               for i in range(6)]
+        await asyncio.sleep(1)
+        assert await statuses(api, token, ids) == ["in_progress"] * 6  # nobody consumes yet
+        spawn(own, "--role", "worker")
+        spawn(own, "--role", "worker")
+        results = await asyncio.gather(*(api.result(token, i) for i in ids))
+        assert [r["stdout"] for r in results] == [f"{i}\n" for i in range(6)]
+        assert len(await workers_of(own, ids)) == 2  # both workers took a share
+
+
+async def test_sigterm_drains_running_tasks_and_exits_0(settings, spawn):
+    own = dataclasses.replace(settings, queue=f"{settings.queue}.drain", port=free_port(), concurrency=2)
+    process = spawn(own, "--role", "all")
+    async with api_of(own) as api:
+        token = await api.user()
+        task_id = await api.submit(token, language="python", code="import time; time.sleep(2); print('finished')")
+        for _ in range(100):
+            async with await psycopg.AsyncConnection.connect(own.database_url) as conn:
+                row = await (await conn.execute("SELECT state FROM tasks WHERE id = %s", (task_id,))).fetchone()
+            if row[0] == "running":
+                break
+            await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 60) == 0
+    async with await psycopg.AsyncConnection.connect(own.database_url) as conn:
+        row = await (await conn.execute("SELECT state, stdout FROM tasks WHERE id = %s", (task_id,))).fetchone()
+    assert row[0] == "done" and bytes(row[1]) == b"finished\n"
+
+
+async def test_a_new_language_is_one_file(settings, spawn, tmp_path):
+    plugins = tmp_path / "plugins"
+    shutil.copytree(DEFAULT_PLUGINS_DIR, plugins)
+    (plugins / "bash.toml").write_text(textwrap.dedent("""
+        name = "bash"
+        aliases = ["sh"]
+        version = "GNU bash 5.2"
+        image = "coderund/python:bookworm"   # bash is in every Debian image
+        source_file = "main.sh"
+        run = ["bash", "main.sh"]
+        [limits]
+        time_ms = 2000
+        memory_mb = 64
+    """))
+    own = dataclasses.replace(settings, queue=f"{settings.queue}.bash", port=free_port(), plugins_dir=str(plugins))
+    listing = subprocess.run([sys.executable, "-m", "coderund", "languages"], env=env_of(own),
+                             capture_output=True, text=True, check=True)
+    assert "bash" in listing.stdout and "python" in listing.stdout
+    spawn(own, "--role", "all")
+    async with api_of(own) as api:
+        token = await api.user()
+        result = await api.run(token, language="sh", code='read name; echo "hi $name from $0"', stdin="you\n")
+        assert result["verdict"] == "ok" and result["stdout"] == "hi you from main.sh\n"
+        assert result["language"] == "bash"
+        status, body, _ = await api.call("GET", "/languages")
+        assert "bash" in {lang["name"] for lang in body["languages"]}
+
+
+def test_bad_plugin_stops_the_start_naming_file_and_field(settings, tmp_path):
+    (tmp_path / "broken.toml").write_text('name = "x"\nversion = "1"\nimage = "i"\nsource_file = "m"\nrun = "m"\n[limits]\ntime_ms = 1\nmemory_mb = 1\n')
+    own = dataclasses.replace(settings, plugins_dir=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "coderund", "--role", "api"], env=env_of(own),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "broken.toml" in done.stderr and "'run'" in done.stderr
+
+
+def test_cli_errors_are_one_line(settings):
+    cases = [
+        ({"database_url": "mysql://nope"}, "CODERUND_DATABASE_URL"),
+        ({"database_url": "postgresql://postgres@127.0.0.1:1/x"}, "CODERUND_DATABASE_URL"),
+        ({"concurrency": 0}, "CODERUND_CONCURRENCY"),
+    ]
+    for overrides, needle in cases:
+        env = env_of(dataclasses.replace(settings, **overrides))
+        done = subprocess.run([sys.executable, "-m", "coderund", "migrate"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and needle in done.stderr, done.stderr
+        assert done.stderr.strip().count("\n") == 0, done.stderr
+    env = env_of(settings) | {"CODERUND_PORT": "eighty"}
+    done = subprocess.run([sys.executable, "-m", "coderund", "migrate"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "CODERUND_PORT" in done.stderr
+
+
+def test_port_taken_is_one_line(settings):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        own = dataclasses.replace(settings, role="api", port=port, queue=f"{settings.queue}.{uuid.uuid4().hex[:6]}")
+        done = subprocess.run([sys.executable, "-m", "coderund"], env=env_of(own), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "CODERUND_PORT" in done.stderr, done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+
+
+def test_help_lists_every_setting():
+    done = subprocess.run([sys.executable, "-m", "coderund", "--help"], capture_output=True, text=True, check=True)
+    for name in ("--role", "--database-url", "--redis-url", "--amqp-url", "--port", "--concurrency", "--runtime",
+                 "CODERUND_DATABASE_URL", "migrate", "images", "languages"):
+        assert name in done.stdout
