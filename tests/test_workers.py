@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import psycopg
@@ -133,3 +134,43 @@ def test_help_lists_every_setting():
     for name in ("--role", "--database-url", "--redis-url", "--amqp-url", "--port", "--concurrency", "--runtime",
                  "CODERUND_DATABASE_URL", "migrate", "images", "languages"):
         assert name in done.stdout
+
+
+async def test_a_task_that_keeps_killing_workers_ends_as_internal_error(settings, api):
+    """A task delivered max_attempts times already (each time its worker died) is not run again."""
+    from coderund.repository.queue import Queue
+
+    token = await api.user()
+    task_id = uuid.uuid4()
+    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        # The user is whoever owns the token: borrow the newest account.
+        user_id = (await (await conn.execute("SELECT max(id) FROM users")).fetchone())[0]
+        await conn.execute(
+            "INSERT INTO tasks (id, user_id, language, code, time_ms, memory_mb, state, attempts)"
+            " VALUES (%s, %s, 'python', 'print(1)', 1000, 64, 'running', %s)",
+            (task_id, user_id, settings.max_attempts),
+        )
+    queue = Queue(settings.amqp_url, settings.queue)
+    await queue.publish(task_id)  # the redelivery after the last crash
+    await queue.close()
+    result = await api.result(token, str(task_id))
+    assert result["verdict"] == "internal_error" and result["stdout"] == ""
+
+
+def test_worker_removes_containers_of_dead_workers(settings, spawn):
+    import docker
+
+    client = docker.from_env()
+    leftover = client.containers.run("coderund/python:bookworm", ["sleep", "infinity"], detach=True,
+                                     network_mode="none", labels={"coderund": "1", "coderund.worker": "dead-worker"})
+    own = dataclasses.replace(settings, queue=f"{settings.queue}.sweep", port=free_port())
+    spawn(own, "--role", "worker")
+    for _ in range(300):
+        try:
+            client.containers.get(leftover.id)
+        except docker.errors.NotFound:
+            break
+        time.sleep(0.1)
+    else:
+        leftover.remove(force=True)
+        raise AssertionError("the leftover container is still there")
