@@ -26,6 +26,7 @@ class Settings:
     role: str = _setting("all", "which parts to run: api, worker or all", choices=ROLES)
     host: str = _setting("0.0.0.0", "address the HTTP API listens on")
     port: int = _setting(8080, "port the HTTP API listens on")
+    metrics_port: int = _setting(9100, "port of /metrics in --role worker (in api and all, /metrics is on --port)")
     database_url: str = _setting("postgresql://postgres@127.0.0.1:5432/coderund", "PostgreSQL URL")
     redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis URL (sessions, login limits)")
     amqp_url: str = _setting("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ URL")
@@ -104,8 +105,9 @@ def _check(s: Settings) -> None:
         choices = f.metadata.get("choices")
         if choices and getattr(s, f.name) not in choices:
             raise ConfigError(f"{env_name(f.name)}={getattr(s, f.name)!r} is not one of {', '.join(choices)}")
-    if not 0 < s.port < 65536:
-        raise ConfigError(f"{env_name('port')}={s.port} is not a TCP port")
+    for name in ("port", "metrics_port"):
+        if not 0 < getattr(s, name) < 65536:
+            raise ConfigError(f"{env_name(name)}={getattr(s, name)} is not a TCP port")
     for name in ("concurrency", "output_limit_kb", "tmpfs_mb", "pids_limit", "max_attempts", "session_ttl"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 1")

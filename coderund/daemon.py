@@ -12,6 +12,7 @@ import docker
 import psycopg
 from aiohttp import web
 
+from . import metrics
 from . import plugins as plugin_loader
 from .api.app import make_app
 from .api.keys import Services
@@ -71,66 +72,83 @@ async def warn_if_down(name: str, ping: Callable[[], Awaitable[None]]) -> None:
         log.warning("%s is not answering yet; /readyz reports it until it does", name)
 
 
+async def listen(stack: contextlib.AsyncExitStack, app: web.Application, settings: Settings, port_setting: str) -> None:
+    """Serves app until the stack unwinds; cleanup stops accepting, then lets requests in flight finish."""
+    port = getattr(settings, port_setting)
+    runner = web.AppRunner(app, shutdown_timeout=API_SHUTDOWN_S, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    try:
+        await web.TCPSite(runner, settings.host, port).start()
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {env_name(port_setting)}={port} ({settings.host}): {e.strerror}") from None
+    log.info("listening on http://%s:%d", settings.host, port)
+
+
+async def start_worker(
+    settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, stack: contextlib.AsyncExitStack,
+    stop: asyncio.Event,
+) -> Worker:
+    async with reachable("docker_url", settings.docker_url or "local socket"):
+        sandbox = make_sandbox(settings)
+        await sandbox.call(sandbox.client.ping)
+    stack.push_async_callback(sandbox.close)
+    worker_id = Worker.new_id()
+    executor = Executor(Tasks(db), sandbox, plugins, worker_id=worker_id, max_attempts=settings.max_attempts)
+    worker = Worker(queue=queue, executor=executor, workers=Workers(db), sandbox=sandbox, concurrency=settings.concurrency)
+    running = asyncio.create_task(worker.run())
+    # A worker loop that dies stops the process, so that a supervisor restarts it.
+    running.add_done_callback(lambda task: task.cancelled() or task.exception() is None or stop.set())
+
+    async def drain() -> None:
+        worker.stop()
+        await running
+        await worker.drain(WORKER_DRAIN_S)
+
+    stack.push_async_callback(drain)
+    log.info("worker %s consuming %s with concurrency %d", worker.id, settings.queue, settings.concurrency)
+    return worker
+
+
+def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions) -> Services:
+    accounts = Accounts(Users(db), sessions, max_failures=settings.login_max_failures,
+                        failure_window=settings.login_failure_window)
+    return Services(accounts=accounts, tasks=TaskService(Tasks(db), queue, plugins), plugins=plugins)
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Runs the role until SIGTERM/SIGINT (or until `stop` is set, for embedding and tests)."""
     plugins = plugin_loader.load(settings.plugins_dir)
-    async with reachable("database_url", settings.database_url):
-        await migrate(settings.database_url)
-        db = Database(settings.database_url)
-        await db.open()
-    queue = Queue(settings.amqp_url, settings.queue)
-    checks = {"postgresql": db.ping, "rabbitmq": queue.ping}
-    closers = [queue.close, db.close]
-    api_runner: web.AppRunner | None = None
-    worker: Worker | None = None
-    try:
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        async with reachable("database_url", settings.database_url):
+            await migrate(settings.database_url)
+            db = Database(settings.database_url)
+            await db.open()
+        stack.push_async_callback(db.close)
+        queue = Queue(settings.amqp_url, settings.queue)
+        stack.push_async_callback(queue.close)
         await warn_if_down("RabbitMQ", queue.ping)
+        sampler = asyncio.create_task(metrics.sample_queue_depth(queue.depth))
+        stack.callback(sampler.cancel)
+        checks: dict[str, Callable[[], Awaitable[None]]] = {"postgresql": db.ping, "rabbitmq": queue.ping}
+
         if settings.role in ("worker", "all"):
-            async with reachable("docker_url", settings.docker_url or "local socket"):
-                sandbox = make_sandbox(settings)
-                await sandbox.call(sandbox.client.ping)
-            closers.append(sandbox.close)
-            checks["docker"] = lambda: sandbox.call(sandbox.client.ping)
-            worker_id = Worker.new_id()
-            executor = Executor(Tasks(db), sandbox, plugins, worker_id=worker_id, max_attempts=settings.max_attempts)
-            worker = Worker(queue=queue, executor=executor, workers=Workers(db), sandbox=sandbox,
-                            concurrency=settings.concurrency)
+            worker = await start_worker(settings, db, queue, plugins, stack, stop)
+            checks["docker"] = lambda: worker.sandbox.call(worker.sandbox.client.ping)
         if settings.role in ("api", "all"):
             sessions = Sessions(settings.redis_url, ttl=settings.session_ttl)
-            closers.append(sessions.close)
+            stack.push_async_callback(sessions.close)
             await warn_if_down("Redis", sessions.ping)
             checks["redis"] = sessions.ping
-            accounts = Accounts(Users(db), sessions, max_failures=settings.login_max_failures,
-                                failure_window=settings.login_failure_window)
-            services = Services(accounts=accounts, tasks=TaskService(Tasks(db), queue, plugins), plugins=plugins, checks=checks)
-            api_runner = web.AppRunner(make_app(services), shutdown_timeout=API_SHUTDOWN_S, access_log=None)
-            await api_runner.setup()
-            try:
-                await web.TCPSite(api_runner, settings.host, settings.port).start()
-            except OSError as e:
-                raise ConfigError(f"cannot listen on {env_name('port')}={settings.port} ({settings.host}): {e.strerror}") from None
-            log.info("API listening on http://%s:%d", settings.host, settings.port)
+            services = make_services(settings, db, queue, plugins, sessions)
+            services.checks = checks
+            await listen(stack, make_app(services), settings, "port")
+        else:
+            await listen(stack, metrics.metrics_app(), settings, "metrics_port")
 
-        if stop is None:
-            stop = asyncio.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        worker_run = asyncio.create_task(worker.run()) if worker else None
-        if worker:
-            log.info("worker %s consuming %s with concurrency %d", worker.id, settings.queue, settings.concurrency)
-        waiting = {asyncio.create_task(stop.wait())} | ({worker_run} if worker_run else set())
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        log.info("stopping")
-        if api_runner:
-            await api_runner.cleanup()  # stops accepting, then lets requests in flight finish
-            api_runner = None
-        if worker and worker_run:
-            worker.stop()
-            await worker_run
-            await worker.drain(WORKER_DRAIN_S)
-    finally:
-        if api_runner:
-            await api_runner.cleanup()
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                await close()
+        await stop.wait()
+        log.info("stopping: the API closes first, then running tasks drain")

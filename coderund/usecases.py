@@ -6,6 +6,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from . import metrics
 from .domain import Credentials, Result, Task, TaskRequest, Verdict
 from .errors import NotFound, RateLimited, Unauthorized, UnsupportedLanguage
 from .passwords import DUMMY_HASH, hash_password, verify_password
@@ -39,14 +40,18 @@ class Accounts:
     async def login(self, credentials: Credentials) -> Login:
         failures, retry_after = await self.sessions.login_failures(credentials.username)
         if failures >= self.max_failures:
+            metrics.LOGINS.labels("rate_limited").inc()
             raise RateLimited("Too many failed logins for this username; try again later.", retry_after)
         user = await self.users.by_username(credentials.username)
         # The same work and the same answer whether the user is unknown or the password wrong.
         valid = await asyncio.to_thread(verify_password, credentials.password, user.password_hash if user else DUMMY_HASH)
         if user is None or not valid:
             await self.sessions.add_login_failure(credentials.username, self.failure_window)
+            metrics.LOGINS.labels("failure").inc()
             raise Unauthorized("Unknown username or wrong password.")
-        return Login(await self.sessions.create(user.id), self.sessions.ttl)
+        login = Login(await self.sessions.create(user.id), self.sessions.ttl)
+        metrics.LOGINS.labels("success").inc()
+        return login
 
     async def logout(self, token: str) -> None:
         await self.sessions.delete(token)
@@ -76,6 +81,7 @@ class TaskService:
             # Not confirmed by the broker: take the task back so nothing is left half-made.
             await asyncio.shield(self.tasks.delete_unstarted(task.id))
             raise
+        metrics.TASKS_SUBMITTED.labels(plugin.name).inc()
         return task.id
 
     async def get(self, user_id: int, task_id: str) -> Task:
@@ -105,6 +111,8 @@ class Executor:
             log.info("task %s: gone or already done; dropping the message", task_id)
             await delivery.ack()
             return None
+        if task.started_at and task.created_at and task.attempts == 1:
+            metrics.QUEUE_WAIT.labels(task.language).observe((task.started_at - task.created_at).total_seconds())
         if task.attempts > self.max_attempts:
             log.error("task %s: %d deliveries without a result; giving up", task_id, task.attempts - 1)
             result = Result(Verdict.INTERNAL_ERROR)
@@ -119,7 +127,8 @@ class Executor:
                     return None
                 log.error("task %s: platform failure on the last attempt: %s", task_id, e)
                 result = Result(Verdict.INTERNAL_ERROR)
-        await self.tasks.finish(task_id, result)
+        if await self.tasks.finish(task_id, result):
+            metrics.TASKS_FINISHED.labels(task.language, result.verdict.value).inc()
         await delivery.ack()
         log.info("task %s: %s", task_id, result.verdict.value)
         return result

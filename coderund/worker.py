@@ -6,6 +6,7 @@ import logging
 import socket
 import uuid
 
+from . import metrics
 from .errors import Unavailable
 from .repository.queue import BROKER_ERRORS, Delivery, Queue
 from .repository.workers import Workers
@@ -36,6 +37,7 @@ class Worker:
 
     async def run(self) -> None:
         """Runs until stop(); reconnects to the broker with backoff when it drops."""
+        metrics.CONCURRENCY.set(self.concurrency)
         heartbeat = asyncio.create_task(self._heartbeat())
         delay = 1.0
         try:
@@ -81,6 +83,7 @@ class Worker:
         current = asyncio.current_task()
         assert current is not None
         self.running.add(current)
+        metrics.IN_FLIGHT.inc()
         try:
             await self.executor.handle(task_id, delivery)
         except Unavailable as e:
@@ -94,6 +97,7 @@ class Worker:
             await delivery.requeue()
         finally:
             self.running.discard(current)
+            metrics.IN_FLIGHT.dec()
 
     async def _heartbeat(self) -> None:
         host = socket.gethostname()

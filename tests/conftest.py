@@ -115,12 +115,12 @@ async def _delete_queue(settings: Settings) -> None:
     await connection.close()
 
 
-async def wait_until_up(base: str, timeout: float = 30) -> None:
+async def wait_until_up(base: str, timeout: float = 30, path: str = "/healthz") -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             try:
-                async with session.get(base + "/healthz") as response:
+                async with session.get(base + path) as response:
                     if response.status == 200:
                         return
             except aiohttp.ClientError:
@@ -162,6 +162,8 @@ def spawn() -> Iterator[Any]:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+        # Several workers on one host each need a metrics port of their own.
+        settings = dataclasses.replace(settings, metrics_port=free_port())
         process = subprocess.Popen([sys.executable, "-m", "coderund", *args], env=env_of(settings))
         processes.append(process)
         return process

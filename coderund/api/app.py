@@ -4,13 +4,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..domain import MAX_BODY_BYTES
+from .. import metrics
 from . import middlewares
 from .keys import PROTECTED, SERVICES, Services
 from .routes import ROUTES
 
 
 def make_app(services: Services) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[middlewares.errors, middlewares.auth])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[metrics.http_metrics, middlewares.errors, middlewares.auth])
     app[SERVICES] = services
     app[PROTECTED] = frozenset(route.path for route in ROUTES if route.protected)
     for route in ROUTES:

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import domain
+from ..metrics import metrics_handler
 from ..domain import Task
 from ..errors import InvalidJson
 from .keys import SERVICES, SESSION_COOKIE, TOKEN, USER_ID
@@ -140,4 +141,5 @@ ROUTES = [
     Route("GET", "/languages", languages),
     Route("GET", "/healthz", healthz),
     Route("GET", "/readyz", readyz),
+    Route("GET", "/metrics", metrics_handler),
 ]

@@ -22,6 +22,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from .. import metrics
 from ..domain import Limits, Result, RunReport, Verdict, run_result
 from ..plugins import Plugin
 from . import supervisor
@@ -48,7 +49,6 @@ class Sandbox:
         self.supervisor = supervisor_binary.read_bytes()
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="docker")
         self._removals: set[asyncio.Future[None]] = set()
-        self.on_container_start: Callable[[float], None] = lambda seconds: None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -72,6 +72,7 @@ class Sandbox:
             compile_output = b""
             if plugin.compile:
                 report = await box.run(plugin.compile, plugin.compile_limits.time_ms)
+                metrics.COMPILE_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
                 compile_output = report.stdout + report.stderr
                 problem = _compile_problem(report, plugin.compile_limits)
                 if problem is not None:
@@ -80,6 +81,7 @@ class Sandbox:
                 if first_memory != limits.memory_mb:
                     await box.set_memory(limits.memory_mb)
             report = await box.run((*plugin.run, *args), limits.time_ms, stdin_path=STDIN_PATH)
+            metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
             return run_result(report, limits.memory_mb, compile_output)
 
     @contextlib.asynccontextmanager
@@ -93,7 +95,7 @@ class Sandbox:
         except SandboxError:
             await self.call(self._remove, name)  # a half-made container must not linger
             raise
-        self.on_container_start(time.monotonic() - started)
+        metrics.CONTAINER_START.observe(time.monotonic() - started)
         try:
             yield Box(self, container)
         finally:
