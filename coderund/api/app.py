@@ -5,7 +5,7 @@ from aiohttp import web
 
 from ..domain import MAX_BODY_BYTES
 from .. import metrics
-from . import middlewares
+from . import docs, middlewares
 from .keys import PROTECTED, SERVICES, Services
 from .routes import ROUTES
 
@@ -16,4 +16,5 @@ def make_app(services: Services) -> web.Application:
     app[PROTECTED] = frozenset(route.path for route in ROUTES if route.protected)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    docs.add_static(app)
     return app

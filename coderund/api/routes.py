@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .. import domain
 from ..metrics import metrics_handler
+from .docs import docs_page, openapi_json
 from ..domain import Task
 from ..errors import InvalidJson
 from .keys import SERVICES, SESSION_COOKIE, TOKEN, USER_ID
@@ -142,4 +143,6 @@ ROUTES = [
     Route("GET", "/healthz", healthz),
     Route("GET", "/readyz", readyz),
     Route("GET", "/metrics", metrics_handler),
+    Route("GET", "/openapi.json", openapi_json),
+    Route("GET", "/docs", docs_page),
 ]

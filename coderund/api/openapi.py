@@ -1,0 +1,238 @@
+"""The OpenAPI 3.1 document of the whole API, kept beside the route table it describes.
+
+A test compares the two, so a route cannot exist undocumented or a documented one go missing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from ..domain import MAX_ARG_CHARS, MAX_ARGS, PASSWORD_LENGTH, Verdict
+from .keys import SESSION_COOKIE
+
+ERROR_CODES = [
+    "invalid_json", "validation_failed", "unauthorized", "not_found", "method_not_allowed", "conflict",
+    "payload_too_large", "unsupported_language", "rate_limited", "queue_full", "unavailable", "internal",
+]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, example: Any = None, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    response: dict[str, Any] = {"description": description, "content": {"application/json": media}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _error(description: str, example_code: str, *, retry_after: bool = False) -> dict[str, Any]:
+    headers = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds to wait"}} if retry_after else None
+    return _json(_ref("Error"), description, {"error": example_code, "message": description}, headers)
+
+
+ERRORS = {
+    "400": _error("The body is not valid JSON or a field is wrong.", "validation_failed"),
+    "401": _error("No valid session: log in and send the token or the cookie.", "unauthorized"),
+    "404": _error("No such task (or not yours).", "not_found"),
+    "409": _error("The username is taken.", "conflict"),
+    "413": _error("The body, code or stdin is too large.", "payload_too_large"),
+    "429": _error("Too many attempts; wait Retry-After seconds.", "rate_limited", retry_after=True),
+    "503": _error("A dependency (database, session store, queue) is not answering.", "unavailable", retry_after=True),
+}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: ERRORS[code] for code in codes}
+
+
+def _nullable(kind: str, description: str) -> dict[str, Any]:
+    return {"type": [kind, "null"], "description": description}
+
+
+CREDENTIALS_EXAMPLE = {"username": "alice", "password": "correct horse"}
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {"error": {"type": "string", "enum": ERROR_CODES}, "message": {"type": "string"}},
+    },
+    "Credentials": {
+        "type": "object",
+        "description": "Older clients may send `login` in place of `username`.",
+        "properties": {
+            "username": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{3,64}$"},
+            "login": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{3,64}$"},
+            "password": {"type": "string", "minLength": PASSWORD_LENGTH[0], "maxLength": PASSWORD_LENGTH[1]},
+        },
+        "required": ["username", "password"],
+    },
+    "User": {"type": "object", "required": ["id", "username"],
+             "properties": {"id": {"type": "integer"}, "username": {"type": "string"}}},
+    "Login": {"type": "object", "required": ["token", "expires_in"],
+              "properties": {"token": {"type": "string"}, "expires_in": {"type": "integer", "description": "seconds"}}},
+    "Limits": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"time_ms": {"type": "integer", "minimum": 1}, "memory_mb": {"type": "integer", "minimum": 1}},
+    },
+    "TaskRequest": {
+        "type": "object",
+        "description": "Older clients may send `translator` in place of `language`; plugin aliases (`python3`) work too.",
+        "required": ["language", "code"],
+        "properties": {
+            "language": {"type": "string", "examples": ["python", "c", "go"]},
+            "translator": {"type": "string"},
+            "code": {"type": "string", "description": "at most 512 KiB"},
+            "stdin": {"type": "string", "description": "at most 1 MiB"},
+            "args": {"type": "array", "maxItems": MAX_ARGS, "items": {"type": "string", "maxLength": MAX_ARG_CHARS}},
+            "limits": _ref("Limits"),
+        },
+    },
+    "TaskCreated": {"type": "object", "required": ["task_id"], "properties": {"task_id": {"type": "string", "format": "uuid"}}},
+    "Status": {"type": "object", "required": ["status"],
+               "properties": {"status": {"type": "string", "enum": ["in_progress", "ready"]}}},
+    "InProgress": {"type": "object", "required": ["status"],
+                   "properties": {"status": {"type": "string", "const": "in_progress"}}},
+    "Result": {
+        "type": "object",
+        "required": ["status", "result", "verdict", "exit_code", "signal", "stdout", "stderr", "compile_output",
+                     "truncated", "time_ms", "wall_ms", "memory_kb", "language", "created_at", "started_at", "finished_at"],
+        "properties": {
+            "status": {"type": "string", "const": "ready"},
+            "result": {"type": "string", "description": "stdout, as the seed API called it"},
+            "verdict": {"type": "string", "enum": [v.value for v in Verdict]},
+            "exit_code": _nullable("integer", "null when killed by a signal"),
+            "signal": _nullable("integer", "the signal that ended the program"),
+            "stdout": {"type": "string"},
+            "stderr": {"type": "string"},
+            "compile_output": {"type": "string"},
+            "truncated": {"type": "boolean", "description": "output was cut at the cap"},
+            "time_ms": _nullable("integer", "CPU time"),
+            "wall_ms": _nullable("integer", "wall-clock time"),
+            "memory_kb": _nullable("integer", "peak resident memory"),
+            "language": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": _nullable("string", "when a worker started it"),
+            "finished_at": _nullable("string", "when it finished"),
+        },
+    },
+    "Language": {
+        "type": "object",
+        "required": ["name", "version", "aliases", "compiled", "limits", "max_limits"],
+        "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "aliases": {"type": "array", "items": {"type": "string"}}, "compiled": {"type": "boolean"},
+            "limits": _ref("Limits"), "max_limits": _ref("Limits"),
+        },
+    },
+    "Readiness": {
+        "type": "object",
+        "properties": {"status": {"type": "string"}, "error": {"type": "string"}, "message": {"type": "string"},
+                       "checks": {"type": "object", "additionalProperties": {"type": "string"}}},
+    },
+}
+
+RESULT_EXAMPLE = {
+    "status": "ready", "result": "hello\n", "verdict": "ok", "exit_code": 0, "signal": None, "stdout": "hello\n",
+    "stderr": "", "compile_output": "", "truncated": False, "time_ms": 12, "wall_ms": 14, "memory_kb": 7800,
+    "language": "python", "created_at": "2026-01-01T12:00:00+00:00", "started_at": "2026-01-01T12:00:00.1+00:00",
+    "finished_at": "2026-01-01T12:00:00.5+00:00",
+}
+TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "a task id (uuid)"}
+AUTH = [{"bearer": []}, {"cookie": []}]
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}}}
+BODY_ERRORS = ("400", "413", "503")
+
+
+def _body(schema: str, example: Any) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema), "example": example}}}
+
+
+OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/register"): {
+        "summary": "Create an account", "tags": ["accounts"], "requestBody": _body("Credentials", CREDENTIALS_EXAMPLE),
+        "responses": {"201": _json(_ref("User"), "Created", {"id": 1, "username": "alice"}), **_errors(*BODY_ERRORS, "409")},
+    },
+    ("post", "/login"): {
+        "summary": "Log in: a token, and the same as an HttpOnly session cookie", "tags": ["accounts"],
+        "requestBody": _body("Credentials", CREDENTIALS_EXAMPLE),
+        "responses": {"200": _json(_ref("Login"), "Logged in", {"token": "…", "expires_in": 86400},
+                                   {"Set-Cookie": {"schema": {"type": "string"}}}),
+                      **_errors(*BODY_ERRORS, "401", "429")},
+    },
+    ("post", "/logout"): {
+        "summary": "End the session at once", "tags": ["accounts"], "security": AUTH,
+        "responses": {"204": {"description": "Logged out"}, **_errors("401", "503")},
+    },
+    ("post", "/task"): {
+        "summary": "Submit code to run", "tags": ["tasks"], "security": AUTH,
+        "requestBody": _body("TaskRequest", {"language": "python", "code": "print(input())", "stdin": "hi\n",
+                                             "limits": {"time_ms": 2000, "memory_mb": 128}}),
+        "responses": {"201": _json(_ref("TaskCreated"), "Queued", {"task_id": "5c98dfd8-ebcc-4dad-b8fd-2e25aa42b93d"},
+                                   {"Location": {"schema": {"type": "string"}}}),
+                      **_errors(*BODY_ERRORS, "401", "429")},
+    },
+    ("get", "/status/{task_id}"): {
+        "summary": "Whether a task is done", "tags": ["tasks"], "security": AUTH, "parameters": [TASK_ID],
+        "responses": {"200": _json(_ref("Status"), "The status", {"status": "ready"}), **_errors("401", "404", "503")},
+    },
+    ("get", "/result/{task_id}"): {
+        "summary": "The result of a task", "tags": ["tasks"], "security": AUTH, "parameters": [TASK_ID],
+        "responses": {"200": _json(_ref("Result"), "Ready", RESULT_EXAMPLE),
+                      "202": _json(_ref("InProgress"), "Not ready yet", {"status": "in_progress"}, RETRY_AFTER),
+                      **_errors("401", "404", "503")},
+    },
+    ("get", "/languages"): {
+        "summary": "The languages this server runs", "tags": ["public"],
+        "responses": {"200": _json({"type": "object", "required": ["languages"],
+                                    "properties": {"languages": {"type": "array", "items": _ref("Language")}}}, "Languages")},
+    },
+    ("get", "/healthz"): {
+        "summary": "Liveness", "tags": ["public"],
+        "responses": {"200": _json({"type": "object", "properties": {"status": {"type": "string"}}}, "Alive", {"status": "ok"})},
+    },
+    ("get", "/readyz"): {
+        "summary": "Readiness: whether every dependency of this role answers", "tags": ["public"],
+        "responses": {"200": _json(_ref("Readiness"), "Ready"), "503": _json(_ref("Readiness"), "Not ready, naming what")},
+    },
+    ("get", "/metrics"): {
+        "summary": "Prometheus metrics", "tags": ["public"],
+        "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    },
+    ("get", "/openapi.json"): {
+        "summary": "This document", "tags": ["public"],
+        "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+    },
+    ("get", "/docs"): {
+        "summary": "Swagger UI", "tags": ["public"],
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for (method, path), operation in OPERATIONS.items():
+        operation_id = method + path.replace("/", "_").replace("{", "").replace("}", "").replace(".", "_")
+        paths.setdefault(path, {})[method] = {"operationId": operation_id, **operation}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "coderund",
+            "version": __version__,
+            "description": "Run untrusted code over a REST API. Log in, press **Authorize** and paste the token.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "the token from POST /login"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+            },
+        },
+    }

@@ -1,0 +1,88 @@
+"""The API's own document: valid, complete, true to the live server (schemathesis), and rendered."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from openapi_spec_validator import validate
+
+from coderund.api.openapi import document
+from coderund.api.routes import ROUTES
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def test_document_is_valid_openapi_3_1():
+    spec = document()
+    assert spec["openapi"].startswith("3.1")
+    validate(spec)
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "cookie"}
+
+
+def test_every_route_is_documented_and_nothing_else():
+    documented = {(method.upper(), path) for path, ops in document()["paths"].items() for method in ops}
+    assert documented == {(route.method, route.path) for route in ROUTES}
+
+
+def test_protected_routes_declare_security_and_401():
+    spec = document()
+    for route in ROUTES:
+        operation = spec["paths"][route.path][route.method.lower()]
+        assert ("security" in operation) == route.protected, route.path
+        if route.protected:
+            assert "401" in operation["responses"]
+
+
+async def test_live_document_and_docs_page(api):
+    status, body, _ = await api.call("GET", "/openapi.json")
+    assert status == 200 and body == document()
+    status, page, headers = await api.call("GET", "/docs")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "/docs/static/swagger-ui-bundle.js" in page and "http" not in page.split("<body>")[1].replace("/openapi.json", "")
+    async with api.session.get(api.base + "/docs/static/swagger-ui-bundle.js") as response:
+        assert response.status == 200 and len(await response.read()) > 100_000
+
+
+async def test_schemathesis_against_the_live_api(server, api_token):
+    """Zero failures of the four conformance checks, authenticated, on every operation but logout."""
+    report = ARTIFACTS / "schemathesis.txt"
+    ARTIFACTS.mkdir(exist_ok=True)
+    # In a thread: the server under test shares this event loop.
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(Path(sys.executable).with_name("schemathesis")), "run", f"{server}/openapi.json",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+         "-H", f"Authorization: Bearer {api_token}", "--exclude-path", "/logout",
+         "--phases", "examples,coverage,fuzzing", "--max-examples", "40", "--workers", "2",
+         "--suppress-health-check", "all", "--request-timeout", "30"],
+        capture_output=True, text=True, timeout=600,
+    )
+    report.write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stdout[-4000:]
+
+
+@pytest.fixture
+async def api_token(api):
+    return await api.user("schemathesis")
+
+
+async def test_docs_render_in_headless_chromium(server):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is installed by scripts/test-env"
+    ARTIFACTS.mkdir(exist_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--virtual-time-budget=15000", "--window-size=1280,2400"]
+    dom = await asyncio.to_thread(subprocess.run, [chromium, *flags, "--dump-dom", f"{server}/docs"],
+                                  capture_output=True, text=True, timeout=120)
+    for path in ("/register", "/login", "/task", "/result/{task_id}", "/languages"):
+        assert f'data-path="{path}"' in dom.stdout, path
+    assert "Authorize" in dom.stdout
+    screenshot = ARTIFACTS / "docs.png"
+    await asyncio.to_thread(subprocess.run, [chromium, *flags, f"--screenshot={screenshot}", f"{server}/docs"],
+                            capture_output=True, timeout=120)
+    assert screenshot.stat().st_size > 10_000
