@@ -43,14 +43,16 @@ def docker_client(settings: Settings, pool: int = 10) -> docker.DockerClient:
 
 
 def make_sandbox(settings: Settings) -> Sandbox:
-    client = docker_client(settings, pool=settings.concurrency * 2 + 2)
+    # Per running task: a step's stream and a watch on its container, plus room for cleanup.
+    threads = settings.concurrency * 3 + 2
+    client = docker_client(settings, pool=threads)
     isolation = Isolation(runtime=settings.runtime, tmpfs_mb=settings.tmpfs_mb, pids_limit=settings.pids_limit)
     return Sandbox(
         client,
         isolation=isolation,
         output_limit=settings.output_limit,
         supervisor_binary=supervisor.build(Path(settings.cache_dir)),
-        threads=settings.concurrency * 2 + 2,
+        threads=threads,
     )
 
 

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import io
 import logging
+import os
 import socket
 import tarfile
 import time
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
+from docker.utils.socket import consume_socket_output, demux_adaptor, frames_iter
 
 from .. import metrics
 from ..domain import Limits, Result, RunReport, Verdict, run_result
@@ -65,22 +67,24 @@ class Sandbox:
     async def execute(
         self, plugin: Plugin, limits: Limits, *, code: str, stdin: str, args: list[str], name: str, labels: dict[str, str]
     ) -> Result:
-        """prepare → (compile) → run → cleanup. A failing program is a result; a failing platform raises."""
-        first_memory = max(limits.memory_mb, plugin.compile_limits.memory_mb) if plugin.compile else limits.memory_mb
-        async with self.container(plugin, first_memory, name=name, labels=labels) as box:
-            await box.upload({f"{WORKDIR}/{plugin.source_file}": code.encode(), STDIN_PATH: stdin.encode()})
-            compile_output = b""
-            if plugin.compile:
-                report = await box.run(plugin.compile, plugin.compile_limits.time_ms)
+        """(compile) → run, each step in a fresh container with its own limits; a failing program is a
+        result, a failing platform raises. The build's output moves from one to the other as files."""
+        source = {f"{WORKDIR}/{plugin.source_file}": code.encode()}
+        files, modes, compile_output = source, {}, b""
+        if plugin.compile:
+            async with self.container(plugin, plugin.compile_limits.memory_mb, name=f"{name}-build", labels=labels) as build:
+                await build.upload(source)
+                report = await build.run(plugin.compile, plugin.compile_limits)
                 metrics.COMPILE_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
                 compile_output = report.stdout + report.stderr
                 problem = _compile_problem(report, plugin.compile_limits)
                 if problem is not None:
                     return Result(Verdict.COMPILE_ERROR, exit_code=report.exit_code, signal=report.signal,
                                   compile_output=compile_output + problem.encode(), wall_ms=report.wall_ms)
-                if first_memory != limits.memory_mb:
-                    await box.set_memory(limits.memory_mb)
-            report = await box.run((*plugin.run, *args), limits.time_ms, stdin_path=STDIN_PATH)
+                files, modes = await build.download()  # the sources and what the build made of them
+        async with self.container(plugin, limits.memory_mb, name=name, labels=labels) as box:
+            await box.upload({STDIN_PATH: stdin.encode(), **files}, modes)
+            report = await box.run((*plugin.run, *args), limits, stdin_path=STDIN_PATH)
             metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
             return run_result(report, limits.memory_mb, compile_output)
 
@@ -137,44 +141,82 @@ class Box:
         self.sandbox = sandbox
         self.id = container_id
 
-    async def upload(self, files: dict[str, bytes]) -> None:
-        files = {SUPERVISOR_PATH: self.sandbox.supervisor, **files}
-        await self.sandbox.call(self._upload, _tar(files))
+    async def upload(self, files: dict[str, bytes], modes: dict[str, int] | None = None) -> None:
+        """As root, so that the task cannot alter what it is given (the supervisor above all)."""
+        archive = _tar({SUPERVISOR_PATH: self.sandbox.supervisor, **files}, {SUPERVISOR_PATH: 0o755, **(modes or {})})
+        await self.sandbox.call(self._checked, ["tar", "-x", "-C", "/", "-f", "-"], "0:0", archive)
 
-    def _upload(self, archive: bytes) -> None:
-        # Through tar's stdin: the engine cannot copy into a tmpfs behind a read-only root.
+    async def download(self) -> tuple[dict[str, bytes], dict[str, int]]:
+        """The work folder's regular files and folders, with their modes (a build's output)."""
+        archive = await self.sandbox.call(self._checked, ["tar", "-c", "-C", WORKDIR, "."], SANDBOX_USER, None)
+        return _work_files(archive, self.sandbox.isolation.tmpfs_mb * 1024 * 1024)
+
+    def _checked(self, command: list[str], user: str, stdin: bytes | None) -> bytes:
+        stdout, stderr, exit_code = self._exec(command, user, stdin)
+        if exit_code != 0:
+            raise SandboxError(f"{command[0]} in the container failed: {stderr[-300:]!r}")
+        return stdout
+
+    def _exec(self, command: list[str], user: str, stdin: bytes | None, on_socket: Callable[[Any], None] = lambda s: None
+              ) -> tuple[bytes, bytes, int | None]:
+        """Runs command in the container (stdin, if any, through the exec's own stream: the engine
+        cannot copy into a tmpfs behind a read-only root) and returns stdout, stderr, exit code."""
         api = self.sandbox.client.api
-        exec_id = api.exec_create(self.id, ["tar", "-x", "-C", "/", "-f", "-"], stdin=True, user="0:0")["Id"]
+        exec_id = api.exec_create(self.id, command, stdin=stdin is not None, user=user, workdir=WORKDIR)["Id"]
         stream = api.exec_start(exec_id, socket=True)
         raw = getattr(stream, "_sock", stream)
+        on_socket(raw)
         try:
-            raw.sendall(archive)
-            raw.shutdown(socket.SHUT_WR)
-            output = b"".join(iter(lambda: raw.recv(65536), b""))
+            if stdin is not None:
+                raw.sendall(stdin)
+                raw.shutdown(socket.SHUT_WR)
+            frames = (demux_adaptor(*frame) for frame in frames_iter(stream, tty=False))
+            stdout, stderr = consume_socket_output(frames, demux=True)
         finally:
             raw.close()
-        if api.exec_inspect(exec_id)["ExitCode"] != 0:
-            raise SandboxError(f"upload into the container failed: {output[-300:]!r}")
+        return stdout or b"", stderr or b"", api.exec_inspect(exec_id)["ExitCode"]
 
-    async def run(self, program: tuple[str, ...], wall_ms: int, *, stdin_path: str | None = None) -> RunReport:
-        command = supervisor.command(SUPERVISOR_PATH, wall_ms, self.sandbox.output_limit, stdin_path, program)
+    async def run(self, program: tuple[str, ...], limits: Limits, *, stdin_path: str | None = None) -> RunReport:
+        """One program under the supervisor. Watches the container too: under gVisor, hitting the
+        memory limit kills the whole container, and the step's stream may never end by itself."""
+        command = supervisor.command(SUPERVISOR_PATH, limits.time_ms, self.sandbox.output_limit, stdin_path, program)
+        started = time.monotonic()
+        sockets: list[Any] = []
+        step = asyncio.ensure_future(self.sandbox.call(self._run, command, sockets.append))
+        death = asyncio.ensure_future(self.sandbox.call(self.sandbox.client.api.wait, self.id))
         try:
-            return await asyncio.wait_for(self.sandbox.call(self._run, command), wall_ms / 1000 + GRACE_S)
-        except TimeoutError:
-            raise SandboxError(f"the engine did not finish a {wall_ms} ms step in time") from None
+            await asyncio.wait({step, death}, timeout=limits.time_ms / 1000 + GRACE_S, return_when=asyncio.FIRST_COMPLETED)
+            if step.done() and step.exception() is None:
+                return step.result()
+            return await self._failed_step(step, death, limits, started)
+        finally:
+            death.cancel()  # its thread ends when the container is removed
+            for sock in sockets:  # a step given up on must not keep a thread reading forever
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
-    def _run(self, command: list[str]) -> RunReport:
-        api = self.sandbox.client.api
-        exec_id = api.exec_create(self.id, command, user=SANDBOX_USER, workdir=WORKDIR)["Id"]
-        stdout, stderr = api.exec_start(exec_id, demux=True)
+    async def _failed_step(self, step: asyncio.Future[RunReport], death: asyncio.Future[Any], limits: Limits,
+                           started: float) -> RunReport:
+        error = step.exception() if step.done() else None
+        if error is not None:
+            await asyncio.wait({death}, timeout=2)  # the engine may learn of an OOM kill a moment later
+        else:
+            step.cancel()
+        state = (await self.sandbox.call(self.sandbox.client.api.inspect_container, self.id))["State"]
+        if state.get("OOMKilled"):
+            wall_ms = int((time.monotonic() - started) * 1000)
+            return RunReport(exit_code=None, signal=9, wall_ms=wall_ms, cpu_ms=0, memory_kb=limits.memory_mb * 1024,
+                             timed_out=False, output_over=False, oom=True, stdout=b"", stderr=b"")
+        if error is not None:
+            raise error
+        raise SandboxError(f"a {limits.time_ms} ms step did not finish (container {state.get('Status')})")
+
+    def _run(self, command: list[str], on_socket: Callable[[Any], None]) -> RunReport:
+        stdout, stderr, _ = self._exec(command, SANDBOX_USER, None, on_socket)
         try:
-            return supervisor.parse_report(stdout or b"")
+            return supervisor.parse_report(stdout)
         except supervisor.SupervisorError as e:
-            raise SandboxError(f"{e}; supervisor said: {(stderr or b'')[-300:]!r}") from None
-
-    async def set_memory(self, memory_mb: int) -> None:
-        limit = memory_mb * 1024 * 1024
-        await self.sandbox.call(self.sandbox.client.api.update_container, self.id, mem_limit=limit, memswap_limit=limit)
+            raise SandboxError(f"{e}; supervisor said: {stderr[-300:]!r}") from None
 
 
 def _compile_problem(report: RunReport, limits: Limits) -> str | None:
@@ -188,13 +230,44 @@ def _compile_problem(report: RunReport, limits: Limits) -> str | None:
     return "" if report.exit_code != 0 else None
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
+def _tar(files: dict[str, bytes], modes: dict[str, int]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for path, data in files.items():
             info = tarfile.TarInfo(path.lstrip("/"))
-            info.size = len(data)
-            info.mode = 0o755 if path == SUPERVISOR_PATH else 0o644
+            info.mode = modes.get(path, 0o644)
             info.mtime = int(time.time())
-            archive.addfile(info, io.BytesIO(data))
+            if data is FOLDER:
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+FOLDER = b"<folder>"  # a marker in a file map: make a folder here
+
+
+def _work_files(archive: bytes, max_bytes: int) -> tuple[dict[str, bytes], dict[str, int]]:
+    """What a sandboxed build left in the work folder, reduced to plain folders and regular files
+    with safe relative names: links, devices and anything naming '..' are dropped, not followed."""
+    files: dict[str, bytes] = {}
+    modes: dict[str, int] = {}
+    total = 0
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar:
+            name = os.path.normpath(member.name)
+            if name == "." or name.startswith(("/", "..")) or "/../" in f"/{name}/":
+                continue
+            path = f"{WORKDIR}/{name}"
+            if member.isdir():
+                files[path], modes[path] = FOLDER, 0o755
+            elif member.isfile():
+                total += member.size
+                if total > max_bytes:
+                    raise SandboxError(f"the build left more than {max_bytes} bytes")
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                files[path], modes[path] = extracted.read(), 0o755 if member.mode & 0o111 else 0o644
+    return files, modes
