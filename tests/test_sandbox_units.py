@@ -51,3 +51,36 @@ def test_supervisor_caps_output_and_time_on_the_host(tmp_path: Path):
     # A background child holding the pipe open does not keep the report waiting.
     detached = run(3000, 100, "sh", "-c", "sleep 10 & echo parent done")
     assert detached.exit_code == 0 and detached.stdout == b"parent done\n" and detached.wall_ms < 2000
+
+
+def test_build_output_is_reduced_to_plain_files():
+    """A build's archive comes from a sandbox: links, devices and '..' never reach the next container."""
+    import io
+    import tarfile
+
+    from coderund.sandbox.runner import FOLDER, _work_files
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        def add(name, data=b"", **kw):
+            info = tarfile.TarInfo(name)
+            for key, value in kw.items():
+                setattr(info, key, value)
+            info.size = len(data) if info.type == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
+        add(".", type=tarfile.DIRTYPE)
+        add("./main", b"\x7fELF", mode=0o755)
+        add("./main.c", b"int main;", mode=0o644)
+        add("./pkg", type=tarfile.DIRTYPE)
+        add("./pkg/data", b"d", mode=0o600)
+        add("./shadow", type=tarfile.SYMTYPE, linkname="/etc/shadow")
+        add("./hard", type=tarfile.LNKTYPE, linkname="/etc/passwd")
+        add("./dev", type=tarfile.CHRTYPE)
+        add("../escape", b"x")
+        add("./a/../../escape2", b"x")
+        add("/abs", b"x")
+    files, modes = _work_files(buffer.getvalue(), max_bytes=1 << 20)
+    assert files == {"/box/main": b"\x7fELF", "/box/main.c": b"int main;", "/box/pkg": FOLDER, "/box/pkg/data": b"d"}
+    assert modes["/box/main"] == 0o755 and modes["/box/main.c"] == 0o644 and modes["/box/pkg/data"] == 0o644
+    with pytest.raises(Exception, match="more than"):
+        _work_files(buffer.getvalue(), max_bytes=4)

@@ -203,19 +203,30 @@ class Box:
         else:
             step.cancel()
         state = (await self.sandbox.call(self.sandbox.client.api.inspect_container, self.id))["State"]
-        if state.get("OOMKilled"):
-            wall_ms = int((time.monotonic() - started) * 1000)
-            return RunReport(exit_code=None, signal=9, wall_ms=wall_ms, cpu_ms=0, memory_kb=limits.memory_mb * 1024,
-                             timed_out=False, output_over=False, oom=True, stdout=b"", stderr=b"")
+        if death.done() and not death.cancelled() and death.exception() is None:
+            # The container died under the program (gVisor ends the whole sandbox at the memory
+            # limit, and under some fork bombs): the program's doing, so a result, not a retry.
+            oom = bool(state.get("OOMKilled"))
+            note = b"" if oom else f"coderund: the sandbox died while the program ran (exit {state.get('ExitCode')})\n".encode()
+            return RunReport(exit_code=None, signal=9, wall_ms=int((time.monotonic() - started) * 1000), cpu_ms=0,
+                             memory_kb=limits.memory_mb * 1024 if oom else 0, timed_out=False, output_over=False,
+                             oom=oom, stdout=b"", stderr=note)
         if error is not None:
             raise error
         raise SandboxError(f"a {limits.time_ms} ms step did not finish (container {state.get('Status')})")
 
     def _run(self, command: list[str], on_socket: Callable[[Any], None]) -> RunReport:
-        stdout, stderr, _ = self._exec(command, SANDBOX_USER, None, on_socket)
+        started = time.monotonic()
+        stdout, stderr, exit_code = self._exec(command, SANDBOX_USER, None, on_socket)
         try:
             return supervisor.parse_report(stdout)
         except supervisor.SupervisorError as e:
+            if exit_code is not None and exit_code > 128:
+                # The program killed its own supervisor (kill(-1) reaches every process of its uid):
+                # a runtime error of the program's making, not the platform's.
+                return RunReport(exit_code=None, signal=exit_code - 128, wall_ms=int((time.monotonic() - started) * 1000),
+                                 cpu_ms=0, memory_kb=0, timed_out=False, output_over=False, oom=False, stdout=b"",
+                                 stderr=b"coderund: the program killed its supervisor\n")
             raise SandboxError(f"{e}; supervisor said: {stderr[-300:]!r}") from None
 
 

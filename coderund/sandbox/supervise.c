@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -96,6 +97,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: supervise WALL_MS OUTPUT_CAP STDIN_PATH -- PROGRAM [ARGS...]\n");
         return 125;
     }
+    /* Not dumpable: the program runs as our uid, and must not ptrace us to forge the report. */
+    prctl(PR_SET_DUMPABLE, 0);
     long wall_ms = atol(argv[1]);
     size_t output_cap = (size_t)atol(argv[2]);
     const char *stdin_path = strcmp(argv[3], "-") == 0 ? "/dev/null" : argv[3];

@@ -1,0 +1,219 @@
+"""Hostile programs, each with the verdict it must get and what must stay true, under runc and gVisor.
+
+Every case runs through the real API, queue, worker and Docker. After each one no container of the
+task is left; at the end of each runtime the next task still runs normally and nothing a task
+started survives on the host.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import pytest
+
+from tests.conftest import api_of, free_port
+
+RUNTIMES = ["runc", "runsc"]
+MARKER = "987654"  # a sleep of this many seconds marks processes that try to outlive their task
+
+
+@dataclass
+class Case:
+    name: str
+    language: str
+    code: str
+    verdicts: tuple[str, ...]
+    check: Callable[[dict[str, Any]], bool] = lambda result: True
+    limits: dict[str, int] = field(default_factory=dict)
+    check_on: tuple[str, ...] = tuple(RUNTIMES)  # runtimes where `check` holds; the verdict holds on all
+
+
+def out(*needles: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda r: all(n in r["stdout"] for n in needles)
+
+
+def absent(*needles: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda r: not any(n in r["stdout"] + r["stderr"] for n in needles)
+
+
+PY_TRY = """
+import os, sys
+def attempt(label, fn):
+    try:
+        fn()
+        print(label, "ALLOWED")
+    except Exception as e:
+        print(label, "refused", type(e).__name__)
+"""
+
+LIBC = "import ctypes, ctypes.util, os\nlibc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)\n"
+
+CASES = [
+    Case("fork bomb (python)", "python", "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass",
+         ("time_limit", "runtime_error"), limits={"time_ms": 2000}),
+    Case("fork bomb (c)", "c", "#include <unistd.h>\nint main(void) { for (;;) fork(); }", ("time_limit", "runtime_error"),
+         limits={"time_ms": 2000}),
+    Case("thread bomb", "python", "import threading, time\nn = 0\ntry:\n    while True:\n"
+         "        threading.Thread(target=time.sleep, args=(60,), daemon=True).start(); n += 1\n"
+         "except Exception as e:\n    print('stopped at', n, type(e).__name__)", ("ok", "runtime_error", "time_limit", "memory_limit"),
+         check=lambda r: "ALLOWED" not in r["stdout"], limits={"time_ms": 3000}),
+    Case("memory bomb (c)", "c", "#include <stdlib.h>\n#include <string.h>\nint main(void) { for (;;) { char *p = malloc(1 << 20);"
+         " if (p) memset(p, 1, 1 << 20); } }", ("memory_limit",), limits={"memory_mb": 64}),
+    Case("stack overflow", "c", "int f(int n) { volatile char pad[4096]; pad[0] = n; return f(n + 1) + pad[0]; }\n"
+         "int main(void) { return f(0); }", ("runtime_error",), check=lambda r: r["signal"] == 11),
+    Case("busy loop (c)", "c", "int main(void) { for (;;) {} }", ("time_limit",), limits={"time_ms": 1000}),
+    Case("sleeping past the wall limit", "python", "import time\ntime.sleep(60)", ("time_limit",),
+         check=lambda r: r["wall_ms"] < 3000, limits={"time_ms": 1000}),
+    Case("ignoring SIGTERM", "python", "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: pass",
+         ("time_limit",), limits={"time_ms": 1000}),
+    Case("stdout flood", "c", '#include <stdio.h>\nint main(void) { for (;;) puts("flood"); }', ("output_limit",),
+         check=lambda r: r["truncated"] and len(r["stdout"]) == 65536),
+    Case("stderr flood", "python", "import sys\nwhile True: sys.stderr.write('e' * 4096)", ("output_limit",),
+         check=lambda r: r["truncated"] and len(r["stderr"]) == 65536),
+    Case("one endless line", "python", "import sys\nwhile True: sys.stdout.write('x')", ("output_limit",),
+         check=lambda r: r["stdout"] == "x" * 65536),
+    Case("filling the work folder", "python", "import os\nf = open('big', 'wb')\ntry:\n    while True: f.write(b'0' * (1 << 20)); f.flush()\n"
+         "except OSError as e:\n    print('stopped', e.errno, os.path.getsize('big') // (1 << 20))", ("ok",), check=out("stopped 28")),
+    Case("filling /dev/shm", "python", "f = open('/dev/shm/x', 'wb')\ntry:\n    while True: f.write(b'0' * (1 << 20)); f.flush()\n"
+         "except OSError as e:\n    print('stopped', e.errno)", ("ok",), check=out("stopped 28")),
+    Case("writing outside the work folder", "python", PY_TRY + "".join(
+         f"attempt({p!r}, lambda: open({p!r}, 'w'))\n" for p in ("/etc/passwd", "/usr/bin/python3", "/root/x", "/x", "/var/tmp/x")),
+         ("ok",), check=absent("ALLOWED")),
+    Case("writing /proc/sys and /sys", "python", PY_TRY + "attempt('proc', lambda: open('/proc/sys/kernel/hostname', 'w').write('x'))\n"
+         "attempt('sys', lambda: open('/sys/kernel/mm/transparent_hugepage/enabled', 'w').write('never'))\n"
+         "attempt('sysrq', lambda: open('/proc/sysrq-trigger', 'w').write('b'))\n", ("ok",), check=absent("ALLOWED")),
+    Case("reading /etc/shadow", "python", PY_TRY + "attempt('shadow', lambda: open('/etc/shadow').read())\n", ("ok",),
+         check=out("shadow refused")),
+    Case("looking for the worker's secrets", "python", "import os\nprint(sorted(os.environ))\n"
+         "print(open('/proc/1/environ', 'rb').read())\nprint(open('/proc/1/cmdline', 'rb').read())", ("ok", "runtime_error"),
+         check=absent("CODERUND", "DATABASE", "AMQP", "REDIS", "postgres", "guest")),
+    Case("looking for the Docker socket", "python", "import os, glob\n"
+         "print([p for p in ['/var/run/docker.sock', '/run/docker.sock', '/run/containerd/containerd.sock'] if os.path.exists(p)])\n"
+         "print([s for d in ('/run', '/var', '/tmp', '/box', '/dev') for s in glob.glob(d + '/**/*.sock', recursive=True)])",
+         ("ok",), check=out("[]\n[]")),
+    Case("network: TCP to the host's services", "python", PY_TRY + "import socket\n" + "".join(
+         f"attempt('{h}:{p}', lambda: socket.create_connection(('{h}', {p}), timeout=2))\n"
+         for h, p in (("127.0.0.1", 5432), ("127.0.0.1", 6379), ("127.0.0.1", 5672), ("::1", 5432))), ("ok",), check=absent("ALLOWED")),
+    Case("network: DNS", "python", PY_TRY + "import socket\nattempt('dns', lambda: socket.getaddrinfo('deb.debian.org', 80))\n",
+         ("ok",), check=out("dns refused")),
+    Case("network: raw and packet sockets", "python", PY_TRY + "import socket\n"
+         "attempt('raw', lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))\n"
+         "attempt('packet', lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW))\n", ("ok",), check=absent("ALLOWED")),
+    Case("network: only loopback exists", "python", "import socket\nprint(sorted(n for _, n in socket.if_nameindex()))", ("ok",),
+         check=lambda r: r["stdout"].strip() in ("['lo']", "[]")),
+    Case("setuid(0)", "python", PY_TRY + "attempt('setuid', lambda: os.setuid(0))\nattempt('setgid', lambda: os.setgid(0))\n"
+         "print(os.getuid(), os.geteuid())", ("ok",), check=lambda r: "ALLOWED" not in r["stdout"] and "65534 65534" in r["stdout"]),
+    Case("unshare, mount, ptrace, chroot", "python", LIBC +
+         "print('unshare', libc.unshare(0x10000000))\n"  # CLONE_NEWUSER
+         "print('mount', libc.mount(b'none', b'/box', b'tmpfs', 0, None))\n"
+         "print('ptrace', libc.ptrace(16, os.getppid(), None, None))\n"  # PTRACE_ATTACH to the supervisor
+         "print('chroot', libc.chroot(b'/box'))\n", ("ok",),
+         check=out("unshare -1", "mount -1", "ptrace -1", "chroot -1"),
+         # gVisor implements namespaces in its own user-space kernel: a user namespace there lets
+         # chroot succeed inside the sandbox, and grants nothing on the host.
+         check_on=("runc",)),
+    Case("mount and ptrace under any runtime", "python", LIBC +
+         "print('mount', libc.mount(b'none', b'/box', b'tmpfs', 0, None))\n"
+         "print('ptrace', libc.ptrace(16, os.getppid(), None, None))\n", ("ok",), check=out("mount -1", "ptrace -1")),
+    Case("kill(-1)", "python", "import os, signal\nos.kill(-1, signal.SIGKILL)", ("runtime_error",)),
+    Case("children that detach and outlive the task", "python", "import os, subprocess\n"
+         f"subprocess.Popen(['setsid', 'sleep', '{MARKER}'])\n"
+         f"if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        os.execvp('sleep', ['sleep', '{MARKER}'])\n    os._exit(0)\n"
+         "print('parent leaves')", ("ok",), check=out("parent leaves")),
+    Case("huge argv", "python", PY_TRY + "attempt('argv', lambda: os.execv('/bin/true', ['true'] + ['x' * 100000] * 1000))\n",
+         ("ok",), check=out("argv refused")),
+    Case("huge environment", "python", PY_TRY + "attempt('env', lambda: os.execve('/bin/true', ['true'], {'X': 'y' * (8 << 20)}))\n",
+         ("ok",), check=out("env refused")),
+    Case("non-UTF-8 and NUL bytes", "python", "import sys\nsys.stdout.buffer.write(bytes(range(256)))", ("ok",),
+         check=lambda r: "\x00" in r["stdout"] and "\ufffd" in r["stdout"]),
+    Case("path tricks in arguments are plain strings", "python", "import sys\nprint(sys.argv[1:])", ("ok",),
+         check=out("['../../etc/passwd', '/proc/self/root']")),
+    Case("compile-time bomb: #include /dev/zero", "c", '#include "/dev/zero"\nint main(void) { return 0; }', ("compile_error",)),
+    Case("compile-time bomb: recursive include", "c", "#include __FILE__\nint main(void) { return 0; }", ("compile_error",)),
+    Case("go: a compile error flood is capped", "go", "package main\nfunc main() {\n" + "x := undefined\n" * 2000 + "}\n",
+         ("compile_error",), check=lambda r: len(r["compile_output"]) < 70000),
+    Case("tampering with the supervisor", "python", PY_TRY + "attempt('write', lambda: open('/.coderund/supervise', 'wb').write(b'x'))\n"
+         "attempt('remove', lambda: os.remove('/.coderund/supervise'))\nattempt('stdin', lambda: open('/.coderund/stdin', 'w'))\n",
+         ("ok",), check=absent("ALLOWED")),
+    Case("too many open files", "python", "import os\nfds = []\ntry:\n    while True: fds.append(os.open('/dev/null', os.O_RDONLY))\n"
+         "except OSError as e:\n    print('stopped', e.errno, len(fds) < 300)", ("ok",), check=out("stopped 24 True")),
+    Case("one CPU only", "c", "#include <pthread.h>\nvoid *spin(void *a) { for (;;) {} return a; }\n"
+         "int main(void) { pthread_t t[4]; for (int i = 0; i < 4; i++) pthread_create(&t[i], 0, spin, 0); spin(0); }",
+         ("time_limit",), check=lambda r: r["time_ms"] <= r["wall_ms"] * 1.5 + 100, limits={"time_ms": 1000},
+         check_on=("runc",)),  # gVisor reports CPU time of its own virtual CPUs; the host cgroup still caps it
+    Case("no host processes visible", "python", "import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]) < 10)",
+         ("ok",), check=out("True")),
+]
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+async def hostile_api(request, server, settings):
+    """The session's coderund for runc; a second one, in this process, for gVisor."""
+    if request.param == "runc":
+        async with api_of(settings) as api:
+            api.runtime = "runc"
+            yield api
+        return
+    from coderund.daemon import serve
+
+    gvisor = dataclasses.replace(settings, runtime="runsc", port=free_port(), queue=f"{settings.queue}.runsc")
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(gvisor, stop))
+    async with api_of(gvisor) as api:
+        api.runtime = "runsc"
+        yield api
+    stop.set()
+    await running
+
+
+@pytest.fixture(scope="module")
+async def hostile_token(hostile_api):
+    return await hostile_api.user("hostile")
+
+
+def task_containers(label: str) -> list:
+    # The low-level list: it does not inspect each container, which may be gone in between.
+    return docker.from_env().api.containers(all=True, filters={"label": label})
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+async def test_hostile_program(hostile_api, hostile_token, case):
+    task_id = await hostile_api.submit(hostile_token, language=case.language, code=case.code, limits=case.limits,
+                                       args=["../../etc/passwd", "/proc/self/root"])
+    result = await hostile_api.result(hostile_token, task_id)
+    assert result["verdict"] in case.verdicts, result
+    assert hostile_api.runtime not in case.check_on or case.check(result), result
+    for _ in range(50):  # removal runs just after the result is stored
+        if not task_containers(f"coderund.task={task_id}"):
+            break
+        await asyncio.sleep(0.1)
+    assert not task_containers(f"coderund.task={task_id}")
+
+
+async def test_tasks_cannot_see_each_other(hostile_api, hostile_token):
+    writer = hostile_api.run(hostile_token, language="python",
+                             code="import time\nopen('secret-of-a', 'w').write('a')\nopen('/tmp/secret-of-a', 'w').write('a')\ntime.sleep(2)")
+    reader = hostile_api.run(hostile_token, language="python",
+                             code="import os, time\ntime.sleep(1)\nprint(os.listdir('.'), os.listdir('/tmp'))\n"
+                                  "print([p for p in os.listdir('/proc') if p.isdigit()])")
+    written, read = await asyncio.gather(writer, reader)
+    assert written["verdict"] == "ok" and read["verdict"] == "ok"
+    assert "secret-of-a" not in read["stdout"]
+
+
+async def test_afterwards_the_next_task_runs_and_nothing_outlived_its_task(hostile_api, hostile_token):
+    result = await hostile_api.run(hostile_token, language="python", code="print('still fine')")
+    assert result["verdict"] == "ok" and result["stdout"] == "still fine\n"
+    host = subprocess.run(["pgrep", "-f", f"sleep {MARKER}"], capture_output=True, text=True)
+    assert host.stdout == "", f"processes outlived their task: {host.stdout}"
+    for _ in range(50):
+        left = task_containers("coderund.task")
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert not left, [c["Names"] for c in left]
