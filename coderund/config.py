@@ -38,6 +38,8 @@ class Settings:
     output_limit_kb: int = _setting(64, "cap of a task's stdout and of its stderr, each, in KiB")
     tmpfs_mb: int = _setting(64, "size of a task's writable work folder, in MiB")
     pids_limit: int = _setting(128, "processes and threads a task may have at once")
+    max_queue: int = _setting(10000, "tasks waiting in the queue before POST /task answers 503 queue_full")
+    user_max_pending: int = _setting(100, "unfinished tasks per user before POST /task answers 429")
     max_attempts: int = _setting(3, "deliveries of a task before it ends as internal_error")
     session_ttl: int = _setting(86400, "session lifetime in seconds")
     login_max_failures: int = _setting(10, "failed logins per username before 429")
@@ -108,7 +110,8 @@ def _check(s: Settings) -> None:
     for name in ("port", "metrics_port"):
         if not 0 < getattr(s, name) < 65536:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} is not a TCP port")
-    for name in ("concurrency", "output_limit_kb", "tmpfs_mb", "pids_limit", "max_attempts", "session_ttl"):
+    for name in ("concurrency", "output_limit_kb", "tmpfs_mb", "pids_limit", "max_attempts", "session_ttl", "max_queue",
+                 "user_max_pending"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 1")
     if not Path(s.plugins_dir).is_dir():

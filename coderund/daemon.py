@@ -115,7 +115,8 @@ async def start_worker(
 def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions) -> Services:
     accounts = Accounts(Users(db), sessions, max_failures=settings.login_max_failures,
                         failure_window=settings.login_failure_window)
-    return Services(accounts=accounts, tasks=TaskService(Tasks(db), queue, plugins), plugins=plugins)
+    tasks = TaskService(Tasks(db), queue, plugins, max_queue=settings.max_queue, user_max_pending=settings.user_max_pending)
+    return Services(accounts=accounts, tasks=tasks, plugins=plugins)
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

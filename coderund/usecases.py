@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
 from . import metrics
 from .domain import Credentials, Result, Task, TaskRequest, Verdict
-from .errors import NotFound, RateLimited, Unauthorized, UnsupportedLanguage
+from .errors import NotFound, QueueFull, RateLimited, Unauthorized, UnsupportedLanguage
 from .passwords import DUMMY_HASH, hash_password, verify_password
 from .plugins import Plugins
 from .repository.queue import Delivery, Queue
@@ -18,6 +19,7 @@ from .repository.users import UserRow, Users
 from .sandbox.runner import Sandbox, SandboxError
 
 log = logging.getLogger(__name__)
+BUSY_RETRY_S = 5
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,20 @@ class Accounts:
 class TaskService:
     """The API side of tasks."""
 
-    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins) -> None:
+    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, *, max_queue: int, user_max_pending: int) -> None:
         self.tasks = tasks
         self.queue = queue
         self.plugins = plugins
+        self.max_queue = max_queue
+        self.user_max_pending = user_max_pending
+        self._depth = (0.0, 0)  # (when, depth): a burst of submissions asks the broker once a second
 
     async def submit(self, user_id: int, request: TaskRequest) -> uuid.UUID:
         plugin, limits = self.plugins.for_request(request)
+        if await self.tasks.count_unfinished(user_id) >= self.user_max_pending:
+            raise RateLimited(f"You have {self.user_max_pending} unfinished tasks; wait for some to finish.", BUSY_RETRY_S)
+        if await self._queue_depth() >= self.max_queue:
+            raise QueueFull("The task queue is full; try again shortly.", BUSY_RETRY_S)
         task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits)
         await self.tasks.add(task)
         try:
@@ -81,8 +90,16 @@ class TaskService:
             # Not confirmed by the broker: take the task back so nothing is left half-made.
             await asyncio.shield(self.tasks.delete_unstarted(task.id))
             raise
+        await self.tasks.mark_published(task.id)
         metrics.TASKS_SUBMITTED.labels(plugin.name).inc()
         return task.id
+
+    async def _queue_depth(self) -> int:
+        checked_at, depth = self._depth
+        if time.monotonic() - checked_at > 1:
+            depth = await self.queue.depth()
+            self._depth = (time.monotonic(), depth)
+        return depth
 
     async def get(self, user_id: int, task_id: str) -> Task:
         try:

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 10
 LEASE_S = 3 * HEARTBEAT_S  # a worker silent for this long is taken for dead
 RECONNECT_MAX_S = 30
-RETRY_DELAY_S = 2  # before handing back a task whose storage was briefly unreachable
+RETRY_DELAY_S = 2
+UNPUBLISHED_AFTER_S = 30  # a submission takes milliseconds; older and unconfirmed means the API died  # before handing back a task whose storage was briefly unreachable
 
 
 class Worker:
@@ -100,17 +101,25 @@ class Worker:
             metrics.IN_FLIGHT.dec()
 
     async def _heartbeat(self) -> None:
+        """Say we live; clear up after workers that do not: their containers, and their tasks."""
         host = socket.gethostname()
-        sweeps = 0
         while True:
             try:
                 await self.workers.heartbeat(self.id, host)
-                if sweeps % 6 == 0:  # about once a minute
-                    live = await self.workers.live_workers(LEASE_S) | {self.id}
-                    removed = await self.sandbox.call(self.sandbox.remove_leftovers, live.__contains__)
-                    if removed:
-                        log.info("removed %d container(s) left by dead workers", removed)
-                sweeps += 1
+                live = await self.workers.live_workers(LEASE_S) | {self.id}
+                removed = await self.sandbox.call(self.sandbox.remove_leftovers, live.__contains__)
+                if removed:
+                    log.info("removed %d container(s) left by dead workers", removed)
+                await self._recover(live)
             except Exception as e:  # noqa: BLE001 - the heartbeat must outlive outages
                 log.warning("heartbeat failed: %s", e)
             await asyncio.sleep(HEARTBEAT_S)
+
+    async def _recover(self, live: set[str]) -> None:
+        """Publishes again what a dead worker held or a dying API never got confirmed; the claim
+        and the finish guard make a duplicate harmless."""
+        tasks = self.executor.tasks
+        for task_id in await tasks.requeue_orphans(live, UNPUBLISHED_AFTER_S):
+            await self.queue.publish(task_id)
+            await tasks.mark_published(task_id)
+            log.warning("task %s: orphaned; published again", task_id)

@@ -9,6 +9,8 @@ from psycopg.types.json import Jsonb
 from ..domain import Limits, Result, Task, TaskState, Verdict
 from .db import Database
 
+SWEEP_LOCK = 0x73776570  # one sweeper at a time, whichever worker gets it
+
 COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb"
@@ -59,6 +61,32 @@ class Tasks:
                 (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                  task.limits.time_ms, task.limits.memory_mb),
             )
+
+    async def mark_published(self, task_id: uuid.UUID) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE tasks SET published_at = now() WHERE id = %s", (task_id,))
+
+    async def count_unfinished(self, user_id: int) -> int:
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute("SELECT count(*) AS n FROM tasks WHERE user_id = %s AND state <> 'done'", (user_id,))
+            return (await cursor.fetchone())["n"]
+
+    async def requeue_orphans(self, live_workers: set[str], unpublished_after_s: int) -> list[uuid.UUID]:
+        """Tasks to publish again: running on a worker that is gone, or committed but never confirmed
+        by the broker (the API died in between). Only one process sweeps at a time."""
+        async with self.db.transaction() as conn:
+            async with conn.transaction():
+                locked = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (SWEEP_LOCK,))).fetchone()
+                if not locked["ok"]:
+                    return []
+                cursor = await conn.execute(
+                    "UPDATE tasks SET state = 'queued', worker = NULL, published_at = NULL"
+                    " WHERE (state = 'running' AND NOT (worker = ANY(%s)))"
+                    " OR (state = 'queued' AND published_at IS NULL AND created_at < now() - make_interval(secs => %s))"
+                    " RETURNING id",
+                    (list(live_workers), unpublished_after_s),
+                )
+                return [row["id"] for row in await cursor.fetchall()]
 
     async def delete_unstarted(self, task_id: uuid.UUID) -> None:
         """Takes back a task whose hand-off to the queue failed."""

@@ -127,9 +127,10 @@ class Sandbox:
     def remove_leftovers(self, is_alive: Callable[[str], bool]) -> int:
         """Removes containers whose worker is gone (it died before its cleanup ran)."""
         removed = 0
-        for container in self.client.containers.list(all=True, filters={"label": LABEL}):
-            if not is_alive(container.labels.get(f"{LABEL}.worker", "")):
-                self._remove(container.id)
+        # The low-level list: it does not inspect each container, which may be gone in between.
+        for container in self.client.api.containers(all=True, filters={"label": LABEL}):
+            if not is_alive(container["Labels"].get(f"{LABEL}.worker", "")):
+                self._remove(container["Id"])
                 removed += 1
         return removed
 
