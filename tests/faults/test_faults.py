@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from tests.conftest import api_of, free_port
 
 BURST = int(os.environ.get("CODERUND_TEST_BURST", "1000"))
+ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
 
 
 def own(settings, name: str, **changes):
@@ -153,5 +155,7 @@ async def test_burst_from_many_users(settings, spawn):
     assert [r["stdout"] for r in results] == [f"{i * 2}\n" for i in range(BURST)]
     assert {r["verdict"] for r in results} == {"ok"}
     retried = (await rows(s, "SELECT count(*) FROM tasks WHERE id = ANY(%s::uuid[]) AND attempts > 1", ids))[0][0]
-    print(f"\nburst: {BURST} tasks from 20 users, submitted in {submitted:.1f} s, all done in {duration:.1f} s "
-          f"({BURST / duration:.1f} tasks/s), {retried} retried")
+    line = (f"burst: {BURST} tasks from 20 users, submitted in {submitted:.1f} s, all done in {duration:.1f} s "
+            f"({BURST / duration:.1f} tasks/s), {retried} retried\n")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "burst.txt").write_text(line)
