@@ -159,3 +159,51 @@ async def test_burst_from_many_users(settings, spawn):
             f"({BURST / duration:.1f} tasks/s), {retried} retried\n")
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "burst.txt").write_text(line)
+
+
+async def test_a_duplicate_delivery_changes_nothing(settings, api):
+    from coderund.repository.queue import Queue
+
+    token = await api.user()
+    task_id = await api.submit(token, language="python", code="import random; print(random.random())")
+    first = await api.result(token, task_id)
+    queue = Queue(settings.amqp_url, settings.queue)
+    for _ in range(2):
+        await queue.publish(uuid.UUID(task_id))  # the broker may deliver a message again
+    await queue.close()
+    await asyncio.sleep(2)
+    again = await api.result(token, task_id)
+    assert again == first  # same output, same finished_at: not run again, not flipped back
+    assert (await rows(settings, "SELECT attempts FROM tasks WHERE id = %s", task_id))[0][0] == 1
+
+
+def redis_server(action: str) -> None:
+    if action == "stop":
+        subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=30)
+    else:
+        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
+                        "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"],
+                       check=True, capture_output=True, timeout=30)
+
+
+async def test_redis_outage_is_503_and_heals(settings, spawn):
+    s = own(settings, "redis")
+    spawn(s, "--role", "api")
+    async with api_of(s) as api:
+        token = await api.user()
+        await asyncio.to_thread(redis_server, "stop")
+        try:
+            status, body, headers = await api.call("GET", f"/status/{uuid.uuid4()}", token=token)
+            assert status == 503 and body["error"] == "unavailable" and "Retry-After" in headers
+            status, body, _ = await api.call("POST", "/login", json={"username": "someone", "password": "password1"})
+            assert status == 503 and body["error"] == "unavailable"
+            assert (await api.call("GET", "/readyz"))[0] == 503
+        finally:
+            await asyncio.to_thread(redis_server, "start")
+        for _ in range(30):
+            if (await api.call("GET", "/readyz"))[0] == 200:
+                break
+            await asyncio.sleep(1)
+        # Redis here keeps nothing on disk, so sessions are gone; logging in again works at once.
+        fresh = await api.user()
+        assert (await api.call("GET", f"/status/{uuid.uuid4()}", token=fresh))[0] == 404
