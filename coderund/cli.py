@@ -13,7 +13,6 @@ from . import plugins as plugin_loader
 from .config import ConfigError, Settings
 from .errors import UnsupportedLanguage
 
-COMMANDS = ("migrate", "images", "languages")
 
 
 def parser() -> argparse.ArgumentParser:

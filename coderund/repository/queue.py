@@ -26,10 +26,6 @@ class Delivery:
     def __init__(self, message: aiormq.abc.DeliveredMessage) -> None:
         self.message = message
 
-    @property
-    def redelivered(self) -> bool:
-        return bool(self.message.delivery.redelivered)
-
     async def ack(self) -> None:
         await self.message.channel.basic_ack(self.message.delivery.delivery_tag)
 
