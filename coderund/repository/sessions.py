@@ -8,6 +8,8 @@ import secrets
 from collections.abc import Iterator
 
 from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -34,7 +36,11 @@ def _answering() -> Iterator[None]:
 
 class Sessions:
     def __init__(self, url: str, *, ttl: int) -> None:
-        self.redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        # One quick retry on a fresh connection: after a Redis restart the pooled ones are dead.
+        self.redis = aioredis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
         self.ttl = ttl
 
     async def close(self) -> None:

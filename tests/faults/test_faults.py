@@ -200,10 +200,17 @@ async def test_redis_outage_is_503_and_heals(settings, spawn):
             assert (await api.call("GET", "/readyz"))[0] == 503
         finally:
             await asyncio.to_thread(redis_server, "start")
-        for _ in range(30):
-            if (await api.call("GET", "/readyz"))[0] == 200:
+        for _ in range(30):  # wait for Redis itself, not for coderund
+            if subprocess.run(["redis-cli", "ping"], capture_output=True, text=True).stdout.strip() == "PONG":
                 break
-            await asyncio.sleep(1)
-        # Redis here keeps nothing on disk, so sessions are gone; logging in again works at once.
+            await asyncio.sleep(0.5)
+        # Redis here keeps nothing on disk, so sessions are gone; logging in again works at once:
+        # the very first call after the restart succeeds, on connections that were dead.
         fresh = await api.user()
+        assert (await api.call("GET", "/readyz"))[0] == 200
         assert (await api.call("GET", f"/status/{uuid.uuid4()}", token=fresh))[0] == 404
+        # A restart while coderund is idle leaves its pooled connections dead: the next call still works.
+        await asyncio.to_thread(redis_server, "stop")
+        await asyncio.to_thread(redis_server, "start")
+        await asyncio.sleep(0.5)
+        assert await api.user()
