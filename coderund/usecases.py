@@ -5,10 +5,12 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from . import metrics
-from .domain import Credentials, Result, Task, TaskRequest, Verdict
+from .domain import Credentials, Result, Task, TaskRequest, TaskState, Verdict
 from .errors import NotFound, QueueFull, RateLimited, Unauthorized, UnsupportedLanguage
 from .passwords import DUMMY_HASH, hash_password, verify_password
 from .plugins import Plugins
@@ -20,6 +22,7 @@ from .sandbox.runner import Sandbox, SandboxError
 
 log = logging.getLogger(__name__)
 BUSY_RETRY_S = 5
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,14 +105,22 @@ class TaskService:
         return depth
 
     async def get(self, user_id: int, task_id: str) -> Task:
-        try:
-            parsed = uuid.UUID(task_id)
-        except ValueError:
-            parsed = None
-        task = await self.tasks.get(parsed, user_id) if parsed else None
-        if task is None:
-            raise NotFound(f"There is no task {task_id!r}.")
-        return task
+        return await _found(task_id, lambda parsed: self.tasks.get(parsed, user_id))
+
+    async def state(self, user_id: int, task_id: str) -> TaskState:
+        return await _found(task_id, lambda parsed: self.tasks.state(parsed, user_id))
+
+
+async def _found(task_id: str, fetch: Callable[[uuid.UUID], Awaitable[T | None]]) -> T:
+    """What fetch finds for a well-formed id of the user's; anything else is the same 404."""
+    try:
+        parsed = uuid.UUID(task_id)
+    except ValueError:
+        parsed = None
+    found = await fetch(parsed) if parsed else None
+    if found is None:
+        raise NotFound(f"There is no task {task_id!r}.")
+    return found
 
 
 class Executor:

@@ -66,8 +66,8 @@ async def _task(request: web.Request) -> Task:
 
 
 async def status(request: web.Request) -> web.Response:
-    task = await _task(request)
-    return web.json_response({"status": task.state.public})
+    state = await request.app[SERVICES].tasks.state(request[USER_ID], request.match_info["task_id"])
+    return web.json_response({"status": state.public})
 
 
 async def result(request: web.Request) -> web.Response:

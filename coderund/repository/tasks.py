@@ -103,6 +103,13 @@ class Tasks:
             row = await cursor.fetchone()
             return _task(row) if row else None
 
+    async def state(self, task_id: uuid.UUID, user_id: int) -> TaskState | None:
+        """Only the state: status polling is the hottest call, and a full row carries code and output."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute("SELECT state FROM tasks WHERE id = %s AND user_id = %s", (task_id, user_id))
+            row = await cursor.fetchone()
+            return TaskState(row["state"]) if row else None
+
     async def claim(self, task_id: uuid.UUID, worker: str) -> Task | None:
         """Marks an unfinished task as running on this worker and counts the attempt."""
         async with self.db.transaction() as conn:
