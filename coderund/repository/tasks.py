@@ -93,13 +93,10 @@ class Tasks:
         async with self.db.transaction() as conn:
             await conn.execute("DELETE FROM tasks WHERE id = %s AND state = 'queued' AND attempts = 0", (task_id,))
 
-    async def get(self, task_id: uuid.UUID, user_id: int | None = None) -> Task | None:
-        """The task, if it exists and (when user_id is given) belongs to that user."""
+    async def get(self, task_id: uuid.UUID, user_id: int) -> Task | None:
+        """The task, if it exists and belongs to that user."""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                f"SELECT {COLUMNS} FROM tasks WHERE id = %s AND (%s::bigint IS NULL OR user_id = %s)",
-                (task_id, user_id, user_id),
-            )
+            cursor = await conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = %s AND user_id = %s", (task_id, user_id))
             row = await cursor.fetchone()
             return _task(row) if row else None
 
