@@ -44,7 +44,12 @@ class Settings:
     session_ttl: int = _setting(86400, "session lifetime in seconds")
     login_max_failures: int = _setting(10, "failed logins per username before 429")
     login_failure_window: int = _setting(300, "seconds over which failed logins are counted")
-    cache_dir: str = _setting(str(Path.home() / ".cache" / "coderund"), "where the worker keeps the built sandbox supervisor")
+    warm_max: int = _setting(8, "warm sandbox containers a worker keeps ready, all languages together (0: none)")
+    warm_max_age_s: int = _setting(300, "seconds a warm container may wait for a task before it is replaced")
+    warm_idle_s: int = _setting(600, "seconds without a task after which a language keeps no warm container")
+    compile_cache_mb: int = _setting(512, "disk the worker's compile cache may use, in MiB (0: no cache)")
+    cache_dir: str = _setting(str(Path.home() / ".cache" / "coderund"),
+                              "where the worker keeps the built sandbox supervisor and the compile cache")
     image_source: str = _setting("debootstrap", "how `images build` makes images: debootstrap (no registry) or registry",
                                  choices=("debootstrap", "registry"))
     debian_mirror: str = _setting("http://deb.debian.org/debian", "Debian mirror that `images build` installs from")
@@ -111,8 +116,11 @@ def _check(s: Settings) -> None:
         if not 0 < getattr(s, name) < 65536:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} is not a TCP port")
     for name in ("concurrency", "output_limit_kb", "tmpfs_mb", "pids_limit", "max_attempts", "session_ttl", "max_queue",
-                 "user_max_pending"):
+                 "user_max_pending", "warm_max_age_s", "warm_idle_s"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 1")
+    for name in ("warm_max", "compile_cache_mb"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 0")
     if not Path(s.plugins_dir).is_dir():
         raise ConfigError(f"{env_name('plugins_dir')}={s.plugins_dir!r} is not a folder")

@@ -25,7 +25,10 @@ from .repository.tasks import Tasks
 from .repository.users import Users
 from .repository.workers import Workers
 from .sandbox import supervisor
-from .sandbox.options import Isolation
+from .sandbox.compile_cache import CompileCache
+from .sandbox.engine import Engine
+from .sandbox.options import LABEL, Isolation
+from .sandbox.pool import WarmPool
 from .sandbox.runner import Sandbox
 from .usecases import Accounts, Executor, TaskService
 from .worker import Worker
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 API_SHUTDOWN_S = 10  # for requests in flight when SIGTERM comes
 WORKER_DRAIN_S = 60  # for tasks in flight; past that they go back to the queue
 DOCKER_TIMEOUT_S = 120
+FILL_PARALLEL = 4  # warm containers being made at once: enough to keep a 2-core engine busy
 
 
 def docker_client(settings: Settings, pool: int = 10) -> docker.DockerClient:
@@ -42,18 +46,18 @@ def docker_client(settings: Settings, pool: int = 10) -> docker.DockerClient:
     return docker.from_env(timeout=DOCKER_TIMEOUT_S, max_pool_size=pool)
 
 
-def make_sandbox(settings: Settings) -> Sandbox:
-    # Per running task: a step's stream and a watch on its container, plus room for cleanup.
-    threads = settings.concurrency * 3 + 2
+def make_sandbox(settings: Settings, worker_id: str) -> Sandbox:
+    # Engine calls at once: a cold start per running task, the pool's fills, and room for cleanup.
+    threads = settings.concurrency + FILL_PARALLEL + 4
     client = docker_client(settings, pool=threads)
     isolation = Isolation(runtime=settings.runtime, tmpfs_mb=settings.tmpfs_mb, pids_limit=settings.pids_limit)
-    return Sandbox(
-        client,
-        isolation=isolation,
-        output_limit=settings.output_limit,
-        supervisor_binary=supervisor.build(Path(settings.cache_dir)),
-        threads=threads,
-    )
+    engine = Engine(client, isolation=isolation, supervisor_binary=supervisor.build(Path(settings.cache_dir)),
+                    threads=threads, worker_id=worker_id)
+    pool = WarmPool(lambda shape: engine.make(shape, {f"{LABEL}.warm": "1"}), engine.discard,
+                    max_total=settings.warm_max, per_shape=settings.concurrency + 1, max_age_s=settings.warm_max_age_s,
+                    idle_s=settings.warm_idle_s, fill_parallel=FILL_PARALLEL)
+    cache = CompileCache(Path(settings.cache_dir) / "builds", settings.compile_cache_mb * 1024 * 1024)
+    return Sandbox(engine, pool, cache, output_limit=settings.output_limit)
 
 
 @contextlib.asynccontextmanager
@@ -91,11 +95,19 @@ async def start_worker(
     settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, stack: contextlib.AsyncExitStack,
     stop: asyncio.Event,
 ) -> Worker:
-    async with reachable("docker_url", settings.docker_url or "local socket"):
-        sandbox = make_sandbox(settings)
-        await sandbox.call(sandbox.client.ping)
-    stack.push_async_callback(sandbox.close)
     worker_id = Worker.new_id()
+    async with reachable("docker_url", settings.docker_url or "local socket"):
+        sandbox = make_sandbox(settings, worker_id)
+        await sandbox.engine.call(sandbox.engine.client.ping)
+    stack.push_async_callback(sandbox.engine.close)
+    sandbox.serve(plugins.all)
+    refill = asyncio.create_task(sandbox.pool.run())
+
+    async def close_pool() -> None:
+        refill.cancel()
+        await sandbox.pool.close()
+
+    stack.push_async_callback(close_pool)
     executor = Executor(Tasks(db), sandbox, plugins, worker_id=worker_id, max_attempts=settings.max_attempts)
     worker = Worker(queue=queue, executor=executor, workers=Workers(db), sandbox=sandbox, concurrency=settings.concurrency)
     running = asyncio.create_task(worker.run())
@@ -141,7 +153,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
         if settings.role in ("worker", "all"):
             worker = await start_worker(settings, db, queue, plugins, stack, stop)
-            checks["docker"] = lambda: worker.sandbox.call(worker.sandbox.client.ping)
+            checks["docker"] = lambda: worker.sandbox.engine.call(worker.sandbox.engine.client.ping)
         if settings.role in ("api", "all"):
             sessions = Sessions(settings.redis_url, ttl=settings.session_ttl)
             stack.push_async_callback(sessions.close)

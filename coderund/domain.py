@@ -91,6 +91,7 @@ class Result:
     time_ms: int | None = None
     wall_ms: int | None = None
     memory_kb: int | None = None
+    container: str | None = None  # the sandbox it ran in, for the operator
 
 
 @dataclass
@@ -200,7 +201,7 @@ def classify(report: RunReport, memory_mb: int) -> Verdict:
     return Verdict.OK
 
 
-def run_result(report: RunReport, memory_mb: int, compile_output: bytes = b"") -> Result:
+def run_result(report: RunReport, memory_mb: int, compile_output: bytes = b"", container: str | None = None) -> Result:
     return Result(
         verdict=classify(report, memory_mb),
         exit_code=report.exit_code,
@@ -212,4 +213,5 @@ def run_result(report: RunReport, memory_mb: int, compile_output: bytes = b"") -
         time_ms=report.cpu_ms,
         wall_ms=report.wall_ms,
         memory_kb=report.memory_kb,
+        container=container,
     )

@@ -28,8 +28,16 @@ QUEUE_WAIT = Histogram("coderund_task_queue_wait_seconds", "From submission to a
                        ["language"], buckets=SECONDS)
 COMPILE_TIME = Histogram("coderund_task_compile_seconds", "Wall time of compile steps", ["language"], buckets=SECONDS)
 RUN_TIME = Histogram("coderund_task_run_seconds", "Wall time of program runs", ["language"], buckets=SECONDS)
-CONTAINER_START = Histogram("coderund_sandbox_container_start_seconds", "Creating and starting a sandbox container",
+CONTAINER_START = Histogram("coderund_sandbox_container_start_seconds", "Creating, starting and attaching to a sandbox container",
                             buckets=SECONDS)
+DOCKER_CALLS = Counter("coderund_docker_api_calls_total", "Docker engine API calls by route", ["call"])
+WARM_TAKES = Counter("coderund_warm_pool_takes_total", "Steps by where their container came from: warm (hit), made now for a warm shape (miss) or another (cold)",
+                     ["outcome"])
+WARM_READY = Gauge("coderund_warm_pool_ready", "Warm containers ready for a task")
+COMPILE_CACHE = Counter("coderund_compile_cache_total", "Compile cache lookups by outcome (hit, miss, corrupt)",
+                        ["language", "outcome"])
+COMPILE_CACHE_EVICTIONS = Counter("coderund_compile_cache_evictions_total", "Compile cache entries evicted")
+COMPILE_CACHE_BYTES = Gauge("coderund_compile_cache_bytes", "Size of the compile cache on disk")
 IN_FLIGHT = Gauge("coderund_worker_tasks_in_flight", "Tasks a worker is running now")
 CONCURRENCY = Gauge("coderund_worker_concurrency", "Tasks a worker may run at once")
 QUEUE_DEPTH = Gauge("coderund_queue_depth", "Tasks waiting in the RabbitMQ queue (sampled)")

@@ -172,6 +172,5 @@ class Executor:
             code=task.code,
             stdin=task.stdin,
             args=task.args,
-            name=f"coderund-task-{task.id}-{task.attempts}",
-            labels={"coderund.task": str(task.id), "coderund.worker": self.worker_id},
+            labels={"coderund.task": str(task.id)},
         )

@@ -107,7 +107,7 @@ class Worker:
             try:
                 await self.workers.heartbeat(self.id, host)
                 live = await self.workers.live_workers(LEASE_S) | {self.id}
-                removed = await self.sandbox.call(self.sandbox.remove_leftovers, live.__contains__)
+                removed = await self.sandbox.engine.call(self.sandbox.engine.remove_leftovers, live.__contains__)
                 if removed:
                     log.info("removed %d container(s) left by dead workers", removed)
                 await self._recover(live)

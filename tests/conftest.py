@@ -98,6 +98,14 @@ class Api:
         return await self.result(token, await self.submit(token, **task))
 
 
+async def container_of(settings: Settings, task_id: str) -> str:
+    """The sandbox container a finished task ran in (its last step's), as the worker recorded it."""
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        row = await (await conn.execute("SELECT container FROM tasks WHERE id = %s", (task_id,))).fetchone()
+    assert row and row[0], f"task {task_id} has no container recorded"
+    return row[0]
+
+
 @pytest.fixture(scope="session")
 def settings() -> Iterator[Settings]:
     settings = make_settings()

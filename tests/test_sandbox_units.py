@@ -11,8 +11,8 @@ from coderund.sandbox.options import Isolation, container_options
 
 
 def test_container_options_lock_the_container_down():
-    options = container_options(image="img", name="coderund-task-x", memory_mb=128, isolation=Isolation(runtime="runsc"),
-                                env={"GOCACHE": "/tmp/c"}, labels={"coderund.task": "x"})
+    options = container_options(image="img", name="coderund-x", memory_mb=128, isolation=Isolation(runtime="runsc"),
+                                env={"GOCACHE": "/tmp/c"}, labels={"coderund.task": "x"}, tools_volume="tools")
     assert options["network_mode"] == "none" and options["read_only"] is True
     assert options["cap_drop"] == ["ALL"] and options["security_opt"] == ["no-new-privileges"]
     assert options["user"] == "65534:65534" and options["pids_limit"] == 128
@@ -23,64 +23,79 @@ def test_container_options_lock_the_container_down():
     assert {u["Name"] for u in options["ulimits"]} == {"nofile", "fsize", "core"}
     assert all("size=" in spec for spec in options["tmpfs"].values())
     assert "binds" not in options and "volumes" not in options and "privileged" not in options
+    # The only mount: the supervisor's volume, read-only; the supervisor is the first process.
+    [mount] = options["mounts"]
+    assert mount["Source"] == "tools" and mount["Target"] == "/.coderund" and mount["ReadOnly"] is True
+    assert options["command"] == ["/.coderund/supervise", "/box"] and options["stdin_open"] is True
 
 
 def test_parse_report():
-    data = b"coderund-report exit=3 signal=0 wall_us=1500 cpu_us=900 maxrss_kb=42 timed_out=0 output_over=0 oom=-1 stdout=2 stderr=3\nhierr"
-    report = supervisor.parse_report(data)
+    data = b"coderund-report exit=3 signal=0 wall_us=1500 cpu_us=900 maxrss_kb=42 timed_out=0 output_over=0 oom=-1 stdout=2 stderr=3 files=0\nhierr"
+    report, files = supervisor.parse_report(data)
     assert (report.exit_code, report.signal, report.wall_ms, report.cpu_ms, report.memory_kb) == (3, None, 1, 0, 42)
-    assert report.oom is None and report.stdout == b"hi" and report.stderr == b"err"
-    with pytest.raises(supervisor.SupervisorError):
-        supervisor.parse_report(data[:-1])
-    with pytest.raises(supervisor.SupervisorError):
-        supervisor.parse_report(b"garbage")
+    assert report.oom is None and report.stdout == b"hi" and report.stderr == b"err" and files is None
+    assert supervisor.report_size(data.split(b"\n")[0] + b"\n") == len(data)
+    for broken in (data[:-1], data + b"x", b"garbage", data.replace(b"exit=3", b"exit=x"), data.replace(b" files=0", b"")):
+        with pytest.raises(supervisor.SupervisorError):
+            supervisor.parse_report(broken)
+
+
+def serve(binary: Path, folder: Path, files: supervisor.Files, program: tuple[str, ...], *, wall_ms: int = 5000,
+          cap: int = 100, stdin: bytes = b"", collect: bool = False):
+    """The supervisor on the host, in a folder of its own, given one request as a container's would be."""
+    request = supervisor.request(files, stdin, program, wall_ms=wall_ms, output_cap=cap, collect=collect)
+    done = subprocess.run([str(binary), str(folder)], input=request, capture_output=True, check=True)
+    return supervisor.parse_report(done.stdout)
 
 
 def test_supervisor_caps_output_and_time_on_the_host(tmp_path: Path):
-    binary = supervisor.build(tmp_path)
-    assert supervisor.build(tmp_path) == binary  # built once per source version
+    binary = supervisor.build(tmp_path / "bin")
+    assert supervisor.build(tmp_path / "bin") == binary  # built once per source version
+    none = supervisor.Files()
 
-    def run(wall_ms: int, cap: int, *program: str) -> supervisor.RunReport:
-        command = supervisor.command(str(binary), wall_ms, cap, None, program)
-        return supervisor.parse_report(subprocess.run(command, capture_output=True, check=True).stdout)
-
-    flood = run(5000, 100, "sh", "-c", "yes")
+    flood, _ = serve(binary, tmp_path, none, ("sh", "-c", "yes"))
     assert flood.output_over and flood.signal == 9 and flood.stdout == b"y\n" * 50
-    slow = run(300, 100, "sleep", "5")
+    slow, _ = serve(binary, tmp_path, none, ("sleep", "5"), wall_ms=300)
     assert slow.timed_out and 300 <= slow.wall_ms < 1500
     # A background child holding the pipe open does not keep the report waiting.
-    detached = run(3000, 100, "sh", "-c", "sleep 10 & echo parent done")
+    detached, _ = serve(binary, tmp_path, none, ("sh", "-c", "sleep 10 & echo parent done"), wall_ms=3000)
     assert detached.exit_code == 0 and detached.stdout == b"parent done\n" and detached.wall_ms < 2000
 
 
+def test_supervisor_takes_files_and_stdin_and_returns_the_work_folder(tmp_path: Path):
+    binary = supervisor.build(tmp_path / "bin")
+    work = tmp_path / "box"
+    work.mkdir()
+    given = supervisor.Files({"run.sh": b"cat > out.txt; mkdir -p sub; echo made > sub/x; echo $1", "data": bytes(range(256))},
+                             {"run.sh": 0o755})
+    report, files = serve(binary, work, given, ("./run.sh", "arg one"), stdin=b"in\x00put", collect=True)
+    assert report.exit_code == 0 and report.stdout == b"arg one\n"
+    assert files is not None and files.data["out.txt"] == b"in\x00put" and files.data["data"] == bytes(range(256))
+    assert files.data["sub"] is supervisor.FOLDER and files.data["sub/x"] == b"made\n" and files.modes["run.sh"] == 0o755
+    (work / "link").symlink_to("/etc/passwd")
+    _, again = serve(binary, work, supervisor.Files(), ("true",), collect=True)
+    assert again is not None and "link" not in again.data  # links are never sent
+
+
+@pytest.mark.parametrize("path", ["/etc/x", "../x", "a/../../x", ".."])
+def test_supervisor_refuses_paths_outside_its_folder(tmp_path: Path, path: str):
+    binary = supervisor.build(tmp_path / "bin")
+    request = supervisor.request(supervisor.Files({path: b"x"}), b"", ("true",), wall_ms=1000, output_cap=10, collect=False)
+    done = subprocess.run([str(binary), str(tmp_path)], input=request, capture_output=True)
+    assert done.returncode == 125 and b"outside the work folder" in done.stderr and not done.stdout
+
+
 def test_build_output_is_reduced_to_plain_files():
-    """A build's archive comes from a sandbox: links, devices and '..' never reach the next container."""
-    import io
-    import tarfile
+    """A build's file list comes from a sandbox: '..' and absolute names never reach the next container."""
+    from coderund.sandbox.runner import work_files
 
-    from coderund.sandbox.runner import FOLDER, _work_files
-
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        def add(name, data=b"", **kw):
-            info = tarfile.TarInfo(name)
-            for key, value in kw.items():
-                setattr(info, key, value)
-            info.size = len(data) if info.type == tarfile.REGTYPE else 0
-            tar.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
-        add(".", type=tarfile.DIRTYPE)
-        add("./main", b"\x7fELF", mode=0o755)
-        add("./main.c", b"int main;", mode=0o644)
-        add("./pkg", type=tarfile.DIRTYPE)
-        add("./pkg/data", b"d", mode=0o600)
-        add("./shadow", type=tarfile.SYMTYPE, linkname="/etc/shadow")
-        add("./hard", type=tarfile.LNKTYPE, linkname="/etc/passwd")
-        add("./dev", type=tarfile.CHRTYPE)
-        add("../escape", b"x")
-        add("./a/../../escape2", b"x")
-        add("/abs", b"x")
-    files, modes = _work_files(buffer.getvalue(), max_bytes=1 << 20)
-    assert files == {"/box/main": b"\x7fELF", "/box/main.c": b"int main;", "/box/pkg": FOLDER, "/box/pkg/data": b"d"}
-    assert modes["/box/main"] == 0o755 and modes["/box/main.c"] == 0o644 and modes["/box/pkg/data"] == 0o644
+    FOLDER = supervisor.FOLDER
+    listed = supervisor.Files(
+        {"main": b"\x7fELF", "main.c": b"int main;", "pkg": FOLDER, "pkg/data": b"d", "../escape": b"x",
+         "a/../../escape2": b"x", "/abs": b"x", ".": FOLDER},
+        {"main": 0o755, "main.c": 0o644, "pkg": 0o700, "pkg/data": 0o600})
+    files = work_files(listed, max_bytes=1 << 20)
+    assert files.data == {"main": b"\x7fELF", "main.c": b"int main;", "pkg": FOLDER, "pkg/data": b"d"}
+    assert files.modes == {"main": 0o755, "main.c": 0o644, "pkg": 0o755, "pkg/data": 0o644}
     with pytest.raises(Exception, match="more than"):
-        _work_files(buffer.getvalue(), max_bytes=4)
+        work_files(listed, max_bytes=4)

@@ -129,8 +129,9 @@ class Tasks:
             cursor = await conn.execute(
                 "UPDATE tasks SET state = 'done', finished_at = now(), verdict = %s, exit_code = %s, signal = %s,"
                 " stdout = %s, stderr = %s, compile_output = %s, truncated = %s, cpu_ms = %s, wall_ms = %s,"
-                " memory_kb = %s WHERE id = %s AND state <> 'done'",
+                " memory_kb = %s, container = %s WHERE id = %s AND state <> 'done'",
                 (result.verdict.value, result.exit_code, result.signal, result.stdout, result.stderr,
-                 result.compile_output, result.truncated, result.time_ms, result.wall_ms, result.memory_kb, task_id),
+                 result.compile_output, result.truncated, result.time_ms, result.wall_ms, result.memory_kb,
+                 result.container, task_id),
             )
             return cursor.rowcount == 1

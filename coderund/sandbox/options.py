@@ -4,14 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from docker.types import Mount
+
 WORKDIR = "/box"  # the task's files; writable by the task
-TOOLS_DIR = "/.coderund"  # supervisor and stdin; root-owned, so a run cannot tamper with them
+TOOLS_DIR = "/.coderund"  # the supervisor, from a read-only volume, so a run cannot tamper with it
+SUPERVISOR = f"{TOOLS_DIR}/supervise"
 SANDBOX_USER = "65534:65534"  # nobody
 LABEL = "coderund"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 MB = 1024 * 1024
 # Options of the container itself; the rest of container_options() is host configuration.
-CREATE_KEYS = frozenset({"image", "name", "command", "user", "environment", "labels", "hostname"})
+CREATE_KEYS = frozenset({"image", "name", "command", "user", "environment", "labels", "hostname", "stdin_open"})
 
 
 @dataclass(frozen=True)
@@ -25,22 +28,26 @@ class Isolation:
 
 
 def container_options(
-    *, image: str, name: str, memory_mb: int, isolation: Isolation, env: dict[str, str], labels: dict[str, str]
+    *, image: str, name: str, memory_mb: int, isolation: Isolation, env: dict[str, str], labels: dict[str, str],
+    tools_volume: str,
 ) -> dict[str, Any]:
     tmpfs = f"size={isolation.tmpfs_mb}m,nosuid,nodev"
     fsize = isolation.tmpfs_mb * MB
     return {
         "image": image,
         "name": name,
-        # An idle first process keeps the container up between the steps we exec into it.
-        "command": ["sleep", "infinity"],
+        # The supervisor is the first process: it waits on the attached stdin for its one task.
+        # (Not Docker's working_dir: Docker would make that folder root's, over the tmpfs's mode.)
+        "command": [SUPERVISOR, WORKDIR],
+        "stdin_open": True,
         "user": SANDBOX_USER,
         "environment": {"PATH": PATH, "LANG": "C.UTF-8", "HOME": WORKDIR, **env},
         "labels": {LABEL: "1", **labels},
         "network_mode": "none",
         "read_only": True,
-        # Sticky and world-writable: root writes the sources, the task writes its build outputs.
-        "tmpfs": {WORKDIR: f"{tmpfs},exec,mode=1777", "/tmp": f"{tmpfs},mode=1777", TOOLS_DIR: "size=4m,exec,mode=0755"},
+        # World-writable: the supervisor writes the sources and the task its build outputs, both as nobody.
+        "tmpfs": {WORKDIR: f"{tmpfs},exec,mode=1777", "/tmp": f"{tmpfs},mode=1777"},
+        "mounts": [Mount(TOOLS_DIR, tools_volume, type="volume", read_only=True, no_copy=True)],
         "shm_size": 16 * MB,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],

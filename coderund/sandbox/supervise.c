@@ -1,27 +1,40 @@
-/* coderund-supervise: runs one program inside a sandbox container and reports on it.
+/* coderund-supervise: the first process of a sandbox container. It waits for one request on its
+ * stdin, runs that one program, reports on it on its stdout, and exits, which ends the container:
+ * a container serves one task and no more.
  *
- * Usage: supervise WALL_MS OUTPUT_CAP STDIN_PATH -- PROGRAM [ARGS...]
+ * Usage: supervise WORK_FOLDER (its files, and the program's working folder)
  *
- * The program runs in its own session with stdin from STDIN_PATH ("-" for /dev/null).
- * Its stdout and stderr are read as they come and kept up to OUTPUT_CAP bytes each; past
- * that, or past WALL_MS, the whole process group is killed. Then one report goes to our
- * stdout: a header line of key=value pairs, the kept stdout bytes, the kept stderr bytes.
- * Built statically on the worker's host so that it runs in any image.
+ * Request and report are made of items, each "<decimal length>:<bytes>".
+ * Request: "coderund-1", WALL_MS, OUTPUT_CAP, COLLECT (0|1), NFILES, then NFILES times PATH MODE DATA
+ *          (paths relative to the work folder, MODE a st_mode in decimal: a folder or a regular file),
+ *          STDIN, ARGC, then ARGC arguments.
+ * Report:  one header line of key=value pairs, the kept stdout bytes, the kept stderr bytes, and with
+ *          COLLECT the work folder's folders and regular files as PATH MODE DATA items, ended by an
+ *          empty PATH.
+ *
+ * The program runs in its own session with stdin from a memory file. Its stdout and stderr are read as
+ * they come and kept up to OUTPUT_CAP bytes each; past that, or past WALL_MS, the whole process group
+ * is killed. Built statically on the worker's host so that it runs in any image.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#define MAX_ITEM (1L << 30)
 
 struct stream {
     int fd;
@@ -31,6 +44,11 @@ struct stream {
 };
 
 static int sigchld_pipe[2];
+
+static void fail(const char *what) {
+    fprintf(stderr, "coderund-supervise: %s: %s\n", what, errno ? strerror(errno) : "bad request");
+    exit(125);
+}
 
 static void on_sigchld(int sig) {
     (void)sig;
@@ -45,6 +63,143 @@ static long now_us(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1000000L + ts.tv_nsec / 1000;
 }
+
+/* ---- the request ---- */
+
+static long item_length(void) {
+    long n = 0;
+    int c, digits = 0;
+    while ((c = getchar()) != ':') {
+        if (c < '0' || c > '9' || ++digits > 10) {
+            errno = 0;
+            fail("item length");
+        }
+        n = n * 10 + (c - '0');
+    }
+    if (n > MAX_ITEM) fail("item too large");
+    return n;
+}
+
+/* The next item as a NUL-terminated string (items never hold NUL where this is used). */
+static char *item(void) {
+    long n = item_length();
+    char *data = malloc((size_t)n + 1);
+    if (!data) fail("malloc");
+    if (n && fread(data, 1, (size_t)n, stdin) != (size_t)n) fail("short request");
+    data[n] = 0;
+    return data;
+}
+
+static long number(void) {
+    char *text = item(), *end;
+    long value = strtol(text, &end, 10);
+    if (!*text || *end || value < 0) {
+        errno = 0;
+        fail("number");
+    }
+    free(text);
+    return value;
+}
+
+/* Copies the next item into fd without holding it in memory. */
+static void item_to(int fd) {
+    char buf[65536];
+    long left = item_length();
+    while (left > 0) {
+        size_t n = fread(buf, 1, left < (long)sizeof buf ? (size_t)left : sizeof buf, stdin);
+        if (n == 0) fail("short request");
+        for (size_t done = 0; done < n;) {
+            ssize_t w = write(fd, buf + done, n - done);
+            if (w < 0) fail("writing a file");
+            done += (size_t)w;
+        }
+        left -= (long)n;
+    }
+}
+
+/* The worker builds the paths, but a path must stay in the work folder however it was made. */
+static void check_path(const char *path) {
+    errno = 0;
+    if (!*path || path[0] == '/' || strcmp(path, "..") == 0 || strncmp(path, "../", 3) == 0 || strstr(path, "/../") ||
+        (strlen(path) >= 3 && strcmp(path + strlen(path) - 3, "/..") == 0))
+        fail("path outside the work folder");
+}
+
+static void make_parents(char *path) {
+    for (char *slash = strchr(path, '/'); slash; slash = strchr(slash + 1, '/')) {
+        *slash = 0;
+        if (mkdir(path, 0755) < 0 && errno != EEXIST) fail("mkdir");
+        *slash = '/';
+    }
+}
+
+static void receive_file(void) {
+    char *path = item();
+    check_path(path);
+    mode_t mode = (mode_t)number();
+    make_parents(path);
+    if (S_ISDIR(mode)) {
+        if (mkdir(path, mode & 0777) < 0 && errno != EEXIST) fail("mkdir");
+        if (item_length() != 0) fail("a folder with data");
+    } else {
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0) fail(path);
+        item_to(fd);
+        if (fchmod(fd, mode & 0777) < 0) fail("fchmod");
+        close(fd);
+    }
+    free(path);
+}
+
+/* ---- the report ---- */
+
+static void write_all(const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(1, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            exit(125);
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static void send_item(const char *data, size_t n) {
+    char length[32];
+    write_all(length, (size_t)snprintf(length, sizeof length, "%zu:", n));
+    write_all(data, n);
+}
+
+static void send_number(long value) {
+    char text[32];
+    send_item(text, (size_t)snprintf(text, sizeof text, "%ld", value));
+}
+
+static int send_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+    (void)ftw;
+    if (strcmp(path, ".") == 0 || (type != FTW_F && type != FTW_D)) return 0;
+    if (type == FTW_F && !S_ISREG(st->st_mode)) return 0; /* links, devices, sockets: never sent */
+    const char *name = strncmp(path, "./", 2) == 0 ? path + 2 : path;
+    char *data = NULL;
+    size_t len = 0;
+    if (type == FTW_F) {
+        int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) return 0;
+        data = malloc((size_t)st->st_size + 1);
+        ssize_t n;
+        while (data && len < (size_t)st->st_size && (n = read(fd, data + len, (size_t)st->st_size - len)) > 0) len += (size_t)n;
+        close(fd);
+        if (!data) fail("malloc");
+    }
+    send_item(name, strlen(name));
+    send_number((long)(st->st_mode & (S_IFMT | 0777)));
+    send_item(data ? data : "", len);
+    free(data);
+    return 0;
+}
+
+/* ---- running the program ---- */
 
 /* The kernel's count of OOM kills in this container's memory cgroup (v2 or v1), -1 if unknown. */
 static long oom_kills(void) {
@@ -80,34 +235,31 @@ static int drain(struct stream *s) {
     return 1;
 }
 
-static void write_all(const char *p, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(1, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            exit(125);
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-}
-
 int main(int argc, char **argv) {
-    if (argc < 6 || strcmp(argv[4], "--") != 0) {
-        fprintf(stderr, "usage: supervise WALL_MS OUTPUT_CAP STDIN_PATH -- PROGRAM [ARGS...]\n");
-        return 125;
-    }
     /* Not dumpable: the program runs as our uid, and must not ptrace us to forge the report. */
     prctl(PR_SET_DUMPABLE, 0);
-    long wall_ms = atol(argv[1]);
-    size_t output_cap = (size_t)atol(argv[2]);
-    const char *stdin_path = strcmp(argv[3], "-") == 0 ? "/dev/null" : argv[3];
+    if (argc != 2 || chdir(argv[1]) < 0) fail("usage: supervise WORK_FOLDER");
+    char *magic = item();
+    if (strcmp(magic, "coderund-1") != 0) {
+        errno = 0;
+        fail("not a coderund request");
+    }
+    long wall_ms = number();
+    size_t output_cap = (size_t)number();
+    int collect = number() != 0;
+    for (long files = number(); files > 0; files--) receive_file();
+    int in = memfd_create("stdin", MFD_CLOEXEC);
+    if (in < 0) fail("memfd_create");
+    item_to(in);
+    lseek(in, 0, SEEK_SET);
+    long words = number();
+    if (words < 1 || words > 4096) fail("program");
+    char **program = calloc((size_t)words + 1, sizeof *program);
+    if (!program) fail("calloc");
+    for (long i = 0; i < words; i++) program[i] = item();
 
     int out_pipe[2], err_pipe[2];
-    if (pipe2(out_pipe, O_CLOEXEC) || pipe2(err_pipe, O_CLOEXEC) || pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK)) {
-        perror("pipe");
-        return 125;
-    }
+    if (pipe2(out_pipe, O_CLOEXEC) || pipe2(err_pipe, O_CLOEXEC) || pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK)) fail("pipe");
     struct sigaction sa = {0};
     sa.sa_handler = on_sigchld;
     sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
@@ -116,21 +268,18 @@ int main(int argc, char **argv) {
     long oom_before = oom_kills();
     long started = now_us();
     pid_t pid = fork();
-    if (pid < 0) {
-        perror("fork");
-        return 125;
-    }
+    if (pid < 0) fail("fork");
     if (pid == 0) {
         setsid();
-        int in = open(stdin_path, O_RDONLY);
-        if (in < 0 || dup2(in, 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
+        if (dup2(in, 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
         signal(SIGCHLD, SIG_DFL);
-        execvp(argv[5], argv + 5);
-        fprintf(stderr, "cannot run %s: %s\n", argv[5], strerror(errno));
+        execvp(program[0], program);
+        fprintf(stderr, "cannot run %s: %s\n", program[0], strerror(errno));
         _exit(127);
     }
     close(out_pipe[1]);
     close(err_pipe[1]);
+    close(in);
 
     struct stream streams[2] = {
         {out_pipe[0], malloc(output_cap + 1), 0, output_cap, 0},
@@ -141,7 +290,8 @@ int main(int argc, char **argv) {
     long deadline = started + wall_ms * 1000L;
 
     /* Until the program exits: copy output, watch the clock and the caps. A background child
-     * holding the pipes open does not keep us waiting once the program itself is gone. */
+     * holding the pipes open does not keep us waiting once the program itself is gone. As the
+     * container's first process we also reap orphans, so they do not pile up as zombies. */
     while (!exited) {
         struct pollfd fds[3] = {{sigchld_pipe[0], POLLIN, 0}, {streams[0].fd, POLLIN, 0}, {streams[1].fd, POLLIN, 0}};
         long left_ms = (deadline - now_us()) / 1000;
@@ -161,11 +311,23 @@ int main(int argc, char **argv) {
         if (fds[0].revents & POLLIN) {
             char c;
             while (read(sigchld_pipe[0], &c, 1) > 0) {}
-            if (wait4(pid, &status, WNOHANG, &usage) == pid) exited = 1;
+            int child_status;
+            struct rusage child_usage;
+            pid_t done;
+            while ((done = wait4(-1, &child_status, WNOHANG, &child_usage)) > 0) {
+                if (done == pid) {
+                    exited = 1;
+                    status = child_status;
+                    usage = child_usage;
+                }
+            }
         }
     }
     long wall_us = now_us() - started;
     kill(-pid, SIGKILL);
+    /* Whatever else the program left behind goes too: as the container's first process, kill(-1)
+     * reaches every other process in the container and spares us. (Anywhere else, never.) */
+    if (getpid() == 1) kill(-1, SIGKILL);
     if (!exited) {
         while (wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {}
     }
@@ -182,12 +344,16 @@ int main(int argc, char **argv) {
     char header[512];
     int n = snprintf(header, sizeof header,
                      "coderund-report exit=%d signal=%d wall_us=%ld cpu_us=%ld maxrss_kb=%ld timed_out=%d "
-                     "output_over=%d oom=%d stdout=%zu stderr=%zu\n",
+                     "output_over=%d oom=%d stdout=%zu stderr=%zu files=%d\n",
                      WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0,
                      wall_us, cpu_us, usage.ru_maxrss, timed_out, streams[0].over || streams[1].over,
-                     oom_before < 0 ? -1 : (int)(oom_after > oom_before), streams[0].len, streams[1].len);
+                     oom_before < 0 ? -1 : (int)(oom_after > oom_before), streams[0].len, streams[1].len, collect);
     write_all(header, (size_t)n);
     write_all(streams[0].data, streams[0].len);
     write_all(streams[1].data, streams[1].len);
+    if (collect) {
+        nftw(".", send_entry, 16, FTW_PHYS);
+        send_item("", 0);
+    }
     return 0;
 }

@@ -1,26 +1,53 @@
-"""The in-container supervisor (supervise.c): building it, calling it, reading its report."""
+"""The in-container supervisor (supervise.c): building it, the request it waits for, the report it sends.
+
+Both directions are made of items, each b"<length>:<bytes>", so that any bytes (code, stdin,
+binaries) pass unescaped and either side knows when a message is complete.
+"""
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..domain import RunReport
 
 SOURCE = Path(__file__).with_name("supervise.c")
+REQUEST_TAG = b"coderund-1"
 REPORT_TAG = b"coderund-report"
+FOLDER = None  # the content of a folder in a file map
 
 
 class SupervisorError(Exception):
     pass
 
 
+class Incomplete(SupervisorError):
+    """More bytes are needed before the report can be read."""
+
+
+@dataclass(frozen=True)
+class Files:
+    """Paths relative to the work folder, each mapped to its bytes (FOLDER for a folder) and a mode."""
+
+    data: dict[str, bytes | None] = field(default_factory=dict)
+    modes: dict[str, int] = field(default_factory=dict)
+
+    def mode(self, path: str) -> int:
+        kind = stat.S_IFDIR if self.data[path] is FOLDER else stat.S_IFREG
+        return kind | self.modes.get(path, 0o755 if kind == stat.S_IFDIR else 0o644)
+
+    def size(self) -> int:
+        return sum(len(content or b"") for content in self.data.values())
+
+
 def build(cache_dir: Path) -> Path:
     """A static binary runs in any image; it is built once per source version and kept."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-    target = cache_dir / f"supervise-{digest}"
+    target = cache_dir / f"supervise-{digest()}"
     if target.exists():
         return target
     compiler = shutil.which("cc") or shutil.which("gcc")
@@ -35,23 +62,77 @@ def build(cache_dir: Path) -> Path:
     return target
 
 
-def command(path: str, wall_ms: int, output_cap: int, stdin_path: str | None, program: tuple[str, ...]) -> list[str]:
-    return [path, str(wall_ms), str(output_cap), stdin_path or "-", "--", *program]
+def digest() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
 
 
-def parse_report(data: bytes) -> RunReport:
-    header, newline, rest = data.partition(b"\n")
+def _item(data: bytes) -> bytes:
+    return b"%d:%s" % (len(data), data)
+
+
+def request(files: Files, stdin: bytes, program: tuple[str, ...], *, wall_ms: int, output_cap: int, collect: bool) -> bytes:
+    """The one message a waiting supervisor takes: files for the work folder, stdin, the program."""
+    parts = [REQUEST_TAG, b"%d" % wall_ms, b"%d" % output_cap, b"1" if collect else b"0", b"%d" % len(files.data)]
+    for path, content in files.data.items():
+        parts += [path.encode(), b"%d" % files.mode(path), content or b""]
+    parts += [stdin, b"%d" % len(program), *(arg.encode() for arg in program)]
+    return b"".join(_item(part) for part in parts)
+
+
+def _items(data: bytes, at: int) -> Iterator[bytes]:
+    """Items from offset at; Incomplete where the data ends too soon."""
+    while True:
+        colon = data.find(b":", at, at + 12)
+        if colon < 0:
+            raise Incomplete("item length")
+        try:
+            end = colon + 1 + int(data[at:colon])
+        except ValueError:
+            raise SupervisorError(f"not an item length: {data[at:colon]!r}") from None
+        if end > len(data):
+            raise Incomplete("item data")
+        yield data[colon + 1:end]
+        at = end
+
+
+def report_size(data: bytes) -> int | None:
+    """How long the whole report in data is, once its header has arrived, if the header says so
+    (a report with files is read to its end)."""
+    header, newline, _ = data.partition(b"\n")
+    if not newline:
+        return None
+    values = _header(header)
+    return None if values["files"] else len(header) + 1 + values["stdout"] + values["stderr"]
+
+
+HEADER_KEYS = {"exit", "signal", "wall_us", "cpu_us", "maxrss_kb", "timed_out", "output_over", "oom", "stdout", "stderr",
+               "files"}
+
+
+def _header(header: bytes) -> dict[str, int]:
     fields = header.split()
-    if not newline or not fields or fields[0] != REPORT_TAG:
+    if not fields or fields[0] != REPORT_TAG:
+        raise SupervisorError(f"no report from the supervisor: {header[:200]!r}")
+    try:
+        values = {key.decode(): int(value) for key, _, value in (entry.partition(b"=") for entry in fields[1:])}
+    except ValueError:
+        raise SupervisorError(f"a malformed report header: {header[:200]!r}") from None
+    if not HEADER_KEYS <= values.keys():
+        raise SupervisorError(f"a report header without {sorted(HEADER_KEYS - values.keys())}")
+    return values
+
+
+def parse_report(data: bytes) -> tuple[RunReport, Files | None]:
+    """The report, and with it the work folder when the request asked for it."""
+    header, newline, rest = data.partition(b"\n")
+    if not newline:
         raise SupervisorError(f"no report from the supervisor: {data[:200]!r}")
-    values = {}
-    for item in fields[1:]:
-        key, _, value = item.partition(b"=")
-        values[key.decode()] = int(value)
+    values = _header(header)
     out_len, err_len = values["stdout"], values["stderr"]
-    if len(rest) != out_len + err_len:
+    output_end = len(header) + 1 + out_len + err_len
+    if len(data) < output_end or (len(data) > output_end and not values["files"]):
         raise SupervisorError(f"report announces {out_len + err_len} output bytes, carries {len(rest)}")
-    return RunReport(
+    report = RunReport(
         exit_code=values["exit"] if values["exit"] >= 0 else None,
         signal=values["signal"] or None,
         wall_ms=values["wall_us"] // 1000,
@@ -61,5 +142,22 @@ def parse_report(data: bytes) -> RunReport:
         output_over=bool(values["output_over"]),
         oom=None if values["oom"] < 0 else bool(values["oom"]),
         stdout=rest[:out_len],
-        stderr=rest[out_len:],
+        stderr=rest[out_len:out_len + err_len],
     )
+    try:
+        return report, _files(data, output_end) if values["files"] else None
+    except ValueError:
+        raise SupervisorError("a malformed file list in the report") from None
+
+
+def _files(data: bytes, at: int) -> Files:
+    """The work folder as the supervisor listed it. Its names come from inside a sandbox: the caller
+    still reduces them to safe ones (runner.work_files)."""
+    files = Files()
+    items = _items(data, at)
+    while path := next(items):
+        mode, content = int(next(items)), next(items)
+        name = path.decode(errors="replace")
+        files.data[name] = FOLDER if stat.S_ISDIR(mode) else content
+        files.modes[name] = mode & 0o777
+    return files

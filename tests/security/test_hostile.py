@@ -16,7 +16,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import api_of, free_port
+from tests.conftest import api_of, container_of, free_port
 
 RUNTIMES = ["runc", "runsc"]
 MARKER = "987654"  # a sleep of this many seconds marks processes that try to outlive their task
@@ -176,23 +176,24 @@ async def hostile_token(hostile_api):
     return await hostile_api.user("hostile")
 
 
-def task_containers(label: str) -> list:
+def containers(**filters: str) -> list:
     # The low-level list: it does not inspect each container, which may be gone in between.
-    return docker.from_env().api.containers(all=True, filters={"label": label})
+    return docker.from_env().api.containers(all=True, filters=filters)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-async def test_hostile_program(hostile_api, hostile_token, case):
+async def test_hostile_program(hostile_api, hostile_token, case, settings):
     task_id = await hostile_api.submit(hostile_token, language=case.language, code=case.code, limits=case.limits,
                                        args=["../../etc/passwd", "/proc/self/root"])
     result = await hostile_api.result(hostile_token, task_id)
     assert result["verdict"] in case.verdicts, result
     assert hostile_api.runtime not in case.check_on or case.check(result), result
+    container = await container_of(settings, task_id)
     for _ in range(50):  # removal runs just after the result is stored
-        if not task_containers(f"coderund.task={task_id}"):
+        if not containers(id=container):
             break
         await asyncio.sleep(0.1)
-    assert not task_containers(f"coderund.task={task_id}")
+    assert not containers(id=container)
 
 
 async def test_tasks_cannot_see_each_other(hostile_api, hostile_token):
@@ -211,9 +212,9 @@ async def test_afterwards_the_next_task_runs_and_nothing_outlived_its_task(hosti
     assert result["verdict"] == "ok" and result["stdout"] == "still fine\n"
     host = subprocess.run(["pgrep", "-f", f"sleep {MARKER}"], capture_output=True, text=True)
     assert host.stdout == "", f"processes outlived their task: {host.stdout}"
-    for _ in range(50):
-        left = task_containers("coderund.task")
+    for _ in range(50):  # only warm containers, still waiting for a task, may remain
+        left = [c for c in containers(label="coderund") if c["State"] != "running" or "coderund.warm" not in c["Labels"]]
         if not left:
             break
         await asyncio.sleep(0.1)
-    assert not left, [c["Names"] for c in left]
+    assert not left, [(c["Names"], c["State"]) for c in left]

@@ -1,0 +1,210 @@
+"""The Docker side of sandboxes: make a container and attach to it, remove it, sweep leftovers.
+
+The Docker SDK is synchronous, so every call runs on a thread pool of our own and the event loop
+never blocks on the engine. Every engine API call is counted in /metrics by its route.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import logging
+import os
+import re
+import socket
+import tarfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests
+import requests.exceptions
+from docker.types import Mount
+
+from .. import metrics
+from . import supervisor
+from .box import Box
+from .options import CREATE_KEYS, LABEL, TOOLS_DIR, Isolation, container_options
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ATTACH = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+_VERSION = re.compile(r"v[\d.]+")
+_COLLECTIONS = {"containers", "volumes", "images", "exec"}
+_ACTIONS = {"create", "json", "prune"}
+
+
+class SandboxError(Exception):
+    """The platform failed (engine down, container gone); not the task's fault."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What makes two sandbox containers interchangeable before a task is in them."""
+
+    image: str
+    memory_mb: int
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def api_route(method: str, url: str) -> str:
+    """An engine call as a metric label: its route, without the API version, ids or names."""
+    parts = [p for p in requests.utils.urlparse(url).path.split("/") if p and not _VERSION.fullmatch(p)]
+    if parts[:1] == ["images"] and len(parts) > 3:  # an image name may hold slashes
+        parts = ["images", "{id}", parts[-1]]
+    for i in range(1, len(parts)):
+        if parts[i - 1] in _COLLECTIONS and parts[i] not in _ACTIONS:
+            parts[i] = "{id}"
+    return f"{method} /{'/'.join(parts)}"
+
+
+class Engine:
+    def __init__(self, client: docker.DockerClient, *, isolation: Isolation, supervisor_binary: Path, threads: int,
+                 worker_id: str) -> None:
+        self.client = client
+        self.isolation = isolation
+        self.supervisor = supervisor_binary.read_bytes()
+        self.worker_id = worker_id
+        self.tools_volume = f"coderund-tools-{supervisor.digest()}"
+        self._tools_ready = False
+        self._tools_lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="docker")
+        self._removals: set[asyncio.Future[None]] = set()
+        client.api.hooks["response"].append(_count_call)
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise SandboxError(f"docker: {e}") from e
+
+    async def close(self) -> None:
+        if self._removals:
+            await asyncio.wait(self._removals, timeout=30)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def make(self, shape: Shape, labels: dict[str, str]) -> Box:
+        """A started container of that shape, attached, its supervisor waiting for a request."""
+        await self._install_tools(shape.image)
+        name = f"coderund-{uuid.uuid4().hex[:12]}"
+        options = container_options(image=shape.image, name=name, memory_mb=shape.memory_mb, isolation=self.isolation,
+                                    env=dict(shape.env), labels={f"{LABEL}.worker": self.worker_id, **labels},
+                                    tools_volume=self.tools_volume)
+        started = time.monotonic()
+        try:
+            container_id, sock = await self.call(self._start, options)
+        except SandboxError:
+            await self.call(self._remove, name)  # a half-made container must not linger
+            raise
+        metrics.CONTAINER_START.observe(time.monotonic() - started)
+        return await Box.attach(container_id, sock)
+
+    def _start(self, options: dict[str, Any]) -> tuple[str, socket.socket]:
+        api = self.client.api
+        host_config = api.create_host_config(**{k: v for k, v in options.items() if k not in CREATE_KEYS})
+        container_id = api.create_container(host_config=host_config,
+                                            **{k: v for k, v in options.items() if k in CREATE_KEYS})["Id"]
+        api.start(container_id)
+        # Nothing is lost by attaching after the start: the supervisor is silent until it is asked.
+        attached = api.attach_socket(container_id, params=ATTACH)
+        raw = getattr(attached, "_sock", attached)
+        if not isinstance(raw, socket.socket) or hasattr(raw, "do_handshake"):
+            raise SandboxError("the engine connection is not a plain socket (TLS engines are not supported)")
+        sock = socket.socket(fileno=os.dup(raw.fileno()))  # ours, apart from the SDK's response object
+        attached.close()
+        sock.setblocking(False)
+        return container_id, sock
+
+    def discard(self, box: Box) -> None:
+        """Closes the box and removes its container, off the task's critical path."""
+        box.close()
+        removal = asyncio.ensure_future(self.call(self._remove, box.id))
+        self._removals.add(removal)
+        removal.add_done_callback(self._removals.discard)
+
+    def _remove(self, container: str) -> None:
+        """Cleanup never raises: a container that cannot be removed now is swept later."""
+        try:
+            self.client.api.remove_container(container, force=True)
+        except docker.errors.NotFound:
+            pass
+        except Exception as e:  # noqa: BLE001 - logged, and the leftover sweep retries
+            log.warning("could not remove container %s: %s", container[:12], e)
+
+    async def state(self, container: str, settle_s: float = 2) -> dict[str, Any]:
+        """The container's state once the engine has seen it end (it may learn of an OOM kill a
+        moment after the stream closed), or as it is after settle_s."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            state = (await self.call(self.client.api.inspect_container, container))["State"]
+            if not state.get("Running") or time.monotonic() > deadline:
+                return state
+            await asyncio.sleep(0.1)
+
+    def remove_leftovers(self, is_alive: Callable[[str], bool]) -> int:
+        """Removes containers whose worker is gone (it died before its cleanup ran)."""
+        removed = 0
+        # The low-level list: it does not inspect each container, which may be gone in between.
+        for container in self.client.api.containers(all=True, filters={"label": LABEL}):
+            if not is_alive(container["Labels"].get(f"{LABEL}.worker", "")):
+                self._remove(container["Id"])
+                removed += 1
+        return removed
+
+    def image_id(self, image: str) -> str:
+        return self.client.api.inspect_image(image)["Id"]
+
+    async def _install_tools(self, image: str) -> None:
+        """The supervisor goes into a volume once per engine and version; every sandbox mounts it
+        read-only. A volume works for any image, and where the worker itself runs in a container."""
+        if self._tools_ready:
+            return
+        async with self._tools_lock:
+            if not self._tools_ready:
+                await self.call(self._fill_tools_volume, image)
+                self._tools_ready = True
+
+    def _fill_tools_volume(self, image: str) -> None:
+        api = self.client.api
+        api.create_volume(self.tools_volume, labels={LABEL: "1"})  # returns the volume if it exists
+        # A container that never starts, only to reach the volume (any image will do: the plugin's).
+        helper = api.create_container(image, command=["true"], labels={LABEL: "1", f"{LABEL}.worker": self.worker_id},
+                                      host_config=api.create_host_config(
+                                          network_mode="none", mounts=[Mount(TOOLS_DIR, self.tools_volume, type="volume")]))
+        try:
+            if _archive_size(api, helper["Id"], f"{TOOLS_DIR}/supervise") != len(self.supervisor):
+                api.put_archive(helper["Id"], TOOLS_DIR, _tar("supervise", self.supervisor, 0o755))
+        finally:
+            self._remove(helper["Id"])
+
+
+def _archive_size(api: Any, container: str, path: str) -> int | None:
+    try:
+        stream, stat = api.get_archive(container, path)
+    except docker.errors.NotFound:
+        return None
+    for _ in stream:  # read to the end, or the connection cannot serve the next call
+        pass
+    return stat["size"]
+
+
+def _tar(name: str, data: bytes, mode: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), mode
+        archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _count_call(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    with contextlib.suppress(Exception):
+        metrics.DOCKER_CALLS.labels(api_route(response.request.method or "", response.request.url or "")).inc()

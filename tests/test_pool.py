@@ -1,0 +1,188 @@
+"""Warm, single-use sandboxes on real Docker: one task per container, refill, recycling, the cold path,
+and a hot path that makes no engine call before the report."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import docker
+import pytest
+from prometheus_client import REGISTRY
+
+from coderund import plugins as plugin_loader
+from coderund.daemon import make_sandbox
+from coderund.domain import Limits
+from coderund.repository.db import Database
+from coderund.repository.workers import Workers
+from coderund.sandbox import supervisor
+from coderund.sandbox.box import Died
+from coderund.sandbox.runner import Sandbox, run_shape
+from tests.conftest import container_of
+
+def python_plugin(settings) -> plugin_loader.Plugin:
+    return plugin_loader.load(settings.plugins_dir).get("python")
+
+
+def running(container: str) -> bool:
+    found = docker.from_env().api.containers(all=True, filters={"id": container})
+    return bool(found) and found[0]["State"] == "running"
+
+
+def exists(container: str) -> bool:
+    return bool(docker.from_env().api.containers(all=True, filters={"id": container}))
+
+
+@contextlib.asynccontextmanager
+async def sandbox_of(settings, **changes) -> AsyncIterator[Sandbox]:
+    """A worker's sandbox, alone, with its pool running; its worker id has a heartbeat, so the
+    session server's leftover sweep leaves its containers alone."""
+    own = dataclasses.replace(settings, **changes)
+    worker_id = f"pooltest-{uuid.uuid4().hex[:8]}"
+    db = Database(settings.database_url)
+    await db.open()
+    await Workers(db).heartbeat(worker_id, socket.gethostname())
+    sandbox = make_sandbox(own, worker_id)
+    refill = asyncio.create_task(sandbox.pool.run())
+    try:
+        yield sandbox
+    finally:
+        refill.cancel()
+        await sandbox.pool.close()
+        await sandbox.engine.close()
+        await Workers(db).forget_worker(worker_id)
+        await db.close()
+
+
+async def ready(sandbox: Sandbox, shape, count: int = 1, timeout: float = 30) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        boxes = list(sandbox.pool.ready.get(shape, ()))
+        if len(boxes) >= count:
+            return boxes
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the pool did not reach {count} ready for {shape}")
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def docker_calls() -> dict[str, float]:
+    return {s.labels["call"]: s.value for m in REGISTRY.collect() if m.name == "coderund_docker_api_calls"
+            for s in m.samples if s.name.endswith("_total")}
+
+
+async def test_a_warm_container_serves_one_task_and_then_is_gone(settings):
+    plugin = python_plugin(settings)
+    async with sandbox_of(settings, warm_max=2) as sandbox:
+        sandbox.serve([plugin])
+        shape = run_shape(plugin, plugin.limits)
+        [box] = await ready(sandbox, shape)
+        assert sandbox.pool.take(shape) is box
+        request = supervisor.request(supervisor.Files({"main.py": b"print(open('/proc/1/cmdline').read())"}), b"",
+                                     ("python3", "main.py"), wall_ms=5000, output_cap=1000, collect=False)
+        report, _ = await box.exchange(request)
+        assert report.exit_code == 0 and b"supervise" in report.stdout
+        # The supervisor served its one request and ended the container: a second one finds no one.
+        with pytest.raises((Died, ConnectionError)):
+            await box.exchange(request)
+        for _ in range(50):
+            if not running(box.id):
+                break
+            await asyncio.sleep(0.1)
+        assert not running(box.id)
+        sandbox.engine.discard(box)
+
+
+async def test_the_hot_path_makes_no_engine_call_before_the_report(settings):
+    plugin = python_plugin(settings)
+    async with sandbox_of(settings, warm_max=2) as sandbox:
+        sandbox.serve([plugin])
+        await ready(sandbox, run_shape(plugin, plugin.limits))
+        hits = counter("coderund_warm_pool_takes_total", outcome="hit")
+        before = docker_calls()
+        result = await sandbox.execute(plugin, plugin.limits, code="print('hot')", stdin="", args=[],
+                                       labels={"coderund.task": "hot"})
+        after = docker_calls()
+        assert result.stdout == b"hot\n"
+        assert counter("coderund_warm_pool_takes_total", outcome="hit") == hits + 1
+        made = {call: after[call] - before.get(call, 0) for call in after if after[call] != before.get(call, 0)}
+        # At most the used container's removal (it runs beside the result) and the pool's refill.
+        assert set(made) <= {"DELETE /containers/{id}", "POST /containers/create", "POST /containers/{id}/start",
+                             "POST /containers/{id}/attach"}, made
+        assert made.get("POST /containers/{id}/start", 0) <= made.get("POST /containers/create", 0)
+
+
+async def test_cold_path_when_the_pool_is_off_or_the_limits_differ(settings):
+    plugin = python_plugin(settings)
+    async with sandbox_of(settings, warm_max=0) as sandbox:
+        sandbox.serve([plugin])
+        result = await sandbox.execute(plugin, plugin.limits, code="print('cold')", stdin="", args=[],
+                                       labels={"coderund.task": "cold-1"})
+        assert result.stdout == b"cold\n" and not sandbox.pool.ready
+    async with sandbox_of(settings, warm_max=4) as sandbox:
+        sandbox.serve([plugin])
+        await ready(sandbox, run_shape(plugin, plugin.limits))
+        other = Limits(time_ms=1000, memory_mb=plugin.limits.memory_mb // 2)
+        cold = counter("coderund_warm_pool_takes_total", outcome="cold")
+        result = await sandbox.execute(plugin, other, code="print('other limits')", stdin="", args=[],
+                                       labels={"coderund.task": "cold-2"})
+        assert result.stdout == b"other limits\n"
+        assert counter("coderund_warm_pool_takes_total", outcome="cold") == cold + 1
+        inspect = docker.from_env().api.inspect_container
+        assert inspect(result.container)["HostConfig"]["Memory"] == other.memory_mb * 1024 * 1024
+        assert inspect(result.container)["Config"]["Labels"]["coderund.task"] == "cold-2"
+        # The warm one waits on, untouched, with the plugin's own limit.
+        [box] = sandbox.pool.ready[run_shape(plugin, plugin.limits)]
+        assert inspect(box.id)["HostConfig"]["Memory"] == plugin.limits.memory_mb * 1024 * 1024
+
+
+async def test_refill_after_a_burst_and_recycling_by_age_and_idleness(settings):
+    plugin = python_plugin(settings)
+    shape = run_shape(plugin, plugin.limits)
+    async with sandbox_of(settings, warm_max=3, concurrency=2, warm_max_age_s=3, warm_idle_s=8) as sandbox:
+        sandbox.serve([plugin])
+        await ready(sandbox, shape)
+        burst = await asyncio.gather(*(sandbox.execute(plugin, plugin.limits, code=f"print({i})", stdin="", args=[],
+                                                       labels={"coderund.task": f"burst-{i}"}) for i in range(6)))
+        assert [r.stdout for r in burst] == [b"%d\n" % i for i in range(6)]
+        assert len({r.container for r in burst}) == 6  # six tasks, six containers
+        # Demand raised the target: the pool refills to its cap.
+        boxes = await ready(sandbox, shape, 3)
+        assert sandbox.pool.size <= 3
+        # Past their age, waiting containers are replaced by new ones, and removed.
+        await asyncio.sleep(4.5)
+        fresh = await ready(sandbox, shape)
+        assert not {b.id for b in boxes} & {b.id for b in fresh}
+        for _ in range(50):
+            if not any(exists(b.id) for b in boxes):
+                break
+            await asyncio.sleep(0.1)
+        assert not any(exists(b.id) for b in boxes)
+        # Unused for longer than warm_idle_s, the shape keeps none.
+        await asyncio.sleep(5)
+        assert not sandbox.pool.ready[shape] and sandbox.pool.filling[shape] == 0
+
+
+async def test_tasks_through_the_api_never_share_a_container_or_see_leftovers(api, settings):
+    token = await api.user("single")
+    code = ("import os, uuid\nmarker = uuid.uuid4().hex\nopen('/tmp/' + marker, 'w').write('x')\nopen(marker, 'w').write('x')\n"
+            "print(marker, sorted(os.listdir('/tmp')), sorted(os.listdir('.')),"
+            " sorted(p for p in os.listdir('/proc') if p.isdigit()))")
+    ids = [await api.submit(token, language="python", code=code) for _ in range(6)]
+    results = [await api.result(token, task_id) for task_id in ids]
+    containers = [await container_of(settings, task_id) for task_id in ids]
+    assert len(set(containers)) == 6
+    markers = [r["stdout"].split()[0] for r in results]
+    for result, marker in zip(results, markers, strict=True):
+        assert result["verdict"] == "ok", result
+        # Its own files only: the work folder holds main.py and its marker, /tmp its marker.
+        assert f"['{marker}'] ['{marker}', 'main.py']" in result["stdout"], result["stdout"]
+        assert not any(other in result["stdout"] for other in markers if other != marker)
+        # No process but the supervisor and the program itself.
+        assert result["stdout"].rstrip().endswith("]") and len(result["stdout"].rsplit("[", 1)[1].split(",")) == 2
