@@ -19,6 +19,7 @@ from .api.keys import Services
 from .config import ConfigError, Settings, env_name
 from .errors import Unavailable
 from .repository.db import Database, migrate
+from .repository.finished import FinishedTasks
 from .repository.queue import Queue
 from .repository.sessions import Sessions
 from .repository.tasks import Tasks
@@ -124,10 +125,12 @@ async def start_worker(
     return worker
 
 
-def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions) -> Services:
+def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions,
+                  finished: FinishedTasks) -> Services:
     accounts = Accounts(Users(db), sessions, max_failures=settings.login_max_failures,
                         failure_window=settings.login_failure_window)
-    tasks = TaskService(Tasks(db), queue, plugins, max_queue=settings.max_queue, user_max_pending=settings.user_max_pending)
+    tasks = TaskService(Tasks(db), queue, plugins, finished, max_queue=settings.max_queue,
+                        user_max_pending=settings.user_max_pending)
     return Services(accounts=accounts, tasks=tasks, plugins=plugins)
 
 
@@ -159,7 +162,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             stack.push_async_callback(sessions.close)
             await warn_if_down("Redis", sessions.ping)
             checks["redis"] = sessions.ping
-            services = make_services(settings, db, queue, plugins, sessions)
+            finished = FinishedTasks(settings.database_url)
+            finished.start()
+            stack.push_async_callback(finished.close)
+            services = make_services(settings, db, queue, plugins, sessions, finished)
             services.checks = checks
             await listen(stack, make_app(services), settings, "port")
         else:

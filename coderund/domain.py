@@ -17,6 +17,7 @@ MAX_STDIN_BYTES = 1024 * 1024
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_ARGS = 64
 MAX_ARG_CHARS = 4096
+MAX_WAIT_S = 30
 
 
 class Verdict(enum.StrEnum):
@@ -175,6 +176,19 @@ def parse_task_request(body: object) -> TaskRequest:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValidationFailed(f"'limits.{name}' must be a positive integer.")
     return TaskRequest(language, code, stdin, tuple(args), dict(limits))
+
+
+def parse_wait(value: str | None) -> float:
+    """The `wait` query parameter: seconds to hold the answer for a result, 0 when absent."""
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_S:  # also refuses nan and inf
+        raise ValidationFailed(f"'wait' must be a number of seconds from 0 to {MAX_WAIT_S}.")
+    return seconds
 
 
 def resolve_limits(defaults: Limits, maximum: Limits, requested: dict[str, int]) -> Limits:

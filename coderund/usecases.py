@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -14,6 +16,7 @@ from .domain import Credentials, Result, Task, TaskRequest, TaskState, Verdict
 from .errors import NotFound, QueueFull, RateLimited, Unauthorized, UnsupportedLanguage
 from .passwords import DUMMY_HASH, hash_password, verify_password
 from .plugins import Plugins
+from .repository.finished import FinishedTasks
 from .repository.queue import Delivery, Queue
 from .repository.sessions import Sessions
 from .repository.tasks import Tasks
@@ -22,6 +25,7 @@ from .sandbox.runner import Sandbox, SandboxError
 
 log = logging.getLogger(__name__)
 BUSY_RETRY_S = 5
+DONE_REMEMBERED = 100_000  # finished tasks whose owner an API process keeps in memory (~100 bytes each)
 T = TypeVar("T")
 
 
@@ -71,13 +75,17 @@ class Accounts:
 class TaskService:
     """The API side of tasks."""
 
-    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, *, max_queue: int, user_max_pending: int) -> None:
+    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, finished: FinishedTasks, *, max_queue: int,
+                 user_max_pending: int) -> None:
         self.tasks = tasks
         self.queue = queue
         self.plugins = plugins
+        self.finished = finished
         self.max_queue = max_queue
         self.user_max_pending = user_max_pending
         self._depth = (0.0, 0)  # (when, depth): a burst of submissions asks the broker once a second
+        # Finished is final: whose finished tasks these are, so that polling them needs no database.
+        self._done: OrderedDict[uuid.UUID, int] = OrderedDict()
 
     async def submit(self, user_id: int, request: TaskRequest) -> uuid.UUID:
         plugin, limits = self.plugins.for_request(request)
@@ -104,20 +112,50 @@ class TaskService:
             self._depth = (time.monotonic(), depth)
         return depth
 
-    async def get(self, user_id: int, task_id: str) -> Task:
-        return await _found(task_id, lambda parsed: self.tasks.get(parsed, user_id))
+    async def get(self, user_id: int, task_id: str, wait_s: float = 0) -> Task:
+        """The task; with wait_s, as soon as it finishes, or as it is when wait_s have passed."""
+        parsed = _parse_id(task_id)
+        deadline = time.monotonic() + wait_s
+        with self.finished.watch(parsed) as finished:
+            while True:
+                finished.clear()
+                task = await _found(task_id, self.tasks.get(parsed, user_id))
+                left = deadline - time.monotonic()
+                if task.state is TaskState.DONE:
+                    self._remember_done(parsed, user_id)
+                    return task
+                if left <= 0:
+                    return task
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), left)
 
     async def state(self, user_id: int, task_id: str) -> TaskState:
-        return await _found(task_id, lambda parsed: self.tasks.state(parsed, user_id))
+        parsed = _parse_id(task_id)
+        if self._done.get(parsed) == user_id:
+            return TaskState.DONE
+        state = await _found(task_id, self.tasks.state(parsed, user_id))
+        if state is TaskState.DONE:
+            self._remember_done(parsed, user_id)
+        return state
+
+    def _remember_done(self, task_id: uuid.UUID, user_id: int) -> None:
+        self._done[task_id] = user_id
+        self._done.move_to_end(task_id)
+        if len(self._done) > DONE_REMEMBERED:
+            self._done.popitem(last=False)
 
 
-async def _found(task_id: str, fetch: Callable[[uuid.UUID], Awaitable[T | None]]) -> T:
-    """What fetch finds for a well-formed id of the user's; anything else is the same 404."""
+def _parse_id(task_id: str) -> uuid.UUID:
+    """A malformed id is the same 404 as an unknown one."""
     try:
-        parsed = uuid.UUID(task_id)
+        return uuid.UUID(task_id)
     except ValueError:
-        parsed = None
-    found = await fetch(parsed) if parsed else None
+        raise NotFound(f"There is no task {task_id!r}.") from None
+
+
+async def _found(task_id: str, fetch: Awaitable[T | None]) -> T:
+    """What fetch finds of the user's; anything else (another user's too) is the same 404."""
+    found = await fetch
     if found is None:
         raise NotFound(f"There is no task {task_id!r}.")
     return found

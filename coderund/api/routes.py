@@ -56,13 +56,16 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def submit(request: web.Request) -> web.Response:
+    wait_s = domain.parse_wait(request.query.get("wait"))
     task_request = domain.parse_task_request(await _json(request))
-    task_id = await request.app[SERVICES].tasks.submit(request[USER_ID], task_request)
-    return web.json_response({"task_id": str(task_id)}, status=201, headers={"Location": f"/result/{task_id}"})
-
-
-async def _task(request: web.Request) -> Task:
-    return await request.app[SERVICES].tasks.get(request[USER_ID], request.match_info["task_id"])
+    tasks = request.app[SERVICES].tasks
+    task_id = await tasks.submit(request[USER_ID], task_request)
+    body: dict[str, Any] = {"task_id": str(task_id)}
+    if wait_s:
+        task = await tasks.get(request[USER_ID], str(task_id), wait_s)
+        if task.result is not None:
+            body |= _result(task)
+    return web.json_response(body, status=201, headers={"Location": f"/result/{task_id}"})
 
 
 async def status(request: web.Request) -> web.Response:
@@ -71,11 +74,18 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def result(request: web.Request) -> web.Response:
-    task = await _task(request)
+    wait_s = domain.parse_wait(request.query.get("wait"))
+    task = await request.app[SERVICES].tasks.get(request[USER_ID], request.match_info["task_id"], wait_s)
     if task.result is None:
         return web.json_response({"status": task.state.public}, status=202, headers={"Retry-After": RESULT_RETRY_AFTER})
+    return web.json_response(_result(task))
+
+
+def _result(task: Task) -> dict[str, Any]:
+    """The document of a finished task, as GET /result answers it."""
     r = task.result
-    return web.json_response({
+    assert r is not None
+    return {
         "status": task.state.public,
         "result": _text(r.stdout),
         "verdict": r.verdict.value,
@@ -92,7 +102,7 @@ async def result(request: web.Request) -> web.Response:
         "created_at": _time(task.created_at),
         "started_at": _time(task.started_at),
         "finished_at": _time(task.finished_at),
-    })
+    }
 
 
 async def languages(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ from psycopg.types.json import Jsonb
 
 from ..domain import Limits, Result, Task, TaskState, Verdict
 from .db import Database
+from .finished import CHANNEL
 
 SWEEP_LOCK = 0x73776570  # one sweeper at a time, whichever worker gets it
 
@@ -124,7 +125,8 @@ class Tasks:
             await conn.execute("UPDATE tasks SET state = 'queued', worker = NULL WHERE id = %s AND state = 'running'", (task_id,))
 
     async def finish(self, task_id: uuid.UUID, result: Result) -> bool:
-        """Writes the result once; a duplicate delivery finds the task done and changes nothing."""
+        """Writes the result once; a duplicate delivery finds the task done and changes nothing.
+        Its commit tells every API process listening (finished.py) that the task is done."""
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
                 "UPDATE tasks SET state = 'done', finished_at = now(), verdict = %s, exit_code = %s, signal = %s,"
@@ -134,4 +136,7 @@ class Tasks:
                  result.compile_output, result.truncated, result.time_ms, result.wall_ms, result.memory_kb,
                  result.container, task_id),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(task_id)))
+            return True
