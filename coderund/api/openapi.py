@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..domain import MAX_ARG_CHARS, MAX_ARGS, PASSWORD_LENGTH, Verdict
+from ..domain import MAX_ARG_CHARS, MAX_ARGS, MAX_WAIT_S, PASSWORD_LENGTH, Verdict
 from .keys import SESSION_COOKIE
 
 ERROR_CODES = [
@@ -93,7 +93,6 @@ SCHEMAS: dict[str, Any] = {
             "limits": _ref("Limits"),
         },
     },
-    "TaskCreated": {"type": "object", "required": ["task_id"], "properties": {"task_id": {"type": "string", "format": "uuid"}}},
     "Status": {"type": "object", "required": ["status"],
                "properties": {"status": {"type": "string", "enum": ["in_progress", "ready"]}}},
     "InProgress": {"type": "object", "required": ["status"],
@@ -137,6 +136,12 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+SCHEMAS["TaskCreated"] = {
+    "type": "object", "required": ["task_id"],
+    "description": "With `wait`, a task that finished in time comes with its whole result, as GET /result answers it.",
+    "properties": {"task_id": {"type": "string", "format": "uuid"}, **SCHEMAS["Result"]["properties"]},
+}
+
 RESULT_EXAMPLE = {
     "status": "ready", "result": "hello\n", "verdict": "ok", "exit_code": 0, "signal": None, "stdout": "hello\n",
     "stderr": "", "compile_output": "", "truncated": False, "time_ms": 12, "wall_ms": 14, "memory_kb": 7800,
@@ -144,6 +149,9 @@ RESULT_EXAMPLE = {
     "finished_at": "2026-01-01T12:00:00.5+00:00",
 }
 TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "a task id (uuid)"}
+WAIT = {"name": "wait", "in": "query", "required": False,
+        "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
+        "description": f"seconds (at most {MAX_WAIT_S}) to hold the answer until the task finishes"}
 AUTH = [{"bearer": []}, {"cookie": []}]
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}}}
 BODY_ERRORS = ("400", "413", "503")
@@ -170,7 +178,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"204": {"description": "Logged out"}, **_errors("401", "503")},
     },
     ("post", "/task"): {
-        "summary": "Submit code to run", "tags": ["tasks"], "security": AUTH,
+        "summary": "Submit code to run; with `wait`, also its result when it finishes in time", "tags": ["tasks"],
+        "security": AUTH, "parameters": [WAIT],
         "requestBody": _body("TaskRequest", {"language": "python", "code": "print(input())", "stdin": "hi\n",
                                              "limits": {"time_ms": 2000, "memory_mb": 128}}),
         "responses": {"201": _json(_ref("TaskCreated"), "Queued", {"task_id": "5c98dfd8-ebcc-4dad-b8fd-2e25aa42b93d"},
@@ -182,10 +191,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _json(_ref("Status"), "The status", {"status": "ready"}), **_errors("401", "404", "503")},
     },
     ("get", "/result/{task_id}"): {
-        "summary": "The result of a task", "tags": ["tasks"], "security": AUTH, "parameters": [TASK_ID],
+        "summary": "The result of a task; with `wait`, as soon as it finishes", "tags": ["tasks"], "security": AUTH,
+        "parameters": [TASK_ID, WAIT],
         "responses": {"200": _json(_ref("Result"), "Ready", RESULT_EXAMPLE),
                       "202": _json(_ref("InProgress"), "Not ready yet", {"status": "in_progress"}, RETRY_AFTER),
-                      **_errors("401", "404", "503")},
+                      **_errors("400", "401", "404", "503")},
     },
     ("get", "/languages"): {
         "summary": "The languages this server runs", "tags": ["public"],
