@@ -1,26 +1,41 @@
-"""End-to-end latency of a Python hello world through coderund, against `docker run --rm` of the same image.
+"""The fast path, measured: coderund against its baselines, all in one run, printed as ratios.
 
-Not a test: it prints numbers. It starts its own `coderund --role all` on a free port, against the
-local services (run `make test-env` first), and in the same run times the baseline.
+Not a test: it prints numbers. It starts its own `coderund --role all` per runtime (runc, then runsc)
+on free ports, against the local services (run `make test-env` first), and in the same run times
+the baselines: `docker run --rm` of the same image with the same isolation flags, a bare process,
+and the engine's churn ceiling (create, start, wait, remove with 8 threads).
 
-    .venv/bin/python bench/latency.py [--runs 30] [--concurrency 1]
+Latency runs are spaced (--gap) so that each meets the system at rest, as a single user would; the
+burst measures what happens when it is not.
+
+    .venv/bin/python bench/latency.py [--runs 30] [--burst 300] [--gap 0.3]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
+import docker
 
-IMAGE = "coderund/python:bookworm"
-CODE = 'print("hello")'
+PYTHON_IMAGE = "coderund/python:bookworm"
+HELLO = {
+    "python": 'print("hello")',
+    "c": '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n',
+    "go": 'package main\nimport "fmt"\nfunc main() { fmt.Println("hello") }\n',
+}
+COMMENT = {"python": "# {}\n", "c": "// {}\n", "go": "// {}\n"}
+FLAGS = ["--network=none", "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--user=65534:65534",
+         "--memory=256m", "--memory-swap=256m", "--pids-limit=128", "--cpus=1", "--tmpfs=/box:size=64m,exec,mode=1777"]
 
 
 def free_port() -> int:
@@ -29,86 +44,195 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def percentile(values: list[float], p: float) -> float:
+def p(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def baseline(runs: int) -> list[float]:
-    """docker run --rm with the isolation coderund applies, minus coderund."""
+def timed(command: list[str], runs: int, gap: float) -> list[float]:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run(
-            ["docker", "run", "--rm", "--network=none", "--read-only", "--cap-drop=ALL", "--user=65534:65534",
-             "--memory=256m", "--memory-swap=256m", IMAGE, "python3", "-c", CODE],
-            check=True, capture_output=True,
-        )
+        subprocess.run(command, check=True, capture_output=True)
         times.append((time.perf_counter() - started) * 1000)
+        time.sleep(gap)
     return times
 
 
-async def through_api(base: str, runs: int, concurrency: int) -> list[float]:
-    async with aiohttp.ClientSession() as session:
+def churn_ceiling(count: int = 60, threads: int = 8) -> float:
+    """Containers per second the engine creates, starts, waits for and removes, with nothing of ours."""
+    api = docker.from_env().api
+
+    def one(_: int) -> None:
+        container = api.create_container(PYTHON_IMAGE, ["true"], host_config=api.create_host_config(network_mode="none"))
+        api.start(container["Id"])
+        api.wait(container["Id"])
+        api.remove_container(container["Id"], force=True)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(count)))
+    return count / (time.perf_counter() - started)
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def user(self) -> dict[str, str]:
         name = f"bench_{uuid.uuid4().hex[:8]}"
-        await session.post(f"{base}/register", json={"username": name, "password": "benchmark"})
-        async with session.post(f"{base}/login", json={"username": name, "password": "benchmark"}) as r:
-            headers = {"Authorization": f"Bearer {(await r.json())['token']}"}
-        gate = asyncio.Semaphore(concurrency)
+        await self.session.post(f"{self.base}/register", json={"username": name, "password": "benchmark"})
+        async with self.session.post(f"{self.base}/login", json={"username": name, "password": "benchmark"}) as r:
+            return {"Authorization": f"Bearer {(await r.json())['token']}"}
 
-        async def one() -> float:
-            async with gate:
-                started = time.perf_counter()
-                async with session.post(f"{base}/task", json={"language": "python", "code": CODE}, headers=headers) as r:
-                    task_id = (await r.json())["task_id"]
-                while True:
-                    async with session.get(f"{base}/result/{task_id}", headers=headers) as r:
-                        if r.status == 200:
-                            body = await r.json()
-                            assert body["stdout"] == "hello\n", body
-                            return (time.perf_counter() - started) * 1000
-                    await asyncio.sleep(0.01)
+    async def waited(self, auth: dict[str, str], language: str, code: str) -> float:
+        """Submit → result in one call: POST /task?wait=30."""
+        started = time.perf_counter()
+        async with self.session.post(f"{self.base}/task?wait=30", json={"language": language, "code": code}, headers=auth) as r:
+            body = await r.json()
+        assert body.get("stdout") == "hello\n", body
+        return (time.perf_counter() - started) * 1000
 
-        return list(await asyncio.gather(*(one() for _ in range(runs))))
+    async def polled(self, auth: dict[str, str], language: str, code: str, every: float = 0.002) -> float:
+        """Submit, then poll /status every 2 ms, then fetch /result: the seed contract."""
+        started = time.perf_counter()
+        async with self.session.post(f"{self.base}/task", json={"language": language, "code": code}, headers=auth) as r:
+            task_id = (await r.json())["task_id"]
+        while True:
+            async with self.session.get(f"{self.base}/status/{task_id}", headers=auth) as r:
+                if (await r.json())["status"] == "ready":
+                    break
+            await asyncio.sleep(every)
+        async with self.session.get(f"{self.base}/result/{task_id}", headers=auth) as r:
+            assert (await r.json())["stdout"] == "hello\n"
+        return (time.perf_counter() - started) * 1000
 
+    async def series(self, runs: int, gap: float, one) -> list[float]:
+        times = []
+        for i in range(runs):
+            times.append(await one(i))
+            await asyncio.sleep(gap)
+        return times
 
-async def wait_up(base: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(f"{base}/readyz") as r:
+    async def burst(self, count: int) -> float:
+        """Tasks per second for `count` python hellos submitted at once (users of 50 tasks each)."""
+        users = [await self.user() for _ in range((count + 49) // 50)]
+        started = time.perf_counter()
+
+        async def one(i: int) -> None:
+            auth = users[i % len(users)]
+            async with self.session.post(f"{self.base}/task", json={"language": "python", "code": HELLO["python"]},
+                                         headers=auth) as r:
+                task_id = (await r.json())["task_id"]
+            while True:
+                async with self.session.get(f"{self.base}/result/{task_id}?wait=30", headers=auth) as r:
                     if r.status == 200:
+                        assert (await r.json())["verdict"] == "ok"
                         return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit("coderund did not become ready")
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        return count / (time.perf_counter() - started)
+
+
+def wrk(url: str, headers: dict[str, str]) -> float:
+    args = ["wrk", "-t2", "-c32", "-d5s", *(a for k, v in headers.items() for a in ("-H", f"{k}: {v}")), url]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+class Server:
+    def __init__(self, runtime: str) -> None:
+        self.port = free_port()
+        env = os.environ | {"CODERUND_PORT": str(self.port), "CODERUND_QUEUE": f"coderund.bench.{uuid.uuid4().hex[:6]}",
+                            "CODERUND_LOG_LEVEL": "WARNING", "CODERUND_HOST": "127.0.0.1", "CODERUND_RUNTIME": runtime,
+                            "CODERUND_USER_MAX_PENDING": "1000"}
+        self.process = subprocess.Popen([sys.executable, "-m", "coderund", "--role", "all"], env=env)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    async def ready(self) -> None:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(600):
+                try:
+                    async with session.get(f"{self.base}/readyz") as r:
+                        if r.status == 200:
+                            await asyncio.sleep(3)  # the warm pool fills
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise SystemExit("coderund did not become ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(90)
+
+
+async def measure(runtime: str, args: argparse.Namespace) -> dict[str, list[float] | float]:
+    server = Server(runtime)
+    try:
+        await server.ready()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+            client = Client(session, server.base)
+            auth = await client.user()
+            out: dict[str, list[float] | float] = {}
+            await client.series(3, args.gap, lambda i: client.waited(auth, "python", HELLO["python"]))  # warm-up
+            out["python wait"] = await client.series(args.runs, args.gap, lambda i: client.waited(auth, "python", HELLO["python"]))
+            out["python poll"] = await client.series(args.runs, args.gap, lambda i: client.polled(auth, "python", HELLO["python"]))
+            for language in ("c", "go"):
+                fresh = lambda i, language=language: client.waited(  # noqa: E731 - a new source each time: a miss
+                    auth, language, COMMENT[language].format(uuid.uuid4().hex) + HELLO[language])
+                out[f"{language} first"] = await client.series(args.compiled_runs, args.gap, fresh)
+                await client.waited(auth, language, HELLO[language])
+                out[f"{language} repeated"] = await client.series(args.runs, args.gap,
+                                                                  lambda i, language=language: client.waited(auth, language, HELLO[language]))
+            if runtime == "runc":
+                out["churn ceiling"] = await asyncio.to_thread(churn_ceiling)
+                out["burst"] = await client.burst(args.burst)
+                async with session.post(f"{server.base}/task?wait=30", json={"language": "python", "code": "1"}, headers=auth) as r:
+                    task_id = (await r.json())["task_id"]
+                out["status rps"] = await asyncio.to_thread(wrk, f"{server.base}/status/{task_id}", auth)
+                out["healthz rps"] = await asyncio.to_thread(wrk, f"{server.base}/healthz", {})
+            return out
+    finally:
+        server.stop()
+
+
+def row(label: str, values: list[float], base: list[float] | None = None, target: str = "") -> str:
+    ratio = f"{p(values, 50) / p(base, 50):6.2f}x" if base else "       "
+    return f"{label:34}{p(values, 50):9.0f}{p(values, 95):9.0f}   {ratio}  {target}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--compiled-runs", type=int, default=5, help="first submissions (cache misses) per compiled language")
+    parser.add_argument("--burst", type=int, default=300)
+    parser.add_argument("--gap", type=float, default=0.3, help="seconds between latency runs")
     args = parser.parse_args()
-    port = free_port()
-    env = os.environ | {"CODERUND_PORT": str(port), "CODERUND_QUEUE": f"coderund.bench.{uuid.uuid4().hex[:6]}",
-                        "CODERUND_LOG_LEVEL": "WARNING", "CODERUND_HOST": "127.0.0.1"}
-    server = subprocess.Popen([sys.executable, "-m", "coderund", "--role", "all"], env=env)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        asyncio.run(wait_up(base))
-        asyncio.run(through_api(base, 3, 1))  # warm-up
-        api = asyncio.run(through_api(base, args.runs, args.concurrency))
-        docker = baseline(args.runs)
-    finally:
-        server.terminate()
-        server.wait(60)
-    print(f"{args.runs} runs of a Python hello world, concurrency {args.concurrency}")
-    print(f"{'':24}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
-    for label, values in (("coderund submit→result", api), ("docker run --rm", docker)):
-        print(f"{label:24}{percentile(values, 50):10.0f}{percentile(values, 95):10.0f}{statistics.mean(values):10.0f}")
-    print(f"ratio coderund/docker: p50 {percentile(api, 50) / percentile(docker, 50):.2f}, "
-          f"p95 {percentile(api, 95) / percentile(docker, 95):.2f}")
+    results = {runtime: asyncio.run(measure(runtime, args)) for runtime in ("runc", "runsc")}
+    docker_run = {rt: timed(["docker", "run", "--rm", f"--runtime={rt}", *FLAGS, PYTHON_IMAGE, "python3", "-c", HELLO["python"]],
+                            args.runs, args.gap) for rt in ("runc", "runsc")}
+    bare = timed(["python3", "-c", HELLO["python"]], args.runs, 0)
+
+    print(f"\n{'':34}{'p50 ms':>9}{'p95 ms':>9}   {'ratio':>7}  (p50 against the row it names; target)")
+    print(row("bare python3 -c", bare))
+    for rt in ("runc", "runsc"):
+        r = results[rt]
+        print(f"-- {rt}")
+        print(row("docker run --rm (same flags)", docker_run[rt]))
+        print(row("python hello, wait=30 / docker run", r["python wait"], docker_run[rt], "≤ 0.35x" if rt == "runc" else "≤ 0.3x"))
+        print(row("python hello, polling / docker run", r["python poll"], docker_run[rt]))
+        print(row("python hello, wait=30 / bare", r["python wait"], bare))
+        for language in ("c", "go"):
+            print(row(f"{language} hello, first / python", r[f"{language} first"], r["python wait"]))
+            print(row(f"{language} hello, repeated / python", r[f"{language} repeated"], r["python wait"], "≤ 1.5x"))
+    r = results["runc"]
+    print(f"-- throughput (runc)\nchurn ceiling {r['churn ceiling']:.1f} containers/s; burst of {args.burst}: "
+          f"{r['burst']:.1f} tasks/s = {r['burst'] / r['churn ceiling']:.2f}x the ceiling (target ≥ 0.8x)")
+    print(f"authenticated GET /status {r['status rps']:.0f} req/s, /healthz {r['healthz rps']:.0f} req/s = "
+          f"{r['status rps'] / r['healthz rps']:.2f}x (target ≥ 0.3x)")
+    print(f"(mean of python wait under runc: {statistics.mean(r['python wait']):.0f} ms)")
 
 
 if __name__ == "__main__":

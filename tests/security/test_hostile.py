@@ -62,6 +62,9 @@ CASES = [
          "        threading.Thread(target=time.sleep, args=(60,), daemon=True).start(); n += 1\n"
          "except Exception as e:\n    print('stopped at', n, type(e).__name__)", ("ok", "runtime_error", "time_limit", "memory_limit"),
          check=lambda r: "ALLOWED" not in r["stdout"], limits={"time_ms": 3000}),
+    Case("threads start (the runtime's seccomp lets clone through)", "python",
+         "import threading\nt = threading.Thread(target=print, args=('from a thread',))\nt.start()\nt.join()", ("ok",),
+         check=out("from a thread")),
     Case("memory bomb (c)", "c", "#include <stdlib.h>\n#include <string.h>\nint main(void) { for (;;) { char *p = malloc(1 << 20);"
          " if (p) memset(p, 1, 1 << 20); } }", ("memory_limit",), limits={"memory_mb": 64}),
     Case("stack overflow", "c", "int f(int n) { volatile char pad[4096]; pad[0] = n; return f(n + 1) + pad[0]; }\n"
