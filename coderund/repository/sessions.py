@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 SESSION_KEY = "coderund:session:{}"
 LOGIN_FAILURES_KEY = "coderund:login-failures:{}"
 TOKEN_BYTES = 32  # 256 bits
+MAX_CONNECTIONS = 64
 
 
 def token_digest(token: str) -> str:
@@ -36,11 +37,12 @@ def _answering() -> Iterator[None]:
 
 class Sessions:
     def __init__(self, url: str, *, ttl: int) -> None:
-        # One quick retry on a fresh connection: after a Redis restart the pooled ones are dead.
-        self.redis = aioredis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
-            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+        # A burst of requests waits for a free connection instead of failing with "too many";
+        # one quick retry on a fresh connection: after a Redis restart the pooled ones are dead.
+        self.redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=5, socket_timeout=5, socket_connect_timeout=5,
+            health_check_interval=30, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        ))
         self.ttl = ttl
 
     async def close(self) -> None:
