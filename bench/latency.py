@@ -23,11 +23,13 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import aiohttp
 import docker
 
 PYTHON_IMAGE = "coderund/python:bookworm"
+BARE_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"  # Debian's, as in the image
 HELLO = {
     "python": 'print("hello")',
     "c": '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n',
@@ -109,6 +111,7 @@ class Client:
         return (time.perf_counter() - started) * 1000
 
     async def series(self, runs: int, gap: float, one) -> list[float]:
+        await asyncio.sleep(gap)
         times = []
         for i in range(runs):
             times.append(await one(i))
@@ -133,6 +136,45 @@ class Client:
 
         await asyncio.gather(*(one(i) for i in range(count)))
         return count / (time.perf_counter() - started)
+
+
+async def engine_calls(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    """The server's count of Docker engine calls, by route, from its /metrics."""
+    async with session.get(f"{base}/metrics") as r:
+        text = await r.text()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r'coderund_docker_api_calls_total\{call="([^"]+)"\} (\S+)', text)}
+
+
+def idle_cost(runtime: str, count: int = 8) -> float:
+    """MiB of host memory (PSS of every process they add: shim, runtime, supervisor) per idle warm container."""
+    from coderund.sandbox import supervisor
+    from coderund.sandbox.engine import Engine, Shape
+    from coderund.sandbox.options import Isolation
+
+    def pss_by_pid() -> dict[int, int]:
+        found = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    text = open(f"/proc/{entry.name}/smaps_rollup").read()
+                    found[int(entry.name)] = int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))
+                except (OSError, AttributeError):
+                    pass
+        return found
+
+    async def run() -> float:
+        engine = Engine(docker.from_env(), isolation=Isolation(runtime=runtime), threads=4, worker_id="bench",
+                        supervisor_binary=supervisor.build(Path.home() / ".cache" / "coderund"))
+        before = pss_by_pid()
+        boxes = [await engine.make(Shape(PYTHON_IMAGE, 256), {}) for _ in range(count)]
+        await asyncio.sleep(2)
+        added = sum(kb for pid, kb in pss_by_pid().items() if pid not in before)
+        for box in boxes:
+            engine.discard(box)
+        await engine.close()
+        return added / count / 1024
+
+    return asyncio.run(run())
 
 
 def wrk(url: str, headers: dict[str, str]) -> float:
@@ -168,7 +210,12 @@ class Server:
         self.process.wait(90)
 
 
+def progress(what: str) -> None:
+    print(f"[bench] {what}", file=sys.stderr, flush=True)
+
+
 async def measure(runtime: str, args: argparse.Namespace) -> dict[str, list[float] | float]:
+    progress(f"coderund under {runtime}")
     server = Server(runtime)
     try:
         await server.ready()
@@ -177,9 +224,13 @@ async def measure(runtime: str, args: argparse.Namespace) -> dict[str, list[floa
             auth = await client.user()
             out: dict[str, list[float] | float] = {}
             await client.series(3, args.gap, lambda i: client.waited(auth, "python", HELLO["python"]))  # warm-up
+            calls = await engine_calls(session, server.base)
             out["python wait"] = await client.series(args.runs, args.gap, lambda i: client.waited(auth, "python", HELLO["python"]))
+            after = await engine_calls(session, server.base)
+            out["engine calls"] = {k: (v - calls.get(k, 0)) / args.runs for k, v in after.items() if v != calls.get(k, 0)}
             out["python poll"] = await client.series(args.runs, args.gap, lambda i: client.polled(auth, "python", HELLO["python"]))
             for language in ("c", "go"):
+                progress(f"{language} under {runtime}")
                 fresh = lambda i, language=language: client.waited(  # noqa: E731 - a new source each time: a miss
                     auth, language, COMMENT[language].format(uuid.uuid4().hex) + HELLO[language])
                 out[f"{language} first"] = await client.series(args.compiled_runs, args.gap, fresh)
@@ -187,8 +238,10 @@ async def measure(runtime: str, args: argparse.Namespace) -> dict[str, list[floa
                 out[f"{language} repeated"] = await client.series(args.runs, args.gap,
                                                                   lambda i, language=language: client.waited(auth, language, HELLO[language]))
             if runtime == "runc":
+                progress("the engine's churn ceiling, then a burst")
                 out["churn ceiling"] = await asyncio.to_thread(churn_ceiling)
                 out["burst"] = await client.burst(args.burst)
+                progress("GET /status against /healthz")
                 async with session.post(f"{server.base}/task?wait=30", json={"language": "python", "code": "1"}, headers=auth) as r:
                     task_id = (await r.json())["task_id"]
                 out["status rps"] = await asyncio.to_thread(wrk, f"{server.base}/status/{task_id}", auth)
@@ -211,15 +264,19 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between latency runs")
     args = parser.parse_args()
     results = {runtime: asyncio.run(measure(runtime, args)) for runtime in ("runc", "runsc")}
+    progress("docker run --rm, and a bare process")
     docker_run = {rt: timed(["docker", "run", "--rm", f"--runtime={rt}", *FLAGS, PYTHON_IMAGE, "python3", "-c", HELLO["python"]],
                             args.runs, args.gap) for rt in ("runc", "runsc")}
-    bare = timed(["python3", "-c", HELLO["python"]], args.runs, 0)
+    bare = timed([BARE_PYTHON, "-c", HELLO["python"]], args.runs, 0)
+    progress("the memory of idle warm containers")
+    idle = {rt: idle_cost(rt) for rt in ("runc", "runsc")}
 
     print(f"\n{'':34}{'p50 ms':>9}{'p95 ms':>9}   {'ratio':>7}  (p50 against the row it names; target)")
-    print(row("bare python3 -c", bare))
+    print(row(f"bare {BARE_PYTHON} -c", bare))
     for rt in ("runc", "runsc"):
         r = results[rt]
-        print(f"-- {rt}")
+        print(f"-- {rt}: an idle warm container holds {idle[rt]:.1f} MiB of host memory; engine calls per python task, "
+              "none before its report: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["engine calls"].items())))
         print(row("docker run --rm (same flags)", docker_run[rt]))
         print(row("python hello, wait=30 / docker run", r["python wait"], docker_run[rt], "≤ 0.35x" if rt == "runc" else "≤ 0.3x"))
         print(row("python hello, polling / docker run", r["python poll"], docker_run[rt]))

@@ -11,6 +11,7 @@ import textwrap
 import time
 import uuid
 
+import docker
 import psycopg
 
 from coderund.config import DEFAULT_PLUGINS_DIR
@@ -58,8 +59,10 @@ async def test_sigterm_drains_running_tasks_and_exits_0(settings, spawn):
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 60) == 0
     async with await psycopg.AsyncConnection.connect(own.database_url) as conn:
-        row = await (await conn.execute("SELECT state, stdout FROM tasks WHERE id = %s", (task_id,))).fetchone()
+        row = await (await conn.execute("SELECT state, stdout, worker FROM tasks WHERE id = %s", (task_id,))).fetchone()
     assert row[0] == "done" and bytes(row[1]) == b"finished\n"
+    # It took its warm containers with it.
+    assert not docker.from_env().api.containers(all=True, filters={"label": f"coderund.worker={row[2]}"})
 
 
 async def test_a_new_language_is_one_file(settings, spawn, tmp_path):

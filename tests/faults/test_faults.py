@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import docker
 import psycopg
 import pytest
 
@@ -41,6 +42,8 @@ async def test_sigkill_a_worker_mid_task(settings, spawn):
                 break
             await asyncio.sleep(0.1)
         assert running
+        [(doomed_id,)] = await rows(s, "SELECT DISTINCT worker FROM tasks WHERE id = ANY(%s::uuid[]) AND state = 'running'", ids)
+        assert docker.from_env().api.containers(filters={"label": f"coderund.worker={doomed_id}"})  # running and warm ones
         doomed.send_signal(signal.SIGKILL)
         spawn(s, "--role", "worker")
         results = await asyncio.gather(*(api.result(token, i) for i in ids))
@@ -48,6 +51,13 @@ async def test_sigkill_a_worker_mid_task(settings, spawn):
     assert all(r["verdict"] == "ok" for r in results)
     attempts = await rows(s, "SELECT attempts FROM tasks WHERE id = ANY(%s::uuid[])", ids)
     assert max(a[0] for a in attempts) >= 2  # the killed worker's tasks ran again
+    # Its containers, the tasks' and the warm ones it held, are swept once its heartbeat lapses.
+    for _ in range(90):
+        left = docker.from_env().api.containers(all=True, filters={"label": f"coderund.worker={doomed_id}"})
+        if not left:
+            break
+        await asyncio.sleep(1)
+    assert not left, [c["Names"] for c in left]
 
 
 async def test_queue_and_per_user_caps(settings):
