@@ -26,7 +26,8 @@ class Settings:
     role: str = _setting("all", "which parts to run: api, worker or all", choices=ROLES)
     host: str = _setting("0.0.0.0", "address the HTTP API listens on")
     port: int = _setting(8080, "port the HTTP API listens on")
-    metrics_port: int = _setting(9100, "port of /metrics in --role worker (in api and all, /metrics is on --port)")
+    metrics_port: int = _setting(0, "port of /metrics in --role worker, 0 for a free one, logged (in api and all, "
+                                    "/metrics is on --port)")
     database_url: str = _setting("postgresql://postgres@127.0.0.1:5432/coderund", "PostgreSQL URL")
     redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis URL (sessions, login limits)")
     amqp_url: str = _setting("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ URL")
@@ -40,6 +41,7 @@ class Settings:
     pids_limit: int = _setting(128, "processes and threads a task may have at once")
     max_queue: int = _setting(10000, "tasks waiting in the queue before POST /task answers 503 queue_full")
     user_max_pending: int = _setting(100, "unfinished tasks per user before POST /task answers 429")
+    user_rate: int = _setting(600, "task submissions per user per minute before POST /task answers 429 (0: no limit)")
     max_attempts: int = _setting(3, "deliveries of a task before it ends as internal_error")
     session_ttl: int = _setting(86400, "session lifetime in seconds")
     login_max_failures: int = _setting(10, "failed logins per username before 429")
@@ -112,14 +114,14 @@ def _check(s: Settings) -> None:
         choices = f.metadata.get("choices")
         if choices and getattr(s, f.name) not in choices:
             raise ConfigError(f"{env_name(f.name)}={getattr(s, f.name)!r} is not one of {', '.join(choices)}")
-    for name in ("port", "metrics_port"):
-        if not 0 < getattr(s, name) < 65536:
+    for name, lowest in (("port", 1), ("metrics_port", 0)):
+        if not lowest <= getattr(s, name) < 65536:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} is not a TCP port")
     for name in ("concurrency", "output_limit_kb", "tmpfs_mb", "pids_limit", "max_attempts", "session_ttl", "max_queue",
                  "user_max_pending", "warm_max_age_s", "warm_idle_s"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 1")
-    for name in ("warm_max", "compile_cache_mb"):
+    for name in ("warm_max", "compile_cache_mb", "user_rate"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 0")
     if not Path(s.plugins_dir).is_dir():

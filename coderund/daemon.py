@@ -21,6 +21,7 @@ from .errors import Unavailable
 from .repository.db import Database, migrate
 from .repository.finished import FinishedTasks
 from .repository.queue import Queue
+from .repository.rates import SubmissionRates
 from .repository.sessions import Sessions
 from .repository.tasks import Tasks
 from .repository.users import Users
@@ -89,7 +90,8 @@ async def listen(stack: contextlib.AsyncExitStack, app: web.Application, setting
         await web.TCPSite(runner, settings.host, port).start()
     except OSError as e:
         raise ConfigError(f"cannot listen on {env_name(port_setting)}={port} ({settings.host}): {e.strerror}") from None
-    log.info("listening on http://%s:%d", settings.host, port)
+    for host, bound, *_ in runner.addresses:  # port 0 means the system chose it: say which
+        log.info("listening on http://%s:%d%s", host, bound, "" if port_setting == "port" else "/metrics")
 
 
 async def start_worker(
@@ -129,8 +131,8 @@ def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugi
                   finished: FinishedTasks) -> Services:
     accounts = Accounts(Users(db), sessions, max_failures=settings.login_max_failures,
                         failure_window=settings.login_failure_window)
-    tasks = TaskService(Tasks(db), queue, plugins, finished, max_queue=settings.max_queue,
-                        user_max_pending=settings.user_max_pending)
+    tasks = TaskService(Tasks(db), queue, plugins, finished, SubmissionRates(sessions.redis, settings.user_rate),
+                        max_queue=settings.max_queue, user_max_pending=settings.user_max_pending)
     return Services(accounts=accounts, tasks=tasks, plugins=plugins)
 
 

@@ -49,6 +49,11 @@ class Limits:
     FIELDS = ("time_ms", "memory_mb")
 
 
+# Below these nothing runs: a process start takes tens of ms (more under gVisor), and the engine
+# refuses a container under 6 MB. A plugin may ask for more in [limits.min].
+PLATFORM_MIN = Limits(time_ms=100, memory_mb=8)
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str
@@ -191,11 +196,13 @@ def parse_wait(value: str | None) -> float:
     return seconds
 
 
-def resolve_limits(defaults: Limits, maximum: Limits, requested: dict[str, int]) -> Limits:
-    """A request may lower a default or raise it up to the maximum, never past it."""
+def resolve_limits(defaults: Limits, minimum: Limits, maximum: Limits, requested: dict[str, int]) -> Limits:
+    """A request may lower a default down to the minimum or raise it up to the maximum, never past either."""
     for name, value in requested.items():
         if value > getattr(maximum, name):
             raise ValidationFailed(f"'limits.{name}' is {value}; this language allows at most {getattr(maximum, name)}.")
+        if value < getattr(minimum, name):
+            raise ValidationFailed(f"'limits.{name}' is {value}; this language needs at least {getattr(minimum, name)}.")
     return Limits(**{name: requested.get(name, getattr(defaults, name)) for name in Limits.FIELDS})
 
 

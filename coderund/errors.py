@@ -24,6 +24,10 @@ class UnsupportedLanguage(AppError):
     status, code = 400, "unsupported_language"
 
 
+class RequestTimeout(AppError):
+    status, code = 408, "request_timeout"
+
+
 class Unauthorized(AppError):
     status, code = 401, "unauthorized"
 

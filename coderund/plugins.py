@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .domain import Limits, TaskRequest, resolve_limits
+from .domain import PLATFORM_MIN, Limits, TaskRequest, resolve_limits
 from .errors import UnsupportedLanguage
 
 REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
@@ -27,6 +27,7 @@ class Plugin:
     run: tuple[str, ...]
     limits: Limits
     max_limits: Limits
+    min_limits: Limits = PLATFORM_MIN
     compile: tuple[str, ...] | None = None
     compile_limits: Limits = DEFAULT_COMPILE_LIMITS
     aliases: tuple[str, ...] = ()
@@ -34,7 +35,7 @@ class Plugin:
     env: tuple[tuple[str, str], ...] = ()
 
     def resolve_limits(self, requested: dict[str, int]) -> Limits:
-        return resolve_limits(self.limits, self.max_limits, requested)
+        return resolve_limits(self.limits, self.min_limits, self.max_limits, requested)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class Plugin:
             "aliases": list(self.aliases),
             "compiled": self.compile is not None,
             "limits": vars(self.limits),
+            "min_limits": vars(self.min_limits),
             "max_limits": vars(self.max_limits),
         }
 
@@ -114,11 +116,14 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
     limits_table = data["limits"]
     if not isinstance(limits_table, dict):
         raise fail("limits", "must be a table")
-    limits = _limits(limits_table, "limits", fail, extra={"max"})
+    limits = _limits(limits_table, "limits", fail, extra={"max", "min"})
     max_limits = _limits(limits_table.get("max", {}), "limits.max", fail, fallback=limits)
+    min_limits = _limits(limits_table.get("min", {}), "limits.min", fail, fallback=PLATFORM_MIN)
     for name in Limits.FIELDS:
         if getattr(limits, name) > getattr(max_limits, name):
             raise fail(f"limits.{name}", "is above limits.max")
+        if not getattr(PLATFORM_MIN, name) <= getattr(min_limits, name) <= getattr(limits, name):
+            raise fail(f"limits.min.{name}", f"must be from {getattr(PLATFORM_MIN, name)} to limits.{name}")
     compile_limits = _limits(data.get("compile_limits", {}), "compile_limits", fail, fallback=DEFAULT_COMPILE_LIMITS)
     return Plugin(
         name=data["name"].lower(),
@@ -129,6 +134,7 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         compile=tuple(data["compile"]) if data.get("compile") else None,
         limits=limits,
         max_limits=max_limits,
+        min_limits=min_limits,
         compile_limits=compile_limits,
         aliases=tuple(a.lower() for a in data.get("aliases", [])),
         debian_packages=tuple(data.get("debian_packages", [])),

@@ -18,10 +18,12 @@ from .passwords import DUMMY_HASH, hash_password, verify_password
 from .plugins import Plugins
 from .repository.finished import FinishedTasks
 from .repository.queue import Delivery, Queue
+from .repository.rates import SubmissionRates
 from .repository.sessions import Sessions
 from .repository.tasks import Tasks
 from .repository.users import UserRow, Users
-from .sandbox.runner import Sandbox, SandboxError
+from .sandbox.engine import SandboxError, SandboxRefused
+from .sandbox.runner import Sandbox
 
 log = logging.getLogger(__name__)
 BUSY_RETRY_S = 5
@@ -75,42 +77,52 @@ class Accounts:
 class TaskService:
     """The API side of tasks."""
 
-    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, finished: FinishedTasks, *, max_queue: int,
-                 user_max_pending: int) -> None:
+    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, finished: FinishedTasks, rates: SubmissionRates, *,
+                 max_queue: int, user_max_pending: int) -> None:
         self.tasks = tasks
         self.queue = queue
         self.plugins = plugins
         self.finished = finished
+        self.rates = rates
         self.max_queue = max_queue
         self.user_max_pending = user_max_pending
         self._depth = (0.0, 0)  # (when, depth): a burst of submissions asks the broker once a second
+        self._accepted = 0  # submissions this process accepted since that reading
         # Finished is final: whose finished tasks these are, so that polling them needs no database.
         self._done: OrderedDict[uuid.UUID, int] = OrderedDict()
 
     async def submit(self, user_id: int, request: TaskRequest) -> uuid.UUID:
         plugin, limits = self.plugins.for_request(request)
+        if wait_s := await self.rates.take(user_id):
+            raise RateLimited(f"More than {self.rates.per_minute} submissions a minute; try again in {wait_s} s.", wait_s)
         if await self.tasks.count_unfinished(user_id) >= self.user_max_pending:
             raise RateLimited(f"You have {self.user_max_pending} unfinished tasks; wait for some to finish.", BUSY_RETRY_S)
         if await self._queue_depth() >= self.max_queue:
             raise QueueFull("The task queue is full; try again shortly.", BUSY_RETRY_S)
+        self._accepted += 1  # no await since the check: concurrent submissions see this one
         task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits)
-        await self.tasks.add(task)
         try:
-            await self.queue.publish(task.id)
+            await self.tasks.add(task)
+            try:
+                await self.queue.publish(task.id)
+            except BaseException:
+                # Not confirmed by the broker: take the task back so nothing is left half-made.
+                await asyncio.shield(self.tasks.delete_unstarted(task.id))
+                raise
         except BaseException:
-            # Not confirmed by the broker: take the task back so nothing is left half-made.
-            await asyncio.shield(self.tasks.delete_unstarted(task.id))
+            self._accepted -= 1
             raise
         await self.tasks.mark_published(task.id)
         metrics.TASKS_SUBMITTED.labels(plugin.name).inc()
         return task.id
 
     async def _queue_depth(self) -> int:
+        """The broker's last count (at most a second old) and what this process accepted since."""
         checked_at, depth = self._depth
         if time.monotonic() - checked_at > 1:
             depth = await self.queue.depth()
-            self._depth = (time.monotonic(), depth)
-        return depth
+            self._depth, self._accepted = (time.monotonic(), depth), 0
+        return depth + self._accepted
 
     async def get(self, user_id: int, task_id: str, wait_s: float = 0) -> Task:
         """The task; with wait_s, as soon as it finishes, or as it is when wait_s have passed."""
@@ -185,6 +197,9 @@ class Executor:
         else:
             try:
                 result = await self.execute(task)
+            except SandboxRefused as e:
+                log.error("task %s: the engine refused its sandbox: %s", task_id, e)
+                result = Result(Verdict.INTERNAL_ERROR, stderr=f"coderund: the container engine refused this task: {e}\n".encode())
             except SandboxError as e:
                 if task.attempts < self.max_attempts:
                     log.warning("task %s: platform failure, will retry: %s", task_id, e)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import uuid
@@ -39,6 +40,9 @@ class Worker:
     async def run(self) -> None:
         """Runs until stop(); reconnects to the broker with backoff when it drops."""
         metrics.CONCURRENCY.set(self.concurrency)
+        # Alive before the first claim: a sweeper must never take a new worker's task for an orphan.
+        with contextlib.suppress(Unavailable):
+            await self.workers.heartbeat(self.id, socket.gethostname())
         heartbeat = asyncio.create_task(self._heartbeat())
         delay = 1.0
         try:

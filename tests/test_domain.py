@@ -35,12 +35,17 @@ def test_task_request_dialects_and_limits():
 
 
 def test_limits_lower_raise_and_refuse():
-    defaults, maximum = Limits(2000, 128), Limits(10000, 512)
-    assert resolve_limits(defaults, maximum, {}) == defaults
-    assert resolve_limits(defaults, maximum, {"time_ms": 500}) == Limits(500, 128)
-    assert resolve_limits(defaults, maximum, {"memory_mb": 512}) == Limits(2000, 512)
-    with pytest.raises(ValidationFailed, match="at most 512"):
-        resolve_limits(defaults, maximum, {"memory_mb": 513})
+    defaults, minimum, maximum = Limits(2000, 128), Limits(100, 16), Limits(10000, 512)
+    assert resolve_limits(defaults, minimum, maximum, {}) == defaults
+    assert resolve_limits(defaults, minimum, maximum, {"time_ms": 500}) == Limits(500, 128)
+    assert resolve_limits(defaults, minimum, maximum, {"memory_mb": 512}) == Limits(2000, 512)
+    assert resolve_limits(defaults, minimum, maximum, {"time_ms": 100, "memory_mb": 16}) == minimum
+    with pytest.raises(ValidationFailed, match="'limits.memory_mb' is 513; this language allows at most 512"):
+        resolve_limits(defaults, minimum, maximum, {"memory_mb": 513})
+    with pytest.raises(ValidationFailed, match="'limits.memory_mb' is 1; this language needs at least 16"):
+        resolve_limits(defaults, minimum, maximum, {"memory_mb": 1})
+    with pytest.raises(ValidationFailed, match="'limits.time_ms' is 99; this language needs at least 100"):
+        resolve_limits(defaults, minimum, maximum, {"time_ms": 99})
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ import pytest
 
 from coderund import plugins
 from coderund.config import DEFAULT_PLUGINS_DIR
+from coderund.domain import PLATFORM_MIN
 from coderund.errors import UnsupportedLanguage
 
 GOOD = {
@@ -26,7 +27,7 @@ def test_shipped_plugins_load():
 
 def test_max_defaults_to_the_limits_and_compile_limits_to_the_global_default():
     plugin = plugins.parse(GOOD, "lua.toml")
-    assert plugin.max_limits == plugin.limits
+    assert plugin.max_limits == plugin.limits and plugin.min_limits == PLATFORM_MIN
     assert plugin.compile_limits == plugins.DEFAULT_COMPILE_LIMITS
 
 
@@ -41,6 +42,8 @@ def test_max_defaults_to_the_limits_and_compile_limits_to_the_global_default():
         ({"limits": {"time_ms": 1000}}, "limits.memory_mb"),
         ({"limits": {"time_ms": 1000, "memory_mb": 64, "cpu": 2}}, "limits.cpu"),
         ({"limits": {"time_ms": 1000, "memory_mb": 64, "max": {"time_ms": 10}}}, "limits.time_ms"),
+        ({"limits": {"time_ms": 1000, "memory_mb": 64, "min": {"memory_mb": 4}}}, "limits.min.memory_mb"),
+        ({"limits": {"time_ms": 1000, "memory_mb": 64, "min": {"time_ms": 2000}}}, "limits.min.time_ms"),
         ({"env": {"A": 1}}, "env"),
     ],
 )

@@ -13,7 +13,7 @@ from coderund.sandbox.options import Isolation, container_options
 def test_container_options_lock_the_container_down():
     options = container_options(image="img", name="coderund-x", memory_mb=128, isolation=Isolation(runtime="runsc"),
                                 env={"GOCACHE": "/tmp/c"}, labels={"coderund.task": "x"}, tools_volume="tools")
-    assert options["network_mode"] == "none" and options["read_only"] is True
+    assert options["network_mode"] == "none" and options["network_disabled"] is True and options["read_only"] is True
     assert options["cap_drop"] == ["ALL"] and options["security_opt"] == ["no-new-privileges"]
     assert options["user"] == "65534:65534" and options["pids_limit"] == 128
     assert options["mem_limit"] == options["memswap_limit"] == 128 * 1024 * 1024

@@ -13,6 +13,7 @@ from .keys import SESSION_COOKIE
 ERROR_CODES = [
     "invalid_json", "validation_failed", "unauthorized", "not_found", "method_not_allowed", "conflict",
     "payload_too_large", "unsupported_language", "rate_limited", "queue_full", "unavailable", "internal",
+    "request_timeout",
 ]
 
 
@@ -39,6 +40,7 @@ ERRORS = {
     "400": _error("The body is not valid JSON or a field is wrong.", "validation_failed"),
     "401": _error("No valid session: log in and send the token or the cookie.", "unauthorized"),
     "404": _error("No such task (or not yours).", "not_found"),
+    "408": _error("The body did not arrive in time (10 s).", "request_timeout"),
     "409": _error("The username is taken.", "conflict"),
     "413": _error("The body, code or stdin is too large.", "payload_too_large"),
     "429": _error("Too many attempts; wait Retry-After seconds.", "rate_limited", retry_after=True),
@@ -122,11 +124,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "Language": {
         "type": "object",
-        "required": ["name", "version", "aliases", "compiled", "limits", "max_limits"],
+        "required": ["name", "version", "aliases", "compiled", "limits", "min_limits", "max_limits"],
         "properties": {
             "name": {"type": "string"}, "version": {"type": "string"},
             "aliases": {"type": "array", "items": {"type": "string"}}, "compiled": {"type": "boolean"},
-            "limits": _ref("Limits"), "max_limits": _ref("Limits"),
+            "limits": _ref("Limits"), "min_limits": _ref("Limits"), "max_limits": _ref("Limits"),
         },
     },
     "Readiness": {
@@ -154,7 +156,7 @@ WAIT = {"name": "wait", "in": "query", "required": False,
         "description": f"seconds (at most {MAX_WAIT_S}) to hold the answer until the task finishes"}
 AUTH = [{"bearer": []}, {"cookie": []}]
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}}}
-BODY_ERRORS = ("400", "413", "503")
+BODY_ERRORS = ("400", "408", "413", "503")
 
 
 def _body(schema: str, example: Any) -> dict[str, Any]:

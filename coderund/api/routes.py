@@ -13,16 +13,22 @@ from .. import domain
 from ..metrics import metrics_handler
 from .docs import docs_page, openapi_json
 from ..domain import Task
-from ..errors import InvalidJson
+from ..errors import InvalidJson, RequestTimeout
 from .keys import SERVICES, SESSION_COOKIE, TOKEN, USER_ID
 
 RESULT_RETRY_AFTER = "1"
+BODY_TIMEOUT_S = 10  # a client that is slower than this to send its body loses its connection slot
 
 
 async def _json(request: web.Request) -> Any:
     try:
-        return json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {BODY_TIMEOUT_S} s.") from None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # bad syntax or encoding, numbers past the digit limit, deep nesting
         raise InvalidJson("The body is not valid JSON.") from None
 
 

@@ -27,7 +27,7 @@ def token_digest(token: str) -> str:
 
 
 @contextlib.contextmanager
-def _answering() -> Iterator[None]:
+def answering() -> Iterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError) as e:
@@ -49,33 +49,33 @@ class Sessions:
         await self.redis.aclose()
 
     async def ping(self) -> None:
-        with _answering():
+        with answering():
             await self.redis.ping()
 
     async def create(self, user_id: int) -> str:
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        with _answering():
+        with answering():
             await self.redis.set(SESSION_KEY.format(token_digest(token)), str(user_id), ex=self.ttl)
         return token
 
     async def user_id(self, token: str) -> int | None:
-        with _answering():
+        with answering():
             value = await self.redis.get(SESSION_KEY.format(token_digest(token)))
         return int(value) if value is not None else None
 
     async def delete(self, token: str) -> bool:
-        with _answering():
+        with answering():
             return bool(await self.redis.delete(SESSION_KEY.format(token_digest(token))))
 
     async def login_failures(self, username: str) -> tuple[int, int]:
         """How many recent failures the username has, and seconds until the count expires."""
         key = LOGIN_FAILURES_KEY.format(username)
-        with _answering():
+        with answering():
             count, ttl = await self.redis.pipeline().get(key).ttl(key).execute()
         return int(count or 0), max(int(ttl), 1)
 
     async def add_login_failure(self, username: str, window: int) -> None:
         key = LOGIN_FAILURES_KEY.format(username)
-        with _answering():
+        with answering():
             # NX: the window starts at the first failure and is not stretched by later ones.
             await self.redis.pipeline().incr(key).expire(key, window, nx=True).execute()

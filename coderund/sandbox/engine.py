@@ -45,6 +45,10 @@ class SandboxError(Exception):
     """The platform failed (engine down, container gone); not the task's fault."""
 
 
+class SandboxRefused(SandboxError):
+    """The engine refused to make a container with these settings: trying again cannot help."""
+
+
 @dataclass(frozen=True)
 class Shape:
     """What makes two sandbox containers interchangeable before a task is in them."""
@@ -101,8 +105,10 @@ class Engine:
         started = time.monotonic()
         try:
             container_id, sock = await self.call(self._start, options)
-        except SandboxError:
+        except SandboxError as e:
             await self.call(self._remove, name)  # a half-made container must not linger
+            if isinstance(e.__cause__, docker.errors.APIError) and e.__cause__.status_code == 400:
+                raise SandboxRefused(e.__cause__.explanation or str(e)) from e
             raise
         metrics.CONTAINER_START.observe(time.monotonic() - started)
         return await Box.attach(container_id, sock)

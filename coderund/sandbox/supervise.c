@@ -295,11 +295,7 @@ int main(int argc, char **argv) {
     while (!exited) {
         struct pollfd fds[3] = {{sigchld_pipe[0], POLLIN, 0}, {streams[0].fd, POLLIN, 0}, {streams[1].fd, POLLIN, 0}};
         long left_ms = (deadline - now_us()) / 1000;
-        if (left_ms <= 0) {
-            timed_out = 1;
-            break;
-        }
-        if (poll(fds, 3, (int)(left_ms > 1000 ? 1000 : left_ms + 1)) < 0 && errno != EINTR) break;
+        if (poll(fds, 3, left_ms <= 0 ? 0 : (int)(left_ms > 1000 ? 1000 : left_ms + 1)) < 0 && errno != EINTR) break;
         for (int i = 0; i < 2; i++) {
             if (streams[i].fd >= 0 && (fds[i + 1].revents & (POLLIN | POLLHUP | POLLERR)) && drain(&streams[i]) == 0) {
                 close(streams[i].fd);
@@ -322,6 +318,12 @@ int main(int argc, char **argv) {
                 }
             }
         }
+        /* Only a program still running at its deadline is out of time: one that ended just before
+         * we looked keeps its own exit. */
+        if (!exited && now_us() >= deadline) {
+            timed_out = 1;
+            break;
+        }
     }
     long wall_us = now_us() - started;
     kill(-pid, SIGKILL);
@@ -338,6 +340,7 @@ int main(int argc, char **argv) {
         while (!streams[i].over && drain(&streams[i]) == 1) {}
     }
     long oom_after = oom_kills();
+    if (timed_out) status = SIGKILL; /* the wait status of a SIGKILL: whatever it did at the last moment, we killed it */
 
     long cpu_us = usage.ru_utime.tv_sec * 1000000L + usage.ru_utime.tv_usec + usage.ru_stime.tv_sec * 1000000L +
                   usage.ru_stime.tv_usec;
