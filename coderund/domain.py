@@ -145,6 +145,7 @@ def parse_credentials(body: object) -> Credentials:
     low, high = PASSWORD_LENGTH
     if not low <= len(password) <= high:
         raise ValidationFailed(f"'password' must be {low} to {high} characters long.")
+    _utf8_size(password, "password")  # it is hashed as UTF-8
     return Credentials(username, password)
 
 

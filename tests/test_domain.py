@@ -32,6 +32,8 @@ def test_task_request_dialects_and_limits():
         parse_task_request({"language": "c", "code": "\ud800"})
     with pytest.raises(ValidationFailed, match="args"):
         parse_task_request({"language": "c", "code": "x", "args": ["a\0b"]})
+    with pytest.raises(ValidationFailed, match="'password' is not valid Unicode"):
+        parse_credentials({"username": "alice", "password": "\ud800password"})
 
 
 def test_limits_lower_raise_and_refuse():
