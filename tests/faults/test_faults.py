@@ -43,7 +43,12 @@ async def test_sigkill_a_worker_mid_task(settings, spawn):
             await asyncio.sleep(0.1)
         assert running
         [(doomed_id,)] = await rows(s, "SELECT DISTINCT worker FROM tasks WHERE id = ANY(%s::uuid[]) AND state = 'running'", ids)
-        assert docker.from_env().api.containers(filters={"label": f"coderund.worker={doomed_id}"})  # running and warm ones
+        for _ in range(100):  # its containers, the task's and warm ones (a task claimed a moment ago may wait for one)
+            if docker.from_env().api.containers(filters={"label": f"coderund.worker={doomed_id}"}):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the worker holds no container")
         doomed.send_signal(signal.SIGKILL)
         spawn(s, "--role", "worker")
         results = await asyncio.gather(*(api.result(token, i) for i in ids))
