@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 API_SHUTDOWN_S = 10  # for requests in flight when SIGTERM comes
 WORKER_DRAIN_S = 60  # for tasks in flight; past that they go back to the queue
 DOCKER_TIMEOUT_S = 120
-FILL_PARALLEL = 4  # warm containers being made at once: enough to keep a 2-core engine busy
+FILL_PARALLEL = 6  # warm containers being made at once: with the cold starts, enough to keep the engine busy
 
 
 def docker_client(settings: Settings, pool: int = 10) -> docker.DockerClient:
@@ -56,7 +56,7 @@ def make_sandbox(settings: Settings, worker_id: str) -> Sandbox:
     engine = Engine(client, isolation=isolation, supervisor_binary=supervisor.build(Path(settings.cache_dir)),
                     threads=threads, worker_id=worker_id)
     pool = WarmPool(lambda shape: engine.make(shape, {f"{LABEL}.warm": "1"}), engine.discard,
-                    max_total=settings.warm_max, per_shape=settings.concurrency + 1, max_age_s=settings.warm_max_age_s,
+                    max_total=settings.warm_max, per_shape=2 * settings.concurrency + 2, max_age_s=settings.warm_max_age_s,
                     idle_s=settings.warm_idle_s, fill_parallel=FILL_PARALLEL)
     cache = CompileCache(Path(settings.cache_dir) / "builds", settings.compile_cache_mb * 1024 * 1024)
     return Sandbox(engine, pool, cache, output_limit=settings.output_limit)
@@ -111,7 +111,8 @@ async def start_worker(
         await sandbox.pool.close()
 
     stack.push_async_callback(close_pool)
-    executor = Executor(Tasks(db), sandbox, plugins, worker_id=worker_id, max_attempts=settings.max_attempts)
+    executor = Executor(Tasks(db), sandbox, plugins, worker_id=worker_id, max_attempts=settings.max_attempts,
+                        case_parallel=settings.concurrency)
     worker = Worker(queue=queue, executor=executor, workers=Workers(db), sandbox=sandbox, concurrency=settings.concurrency)
     running = asyncio.create_task(worker.run())
     # A worker loop that dies stops the process, so that a supervisor restarts it.

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .checkers import DEFAULT as DEFAULT_CHECKER
+from .checkers import Checker, parse_checker
 from .errors import PayloadTooLarge, ValidationFailed
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{3,64}")
@@ -18,6 +20,9 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_ARGS = 64
 MAX_ARG_CHARS = 4096
 MAX_WAIT_S = 30
+MAX_FILES = 32
+MAX_TESTS = 64
+FILE_NAME_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 
 
 class Verdict(enum.StrEnum):
@@ -28,6 +33,8 @@ class Verdict(enum.StrEnum):
     MEMORY_LIMIT = "memory_limit"
     OUTPUT_LIMIT = "output_limit"
     INTERNAL_ERROR = "internal_error"
+    WRONG_ANSWER = "wrong_answer"  # a test case ran fine, but its output is not the expected one
+    SKIPPED = "skipped"  # a test case not run: an earlier one failed and the task asked to stop
 
 
 class TaskState(enum.StrEnum):
@@ -61,12 +68,23 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class TestCase:
+    stdin: str
+    args: tuple[str, ...]
+    expected: str
+
+
+@dataclass(frozen=True)
 class TaskRequest:
     language: str
     code: str
     stdin: str
     args: tuple[str, ...]
     limits: dict[str, int]  # only what the client asked for; the plugin resolves the rest
+    files: tuple[tuple[str, str], ...] = ()  # beside the entry file `code`: (relative path, content)
+    tests: tuple[TestCase, ...] = ()
+    checker: Checker = DEFAULT_CHECKER
+    stop_on_failure: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,21 @@ class RunReport:
 
 
 @dataclass(frozen=True)
+class CaseResult:
+    """One test case's run, its output capped for storage."""
+
+    verdict: Verdict
+    exit_code: int | None = None
+    signal: int | None = None
+    time_ms: int | None = None
+    wall_ms: int | None = None
+    memory_kb: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
 class Result:
     verdict: Verdict
     exit_code: int | None = None
@@ -98,6 +131,7 @@ class Result:
     wall_ms: int | None = None
     memory_kb: int | None = None
     container: str | None = None  # the sandbox it ran in, for the operator
+    tests: tuple[CaseResult, ...] | None = None  # with test cases: each one's, in order
 
 
 @dataclass
@@ -109,6 +143,10 @@ class Task:
     stdin: str
     args: list[str]
     limits: Limits
+    files: tuple[tuple[str, str], ...] = ()
+    tests: tuple[TestCase, ...] = ()
+    checker: Checker = DEFAULT_CHECKER
+    stop_on_failure: bool = False
     state: TaskState = TaskState.QUEUED
     attempts: int = 0
     created_at: datetime | None = None
@@ -166,13 +204,13 @@ def parse_task_request(body: object) -> TaskRequest:
         raise PayloadTooLarge(f"'code' is over {MAX_CODE_BYTES // 1024} KiB.")
     if _utf8_size(stdin, "stdin") > MAX_STDIN_BYTES:
         raise PayloadTooLarge(f"'stdin' is over {MAX_STDIN_BYTES // 1024} KiB.")
-    args = body.get("args", [])
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise ValidationFailed("'args' must be a list of strings.")
-    if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_CHARS or "\0" in a for a in args):
-        raise ValidationFailed(f"'args' takes at most {MAX_ARGS} strings of {MAX_ARG_CHARS} characters, no NUL.")
-    for arg in args:
-        _utf8_size(arg, "args")
+    args = _args(body.get("args", []), "args")
+    files = _files(body.get("files", []), _utf8_size(code, "code"))
+    tests = _tests(body.get("tests", []))
+    checker = parse_checker(body.get("checker", "trim"))
+    stop_on_failure = body.get("stop_on_failure", False)
+    if not isinstance(stop_on_failure, bool):
+        raise ValidationFailed("'stop_on_failure' must be true or false.")
     limits = body.get("limits", {})
     if not isinstance(limits, dict):
         raise ValidationFailed("'limits' must be an object.")
@@ -181,7 +219,67 @@ def parse_task_request(body: object) -> TaskRequest:
             raise ValidationFailed(f"'limits.{name}' is not a limit; use {', '.join(Limits.FIELDS)}.")
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValidationFailed(f"'limits.{name}' must be a positive integer.")
-    return TaskRequest(language, code, stdin, tuple(args), dict(limits))
+    return TaskRequest(language, code, stdin, args, dict(limits), files, tests, checker, stop_on_failure)
+
+
+def _args(args: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise ValidationFailed(f"'{name}' must be a list of strings.")
+    if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_CHARS or "\0" in a for a in args):
+        raise ValidationFailed(f"'{name}' takes at most {MAX_ARGS} strings of {MAX_ARG_CHARS} characters, no NUL.")
+    for arg in args:
+        _utf8_size(arg, name)
+    return tuple(args)
+
+
+def _files(files: Any, code_size: int) -> tuple[tuple[str, str], ...]:
+    """Relative paths of plain parts, no duplicates, at most MAX_FILES, and with `code` MAX_CODE_BYTES in all."""
+    if not isinstance(files, list):
+        raise ValidationFailed("'files' must be a list of {\"name\", \"content\"} objects.")
+    if len(files) > MAX_FILES:
+        raise ValidationFailed(f"'files' takes at most {MAX_FILES} files.")
+    total, seen, parsed = code_size, set(), []
+    for i, entry in enumerate(files):
+        where = f"files[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"name", "content"}:
+            raise ValidationFailed(f"'{where}' must be an object with 'name' and 'content'.")
+        name, content = _field_text(entry, "name", where), _field_text(entry, "content", where)
+        parts = name.split("/")
+        if len(name) > 255 or not FILE_NAME_RE.fullmatch(name) or any(part in (".", "..") for part in parts):
+            raise ValidationFailed(f"'{where}.name' {name[:100]!r} must be a relative path of parts made of A-Z a-z 0-9 . _ -"
+                                   " separated by '/', without '.' or '..' parts.")
+        if name in seen:
+            raise ValidationFailed(f"'{where}.name' {name!r} is given twice.")
+        seen.add(name)
+        total += _utf8_size(content, f"{where}.content")
+        if total > MAX_CODE_BYTES:
+            raise PayloadTooLarge(f"'code' and 'files' are over {MAX_CODE_BYTES // 1024} KiB together.")
+        parsed.append((name, content))
+    return tuple(parsed)
+
+
+def _field_text(entry: dict[str, Any], key: str, where: str) -> str:
+    value = entry.get(key, "")
+    if not isinstance(value, str):
+        raise ValidationFailed(f"'{where}.{key}' must be a string.")
+    return value
+
+
+def _tests(tests: Any) -> tuple[TestCase, ...]:
+    if not isinstance(tests, list):
+        raise ValidationFailed("'tests' must be a list of {\"stdin\", \"args\", \"expected\"} objects.")
+    if len(tests) > MAX_TESTS:
+        raise ValidationFailed(f"'tests' takes at most {MAX_TESTS} cases.")
+    parsed = []
+    for i, case in enumerate(tests):
+        where = f"tests[{i}]"
+        if not isinstance(case, dict) or not set(case) <= {"stdin", "args", "expected"} or "expected" not in case:
+            raise ValidationFailed(f"'{where}' must be an object with 'expected', and optionally 'stdin' and 'args'.")
+        stdin, expected = _field_text(case, "stdin", where), _field_text(case, "expected", where)
+        if _utf8_size(stdin, f"{where}.stdin") + _utf8_size(expected, f"{where}.expected") > MAX_STDIN_BYTES:
+            raise PayloadTooLarge(f"'{where}' is over {MAX_STDIN_BYTES // 1024} KiB.")
+        parsed.append(TestCase(stdin, _args(case.get("args", []), f"{where}.args"), expected))
+    return tuple(parsed)
 
 
 def parse_wait(value: str | None) -> float:
@@ -236,4 +334,31 @@ def run_result(report: RunReport, memory_mb: int, compile_output: bytes = b"", c
         wall_ms=report.wall_ms,
         memory_kb=report.memory_kb,
         container=container,
+    )
+
+
+CASE_OUTPUT_MAX = 8 * 1024  # of each case's stdout and stderr, kept in the result
+
+
+def case_result(report: RunReport, memory_mb: int, expected: str, checker: Checker) -> CaseResult:
+    verdict = classify(report, memory_mb)
+    if verdict is Verdict.OK and not checker.accepts(report.stdout.decode("utf-8", errors="replace"), expected):
+        verdict = Verdict.WRONG_ANSWER
+    return CaseResult(
+        verdict=verdict, exit_code=report.exit_code, signal=report.signal or None, time_ms=report.cpu_ms,
+        wall_ms=report.wall_ms, memory_kb=report.memory_kb, stdout=report.stdout[:CASE_OUTPUT_MAX],
+        stderr=report.stderr[:CASE_OUTPUT_MAX],
+        truncated=report.output_over or max(len(report.stdout), len(report.stderr)) > CASE_OUTPUT_MAX,
+    )
+
+
+def judged(cases: list[CaseResult], compile_output: bytes, container: str | None) -> Result:
+    """A task with test cases: ok when every case is; else the first failing case's verdict, and its
+    run stands for the task's (else the last case's)."""
+    failing = [case for case in cases if case.verdict not in (Verdict.OK, Verdict.SKIPPED)]
+    shown = failing[0] if failing else cases[-1]
+    return Result(
+        verdict=shown.verdict, exit_code=shown.exit_code, signal=shown.signal, stdout=shown.stdout, stderr=shown.stderr,
+        compile_output=compile_output, truncated=shown.truncated, time_ms=shown.time_ms, wall_ms=shown.wall_ms,
+        memory_kb=shown.memory_kb, container=container, tests=tuple(cases),
     )

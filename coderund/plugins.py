@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .domain import PLATFORM_MIN, Limits, TaskRequest, resolve_limits
-from .errors import UnsupportedLanguage
+from .errors import UnsupportedLanguage, ValidationFailed
 
 REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
 OPTIONAL = {"aliases", "debian_packages", "compile", "compile_limits", "env"}
 DEFAULT_COMPILE_LIMITS = Limits(time_ms=30000, memory_mb=1024)
+SOURCES = "{sources}"  # in a compile command: the submitted source files
 
 
 class PluginError(Exception):
@@ -33,6 +34,14 @@ class Plugin:
     aliases: tuple[str, ...] = ()
     debian_packages: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+
+    def compile_command(self, names: list[str]) -> tuple[str, ...]:
+        """The compile command, its {sources} replaced by the entry file and every other submitted file
+        with the entry file's extension (so a C program's headers stay out, its other .c files go in)."""
+        assert self.compile is not None
+        suffix = PurePosixPath(self.source_file).suffix
+        others = sorted(n for n in names if n != self.source_file and suffix and PurePosixPath(n).suffix == suffix)
+        return tuple(part for item in self.compile for part in ([self.source_file, *others] if item == SOURCES else [item]))
 
     def resolve_limits(self, requested: dict[str, int]) -> Limits:
         return resolve_limits(self.limits, self.min_limits, self.max_limits, requested)
@@ -70,6 +79,8 @@ class Plugins:
 
     def for_request(self, request: TaskRequest) -> tuple[Plugin, Limits]:
         plugin = self.get(request.language)
+        if any(name == plugin.source_file for name, _ in request.files):
+            raise ValidationFailed(f"'files' holds {plugin.source_file!r}, the entry file of {plugin.name}: send it as 'code'.")
         return plugin, plugin.resolve_limits(request.limits)
 
 

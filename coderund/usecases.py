@@ -100,7 +100,8 @@ class TaskService:
         if await self._queue_depth() >= self.max_queue:
             raise QueueFull("The task queue is full; try again shortly.", BUSY_RETRY_S)
         self._accepted += 1  # no await since the check: concurrent submissions see this one
-        task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits)
+        task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits,
+                    request.files, request.tests, request.checker, request.stop_on_failure)
         try:
             await self.tasks.add(task)
             try:
@@ -176,7 +177,9 @@ async def _found(task_id: str, fetch: Awaitable[T | None]) -> T:
 class Executor:
     """The worker side: claim a task, run it in the sandbox, store the result, then ack."""
 
-    def __init__(self, tasks: Tasks, sandbox: Sandbox, plugins: Plugins, *, worker_id: str, max_attempts: int) -> None:
+    def __init__(self, tasks: Tasks, sandbox: Sandbox, plugins: Plugins, *, worker_id: str, max_attempts: int,
+                 case_parallel: int = 1) -> None:
+        self.case_parallel = case_parallel  # test cases of one task that may run at once
         self.tasks = tasks
         self.sandbox = sandbox
         self.plugins = plugins
@@ -219,11 +222,4 @@ class Executor:
             plugin = self.plugins.get(task.language)
         except UnsupportedLanguage:
             raise SandboxError(f"this worker has no plugin for {task.language!r}") from None
-        return await self.sandbox.execute(
-            plugin,
-            task.limits,
-            code=task.code,
-            stdin=task.stdin,
-            args=task.args,
-            labels={"coderund.task": str(task.id)},
-        )
+        return await self.sandbox.execute(plugin, task, {"coderund.task": str(task.id)}, self.case_parallel)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..domain import MAX_ARG_CHARS, MAX_ARGS, MAX_WAIT_S, PASSWORD_LENGTH, Verdict
+from ..domain import MAX_ARG_CHARS, MAX_ARGS, MAX_FILES, MAX_TESTS, MAX_WAIT_S, PASSWORD_LENGTH, Verdict
 from .keys import SESSION_COOKIE
 
 ERROR_CODES = [
@@ -93,6 +93,33 @@ SCHEMAS: dict[str, Any] = {
             "stdin": {"type": "string", "description": "at most 1 MiB"},
             "args": {"type": "array", "maxItems": MAX_ARGS, "items": {"type": "string", "maxLength": MAX_ARG_CHARS}},
             "limits": _ref("Limits"),
+            "files": {"type": "array", "maxItems": MAX_FILES, "description": "more source files beside `code` (the entry file)",
+                      "items": {"type": "object", "required": ["name", "content"], "additionalProperties": False,
+                                "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$"},
+                                               "content": {"type": "string"}}}},
+            "tests": {"type": "array", "maxItems": MAX_TESTS,
+                      "description": "test cases: the program is compiled once, each case runs in a fresh sandbox",
+                      "items": {"type": "object", "required": ["expected"], "additionalProperties": False,
+                                "properties": {"stdin": {"type": "string"}, "expected": {"type": "string"},
+                                               "args": {"type": "array", "items": {"type": "string"}}}}},
+            "checker": {"description": "how a case's stdout is compared with `expected` (default `trim`)",
+                        "oneOf": [{"type": "string", "enum": ["exact", "trim", "tokens"]},
+                                  {"type": "object", "required": ["float"], "properties": {"float": {
+                                      "type": "object", "properties": {"abs": {"type": "number"}, "rel": {"type": "number"}}}}}]},
+            "stop_on_failure": {"type": "boolean", "description": "skip the cases after the first that fails"},
+        },
+    },
+    "CaseResult": {
+        "type": "object",
+        "required": ["verdict", "exit_code", "signal", "time_ms", "wall_ms", "memory_kb", "stdout", "stderr", "truncated"],
+        "properties": {
+            "verdict": {"type": "string", "enum": [v.value for v in Verdict]},
+            "exit_code": _nullable("integer", "null when killed by a signal"),
+            "signal": _nullable("integer", "the signal that ended the program"),
+            "time_ms": _nullable("integer", "CPU time"), "wall_ms": _nullable("integer", "wall-clock time"),
+            "memory_kb": _nullable("integer", "peak resident memory"),
+            "stdout": {"type": "string", "description": "the first 8 KiB"}, "stderr": {"type": "string"},
+            "truncated": {"type": "boolean"},
         },
     },
     "Status": {"type": "object", "required": ["status"],
@@ -120,6 +147,9 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": _nullable("string", "when a worker started it"),
             "finished_at": _nullable("string", "when it finished"),
+            "tests": {"type": "array", "items": _ref("CaseResult"),
+                      "description": "with test cases: each one's run, in order (none after a compile error)"},
+            "passed": {"type": "integer"}, "total": {"type": "integer"},
         },
     },
     "Language": {

@@ -108,6 +108,19 @@ def _result(task: Task) -> dict[str, Any]:
         "created_at": _time(task.created_at),
         "started_at": _time(task.started_at),
         "finished_at": _time(task.finished_at),
+        **(_cases(task, r) if task.tests else {}),
+    }
+
+
+def _cases(task: Task, r: domain.Result) -> dict[str, Any]:
+    """Each test case's run (none after a compile error), and how many passed."""
+    cases = r.tests or ()
+    return {
+        "tests": [{"verdict": c.verdict.value, "exit_code": c.exit_code, "signal": c.signal, "time_ms": c.time_ms,
+                   "wall_ms": c.wall_ms, "memory_kb": c.memory_kb, "stdout": _text(c.stdout), "stderr": _text(c.stderr),
+                   "truncated": c.truncated} for c in cases],
+        "passed": sum(c.verdict is domain.Verdict.OK for c in cases),
+        "total": len(task.tests),
     }
 
 

@@ -1,12 +1,14 @@
 """Tasks in PostgreSQL. State moves queued → running → done, and never back from done."""
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from ..domain import Limits, Result, Task, TaskState, Verdict
+from ..checkers import parse_checker
+from ..domain import CaseResult, Limits, Result, Task, TaskState, TestCase, Verdict
 from .db import Database
 from .finished import CHANNEL
 
@@ -14,8 +16,23 @@ SWEEP_LOCK = 0x73776570  # one sweeper at a time, whichever worker gets it
 
 COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
-    " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb"
+    " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
+    " files, tests, checker, stop_on_failure, case_results"
 )
+OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
+
+
+def _case_document(case: CaseResult) -> dict[str, Any]:
+    document = {name: getattr(case, name) for name in CaseResult.__dataclass_fields__}
+    document["verdict"] = case.verdict.value
+    for name in OUTPUT_FIELDS:
+        document[name] = base64.b64encode(document[name]).decode()
+    return document
+
+
+def _case(document: dict[str, Any]) -> CaseResult:
+    return CaseResult(**{**document, "verdict": Verdict(document["verdict"]),
+                         **{name: base64.b64decode(document[name]) for name in OUTPUT_FIELDS}})
 
 
 def _task(row: dict[str, Any]) -> Task:
@@ -32,6 +49,7 @@ def _task(row: dict[str, Any]) -> Task:
             time_ms=row["cpu_ms"],
             wall_ms=row["wall_ms"],
             memory_kb=row["memory_kb"],
+            tests=None if row["case_results"] is None else tuple(_case(c) for c in row["case_results"]),
         )
     return Task(
         id=row["id"],
@@ -41,6 +59,10 @@ def _task(row: dict[str, Any]) -> Task:
         stdin=bytes(row["stdin"]).decode(),
         args=row["args"],
         limits=Limits(time_ms=row["time_ms"], memory_mb=row["memory_mb"]),
+        files=tuple((f["name"], f["content"]) for f in row["files"]),
+        tests=tuple(TestCase(c["stdin"], tuple(c["args"]), c["expected"]) for c in row["tests"]),
+        checker=parse_checker(row["checker"]),
+        stop_on_failure=row["stop_on_failure"],
         state=TaskState(row["state"]),
         attempts=row["attempts"],
         created_at=row["created_at"],
@@ -57,10 +79,13 @@ class Tasks:
     async def add(self, task: Task) -> None:
         async with self.db.transaction() as conn:
             await conn.execute(
-                "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
+                " stop_on_failure) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
-                 task.limits.time_ms, task.limits.memory_mb),
+                 task.limits.time_ms, task.limits.memory_mb,
+                 Jsonb([{"name": name, "content": content} for name, content in task.files]),
+                 Jsonb([{"stdin": c.stdin, "args": list(c.args), "expected": c.expected} for c in task.tests]),
+                 Jsonb(task.checker.document()), task.stop_on_failure),
             )
 
     async def mark_published(self, task_id: uuid.UUID) -> None:
@@ -131,10 +156,11 @@ class Tasks:
             cursor = await conn.execute(
                 "UPDATE tasks SET state = 'done', finished_at = now(), verdict = %s, exit_code = %s, signal = %s,"
                 " stdout = %s, stderr = %s, compile_output = %s, truncated = %s, cpu_ms = %s, wall_ms = %s,"
-                " memory_kb = %s, container = %s WHERE id = %s AND state <> 'done'",
+                " memory_kb = %s, container = %s, case_results = %s WHERE id = %s AND state <> 'done'",
                 (result.verdict.value, result.exit_code, result.signal, result.stdout, result.stderr,
                  result.compile_output, result.truncated, result.time_ms, result.wall_ms, result.memory_kb,
-                 result.container, task_id),
+                 result.container, None if result.tests is None else Jsonb([_case_document(c) for c in result.tests]),
+                 task_id),
             )
             if cursor.rowcount != 1:
                 return False

@@ -34,6 +34,7 @@ class Box:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     created: float = field(default_factory=time.monotonic)
+    reported: bool = False  # its supervisor sent a whole report, and so has ended the container
 
     @classmethod
     async def attach(cls, container_id: str, sock: socket.socket) -> Box:
@@ -52,9 +53,11 @@ class Box:
         out, err = bytearray(), bytearray()
         try:
             await self._read(out, err)
-            return supervisor.parse_report(bytes(out))
+            report = supervisor.parse_report(bytes(out))
         except supervisor.SupervisorError:
             raise Died(bytes(err)) from None
+        self.reported = True
+        return report
 
     async def _read(self, out: bytearray, err: bytearray) -> None:
         """Until the report is whole (its header tells its length), or the stream ends: a report

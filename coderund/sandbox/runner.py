@@ -12,7 +12,7 @@ import os
 import time
 
 from .. import metrics
-from ..domain import Limits, Result, RunReport, Verdict, run_result
+from ..domain import CaseResult, Limits, Result, RunReport, Task, TestCase, Verdict, case_result, judged, run_result
 from ..plugins import Plugin
 from . import supervisor
 from .box import Died
@@ -43,30 +43,61 @@ class Sandbox:
             if plugin.compile:
                 self.pool.serve(run_shape(plugin, plugin.compile_limits))
 
-    async def execute(self, plugin: Plugin, limits: Limits, *, code: str, stdin: str, args: list[str],
-                      labels: dict[str, str]) -> Result:
-        """A failing program is a result; a failing platform raises SandboxError."""
-        files, compile_output = Files({plugin.source_file: code.encode()}), b""
+    async def execute(self, plugin: Plugin, task: Task, labels: dict[str, str], case_parallel: int = 1) -> Result:
+        """Builds once (or takes the build from the cache), then runs the program, or each test case in a
+        container of its own. A failing program is a result; a failing platform raises SandboxError."""
+        files = Files({plugin.source_file: task.code.encode(), **{name: text.encode() for name, text in task.files}})
+        compile_output = b""
         if plugin.compile:
             build = await self._build(plugin, files, labels)
             if isinstance(build, Result):
                 return build
             files, compile_output = build.files, build.compile_output
+        if not task.tests:
+            report, container = await self._run(plugin, task.limits, labels, files, task.stdin, task.args)
+            return run_result(report, task.limits.memory_mb, compile_output, container)
+        return await self._judge(plugin, task, labels, files, compile_output, case_parallel)
+
+    async def _run(self, plugin: Plugin, limits: Limits, labels: dict[str, str], files: Files, stdin: str,
+                   args: list[str] | tuple[str, ...]) -> tuple[RunReport, str]:
         report, _, container = await self._step(run_shape(plugin, limits), labels, files, stdin.encode(),
                                                 (*plugin.run, *args), limits)
         metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
-        return run_result(report, limits.memory_mb, compile_output, container)
+        return report, container
+
+    async def _judge(self, plugin: Plugin, task: Task, labels: dict[str, str], files: Files, compile_output: bytes,
+                     parallel: int) -> Result:
+        """Every case in a fresh container with the task's limits; nothing crosses from one to the next.
+        With stop_on_failure they run in order and the rest are skipped after the first failure."""
+        results: list[CaseResult | None] = [None] * len(task.tests)
+        containers: list[str] = []
+        gate = asyncio.Semaphore(1 if task.stop_on_failure else max(1, parallel))
+        failed = asyncio.Event()
+
+        async def one(i: int, case: TestCase) -> None:
+            async with gate:
+                if failed.is_set():
+                    results[i] = CaseResult(Verdict.SKIPPED)
+                    return
+                report, container = await self._run(plugin, task.limits, labels, files, case.stdin, case.args)
+                containers.append(container)
+                results[i] = case_result(report, task.limits.memory_mb, case.expected, task.checker)
+                if task.stop_on_failure and results[i].verdict is not Verdict.OK:
+                    failed.set()
+
+        await asyncio.gather(*(one(i, case) for i, case in enumerate(task.tests)))
+        return judged([r for r in results if r is not None], compile_output, containers[-1] if containers else None)
 
     async def _build(self, plugin: Plugin, sources: Files, labels: dict[str, str]) -> Build | Result:
-        assert plugin.compile
         limits = plugin.compile_limits
-        cache_key = key(plugin=plugin.name, image_id=await self._image_id(plugin.image), command=plugin.compile,
+        command = plugin.compile_command(list(sources.data))
+        cache_key = key(plugin=plugin.name, image_id=await self._image_id(plugin.image), command=command,
                         env=plugin.env, memory_mb=limits.memory_mb, time_ms=limits.time_ms, sources=sources)
         cached = await asyncio.to_thread(self.cache.get, cache_key, plugin.name)
         if cached is not None:
             return cached
-        report, files, container = await self._step(run_shape(plugin, limits), labels, sources, b"", plugin.compile,
-                                                     limits, collect=True)
+        report, files, container = await self._step(run_shape(plugin, limits), labels, sources, b"", command, limits,
+                                                     collect=True)
         metrics.COMPILE_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
         compile_output = report.stdout + report.stderr
         problem = _compile_problem(report, limits)
