@@ -19,7 +19,7 @@ from .api.keys import Services
 from .config import ConfigError, Settings, env_name
 from .errors import Unavailable
 from .repository.db import Database, migrate
-from .repository.finished import FinishedTasks
+from .repository.notify import CANCEL, FINISHED, TaskListener
 from .repository.queue import Queue
 from .repository.rates import SubmissionRates
 from .repository.sessions import Sessions
@@ -111,7 +111,10 @@ async def start_worker(
         await sandbox.pool.close()
 
     stack.push_async_callback(close_pool)
-    executor = Executor(Tasks(db), sandbox, plugins, worker_id=worker_id, max_attempts=settings.max_attempts,
+    cancels = TaskListener(settings.database_url, CANCEL)
+    cancels.start()
+    stack.push_async_callback(cancels.close)
+    executor = Executor(Tasks(db), sandbox, plugins, cancels, worker_id=worker_id, max_attempts=settings.max_attempts,
                         case_parallel=settings.concurrency)
     worker = Worker(queue=queue, executor=executor, workers=Workers(db), sandbox=sandbox, concurrency=settings.concurrency)
     running = asyncio.create_task(worker.run())
@@ -129,7 +132,7 @@ async def start_worker(
 
 
 def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions,
-                  finished: FinishedTasks) -> Services:
+                  finished: TaskListener) -> Services:
     accounts = Accounts(Users(db), sessions, max_failures=settings.login_max_failures,
                         failure_window=settings.login_failure_window)
     tasks = TaskService(Tasks(db), queue, plugins, finished, SubmissionRates(sessions.redis, settings.user_rate),
@@ -165,7 +168,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             stack.push_async_callback(sessions.close)
             await warn_if_down("Redis", sessions.ping)
             checks["redis"] = sessions.ping
-            finished = FinishedTasks(settings.database_url)
+            finished = TaskListener(settings.database_url, FINISHED)
             finished.start()
             stack.push_async_callback(finished.close)
             services = make_services(settings, db, queue, plugins, sessions, finished)

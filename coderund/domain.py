@@ -1,6 +1,7 @@
 """Users, tasks, limits and verdicts: the rules, with no I/O."""
 from __future__ import annotations
 
+import base64
 import enum
 import re
 import uuid
@@ -34,6 +35,7 @@ class Verdict(enum.StrEnum):
     OUTPUT_LIMIT = "output_limit"
     INTERNAL_ERROR = "internal_error"
     WRONG_ANSWER = "wrong_answer"  # a test case ran fine, but its output is not the expected one
+    CANCELLED = "cancelled"  # its owner cancelled it before it finished
     SKIPPED = "skipped"  # a test case not run: an earlier one failed and the task asked to stop
 
 
@@ -147,6 +149,7 @@ class Task:
     tests: tuple[TestCase, ...] = ()
     checker: Checker = DEFAULT_CHECKER
     stop_on_failure: bool = False
+    cancel_requested: bool = False
     state: TaskState = TaskState.QUEUED
     attempts: int = 0
     created_at: datetime | None = None
@@ -280,6 +283,57 @@ def _tests(tests: Any) -> tuple[TestCase, ...]:
             raise PayloadTooLarge(f"'{where}' is over {MAX_STDIN_BYTES // 1024} KiB.")
         parsed.append(TestCase(stdin, _args(case.get("args", []), f"{where}.args"), expected))
     return tuple(parsed)
+
+
+MAX_BATCH = 100
+HISTORY_STATES = ("queued", "running", "done")
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    state: str | None
+    language: str | None
+    before: tuple[datetime, uuid.UUID] | None  # the last task of the previous page
+    limit: int
+
+
+def parse_batch(body: object) -> list[Any]:
+    """{"tasks": [...]} of at most MAX_BATCH task bodies, each checked on its own later."""
+    tasks = _object(body).get("tasks")
+    if not isinstance(tasks, list) or not 1 <= len(tasks) <= MAX_BATCH:
+        raise ValidationFailed(f"'tasks' must be a list of 1 to {MAX_BATCH} task bodies.")
+    return tasks
+
+
+def parse_ids(value: str) -> list[str]:
+    ids = [i for i in value.split(",") if i]
+    if not 1 <= len(ids) <= MAX_BATCH:
+        raise ValidationFailed(f"'ids' must name 1 to {MAX_BATCH} task ids, separated by commas.")
+    return ids
+
+
+def parse_history_query(query: dict[str, str]) -> HistoryQuery:
+    state = query.get("state") or None
+    if state is not None and state not in HISTORY_STATES:
+        raise ValidationFailed(f"'state' must be one of {', '.join(HISTORY_STATES)}.")
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_BATCH:
+        raise ValidationFailed(f"'limit' must be a whole number from 1 to {MAX_BATCH}.")
+    before = None
+    if query.get("cursor"):
+        try:
+            stamp, _, task_id = base64.urlsafe_b64decode(query["cursor"].encode()).decode().partition("|")
+            before = (datetime.fromisoformat(stamp), uuid.UUID(task_id))
+        except ValueError:
+            raise ValidationFailed("'cursor' is not one this server gave; use 'next_cursor' of the previous page.") from None
+    return HistoryQuery(state, query.get("language") or None, before, limit)
+
+
+def history_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{task_id}".encode()).decode()
 
 
 def parse_wait(value: str | None) -> float:

@@ -9,14 +9,14 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import metrics
-from .domain import Credentials, Result, Task, TaskRequest, TaskState, Verdict
-from .errors import NotFound, QueueFull, RateLimited, Unauthorized, UnsupportedLanguage
+from .domain import Credentials, HistoryQuery, Result, Task, TaskRequest, TaskState, Verdict
+from .errors import AppError, Conflict, NotFound, QueueFull, RateLimited, Unauthorized, UnsupportedLanguage
 from .passwords import DUMMY_HASH, hash_password, verify_password
 from .plugins import Plugins
-from .repository.finished import FinishedTasks
+from .repository.notify import TaskListener
 from .repository.queue import Delivery, Queue
 from .repository.rates import SubmissionRates
 from .repository.sessions import Sessions
@@ -77,7 +77,7 @@ class Accounts:
 class TaskService:
     """The API side of tasks."""
 
-    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, finished: FinishedTasks, rates: SubmissionRates, *,
+    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, finished: TaskListener, rates: SubmissionRates, *,
                  max_queue: int, user_max_pending: int) -> None:
         self.tasks = tasks
         self.queue = queue
@@ -151,6 +151,31 @@ class TaskService:
             self._remember_done(parsed, user_id)
         return state
 
+    async def get_many(self, user_id: int, task_ids: list[str]) -> list[Task | AppError]:
+        """Each task of the user's, or the 404 that asking for it alone would get."""
+        parsed = [_maybe_id(task_id) for task_id in task_ids]
+        found = await self.tasks.get_many([p for p in parsed if p], user_id)
+        return [(found.get(p) if p else None) or NotFound(f"There is no task {t!r}.")
+                for t, p in zip(task_ids, parsed, strict=True)]
+
+    async def history(self, user_id: int, query: HistoryQuery) -> list[dict[str, Any]]:
+        language = self.plugins.get(query.language).name if query.language else None
+        return await self.tasks.history(user_id, state=query.state, language=language, before=query.before,
+                                        limit=query.limit)
+
+    async def cancel(self, user_id: int, task_id: str) -> bool:
+        """True when the task ended cancelled at once (it was queued), False when its worker was asked
+        to stop it (it runs); 409 when it has finished, 404 when there is no such task of the user's."""
+        parsed = _parse_id(task_id)
+        for _ in range(2):  # a task may move on between the two tries: from queued to running
+            if language := await self.tasks.cancel_queued(parsed, user_id):
+                metrics.TASKS_FINISHED.labels(language, Verdict.CANCELLED.value).inc()
+                return True
+            if await self.tasks.request_cancel(parsed, user_id):
+                return False
+        await _found(task_id, self.tasks.state(parsed, user_id))
+        raise Conflict("The task has finished; there is nothing to cancel.")
+
     def _remember_done(self, task_id: uuid.UUID, user_id: int) -> None:
         self._done[task_id] = user_id
         self._done.move_to_end(task_id)
@@ -158,12 +183,19 @@ class TaskService:
             self._done.popitem(last=False)
 
 
-def _parse_id(task_id: str) -> uuid.UUID:
-    """A malformed id is the same 404 as an unknown one."""
+def _maybe_id(task_id: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(task_id)
     except ValueError:
-        raise NotFound(f"There is no task {task_id!r}.") from None
+        return None
+
+
+def _parse_id(task_id: str) -> uuid.UUID:
+    """A malformed id is the same 404 as an unknown one."""
+    parsed = _maybe_id(task_id)
+    if parsed is None:
+        raise NotFound(f"There is no task {task_id!r}.")
+    return parsed
 
 
 async def _found(task_id: str, fetch: Awaitable[T | None]) -> T:
@@ -177,8 +209,9 @@ async def _found(task_id: str, fetch: Awaitable[T | None]) -> T:
 class Executor:
     """The worker side: claim a task, run it in the sandbox, store the result, then ack."""
 
-    def __init__(self, tasks: Tasks, sandbox: Sandbox, plugins: Plugins, *, worker_id: str, max_attempts: int,
-                 case_parallel: int = 1) -> None:
+    def __init__(self, tasks: Tasks, sandbox: Sandbox, plugins: Plugins, cancels: TaskListener, *, worker_id: str,
+                 max_attempts: int, case_parallel: int = 1) -> None:
+        self.cancels = cancels
         self.case_parallel = case_parallel  # test cases of one task that may run at once
         self.tasks = tasks
         self.sandbox = sandbox
@@ -187,6 +220,10 @@ class Executor:
         self.max_attempts = max_attempts
 
     async def handle(self, task_id: uuid.UUID, delivery: Delivery) -> Result | None:
+        with self.cancels.watch(task_id) as cancelled:  # before the claim: a cancel after it is not missed
+            return await self._handle(task_id, delivery, cancelled)
+
+    async def _handle(self, task_id: uuid.UUID, delivery: Delivery, cancelled: asyncio.Event) -> Result | None:
         task = await self.tasks.claim(task_id, self.worker_id)
         if task is None:
             log.info("task %s: gone or already done; dropping the message", task_id)
@@ -194,12 +231,14 @@ class Executor:
             return None
         if task.started_at and task.created_at and task.attempts == 1:
             metrics.QUEUE_WAIT.labels(task.language).observe((task.started_at - task.created_at).total_seconds())
-        if task.attempts > self.max_attempts:
+        if task.cancel_requested:
+            result = Result(Verdict.CANCELLED)
+        elif task.attempts > self.max_attempts:
             log.error("task %s: %d deliveries without a result; giving up", task_id, task.attempts - 1)
             result = Result(Verdict.INTERNAL_ERROR)
         else:
             try:
-                result = await self.execute(task)
+                result = await self._unless_cancelled(task, cancelled)
             except SandboxRefused as e:
                 log.error("task %s: the engine refused its sandbox: %s", task_id, e)
                 result = Result(Verdict.INTERNAL_ERROR, stderr=f"coderund: the container engine refused this task: {e}\n".encode())
@@ -216,6 +255,25 @@ class Executor:
         await delivery.ack()
         log.info("task %s: %s", task_id, result.verdict.value)
         return result
+
+    async def _unless_cancelled(self, task: Task, cancelled: asyncio.Event) -> Result:
+        """Runs the task; a cancel of it stops the run, and so its sandbox, which goes at once."""
+        running = asyncio.ensure_future(self.execute(task))
+        try:
+            while True:
+                news = asyncio.ensure_future(cancelled.wait())
+                await asyncio.wait({running, news}, return_when=asyncio.FIRST_COMPLETED)
+                news.cancel()
+                if running.done():
+                    return running.result()
+                cancelled.clear()
+                if await self.tasks.cancel_requested(task.id):  # news may be a reconnect: it says
+                    log.info("task %s: cancelled while it ran", task.id)
+                    running.cancel()
+                    await asyncio.gather(running, return_exceptions=True)
+                    return Result(Verdict.CANCELLED)
+        finally:
+            running.cancel()
 
     async def execute(self, task: Task) -> Result:
         try:

@@ -111,8 +111,8 @@ async def test_each_checker_and_a_wrong_answer(api):
 
 async def test_one_compile_for_all_cases_and_a_timeout_among_passing_ones(api):
     token = await api.user("judge")
-    code = ("#include <stdio.h>\n// %s\nint main(void) { long n; scanf(\"%%ld\", &n); if (n < 0) for (;;) {}"
-            " printf(\"%%ld\\n\", n * n); return 0; }\n" % uuid.uuid4().hex)
+    code = (f"#include <stdio.h>\n// {uuid.uuid4().hex}\n"
+            'int main(void) { long n; scanf("%ld", &n); if (n < 0) for (;;) {} printf("%ld\\n", n * n); return 0; }\n')
     builds = REGISTRY.get_sample_value("coderund_task_compile_seconds_count", {"language": "c"}) or 0
     tests = [{"stdin": str(n), "expected": str(n * n)} for n in (1, 2, -1, 4, 5)]
     result = await api.run(token, language="c", code=code, tests=tests, limits={"time_ms": 500})

@@ -16,13 +16,17 @@ from prometheus_client import REGISTRY
 
 from coderund import plugins as plugin_loader
 from coderund.daemon import make_sandbox
-from coderund.domain import Limits
+from coderund.domain import Limits, Task
 from coderund.repository.db import Database
 from coderund.repository.workers import Workers
 from coderund.sandbox import supervisor
 from coderund.sandbox.box import Died
 from coderund.sandbox.runner import Sandbox, run_shape
 from tests.conftest import container_of
+
+def task(code: str, limits: Limits) -> Task:
+    return Task(uuid.uuid4(), 0, "python", code, "", [], limits)
+
 
 def python_plugin(settings) -> plugin_loader.Plugin:
     return plugin_loader.load(settings.plugins_dir).get("python")
@@ -106,8 +110,7 @@ async def test_the_hot_path_makes_no_engine_call_before_the_report(settings):
         await ready(sandbox, run_shape(plugin, plugin.limits))
         hits = counter("coderund_warm_pool_takes_total", outcome="hit")
         before = docker_calls()
-        result = await sandbox.execute(plugin, plugin.limits, code="print('hot')", stdin="", args=[],
-                                       labels={"coderund.task": "hot"})
+        result = await sandbox.execute(plugin, task("print('hot')", plugin.limits), {"coderund.task": "hot"})
         after = docker_calls()
         assert result.stdout == b"hot\n"
         assert counter("coderund_warm_pool_takes_total", outcome="hit") == hits + 1
@@ -122,16 +125,14 @@ async def test_cold_path_when_the_pool_is_off_or_the_limits_differ(settings):
     plugin = python_plugin(settings)
     async with sandbox_of(settings, warm_max=0) as sandbox:
         sandbox.serve([plugin])
-        result = await sandbox.execute(plugin, plugin.limits, code="print('cold')", stdin="", args=[],
-                                       labels={"coderund.task": "cold-1"})
+        result = await sandbox.execute(plugin, task("print('cold')", plugin.limits), {"coderund.task": "cold-1"})
         assert result.stdout == b"cold\n" and not sandbox.pool.ready
     async with sandbox_of(settings, warm_max=4) as sandbox:
         sandbox.serve([plugin])
         await ready(sandbox, run_shape(plugin, plugin.limits))
         other = Limits(time_ms=1000, memory_mb=plugin.limits.memory_mb // 2)
         cold = counter("coderund_warm_pool_takes_total", outcome="cold")
-        result = await sandbox.execute(plugin, other, code="print('other limits')", stdin="", args=[],
-                                       labels={"coderund.task": "cold-2"})
+        result = await sandbox.execute(plugin, task("print('other limits')", other), {"coderund.task": "cold-2"})
         assert result.stdout == b"other limits\n"
         assert counter("coderund_warm_pool_takes_total", outcome="cold") == cold + 1
         inspect = docker.from_env().api.inspect_container
@@ -148,8 +149,8 @@ async def test_refill_after_a_burst_and_recycling_by_age_and_idleness(settings):
     async with sandbox_of(settings, warm_max=3, concurrency=2, warm_max_age_s=3, warm_idle_s=8) as sandbox:
         sandbox.serve([plugin])
         await ready(sandbox, shape)
-        burst = await asyncio.gather(*(sandbox.execute(plugin, plugin.limits, code=f"print({i})", stdin="", args=[],
-                                                       labels={"coderund.task": f"burst-{i}"}) for i in range(6)))
+        burst = await asyncio.gather(*(sandbox.execute(plugin, task(f"print({i})", plugin.limits),
+                                                       {"coderund.task": f"burst-{i}"}) for i in range(6)))
         assert [r.stdout for r in burst] == [b"%d\n" % i for i in range(6)]
         assert len({r.container for r in burst}) == 6  # six tasks, six containers
         # Demand raised the target: the pool refills to its cap.

@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from coderund.repository.finished import CHANNEL
+from coderund.repository.notify import FINISHED as CHANNEL
 
 SLOW = "import time; time.sleep(1); print('done')"
 

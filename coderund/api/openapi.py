@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..domain import MAX_ARG_CHARS, MAX_ARGS, MAX_FILES, MAX_TESTS, MAX_WAIT_S, PASSWORD_LENGTH, Verdict
+from ..domain import (HISTORY_STATES, MAX_ARG_CHARS, MAX_ARGS, MAX_BATCH, MAX_FILES, MAX_TESTS, MAX_WAIT_S, PASSWORD_LENGTH,
+                      Verdict)
 from .keys import SESSION_COOKIE
 
 ERROR_CODES = [
@@ -41,7 +42,7 @@ ERRORS = {
     "401": _error("No valid session: log in and send the token or the cookie.", "unauthorized"),
     "404": _error("No such task (or not yours).", "not_found"),
     "408": _error("The body did not arrive in time (10 s).", "request_timeout"),
-    "409": _error("The username is taken.", "conflict"),
+    "409": _error("The username is taken, or the task has finished.", "conflict"),
     "413": _error("The body, code or stdin is too large.", "payload_too_large"),
     "429": _error("Too many attempts; wait Retry-After seconds.", "rate_limited", retry_after=True),
     "503": _error("A dependency (database, session store, queue) is not answering.", "unavailable", retry_after=True),
@@ -109,6 +110,8 @@ SCHEMAS: dict[str, Any] = {
             "stop_on_failure": {"type": "boolean", "description": "skip the cases after the first that fails"},
         },
     },
+    "Batch": {"type": "object", "required": ["tasks"],
+              "properties": {"tasks": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": _ref("TaskRequest")}}},
     "CaseResult": {
         "type": "object",
         "required": ["verdict", "exit_code", "signal", "time_ms", "wall_ms", "memory_kb", "stdout", "stderr", "truncated"],
@@ -217,6 +220,47 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"201": _json(_ref("TaskCreated"), "Queued", {"task_id": "5c98dfd8-ebcc-4dad-b8fd-2e25aa42b93d"},
                                    {"Location": {"schema": {"type": "string"}}}),
                       **_errors(*BODY_ERRORS, "401", "429")},
+    },
+    ("post", "/tasks"): {
+        "summary": "Submit up to 100 tasks at once; each is checked and queued on its own", "tags": ["tasks"],
+        "security": AUTH,
+        "requestBody": _body("Batch", {"tasks": [{"language": "python", "code": "print(1)"}, {"language": "cobol", "code": "x"}]}),
+        "responses": {"201": _json({"type": "object", "required": ["tasks"], "properties": {"tasks": {"type": "array", "items": {
+            "oneOf": [_ref("TaskCreated"), _ref("Error")]}}}}, "In order: a task id, or why that one was refused",
+            {"tasks": [{"task_id": "5c98dfd8-ebcc-4dad-b8fd-2e25aa42b93d"},
+                       {"error": "unsupported_language", "message": "Language 'cobol' is not supported."}]}),
+            **_errors(*BODY_ERRORS, "401")},
+    },
+    ("get", "/tasks"): {
+        "summary": "With `ids`, those tasks' states and results; without, your tasks, newest first", "tags": ["tasks"],
+        "security": AUTH,
+        "parameters": [
+            {"name": "ids", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": f"up to {MAX_BATCH} task ids, separated by commas"},
+            {"name": "state", "in": "query", "required": False, "schema": {"type": "string", "enum": list(HISTORY_STATES)}},
+            {"name": "language", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH}},
+            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "`next_cursor` of the previous page"},
+        ],
+        "responses": {"200": _json({"type": "object", "required": ["tasks"], "properties": {
+            "tasks": {"type": "array", "items": {"type": "object", "properties": {
+                "task_id": {"type": "string"}, "status": {"type": "string"}, "state": {"type": "string"},
+                "language": {"type": "string"}, "verdict": {"type": ["string", "null"]},
+                "created_at": {"type": ["string", "null"]}, "started_at": {"type": ["string", "null"]},
+                "finished_at": {"type": ["string", "null"]}, "error": {"type": "string"}, "message": {"type": "string"}}}},
+            "next_cursor": {"type": ["string", "null"]}}}, "Tasks (with `ids`: in that order, a result, a status or an error)"),
+            **_errors("400", "401", "503")},
+    },
+    ("post", "/task/{task_id}/cancel"): {
+        "summary": "Cancel a task: a queued one never runs, a running one is stopped within a second", "tags": ["tasks"],
+        "security": AUTH, "parameters": [TASK_ID],
+        "responses": {
+            "200": _json({"type": "object"}, "Cancelled at once (it was queued)",
+                         {"task_id": "5c98dfd8-ebcc-4dad-b8fd-2e25aa42b93d", "status": "ready", "verdict": "cancelled"}),
+            "202": _json({"type": "object"}, "Its worker is stopping it; it ends `cancelled`",
+                         {"task_id": "5c98dfd8-ebcc-4dad-b8fd-2e25aa42b93d", "status": "in_progress", "cancelling": True}),
+            **_errors("401", "404", "409", "503")},
     },
     ("get", "/status/{task_id}"): {
         "summary": "Whether a task is done", "tags": ["tasks"], "security": AUTH, "parameters": [TASK_ID],

@@ -13,7 +13,7 @@ from .. import domain
 from ..metrics import metrics_handler
 from .docs import docs_page, openapi_json
 from ..domain import Task
-from ..errors import InvalidJson, RequestTimeout
+from ..errors import AppError, InvalidJson, RequestTimeout
 from .keys import SERVICES, SESSION_COOKIE, TOKEN, USER_ID
 
 RESULT_RETRY_AFTER = "1"
@@ -72,6 +72,50 @@ async def submit(request: web.Request) -> web.Response:
         if task.result is not None:
             body |= _result(task)
     return web.json_response(body, status=201, headers={"Location": f"/result/{task_id}"})
+
+
+async def submit_many(request: web.Request) -> web.Response:
+    """Each body is checked and submitted on its own: one that fails does not fail the others."""
+    items = domain.parse_batch(await _json(request))
+    tasks = request.app[SERVICES].tasks
+    answers: list[dict[str, Any]] = []
+    for item in items:
+        try:
+            answers.append({"task_id": str(await tasks.submit(request[USER_ID], domain.parse_task_request(item)))})
+        except AppError as e:
+            answers.append({"error": e.code, "message": e.message})
+    return web.json_response({"tasks": answers}, status=201)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    """With ?ids=a,b,c those tasks' states and results; without, the caller's history, newest first."""
+    tasks = request.app[SERVICES].tasks
+    if "ids" in request.query:
+        ids = domain.parse_ids(request.query["ids"])
+        found = await tasks.get_many(request[USER_ID], ids)
+        return web.json_response({"tasks": [{"task_id": i, **_state_or_result(t)} for i, t in zip(ids, found, strict=True)]})
+    query = domain.parse_history_query(dict(request.query))
+    rows = await tasks.history(request[USER_ID], query)
+    last = rows[-1] if len(rows) == query.limit else None
+    return web.json_response({
+        "tasks": [{"task_id": str(row["id"]), "status": domain.TaskState(row["state"]).public, "state": row["state"],
+                   "language": row["language"], "verdict": row["verdict"], "created_at": _time(row["created_at"]),
+                   "started_at": _time(row["started_at"]), "finished_at": _time(row["finished_at"])} for row in rows],
+        "next_cursor": domain.history_cursor(last["created_at"], last["id"]) if last else None,
+    })
+
+
+def _state_or_result(task: Task | AppError) -> dict[str, Any]:
+    if isinstance(task, AppError):
+        return {"error": task.code, "message": task.message}
+    return _result(task) if task.result else {"status": task.state.public}
+
+
+async def cancel(request: web.Request) -> web.Response:
+    task_id = request.match_info["task_id"]
+    if await request.app[SERVICES].tasks.cancel(request[USER_ID], task_id):
+        return web.json_response({"task_id": task_id, "status": "ready", "verdict": "cancelled"})
+    return web.json_response({"task_id": task_id, "status": "in_progress", "cancelling": True}, status=202)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -166,6 +210,9 @@ ROUTES = [
     Route("POST", "/login", login),
     Route("POST", "/logout", logout, protected=True),
     Route("POST", "/task", submit, protected=True),
+    Route("POST", "/tasks", submit_many, protected=True),
+    Route("GET", "/tasks", list_tasks, protected=True),
+    Route("POST", "/task/{task_id}/cancel", cancel, protected=True),
     Route("GET", "/status/{task_id}", status, protected=True),
     Route("GET", "/result/{task_id}", result, protected=True),
     Route("GET", "/languages", languages),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -10,15 +11,16 @@ from psycopg.types.json import Jsonb
 from ..checkers import parse_checker
 from ..domain import CaseResult, Limits, Result, Task, TaskState, TestCase, Verdict
 from .db import Database
-from .finished import CHANNEL
+from .notify import CANCEL, FINISHED
 
 SWEEP_LOCK = 0x73776570  # one sweeper at a time, whichever worker gets it
 
 COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
-    " files, tests, checker, stop_on_failure, case_results"
+    " files, tests, checker, stop_on_failure, case_results, cancel_requested"
 )
+SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
 OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
 
 
@@ -63,6 +65,7 @@ def _task(row: dict[str, Any]) -> Task:
         tests=tuple(TestCase(c["stdin"], tuple(c["args"]), c["expected"]) for c in row["tests"]),
         checker=parse_checker(row["checker"]),
         stop_on_failure=row["stop_on_failure"],
+        cancel_requested=row["cancel_requested"],
         state=TaskState(row["state"]),
         attempts=row["attempts"],
         created_at=row["created_at"],
@@ -133,6 +136,52 @@ class Tasks:
             row = await cursor.fetchone()
             return TaskState(row["state"]) if row else None
 
+    async def get_many(self, task_ids: list[uuid.UUID], user_id: int) -> dict[uuid.UUID, Task]:
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ANY(%s) AND user_id = %s",
+                                        (task_ids, user_id))
+            return {row["id"]: _task(row) for row in await cursor.fetchall()}
+
+    async def history(self, user_id: int, *, state: str | None, language: str | None,
+                      before: tuple[datetime, uuid.UUID] | None, limit: int) -> list[dict[str, Any]]:
+        """The user's tasks, newest first, older than `before` (the last of the previous page): pages do
+        not shift when tasks are added meanwhile."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                f"SELECT {SUMMARY} FROM tasks WHERE user_id = %s AND (%s::text IS NULL OR state = %s)"
+                " AND (%s::text IS NULL OR language = %s)"
+                " AND (%s::timestamptz IS NULL OR (created_at, id) < (%s, %s))"
+                " ORDER BY created_at DESC, id DESC LIMIT %s",
+                (user_id, state, state, language, language, *((before[0], *before) if before else (None, None, None)), limit))
+            return list(await cursor.fetchall())
+
+    async def cancel_queued(self, task_id: uuid.UUID, user_id: int) -> str | None:
+        """Ends a task that no worker has taken: it never runs (a claim skips finished tasks). Returns
+        its language, or None when it was not queued."""
+        async with self.db.transaction() as conn:
+            row = await (await conn.execute(
+                "UPDATE tasks SET state = 'done', verdict = 'cancelled', finished_at = now()"
+                " WHERE id = %s AND user_id = %s AND state = 'queued' RETURNING language", (task_id, user_id))).fetchone()
+            if row is None:
+                return None
+            await conn.execute("SELECT pg_notify(%s, %s)", (FINISHED, str(task_id)))
+            return row["language"]
+
+    async def request_cancel(self, task_id: uuid.UUID, user_id: int) -> bool:
+        """Asks the worker running the task to stop it; it is told at once (NOTIFY) and can read it here."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute("UPDATE tasks SET cancel_requested = true"
+                                        " WHERE id = %s AND user_id = %s AND state = 'running'", (task_id, user_id))
+            if cursor.rowcount != 1:
+                return False
+            await conn.execute("SELECT pg_notify(%s, %s)", (CANCEL, str(task_id)))
+            return True
+
+    async def cancel_requested(self, task_id: uuid.UUID) -> bool:
+        async with self.db.transaction() as conn:
+            row = await (await conn.execute("SELECT cancel_requested FROM tasks WHERE id = %s", (task_id,))).fetchone()
+            return bool(row and row["cancel_requested"])
+
     async def claim(self, task_id: uuid.UUID, worker: str) -> Task | None:
         """Marks an unfinished task as running on this worker and counts the attempt."""
         async with self.db.transaction() as conn:
@@ -164,5 +213,5 @@ class Tasks:
             )
             if cursor.rowcount != 1:
                 return False
-            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(task_id)))
+            await conn.execute("SELECT pg_notify(%s, %s)", (FINISHED, str(task_id)))
             return True

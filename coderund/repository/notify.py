@@ -1,9 +1,10 @@
-"""Which tasks have finished, pushed by PostgreSQL: the worker's finishing transaction NOTIFYs, the API
-LISTENs on one connection of its own and wakes whoever waits for that task.
+"""News of tasks pushed by PostgreSQL: a transaction NOTIFYs a task id on a channel, and a process
+LISTENs on one connection of its own and wakes whoever watches that task. The worker's finishing
+transaction tells API processes that a task is done; a cancel tells the workers.
 
-A notification can be missed only while the listening connection is down; every waiter is woken
-when it is back, so each re-reads its task and nothing finished in between goes unseen. Waiters keep
-their own deadlines, so a listener that is down never holds one past it.
+A notification can be missed only while the listening connection is down; every watcher is woken
+when it is back, so each re-reads its task and nothing that happened in between goes unseen.
+Watchers keep their own deadlines, so a listener that is down never holds one past it.
 """
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ import psycopg
 from .db import CONNECT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
-CHANNEL = "coderund_task_finished"
+FINISHED = "coderund_task_finished"
+CANCEL = "coderund_task_cancel"
 RECONNECT_S = (0.5, 10)  # first and longest pause before listening again
 
 
-class FinishedTasks:
-    def __init__(self, url: str) -> None:
+class TaskListener:
+    def __init__(self, url: str, channel: str) -> None:
         self.url = url
+        self.channel = channel
         self.listening = asyncio.Event()
         self._waiters: dict[uuid.UUID, set[asyncio.Event]] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -39,8 +42,8 @@ class FinishedTasks:
 
     @contextlib.contextmanager
     def watch(self, task_id: uuid.UUID) -> Iterator[asyncio.Event]:
-        """An event set when the task may have finished: watch first, then read the task, so that
-        a finish between the two is not missed."""
+        """An event set when there may be news of the task: watch first, then read the task, so that
+        news between the two is not missed."""
         event = asyncio.Event()
         self._waiters.setdefault(task_id, set()).add(event)
         try:
@@ -61,7 +64,7 @@ class FinishedTasks:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True,
                                                                  connect_timeout=CONNECT_TIMEOUT_S) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {self.channel}")
                     self.listening.set()
                     pause = RECONNECT_S[0]
                     for events in self._waiters.values():  # whatever finished while we were away
@@ -70,7 +73,7 @@ class FinishedTasks:
                         with contextlib.suppress(ValueError):
                             self._wake(self._waiters.get(uuid.UUID(note.payload), set()))
             except (psycopg.Error, OSError) as e:
-                log.warning("listening for finished tasks failed (%s); again in %.1f s", e, pause)
+                log.warning("listening on %s failed (%s); again in %.1f s", self.channel, e, pause)
             self.listening.clear()
             await asyncio.sleep(pause)
             pause = min(pause * 2, RECONNECT_S[1])
