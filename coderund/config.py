@@ -6,6 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -55,6 +56,11 @@ class Settings:
     image_source: str = _setting("debootstrap", "how `images build` makes images: debootstrap (no registry) or registry",
                                  choices=("debootstrap", "registry"))
     debian_mirror: str = _setting("http://deb.debian.org/debian", "Debian mirror that `images build` installs from")
+    retention_days: int = _setting(30, "days a finished task (code, output, result) is kept; 0 keeps them forever")
+    webhook_allow_private: bool = _setting(False, "let callback URLs reach loopback, private and other non-global "
+                                           "addresses (for tests and closed networks)")
+    webhook_backoff_s: float = _setting(5.0, "seconds before a failed webhook delivery is tried again; each retry "
+                                        "waits 3 times longer, 5 retries in all")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     @property
@@ -64,6 +70,19 @@ class Settings:
     @property
     def output_limit(self) -> int:
         return self.output_limit_kb * 1024
+
+
+def _boolean(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _parser(default: object) -> Any:
+    """How a flag's or a variable's text becomes the setting's value: bool("false") would be True."""
+    return _boolean if isinstance(default, bool) else type(default)
 
 
 def env_name(name: str) -> str:
@@ -76,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=type(f.default),
+            type=_parser(f.default),
             choices=f.metadata.get("choices"),
             default=argparse.SUPPRESS,
             help=f"{f.metadata['help']} [{env_name(f.name)}, default: {f.default}]",
@@ -93,7 +112,7 @@ def load(flags: dict[str, object], environ: dict[str, str] | None = None) -> Set
         elif env_name(f.name) in environ:
             raw = environ[env_name(f.name)]
             try:
-                values[f.name] = type(f.default)(raw)
+                values[f.name] = _parser(f.default)(raw)
             except ValueError:
                 raise ConfigError(f"{env_name(f.name)}={raw!r} is not a valid {type(f.default).__name__}") from None
     settings = Settings(**values)
@@ -121,7 +140,9 @@ def _check(s: Settings) -> None:
                  "user_max_pending", "warm_max_age_s", "warm_idle_s"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 1")
-    for name in ("warm_max", "compile_cache_mb", "user_rate"):
+    if not 0 < s.webhook_backoff_s <= 3600:
+        raise ConfigError(f"{env_name('webhook_backoff_s')}={s.webhook_backoff_s} must be above 0 and at most 3600")
+    for name in ("warm_max", "compile_cache_mb", "user_rate", "retention_days"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 0")
     if not Path(s.plugins_dir).is_dir():

@@ -19,7 +19,9 @@ from .api.keys import Services
 from .config import ConfigError, Settings, env_name
 from .errors import Unavailable
 from .repository.db import Database, migrate
+from .repository.callbacks import Callbacks
 from .repository.notify import CANCEL, FINISHED, TaskListener
+from .repository.outbox import Outbox
 from .repository.queue import Queue
 from .repository.rates import SubmissionRates
 from .repository.sessions import Sessions
@@ -32,7 +34,7 @@ from .sandbox.engine import Engine
 from .sandbox.options import LABEL, Isolation
 from .sandbox.pool import WarmPool
 from .sandbox.runner import Sandbox
-from .usecases import Accounts, Executor, TaskService
+from .usecases import Accounts, Executor, TaskService, Webhooks
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,8 @@ async def start_worker(
     stack.push_async_callback(cancels.close)
     executor = Executor(Tasks(db), sandbox, plugins, cancels, worker_id=worker_id, max_attempts=settings.max_attempts,
                         case_parallel=settings.concurrency)
-    worker = Worker(queue=queue, executor=executor, workers=Workers(db), sandbox=sandbox, concurrency=settings.concurrency)
+    worker = Worker(queue=queue, executor=executor, workers=Workers(db), sandbox=sandbox, concurrency=settings.concurrency,
+                    retention_days=settings.retention_days)
     running = asyncio.create_task(worker.run())
     # A worker loop that dies stops the process, so that a supervisor restarts it.
     running.add_done_callback(lambda task: task.cancelled() or task.exception() is None or stop.set())
@@ -131,12 +134,22 @@ async def start_worker(
     return worker
 
 
+async def start_webhooks(settings: Settings, db: Database, stack: contextlib.AsyncExitStack) -> None:
+    """API processes send the webhooks of finished tasks (from the outbox; several share it)."""
+    callbacks = Callbacks(allow_private=settings.webhook_allow_private)
+    stack.push_async_callback(callbacks.close)
+    webhooks = Webhooks(Outbox(db), Tasks(db), Users(db), callbacks, backoff_s=settings.webhook_backoff_s)
+    sending = asyncio.create_task(webhooks.run())
+    stack.callback(sending.cancel)
+
+
 def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions,
                   finished: TaskListener) -> Services:
     accounts = Accounts(Users(db), sessions, max_failures=settings.login_max_failures,
                         failure_window=settings.login_failure_window)
     tasks = TaskService(Tasks(db), queue, plugins, finished, SubmissionRates(sessions.redis, settings.user_rate),
-                        max_queue=settings.max_queue, user_max_pending=settings.user_max_pending)
+                        max_queue=settings.max_queue, user_max_pending=settings.user_max_pending,
+                        allow_private_callbacks=settings.webhook_allow_private)
     return Services(accounts=accounts, tasks=tasks, plugins=plugins)
 
 
@@ -172,6 +185,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             finished.start()
             stack.push_async_callback(finished.close)
             services = make_services(settings, db, queue, plugins, sessions, finished)
+            await start_webhooks(settings, db, stack)
             services.checks = checks
             await listen(stack, make_app(services), settings, "port")
         else:

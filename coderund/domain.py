@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from .checkers import DEFAULT as DEFAULT_CHECKER
 from .checkers import Checker, parse_checker
@@ -87,6 +88,7 @@ class TaskRequest:
     tests: tuple[TestCase, ...] = ()
     checker: Checker = DEFAULT_CHECKER
     stop_on_failure: bool = False
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class Task:
     tests: tuple[TestCase, ...] = ()
     checker: Checker = DEFAULT_CHECKER
     stop_on_failure: bool = False
+    callback_url: str | None = None
     cancel_requested: bool = False
     state: TaskState = TaskState.QUEUED
     attempts: int = 0
@@ -214,6 +217,9 @@ def parse_task_request(body: object) -> TaskRequest:
     stop_on_failure = body.get("stop_on_failure", False)
     if not isinstance(stop_on_failure, bool):
         raise ValidationFailed("'stop_on_failure' must be true or false.")
+    callback_url = _string(body, "callback_url", required=False)
+    if callback_url is not None:
+        _check_callback_url(callback_url)
     limits = body.get("limits", {})
     if not isinstance(limits, dict):
         raise ValidationFailed("'limits' must be an object.")
@@ -222,7 +228,18 @@ def parse_task_request(body: object) -> TaskRequest:
             raise ValidationFailed(f"'limits.{name}' is not a limit; use {', '.join(Limits.FIELDS)}.")
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValidationFailed(f"'limits.{name}' must be a positive integer.")
-    return TaskRequest(language, code, stdin, args, dict(limits), files, tests, checker, stop_on_failure)
+    return TaskRequest(language, code, stdin, args, dict(limits), files, tests, checker, stop_on_failure, callback_url)
+
+
+def _check_callback_url(url: str) -> None:
+    """The URL's form; where its host points is checked by the webhook sender (it takes DNS)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not one
+    except ValueError:
+        parts = None
+    if len(url) > 2048 or parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationFailed("'callback_url' must be an http:// or https:// URL of at most 2048 characters.")
 
 
 def _args(args: Any, name: str) -> tuple[str, ...]:
@@ -416,3 +433,49 @@ def judged(cases: list[CaseResult], compile_output: bytes, container: str | None
         compile_output=compile_output, truncated=shown.truncated, time_ms=shown.time_ms, wall_ms=shown.wall_ms,
         memory_kb=shown.memory_kb, container=container, tests=tuple(cases),
     )
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def text(data: bytes) -> str:
+    """Output as JSON carries it: any bytes, decoded with replacement."""
+    return data.decode("utf-8", errors="replace")
+
+
+def result_document(task: Task) -> dict[str, Any]:
+    """The document of a finished task, as GET /result answers it."""
+    r = task.result
+    assert r is not None
+    return {
+        "status": task.state.public,
+        "result": text(r.stdout),
+        "verdict": r.verdict.value,
+        "exit_code": r.exit_code,
+        "signal": r.signal,
+        "stdout": text(r.stdout),
+        "stderr": text(r.stderr),
+        "compile_output": text(r.compile_output),
+        "truncated": r.truncated,
+        "time_ms": r.time_ms,
+        "wall_ms": r.wall_ms,
+        "memory_kb": r.memory_kb,
+        "language": task.language,
+        "created_at": iso(task.created_at),
+        "started_at": iso(task.started_at),
+        "finished_at": iso(task.finished_at),
+        **(_cases(task, r) if task.tests else {}),
+    }
+
+
+def _cases(task: Task, r: Result) -> dict[str, Any]:
+    """Each test case's run (none after a compile error), and how many passed."""
+    cases = r.tests or ()
+    return {
+        "tests": [{"verdict": c.verdict.value, "exit_code": c.exit_code, "signal": c.signal, "time_ms": c.time_ms,
+                   "wall_ms": c.wall_ms, "memory_kb": c.memory_kb, "stdout": text(c.stdout), "stderr": text(c.stderr),
+                   "truncated": c.truncated} for c in cases],
+        "passed": sum(c.verdict is Verdict.OK for c in cases),
+        "total": len(task.tests),
+    }

@@ -37,6 +37,9 @@ WARM_READY = Gauge("coderund_warm_pool_ready", "Warm containers ready for a task
 COMPILE_CACHE = Counter("coderund_compile_cache_total", "Compile cache lookups by outcome (hit, miss, corrupt)",
                         ["language", "outcome"])
 COMPILE_CACHE_EVICTIONS = Counter("coderund_compile_cache_evictions_total", "Compile cache entries evicted")
+WEBHOOKS = Counter("coderund_webhook_deliveries_total", "Webhook delivery attempts by outcome (delivered, retry, gave_up)",
+                   ["outcome"])
+WEBHOOK_OLDEST = Gauge("coderund_webhook_oldest_pending_seconds", "Age of the oldest webhook not delivered yet")
 COMPILE_CACHE_BYTES = Gauge("coderund_compile_cache_bytes", "Size of the compile cache on disk")
 IN_FLIGHT = Gauge("coderund_worker_tasks_in_flight", "Tasks a worker is running now")
 CONCURRENCY = Gauge("coderund_worker_concurrency", "Tasks a worker may run at once")

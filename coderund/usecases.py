@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
+import secrets
 import time
 import uuid
 from collections import OrderedDict
@@ -12,11 +16,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import metrics
-from .domain import Credentials, HistoryQuery, Result, Task, TaskRequest, TaskState, Verdict
-from .errors import AppError, Conflict, NotFound, QueueFull, RateLimited, Unauthorized, UnsupportedLanguage
+from .domain import Credentials, HistoryQuery, Result, Task, TaskRequest, TaskState, Verdict, result_document
+from .errors import (AppError, Conflict, NotFound, QueueFull, RateLimited, Unauthorized, Unavailable, UnsupportedLanguage,
+                     ValidationFailed)
 from .passwords import DUMMY_HASH, hash_password, verify_password
 from .plugins import Plugins
+from .repository.callbacks import AddressRefused, CallbackFailed, Callbacks, check
 from .repository.notify import TaskListener
+from .repository.outbox import Outbox, PendingWebhook
 from .repository.queue import Delivery, Queue
 from .repository.rates import SubmissionRates
 from .repository.sessions import Sessions
@@ -27,6 +34,9 @@ from .sandbox.runner import Sandbox
 
 log = logging.getLogger(__name__)
 BUSY_RETRY_S = 5
+WEBHOOK_BATCH = 10  # deliveries sent at once by one process
+WEBHOOK_POLL_S = 1  # how often the outbox is looked at when it had nothing due
+WEBHOOK_RETRIES = 5  # after the first attempt; with pauses growing 3 times each, ~10 minutes at 5 s
 DONE_REMEMBERED = 100_000  # finished tasks whose owner an API process keeps in memory (~100 bytes each)
 T = TypeVar("T")
 
@@ -67,6 +77,10 @@ class Accounts:
     async def logout(self, token: str) -> None:
         await self.sessions.delete(token)
 
+    async def webhook_secret(self, user_id: int, *, rotate: bool = False) -> str:
+        """The key that signs the user's webhooks; made on first use, replaced by a rotation."""
+        return await self.users.webhook_secret(user_id, secrets.token_hex(32) if rotate else None)
+
     async def authenticate(self, token: str) -> int:
         user_id = await self.sessions.user_id(token)
         if user_id is None:
@@ -78,7 +92,8 @@ class TaskService:
     """The API side of tasks."""
 
     def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, finished: TaskListener, rates: SubmissionRates, *,
-                 max_queue: int, user_max_pending: int) -> None:
+                 max_queue: int, user_max_pending: int, allow_private_callbacks: bool = False) -> None:
+        self.allow_private_callbacks = allow_private_callbacks
         self.tasks = tasks
         self.queue = queue
         self.plugins = plugins
@@ -93,6 +108,8 @@ class TaskService:
 
     async def submit(self, user_id: int, request: TaskRequest) -> uuid.UUID:
         plugin, limits = self.plugins.for_request(request)
+        if request.callback_url:
+            await self._check_callback(request.callback_url)
         if wait_s := await self.rates.take(user_id):
             raise RateLimited(f"More than {self.rates.per_minute} submissions a minute; try again in {wait_s} s.", wait_s)
         if await self.tasks.count_unfinished(user_id) >= self.user_max_pending:
@@ -101,7 +118,8 @@ class TaskService:
             raise QueueFull("The task queue is full; try again shortly.", BUSY_RETRY_S)
         self._accepted += 1  # no await since the check: concurrent submissions see this one
         task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits,
-                    request.files, request.tests, request.checker, request.stop_on_failure)
+                    request.files, request.tests, request.checker, request.stop_on_failure,
+                    callback_url=request.callback_url)
         try:
             await self.tasks.add(task)
             try:
@@ -116,6 +134,14 @@ class TaskService:
         await self.tasks.mark_published(task.id)
         metrics.TASKS_SUBMITTED.labels(plugin.name).inc()
         return task.id
+
+    async def _check_callback(self, url: str) -> None:
+        try:
+            await check(url, self.allow_private_callbacks)
+        except AddressRefused as e:
+            raise ValidationFailed(f"'callback_url' may not point there: {e}.") from None
+        except OSError:
+            raise ValidationFailed("'callback_url' names a host that does not resolve.") from None
 
     async def _queue_depth(self) -> int:
         """The broker's last count (at most a second old) and what this process accepted since."""
@@ -281,3 +307,54 @@ class Executor:
         except UnsupportedLanguage:
             raise SandboxError(f"this worker has no plugin for {task.language!r}") from None
         return await self.sandbox.execute(plugin, task, {"coderund.task": str(task.id)}, self.case_parallel)
+
+
+class Webhooks:
+    """Sends finished tasks' results to their callback URLs, from the outbox, at least once: signed
+    with the owner's secret, a delivery id to deduplicate by, retried with growing pauses."""
+
+    def __init__(self, outbox: Outbox, tasks: Tasks, users: Users, callbacks: Callbacks, *, backoff_s: float) -> None:
+        self.outbox = outbox
+        self.tasks = tasks
+        self.users = users
+        self.callbacks = callbacks
+        self.backoff_s = backoff_s
+
+    async def run(self) -> None:
+        """Until cancelled: sends what is due, a few at a time."""
+        while True:
+            try:
+                due = await self.outbox.take(WEBHOOK_BATCH)
+                await asyncio.gather(*(self.send(delivery) for delivery in due))
+                metrics.WEBHOOK_OLDEST.set(await self.outbox.oldest_pending_s())
+                if len(due) == WEBHOOK_BATCH:
+                    continue  # more are due
+            except Unavailable as e:
+                log.warning("webhooks: %s", e.message)
+            await asyncio.sleep(WEBHOOK_POLL_S)
+
+    async def send(self, delivery: PendingWebhook) -> None:
+        task = await self.tasks.get(delivery.task_id, delivery.user_id)
+        if task is None or task.result is None:
+            await self.outbox.failed(delivery.id, "the task is gone", None)
+            return
+        body = json.dumps({"task_id": str(task.id), **result_document(task)}).encode()
+        secret = await self.users.webhook_secret(delivery.user_id)
+        headers = {"Content-Type": "application/json", "User-Agent": "coderund-webhook",
+                   "X-Coderund-Signature": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+                   "X-Coderund-Delivery": str(delivery.id), "X-Coderund-Timestamp": str(int(time.time())),
+                   "X-Coderund-Attempt": str(delivery.attempts + 1)}
+        try:
+            status = await self.callbacks.post(delivery.url, body, headers)
+            error = None if 200 <= status < 300 else f"answered {status}"
+        except CallbackFailed as e:
+            error = str(e)
+        if error is None:
+            await self.outbox.delivered(delivery.id)
+            metrics.WEBHOOKS.labels("delivered").inc()
+            return
+        retry_in = self.backoff_s * 3 ** delivery.attempts if delivery.attempts < WEBHOOK_RETRIES else None
+        await self.outbox.failed(delivery.id, error, retry_in)
+        metrics.WEBHOOKS.labels("retry" if retry_in is not None else "gave_up").inc()
+        log.info("webhook %s for task %s: %s; %s", delivery.id, delivery.task_id, error,
+                 f"again in {retry_in:.0f} s" if retry_in is not None else "giving up")

@@ -23,7 +23,9 @@ UNPUBLISHED_AFTER_S = 30  # a submission takes milliseconds; older and unconfirm
 
 
 class Worker:
-    def __init__(self, *, queue: Queue, executor: Executor, workers: Workers, sandbox: Sandbox, concurrency: int) -> None:
+    def __init__(self, *, queue: Queue, executor: Executor, workers: Workers, sandbox: Sandbox, concurrency: int,
+                 retention_days: int = 0) -> None:
+        self.retention_days = retention_days
         self.queue = queue
         self.executor = executor
         self.workers = workers
@@ -115,6 +117,8 @@ class Worker:
                 if removed:
                     log.info("removed %d container(s) left by dead workers", removed)
                 await self._recover(live)
+                if self.retention_days and (deleted := await self.executor.tasks.delete_expired(self.retention_days)):
+                    log.info("deleted %d task(s) finished more than %d days ago", deleted, self.retention_days)
             except Exception as e:  # noqa: BLE001 - the heartbeat must outlive outages
                 log.warning("heartbeat failed: %s", e)
             await asyncio.sleep(HEARTBEAT_S)

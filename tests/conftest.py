@@ -42,6 +42,7 @@ def make_settings(**overrides: Any) -> Settings:
         "port": free_port(),
         "concurrency": 2,
         "log_level": "WARNING",
+        "retention_days": 0,  # tests that want the sweeper to delete old tasks start a worker of their own
         **overrides,
     }
     return dataclasses.replace(base, **values)

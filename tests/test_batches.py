@@ -138,3 +138,37 @@ async def test_cancel_a_running_task_kills_its_sandbox(api):
     assert container_running(marker) is None
     status, body, _ = await api.call("POST", f"/task/{task_id}/cancel", token=token)
     assert status == 409
+
+
+async def test_finished_tasks_past_retention_are_deleted_in_batches(api, settings):
+    from coderund.daemon import serve
+    from coderund.repository.db import Database
+    from coderund.repository.tasks import Tasks
+
+    token = await api.user("retention")
+    ids = [await api.submit(token, language="python", code=f"print({i})") for i in range(8)]
+    for task_id in ids:
+        await api.result(token, task_id)
+    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        await conn.execute("UPDATE tasks SET finished_at = now() - interval '40 days' WHERE id = ANY(%s::uuid[])", (ids[:7],))
+        await conn.execute("UPDATE tasks SET finished_at = now() - interval '29 days' WHERE id = %s", (ids[7],))
+    db = Database(settings.database_url)
+    await db.open()
+    try:
+        assert await Tasks(db).delete_expired(30, batch=3) == 3  # bounded
+    finally:
+        await db.close()
+    # A worker's sweeper deletes the rest, and keeps the one not yet 30 days old.
+    s = dataclasses.replace(settings, role="worker", queue=f"{settings.queue}.retention", port=free_port(), retention_days=30)
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(s, stop))
+    try:
+        for _ in range(150):
+            statuses = [(await api.call("GET", f"/result/{task_id}", token=token))[0] for task_id in ids]
+            if statuses == [404] * 7 + [200]:
+                break
+            await asyncio.sleep(0.2)
+        assert statuses == [404] * 7 + [200]
+    finally:
+        stop.set()
+        await running

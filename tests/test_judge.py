@@ -115,7 +115,7 @@ async def test_one_compile_for_all_cases_and_a_timeout_among_passing_ones(api):
             'int main(void) { long n; scanf("%ld", &n); if (n < 0) for (;;) {} printf("%ld\\n", n * n); return 0; }\n')
     builds = REGISTRY.get_sample_value("coderund_task_compile_seconds_count", {"language": "c"}) or 0
     tests = [{"stdin": str(n), "expected": str(n * n)} for n in (1, 2, -1, 4, 5)]
-    result = await api.run(token, language="c", code=code, tests=tests, limits={"time_ms": 500})
+    result = await api.run(token, language="c", code=code, tests=tests, limits={"time_ms": 1000})
     assert REGISTRY.get_sample_value("coderund_task_compile_seconds_count", {"language": "c"}) == builds + 1
     assert result["verdict"] == "time_limit" and result["passed"] == 4 and result["total"] == 5
     assert [c["verdict"] for c in result["tests"]] == ["ok", "ok", "time_limit", "ok", "ok"]
@@ -158,3 +158,12 @@ async def test_multi_file_programs(api):
     status, body, _ = await api.call("POST", "/task", token=token, json={
         "language": "python", "code": "1", "files": [{"name": "../evil.py", "content": "2"}]})
     assert status == 400 and "'files[0].name'" in body["message"]
+
+
+async def test_nul_and_any_unicode_in_files_and_cases(api):
+    token = await api.user("judge")
+    result = await api.run(token, language="python", code="import sys\nsys.stdout.write(open('data.txt').read() + sys.stdin.read())",
+                           files=[{"name": "data.txt", "content": "a\u0000b\u2028é"}],
+                           tests=[{"stdin": "\u0000z", "expected": "a\u0000b\u2028é\u0000z"}], checker="exact")
+    assert result["verdict"] == "ok" and result["tests"][0]["stdout"] == "a\u0000b\u2028é\u0000z"
+

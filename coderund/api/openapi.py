@@ -108,10 +108,16 @@ SCHEMAS: dict[str, Any] = {
                                   {"type": "object", "required": ["float"], "properties": {"float": {
                                       "type": "object", "properties": {"abs": {"type": "number"}, "rel": {"type": "number"}}}}}]},
             "stop_on_failure": {"type": "boolean", "description": "skip the cases after the first that fails"},
+            "callback_url": {"type": "string", "maxLength": 2048, "description":
+                             "http(s) URL that gets the result (POST, signed: see /account/webhook-secret) when the task finishes;"
+                             " refused if its host is or resolves to a loopback, private or other non-global address"},
         },
     },
     "Batch": {"type": "object", "required": ["tasks"],
-              "properties": {"tasks": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": _ref("TaskRequest")}}},
+              # Items are plain objects here (each is checked as POST /task checks its body): a $ref to TaskRequest
+              # makes schemathesis's generator recurse past what CPython's parser takes.
+              "properties": {"tasks": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                                       "items": {"type": "object", "description": "a task body, as POST /task takes"}}}},
     "CaseResult": {
         "type": "object",
         "required": ["verdict", "exit_code", "signal", "time_ms", "wall_ms", "memory_kb", "stdout", "stderr", "truncated"],
@@ -211,6 +217,17 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/logout"): {
         "summary": "End the session at once", "tags": ["accounts"], "security": AUTH,
         "responses": {"204": {"description": "Logged out"}, **_errors("401", "503")},
+    },
+    ("get", "/account/webhook-secret"): {
+        "summary": "The secret that signs your webhooks: X-Coderund-Signature is sha256=HMAC-SHA256(secret, body) in hex",
+        "tags": ["accounts"], "security": AUTH,
+        "responses": {"200": _json({"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}},
+                                   "The secret", {"secret": "9f86d081884c7d65…"}), **_errors("401", "503")},
+    },
+    ("post", "/account/webhook-secret"): {
+        "summary": "Replace the secret that signs your webhooks", "tags": ["accounts"], "security": AUTH,
+        "responses": {"200": _json({"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}},
+                                   "The new secret", {"secret": "60303ae22b998861…"}), **_errors("401", "503")},
     },
     ("post", "/task"): {
         "summary": "Submit code to run; with `wait`, also its result when it finishes in time", "tags": ["tasks"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -32,14 +31,6 @@ async def _json(request: web.Request) -> Any:
         raise InvalidJson("The body is not valid JSON.") from None
 
 
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")
-
-
 async def register(request: web.Request) -> web.Response:
     credentials = domain.parse_credentials(await _json(request))
     user = await request.app[SERVICES].accounts.register(credentials)
@@ -61,6 +52,12 @@ async def logout(request: web.Request) -> web.Response:
     return response
 
 
+async def webhook_secret(request: web.Request) -> web.Response:
+    """GET shows the secret that signs your webhooks; POST replaces it."""
+    secret = await request.app[SERVICES].accounts.webhook_secret(request[USER_ID], rotate=request.method == "POST")
+    return web.json_response({"secret": secret})
+
+
 async def submit(request: web.Request) -> web.Response:
     wait_s = domain.parse_wait(request.query.get("wait"))
     task_request = domain.parse_task_request(await _json(request))
@@ -70,7 +67,7 @@ async def submit(request: web.Request) -> web.Response:
     if wait_s:
         task = await tasks.get(request[USER_ID], str(task_id), wait_s)
         if task.result is not None:
-            body |= _result(task)
+            body |= domain.result_document(task)
     return web.json_response(body, status=201, headers={"Location": f"/result/{task_id}"})
 
 
@@ -99,8 +96,8 @@ async def list_tasks(request: web.Request) -> web.Response:
     last = rows[-1] if len(rows) == query.limit else None
     return web.json_response({
         "tasks": [{"task_id": str(row["id"]), "status": domain.TaskState(row["state"]).public, "state": row["state"],
-                   "language": row["language"], "verdict": row["verdict"], "created_at": _time(row["created_at"]),
-                   "started_at": _time(row["started_at"]), "finished_at": _time(row["finished_at"])} for row in rows],
+                   "language": row["language"], "verdict": row["verdict"], "created_at": domain.iso(row["created_at"]),
+                   "started_at": domain.iso(row["started_at"]), "finished_at": domain.iso(row["finished_at"])} for row in rows],
         "next_cursor": domain.history_cursor(last["created_at"], last["id"]) if last else None,
     })
 
@@ -108,7 +105,7 @@ async def list_tasks(request: web.Request) -> web.Response:
 def _state_or_result(task: Task | AppError) -> dict[str, Any]:
     if isinstance(task, AppError):
         return {"error": task.code, "message": task.message}
-    return _result(task) if task.result else {"status": task.state.public}
+    return domain.result_document(task) if task.result else {"status": task.state.public}
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -128,44 +125,7 @@ async def result(request: web.Request) -> web.Response:
     task = await request.app[SERVICES].tasks.get(request[USER_ID], request.match_info["task_id"], wait_s)
     if task.result is None:
         return web.json_response({"status": task.state.public}, status=202, headers={"Retry-After": RESULT_RETRY_AFTER})
-    return web.json_response(_result(task))
-
-
-def _result(task: Task) -> dict[str, Any]:
-    """The document of a finished task, as GET /result answers it."""
-    r = task.result
-    assert r is not None
-    return {
-        "status": task.state.public,
-        "result": _text(r.stdout),
-        "verdict": r.verdict.value,
-        "exit_code": r.exit_code,
-        "signal": r.signal,
-        "stdout": _text(r.stdout),
-        "stderr": _text(r.stderr),
-        "compile_output": _text(r.compile_output),
-        "truncated": r.truncated,
-        "time_ms": r.time_ms,
-        "wall_ms": r.wall_ms,
-        "memory_kb": r.memory_kb,
-        "language": task.language,
-        "created_at": _time(task.created_at),
-        "started_at": _time(task.started_at),
-        "finished_at": _time(task.finished_at),
-        **(_cases(task, r) if task.tests else {}),
-    }
-
-
-def _cases(task: Task, r: domain.Result) -> dict[str, Any]:
-    """Each test case's run (none after a compile error), and how many passed."""
-    cases = r.tests or ()
-    return {
-        "tests": [{"verdict": c.verdict.value, "exit_code": c.exit_code, "signal": c.signal, "time_ms": c.time_ms,
-                   "wall_ms": c.wall_ms, "memory_kb": c.memory_kb, "stdout": _text(c.stdout), "stderr": _text(c.stderr),
-                   "truncated": c.truncated} for c in cases],
-        "passed": sum(c.verdict is domain.Verdict.OK for c in cases),
-        "total": len(task.tests),
-    }
+    return web.json_response(domain.result_document(task))
 
 
 async def languages(request: web.Request) -> web.Response:
@@ -209,6 +169,8 @@ ROUTES = [
     Route("POST", "/register", register),
     Route("POST", "/login", login),
     Route("POST", "/logout", logout, protected=True),
+    Route("GET", "/account/webhook-secret", webhook_secret, protected=True),
+    Route("POST", "/account/webhook-secret", webhook_secret, protected=True),
     Route("POST", "/task", submit, protected=True),
     Route("POST", "/tasks", submit_many, protected=True),
     Route("GET", "/tasks", list_tasks, protected=True),

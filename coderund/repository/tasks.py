@@ -12,16 +12,27 @@ from ..checkers import parse_checker
 from ..domain import CaseResult, Limits, Result, Task, TaskState, TestCase, Verdict
 from .db import Database
 from .notify import CANCEL, FINISHED
+from .outbox import ENQUEUE
 
 SWEEP_LOCK = 0x73776570  # one sweeper at a time, whichever worker gets it
+RETENTION_BATCH = 500  # tasks deleted per sweep: a long backlog goes in steps, never in one long lock
 
 COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
-    " files, tests, checker, stop_on_failure, case_results, cancel_requested"
+    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url"
 )
 SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
 OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
+
+
+def _b64(text: str) -> str:
+    """Text that may hold NUL, which jsonb cannot, as base64 in jsonb."""
+    return base64.b64encode(text.encode()).decode()
+
+
+def _text(b64: str) -> str:
+    return base64.b64decode(b64).decode()
 
 
 def _case_document(case: CaseResult) -> dict[str, Any]:
@@ -61,11 +72,12 @@ def _task(row: dict[str, Any]) -> Task:
         stdin=bytes(row["stdin"]).decode(),
         args=row["args"],
         limits=Limits(time_ms=row["time_ms"], memory_mb=row["memory_mb"]),
-        files=tuple((f["name"], f["content"]) for f in row["files"]),
-        tests=tuple(TestCase(c["stdin"], tuple(c["args"]), c["expected"]) for c in row["tests"]),
+        files=tuple((f["name"], _text(f["content"])) for f in row["files"]),
+        tests=tuple(TestCase(_text(c["stdin"]), tuple(c["args"]), _text(c["expected"])) for c in row["tests"]),
         checker=parse_checker(row["checker"]),
         stop_on_failure=row["stop_on_failure"],
         cancel_requested=row["cancel_requested"],
+        callback_url=row["callback_url"],
         state=TaskState(row["state"]),
         attempts=row["attempts"],
         created_at=row["created_at"],
@@ -73,6 +85,12 @@ def _task(row: dict[str, Any]) -> Task:
         finished_at=row["finished_at"],
         result=result,
     )
+
+
+async def _finished(conn: Any, task_id: uuid.UUID) -> None:
+    """In the transaction that finished the task: its webhook, if any, and the news for API processes."""
+    await conn.execute(ENQUEUE, (uuid.uuid4(), task_id))
+    await conn.execute("SELECT pg_notify(%s, %s)", (FINISHED, str(task_id)))
 
 
 class Tasks:
@@ -83,12 +101,12 @@ class Tasks:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                " stop_on_failure) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " stop_on_failure, callback_url) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                  task.limits.time_ms, task.limits.memory_mb,
-                 Jsonb([{"name": name, "content": content} for name, content in task.files]),
-                 Jsonb([{"stdin": c.stdin, "args": list(c.args), "expected": c.expected} for c in task.tests]),
-                 Jsonb(task.checker.document()), task.stop_on_failure),
+                 Jsonb([{"name": name, "content": _b64(content)} for name, content in task.files]),
+                 Jsonb([{"stdin": _b64(c.stdin), "args": list(c.args), "expected": _b64(c.expected)} for c in task.tests]),
+                 Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url),
             )
 
     async def mark_published(self, task_id: uuid.UUID) -> None:
@@ -116,6 +134,14 @@ class Tasks:
                     (list(live_workers), unpublished_after_s),
                 )
                 return [row["id"] for row in await cursor.fetchall()]
+
+    async def delete_expired(self, days: int, batch: int = RETENTION_BATCH) -> int:
+        """Deletes up to `batch` tasks finished more than `days` ago (their webhooks go with them)."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state = 'done'"
+                " AND finished_at < now() - make_interval(days => %s) LIMIT %s)", (days, batch))
+            return cursor.rowcount
 
     async def delete_unstarted(self, task_id: uuid.UUID) -> None:
         """Takes back a task whose hand-off to the queue failed."""
@@ -164,7 +190,7 @@ class Tasks:
                 " WHERE id = %s AND user_id = %s AND state = 'queued' RETURNING language", (task_id, user_id))).fetchone()
             if row is None:
                 return None
-            await conn.execute("SELECT pg_notify(%s, %s)", (FINISHED, str(task_id)))
+            await _finished(conn, task_id)
             return row["language"]
 
     async def request_cancel(self, task_id: uuid.UUID, user_id: int) -> bool:
@@ -213,5 +239,5 @@ class Tasks:
             )
             if cursor.rowcount != 1:
                 return False
-            await conn.execute("SELECT pg_notify(%s, %s)", (FINISHED, str(task_id)))
+            await _finished(conn, task_id)
             return True

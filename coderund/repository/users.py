@@ -1,6 +1,7 @@
 """Accounts in PostgreSQL."""
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import psycopg
@@ -30,6 +31,14 @@ class Users:
             except psycopg.errors.UniqueViolation:
                 raise Conflict(f"The username {username!r} is taken.") from None
             return UserRow(**await cursor.fetchone())
+
+    async def webhook_secret(self, user_id: int, new: str | None = None) -> str:
+        """The user's webhook signing secret; `new` replaces it, or is set when there is none yet."""
+        async with self.db.transaction() as conn:
+            row = await (await conn.execute(
+                "UPDATE users SET webhook_secret = CASE WHEN %s OR webhook_secret IS NULL THEN %s ELSE webhook_secret END"
+                " WHERE id = %s RETURNING webhook_secret", (new is not None, new or secrets.token_hex(32), user_id))).fetchone()
+            return row["webhook_secret"]
 
     async def by_username(self, username: str) -> UserRow | None:
         async with self.db.transaction() as conn:

@@ -34,7 +34,6 @@ class Box:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     created: float = field(default_factory=time.monotonic)
-    reported: bool = False  # its supervisor sent a whole report, and so has ended the container
 
     @classmethod
     async def attach(cls, container_id: str, sock: socket.socket) -> Box:
@@ -56,7 +55,6 @@ class Box:
             report = supervisor.parse_report(bytes(out))
         except supervisor.SupervisorError:
             raise Died(bytes(err)) from None
-        self.reported = True
         return report
 
     async def _read(self, out: bytearray, err: bytearray) -> None:

@@ -130,11 +130,9 @@ class Engine:
         return container_id, sock
 
     def discard(self, box: Box) -> None:
-        """Closes the box and removes its container, off the task's critical path. A container whose
-        supervisor sent its whole report has ended, and the engine removes it (auto_remove)."""
+        """Closes the box and removes its container, off the task's critical path. (Not the engine's
+        auto_remove: it can cut the attached stream before the report's last bytes are through.)"""
         box.close()
-        if box.reported:
-            return
         removal = asyncio.ensure_future(self.call(self._remove, box.id))
         self._removals.add(removal)
         removal.add_done_callback(self._removals.discard)

@@ -65,8 +65,6 @@ def container_options(
             {"Name": "fsize", "Soft": fsize, "Hard": fsize},
             {"Name": "core", "Soft": 0, "Hard": 0},
         ],
-        # The engine removes it when its first process ends; we remove only those that did not end.
-        "auto_remove": True,
         "oom_score_adj": 1000,  # under host memory pressure, a task goes before anything else
         "log_config": {"Type": "none", "Config": {}},
         "hostname": "sandbox",
