@@ -185,9 +185,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             finished.start()
             stack.push_async_callback(finished.close)
             services = make_services(settings, db, queue, plugins, sessions, finished)
-            await start_webhooks(settings, db, stack)
             services.checks = checks
             await listen(stack, make_app(services), settings, "port")
+            await start_webhooks(settings, db, stack)  # once serving: a start that fails leaves nothing half-done
         else:
             await listen(stack, metrics.metrics_app(), settings, "metrics_port")
 
