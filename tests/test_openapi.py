@@ -79,7 +79,8 @@ async def test_docs_render_in_headless_chromium(server):
              "--virtual-time-budget=15000", "--window-size=1280,2400"]
     dom = await asyncio.to_thread(subprocess.run, [chromium, *flags, "--dump-dom", f"{server}/docs"],
                                   capture_output=True, text=True, timeout=120)
-    for path in ("/register", "/login", "/task", "/result/{task_id}", "/languages"):
+    for path in ("/register", "/login", "/task", "/tasks", "/task/{task_id}/cancel", "/account/webhook-secret",
+                 "/result/{task_id}", "/languages"):
         assert f'data-path="{path}"' in dom.stdout, path
     assert "Authorize" in dom.stdout
     screenshot = ARTIFACTS / "docs.png"
