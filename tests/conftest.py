@@ -165,6 +165,22 @@ async def api_of(settings: Settings) -> AsyncIterator[Api]:
         yield Api(session, base)
 
 
+@contextlib.asynccontextmanager
+async def own_server(settings: Settings, **changes: Any) -> AsyncIterator[Api]:
+    """A coderund of the test's own, in this process, on a port of its own and with these changes to
+    the settings (`api.settings`), serving for the block."""
+    own = dataclasses.replace(settings, port=free_port(), **changes)
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(own, stop))
+    try:
+        async with api_of(own) as api:
+            api.settings = own
+            yield api
+    finally:
+        stop.set()
+        await running
+
+
 @pytest.fixture
 def spawn() -> Iterator[Any]:
     """Starts real coderund processes; whatever a test leaves running is stopped after it."""

@@ -14,7 +14,7 @@ import pytest
 
 from coderund.daemon import make_sandbox
 from coderund.sandbox.engine import SandboxRefused, Shape
-from tests.conftest import api_of, env_of, free_port
+from tests.conftest import env_of, own_server
 
 NESTED = b"[" * 100_000 + b"]" * 100_000
 
@@ -65,26 +65,17 @@ async def test_an_engine_refusal_is_final_not_a_platform_failure(settings):
 
 
 async def test_the_queue_cap_is_hard_within_one_api_process(settings):
-    from coderund.daemon import serve
-
-    s = dataclasses.replace(settings, role="api", queue=f"{settings.queue}.cap", port=free_port(), max_queue=40)
-    stop = asyncio.Event()
-    running = asyncio.create_task(serve(s, stop))
-    try:
-        async with api_of(s) as api:
-            first, second, third = await api.user(), await api.user(), await api.user()
-            for i in range(30):  # nobody consumes: they stay queued
-                await api.submit(first, language="python", code=f"print({i})")
-            answers = await asyncio.gather(*(api.call("POST", "/task", token=(second, third)[i % 2],
-                                                      json={"language": "python", "code": "1"}) for i in range(20)))
-            statuses = [status for status, _, _ in answers]
-            assert statuses.count(201) == 10 and statuses.count(503) == 10, statuses
-            await asyncio.sleep(1.2)  # a fresh reading of the broker agrees
-            status, body, _ = await api.call("POST", "/task", token=first, json={"language": "python", "code": "1"})
-            assert status == 503 and body["error"] == "queue_full"
-    finally:
-        stop.set()
-        await running
+    async with own_server(settings, role="api", queue=f"{settings.queue}.cap", max_queue=40) as api:
+        first, second, third = await api.user(), await api.user(), await api.user()
+        for i in range(30):  # nobody consumes: they stay queued
+            await api.submit(first, language="python", code=f"print({i})")
+        answers = await asyncio.gather(*(api.call("POST", "/task", token=(second, third)[i % 2],
+                                                  json={"language": "python", "code": "1"}) for i in range(20)))
+        statuses = [status for status, _, _ in answers]
+        assert statuses.count(201) == 10 and statuses.count(503) == 10, statuses
+        await asyncio.sleep(1.2)  # a fresh reading of the broker agrees
+        status, body, _ = await api.call("POST", "/task", token=first, json={"language": "python", "code": "1"})
+        assert status == 503 and body["error"] == "queue_full"
 
 
 async def test_two_workers_on_one_host_with_the_default_metrics_port(settings, tmp_path):
@@ -151,23 +142,14 @@ async def test_slow_clients_cannot_hold_a_connection_past_the_body_timeout(api):
 
 
 async def test_per_user_submission_rate(settings):
-    from coderund.daemon import serve
-
-    s = dataclasses.replace(settings, role="all", queue=f"{settings.queue}.rate", port=free_port(), user_rate=5)
-    stop = asyncio.Event()
-    running = asyncio.create_task(serve(s, stop))
-    try:
-        async with api_of(s) as api:
-            token, other = await api.user(), await api.user()
-            answers = [await api.call("POST", "/task", token=token, json={"language": "python", "code": "1"}) for _ in range(6)]
-            assert [status for status, _, _ in answers] == [201] * 5 + [429]
-            status, body, headers = answers[-1]
-            assert body["error"] == "rate_limited" and 1 <= int(headers["Retry-After"]) <= 12
-            assert (await api.call("POST", "/task", token=other, json={"language": "python", "code": "1"}))[0] == 201
-            # A rejected body takes no token.
-            assert (await api.call("POST", "/task", token=other, json={"language": "cobol", "code": "1"}))[0] == 400
-            await asyncio.sleep(int(headers["Retry-After"]))
-            assert (await api.call("POST", "/task", token=token, json={"language": "python", "code": "1"}))[0] == 201
-    finally:
-        stop.set()
-        await running
+    async with own_server(settings, role="all", queue=f"{settings.queue}.rate", user_rate=5) as api:
+        token, other = await api.user(), await api.user()
+        answers = [await api.call("POST", "/task", token=token, json={"language": "python", "code": "1"}) for _ in range(6)]
+        assert [status for status, _, _ in answers] == [201] * 5 + [429]
+        status, body, headers = answers[-1]
+        assert body["error"] == "rate_limited" and 1 <= int(headers["Retry-After"]) <= 12
+        assert (await api.call("POST", "/task", token=other, json={"language": "python", "code": "1"}))[0] == 201
+        # A rejected body takes no token.
+        assert (await api.call("POST", "/task", token=other, json={"language": "cobol", "code": "1"}))[0] == 400
+        await asyncio.sleep(int(headers["Retry-After"]))
+        assert (await api.call("POST", "/task", token=token, json={"language": "python", "code": "1"}))[0] == 201
