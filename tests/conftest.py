@@ -38,6 +38,9 @@ def make_settings(**overrides: Any) -> Settings:
     values = {
         "database_url": f"postgresql://postgres@127.0.0.1:5432/coderund_test_{RUN_ID}",
         "queue": f"coderund.test.{RUN_ID}",
+        # A Redis database apart from the default one: the schemathesis run logs in as the document's
+        # example user "alice" with wrong passwords, and must not lock out the README's alice.
+        "redis_url": "redis://127.0.0.1:6379/15",
         "host": "127.0.0.1",
         "port": free_port(),
         "concurrency": 2,
