@@ -38,6 +38,7 @@ WEBHOOK_BATCH = 10  # deliveries sent at once by one process
 WEBHOOK_POLL_S = 1  # how often the outbox is looked at when it had nothing due
 WEBHOOK_RETRIES = 5  # after the first attempt; with pauses growing 3 times each, ~10 minutes at 5 s
 DONE_REMEMBERED = 100_000  # finished tasks whose owner an API process keeps in memory (~100 bytes each)
+DONE_REMEMBERED_S = 3600  # and for how long: far less than retention, so a deleted task is soon 404 again
 T = TypeVar("T")
 
 
@@ -104,7 +105,7 @@ class TaskService:
         self._depth = (0.0, 0)  # (when, depth): a burst of submissions asks the broker once a second
         self._accepted = 0  # submissions this process accepted since that reading
         # Finished is final: whose finished tasks these are, so that polling them needs no database.
-        self._done: OrderedDict[uuid.UUID, int] = OrderedDict()
+        self._done: OrderedDict[uuid.UUID, tuple[int, float]] = OrderedDict()  # task: (owner, when seen done)
 
     async def submit(self, user_id: int, request: TaskRequest) -> uuid.UUID:
         plugin, limits = self.plugins.for_request(request)
@@ -170,7 +171,8 @@ class TaskService:
 
     async def state(self, user_id: int, task_id: str) -> TaskState:
         parsed = _parse_id(task_id)
-        if self._done.get(parsed) == user_id:
+        owner, seen = self._done.get(parsed, (None, 0.0))
+        if owner == user_id and time.monotonic() - seen < DONE_REMEMBERED_S:
             return TaskState.DONE
         state = await _found(task_id, self.tasks.state(parsed, user_id))
         if state is TaskState.DONE:
@@ -203,7 +205,7 @@ class TaskService:
         raise Conflict("The task has finished; there is nothing to cancel.")
 
     def _remember_done(self, task_id: uuid.UUID, user_id: int) -> None:
-        self._done[task_id] = user_id
+        self._done[task_id] = (user_id, time.monotonic())
         self._done.move_to_end(task_id)
         if len(self._done) > DONE_REMEMBERED:
             self._done.popitem(last=False)
