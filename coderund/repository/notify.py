@@ -28,7 +28,6 @@ class TaskListener:
     def __init__(self, url: str, channel: str) -> None:
         self.url = url
         self.channel = channel
-        self.listening = asyncio.Event()
         self._waiters: dict[uuid.UUID, set[asyncio.Event]] = {}
         self._listener: asyncio.Task[None] | None = None
 
@@ -65,7 +64,6 @@ class TaskListener:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True,
                                                                  connect_timeout=CONNECT_TIMEOUT_S) as conn:
                     await conn.execute(f"LISTEN {self.channel}")
-                    self.listening.set()
                     pause = RECONNECT_S[0]
                     for events in self._waiters.values():  # whatever finished while we were away
                         self._wake(events)
@@ -74,6 +72,5 @@ class TaskListener:
                             self._wake(self._waiters.get(uuid.UUID(note.payload), set()))
             except (psycopg.Error, OSError) as e:
                 log.warning("listening on %s failed (%s); again in %.1f s", self.channel, e, pause)
-            self.listening.clear()
             await asyncio.sleep(pause)
             pause = min(pause * 2, RECONNECT_S[1])

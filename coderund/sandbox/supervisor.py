@@ -41,9 +41,6 @@ class Files:
         kind = stat.S_IFDIR if self.data[path] is FOLDER else stat.S_IFREG
         return kind | self.modes.get(path, 0o755 if kind == stat.S_IFDIR else 0o644)
 
-    def size(self) -> int:
-        return sum(len(content or b"") for content in self.data.values())
-
 
 def build(cache_dir: Path) -> Path:
     """A static binary runs in any image; it is built once per source version and kept."""
