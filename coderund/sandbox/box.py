@@ -47,15 +47,16 @@ class Box:
 
     async def exchange(self, request: bytes) -> tuple[RunReport, supervisor.Files | None]:
         """Sends the one request and reads the report; Died if the stream ends first."""
-        self.writer.write(request)
-        await self.writer.drain()
         out, err = bytearray(), bytearray()
         try:
+            self.writer.write(request)
+            await self.writer.drain()
             await self._read(out, err)
-            report = supervisor.parse_report(bytes(out))
-        except supervisor.SupervisorError:
+            return supervisor.parse_report(bytes(out))
+        except (supervisor.SupervisorError, ConnectionError):
+            # A warm container that died while it waited fails the write: the same as one that died
+            # under its program, so the runner asks the engine what happened rather than crash.
             raise Died(bytes(err)) from None
-        return report
 
     async def _read(self, out: bytearray, err: bytearray) -> None:
         """Until the report is whole (its header tells its length), or the stream ends: a report
