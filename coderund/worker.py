@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 10
 LEASE_S = 3 * HEARTBEAT_S  # a worker silent for this long is taken for dead
 RECONNECT_MAX_S = 30
-RETRY_DELAY_S = 2
-UNPUBLISHED_AFTER_S = 30  # a submission takes milliseconds; older and unconfirmed means the API died  # before handing back a task whose storage was briefly unreachable
+RETRY_DELAY_S = 2  # before handing back a task whose storage was briefly unreachable
+UNPUBLISHED_AFTER_S = 30  # a submission takes milliseconds; older and unconfirmed means the API died
 
 
 class Worker:
@@ -112,22 +112,30 @@ class Worker:
         while True:
             try:
                 await self.workers.heartbeat(self.id, host)
-                live = await self.workers.live_workers(LEASE_S) | {self.id}
-                removed = await self.sandbox.engine.call(self.sandbox.engine.remove_leftovers, live.__contains__)
-                if removed:
-                    log.info("removed %d container(s) left by dead workers", removed)
-                await self._recover(live)
+                await self._remove_leftovers()
+                await self._recover()
                 if self.retention_days and (deleted := await self.executor.tasks.delete_expired(self.retention_days)):
                     log.info("deleted %d task(s) finished more than %d days ago", deleted, self.retention_days)
             except Exception as e:  # noqa: BLE001 - the heartbeat must outlive outages
                 log.warning("heartbeat failed: %s", e)
             await asyncio.sleep(HEARTBEAT_S)
 
-    async def _recover(self, live: set[str]) -> None:
+    async def _remove_leftovers(self) -> None:
+        """Removes the containers of workers that died before their cleanup ran."""
+        engine = self.sandbox.engine
+        owners = await engine.call(engine.owners)
+        # Asked after listing: a container exists only after its worker's first heartbeat, so a
+        # worker that started a moment ago is never taken for dead.
+        live = await self.workers.live_workers(LEASE_S) | {self.id}
+        if dead := [container for container, worker in owners.items() if worker not in live]:
+            await engine.call(engine.remove_all, dead)
+            log.info("removed %d container(s) left by dead workers", len(dead))
+
+    async def _recover(self) -> None:
         """Publishes again what a dead worker held or a dying API never got confirmed; the claim
         and the finish guard make a duplicate harmless."""
         tasks = self.executor.tasks
-        for task_id in await tasks.requeue_orphans(live, UNPUBLISHED_AFTER_S):
+        for task_id in await tasks.requeue_orphans(LEASE_S, UNPUBLISHED_AFTER_S):
             await self.queue.publish(task_id)
             await tasks.mark_published(task_id)
             log.warning("task %s: orphaned; published again", task_id)

@@ -177,3 +177,31 @@ def test_worker_removes_containers_of_dead_workers(settings, spawn):
     else:
         leftover.remove(force=True)
         raise AssertionError("the leftover container is still there")
+
+
+async def test_orphans_are_tasks_of_workers_silent_past_the_lease(api, settings):
+    """The sweep reads who lives in the same statement that takes the orphans: a worker that
+    registered a moment before its claim is never taken for dead (a stale list once did that)."""
+    from coderund.repository.db import Database
+    from coderund.repository.tasks import Tasks
+    from coderund.repository.workers import Workers
+
+    token = await api.user("orphans")
+    fresh, silent = await api.submit(token, language="python", code="print(1)"), await api.submit(token, language="python", code="print(2)")
+    await api.result(token, fresh), await api.result(token, silent)
+    db = Database(settings.database_url)
+    await db.open()
+    try:
+        workers = Workers(db)
+        for worker in ("fresh-worker", "silent-worker"):
+            await workers.heartbeat(worker, "test")
+        async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+            await conn.execute("UPDATE workers SET heartbeat_at = now() - interval '1 hour' WHERE id = 'silent-worker'")
+            for task_id, worker in ((fresh, "fresh-worker"), (silent, "silent-worker")):
+                await conn.execute("UPDATE tasks SET state = 'running', worker = %s WHERE id = %s", (worker, task_id))
+        assert await Tasks(db).requeue_orphans(lease_s=30, unpublished_after_s=30) == [uuid.UUID(silent)]
+    finally:
+        async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+            await conn.execute("UPDATE tasks SET state = 'done' WHERE id = ANY(%s::uuid[])", ([fresh, silent],))
+            await conn.execute("DELETE FROM workers WHERE id IN ('fresh-worker', 'silent-worker')")
+        await db.close()

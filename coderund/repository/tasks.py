@@ -118,9 +118,11 @@ class Tasks:
             cursor = await conn.execute("SELECT count(*) AS n FROM tasks WHERE user_id = %s AND state <> 'done'", (user_id,))
             return (await cursor.fetchone())["n"]
 
-    async def requeue_orphans(self, live_workers: set[str], unpublished_after_s: int) -> list[uuid.UUID]:
-        """Tasks to publish again: running on a worker that is gone, or committed but never confirmed
-        by the broker (the API died in between). Only one process sweeps at a time."""
+    async def requeue_orphans(self, lease_s: int, unpublished_after_s: int) -> list[uuid.UUID]:
+        """Tasks to publish again: running on a worker silent for lease_s, or committed but never
+        confirmed by the broker (the API died in between). Only one process sweeps at a time.
+        Who lives is read in the same statement: a worker registers before it claims, so a task it
+        claimed a moment ago is never taken for an orphan."""
         async with self.db.transaction() as conn:
             async with conn.transaction():
                 locked = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (SWEEP_LOCK,))).fetchone()
@@ -128,10 +130,11 @@ class Tasks:
                     return []
                 cursor = await conn.execute(
                     "UPDATE tasks SET state = 'queued', worker = NULL, published_at = NULL"
-                    " WHERE (state = 'running' AND NOT (worker = ANY(%s)))"
+                    " WHERE (state = 'running' AND NOT EXISTS (SELECT 1 FROM workers WHERE workers.id = tasks.worker"
+                    "  AND heartbeat_at > now() - make_interval(secs => %s)))"
                     " OR (state = 'queued' AND published_at IS NULL AND created_at < now() - make_interval(secs => %s))"
                     " RETURNING id",
-                    (list(live_workers), unpublished_after_s),
+                    (lease_s, unpublished_after_s),
                 )
                 return [row["id"] for row in await cursor.fetchall()]
 

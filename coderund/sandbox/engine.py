@@ -156,15 +156,15 @@ class Engine:
                 return state
             await asyncio.sleep(0.1)
 
-    def remove_leftovers(self, is_alive: Callable[[str], bool]) -> int:
-        """Removes containers whose worker is gone (it died before its cleanup ran)."""
-        removed = 0
+    def owners(self) -> dict[str, str]:
+        """Every coderund container, and the worker that made it."""
         # The low-level list: it does not inspect each container, which may be gone in between.
-        for container in self.client.api.containers(all=True, filters={"label": LABEL}):
-            if not is_alive(container["Labels"].get(f"{LABEL}.worker", "")):
-                self._remove(container["Id"])
-                removed += 1
-        return removed
+        return {c["Id"]: c["Labels"].get(f"{LABEL}.worker", "")
+                for c in self.client.api.containers(all=True, filters={"label": LABEL})}
+
+    def remove_all(self, containers: list[str]) -> None:
+        for container in containers:
+            self._remove(container)
 
     def image_id(self, image: str) -> str:
         return self.client.api.inspect_image(image)["Id"]
