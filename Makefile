@@ -11,7 +11,7 @@ run_tests: test-env
 test-env:
 	bash scripts/test-env
 
-## Build the sandbox image of every language plugin (skips those that exist).
+## Build the sandbox image of every language plugin (skips those that are current).
 images: test-env
 	$(VENV)/bin/coderund images build
 

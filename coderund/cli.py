@@ -5,12 +5,14 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 
 import docker
 
 from . import __version__, config
 from . import plugins as plugin_loader
 from .config import ConfigError, Settings
+from .domain import Limits
 from .errors import UnsupportedLanguage
 
 
@@ -32,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
     build = image_commands.add_parser("build", parents=[settings], help="build missing images from Debian packages")
     build.add_argument("languages", nargs="*", metavar="LANG", help="languages to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild images that exist")
-    commands.add_parser("languages", parents=[settings], help="print the loaded language plugins")
+    languages = commands.add_parser("languages", parents=[settings], help="print the loaded language plugins")
+    languages.add_argument("--markdown", action="store_true", help="as the README's table")
     return main
 
 
@@ -52,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: dict[str, object], settings: Settings) -> int:
     command = args.get("command")
     if command == "languages":
+        if args.get("markdown"):
+            print(languages_table(plugin_loader.load(settings.plugins_dir).all), end="")
+            return 0
         for plugin in plugin_loader.load(settings.plugins_dir).all:
             aliases = f" (aliases: {', '.join(plugin.aliases)})" if plugin.aliases else ""
             limits = f"time {plugin.limits.time_ms} ms, memory {plugin.limits.memory_mb} MB"
@@ -76,6 +82,25 @@ def run(args: dict[str, object], settings: Settings) -> int:
     return 0
 
 
+def languages_table(plugins: list[plugin_loader.Plugin]) -> str:
+    """The README's language table, so a test can hold the README to the plugins."""
+    def limits(given: Limits) -> str:
+        return f"{given.time_ms / 1000:g} s, {given.memory_mb} MB"
+
+    lines = ["| language | version | aliases | entry file | compiled (compile limits) | default limits | maximum |",
+             "|---|---|---|---|---|---|---|"]
+    for p in plugins:
+        compiled = f"yes ({limits(p.compile_limits)})" if p.compile else "no"
+        aliases = ", ".join(f"`{a}`" for a in p.aliases)
+        lines.append(f"| `{p.name}` | {p.version} | {aliases} | `{p.source_file}` | {compiled} | {limits(p.limits)} |"
+                     f" {limits(p.max_limits)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _size(client: docker.DockerClient, image: str) -> str:
+    return f"{client.api.inspect_image(image)['Size'] / 1e6:.0f} MB"
+
+
 def build_images(settings: Settings, languages: list[str], force: bool) -> int:
     from .daemon import docker_client
     from .sandbox import images
@@ -87,9 +112,17 @@ def build_images(settings: Settings, languages: list[str], force: bool) -> int:
         raise ConfigError(e.message) from None
     try:
         client = docker_client(settings)
+        started = time.monotonic()
+        base_id, built = images.build_base(client, mirror=settings.debian_mirror, source=settings.image_source)
+        print(f"base: {'built' if built else 'exists'} {images.BASE} ({_size(client, images.BASE)})", flush=True)
         for plugin in chosen:
-            built = images.build(client, plugin, mirror=settings.debian_mirror, source=settings.image_source, force=force)
-            print(f"{plugin.name}: {'built' if built else 'exists'} {plugin.image}")
+            step = time.monotonic()
+            built = images.build(client, plugin, base_id=base_id, force=force,
+                                 starting=lambda name=plugin.name: print(f"{name}: building ...", flush=True))
+            took = f" in {time.monotonic() - step:.0f} s" if built else ""
+            print(f"{plugin.name}: {'built' if built else 'current'} {plugin.image} ({_size(client, plugin.image)}){took}",
+                  flush=True)
+        print(f"images ready in {time.monotonic() - started:.0f} s")
     except docker.errors.DockerException as e:
         raise ConfigError(f"Docker: {e}") from None
     except images.ImageBuildError as e:

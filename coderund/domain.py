@@ -102,7 +102,7 @@ class RunReport:
     memory_kb: int
     timed_out: bool
     output_over: bool
-    oom: bool | None  # None where the kernel does not tell (e.g. some gVisor versions)
+    oom: bool | None  # ran out of memory (the kernel's kill or the runtime's error); None where it cannot be told
     stdout: bytes
     stderr: bytes
 
@@ -382,14 +382,13 @@ def classify(report: RunReport, memory_mb: int) -> Verdict:
         return Verdict.TIME_LIMIT
     if report.output_over:
         return Verdict.OUTPUT_LIMIT
-    killed = report.signal == 9
+    if not (report.signal or report.exit_code):
+        return Verdict.OK
     # Without the kernel's OOM count, a SIGKILL near the limit is the OOM killer's.
-    near_limit = report.memory_kb >= memory_mb * 1024 * 0.9
-    if killed and (report.oom or (report.oom is None and near_limit)):
+    near_limit = report.signal == 9 and report.memory_kb >= memory_mb * 1024 * 0.9
+    if report.oom or (report.oom is None and near_limit):
         return Verdict.MEMORY_LIMIT
-    if report.signal or report.exit_code:
-        return Verdict.RUNTIME_ERROR
-    return Verdict.OK
+    return Verdict.RUNTIME_ERROR
 
 
 def run_result(report: RunReport, memory_mb: int, compile_output: bytes = b"", container: str | None = None) -> Result:

@@ -1,18 +1,24 @@
 """Language plugins: one TOML file each in the plugins folder, checked once at load."""
 from __future__ import annotations
 
+import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .domain import PLATFORM_MIN, Limits, TaskRequest, resolve_limits
+from .domain import PLATFORM_MIN, Limits, RunReport, TaskRequest, resolve_limits
 from .errors import UnsupportedLanguage, ValidationFailed
 
 REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
-OPTIONAL = {"aliases", "debian_packages", "compile", "compile_limits", "env"}
+OPTIONAL = {"aliases", "debian_packages", "compile", "compile_limits", "env", "requires", "memory_errors"}
 DEFAULT_COMPILE_LIMITS = Limits(time_ms=30000, memory_mb=1024)
 SOURCES = "{sources}"  # in a compile command: the submitted source files
+# In commands and env: the step's memory limit, and the share of it a runtime's heap may take (the
+# rest is the runtime's own: code, metaspace, stacks), so a program that outgrows its heap gets the
+# runtime's out-of-memory error rather than the kernel's kill.
+MEMORY_MB, HEAP_MB = "{memory_mb}", "{heap_mb}"
 
 
 class PluginError(Exception):
@@ -34,6 +40,8 @@ class Plugin:
     aliases: tuple[str, ...] = ()
     debian_packages: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    requires: tuple[str, str] | None = None  # (pattern the code must match, what to tell a user whose code does not)
+    memory_errors: tuple[bytes, ...] = ()  # in stderr: the runtime ran out of the memory it was given
 
     def compile_command(self, names: list[str]) -> tuple[str, ...]:
         """The compile command, its {sources} replaced by the entry file and every other submitted file
@@ -41,7 +49,25 @@ class Plugin:
         assert self.compile is not None
         suffix = PurePosixPath(self.source_file).suffix
         others = sorted(n for n in names if n != self.source_file and suffix and PurePosixPath(n).suffix == suffix)
-        return tuple(part for item in self.compile for part in ([self.source_file, *others] if item == SOURCES else [item]))
+        return tuple(part for item in self.compile
+                     for part in ([self.source_file, *others] if item == SOURCES else [_sized(item, self.compile_limits)]))
+
+    def run_command(self, limits: Limits, args: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+        return (*(_sized(item, limits) for item in self.run), *args)
+
+    def environment(self, limits: Limits) -> tuple[tuple[str, str], ...]:
+        return tuple((name, _sized(value, limits)) for name, value in self.env)
+
+    def out_of_memory(self, report: RunReport) -> RunReport:
+        """The report, marked as out of memory if the program failed with its runtime's memory error."""
+        if (report.exit_code or report.signal) and any(error in report.stderr for error in self.memory_errors):
+            return dataclasses.replace(report, oom=True)
+        return report
+
+    def check_code(self, code: str) -> None:
+        """Refuses code that cannot fit the language's entry convention (e.g. Java's class Main)."""
+        if self.requires and not re.search(self.requires[0], code):
+            raise ValidationFailed(self.requires[1])
 
     def resolve_limits(self, requested: dict[str, int]) -> Limits:
         return resolve_limits(self.limits, self.min_limits, self.max_limits, requested)
@@ -52,9 +78,11 @@ class Plugin:
             "version": self.version,
             "aliases": list(self.aliases),
             "compiled": self.compile is not None,
+            "entry_file": self.source_file,
             "limits": vars(self.limits),
             "min_limits": vars(self.min_limits),
             "max_limits": vars(self.max_limits),
+            **({"compile_limits": vars(self.compile_limits)} if self.compile else {}),
         }
 
 
@@ -81,6 +109,7 @@ class Plugins:
         plugin = self.get(request.language)
         if any(name == plugin.source_file for name, _ in request.files):
             raise ValidationFailed(f"'files' holds {plugin.source_file!r}, the entry file of {plugin.name}: send it as 'code'.")
+        plugin.check_code(request.code)
         return plugin, plugin.resolve_limits(request.limits)
 
 
@@ -114,7 +143,7 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
             raise fail(name, "must be a non-empty string")
     if "/" in data["source_file"] or data["source_file"].startswith("."):
         raise fail("source_file", "must be a plain file name")
-    for name in ("run", "compile", "aliases", "debian_packages"):
+    for name in ("run", "compile", "aliases", "debian_packages", "memory_errors"):
         value = data.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise fail(name, "must be a list of non-empty strings")
@@ -136,6 +165,15 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         if not getattr(PLATFORM_MIN, name) <= getattr(min_limits, name) <= getattr(limits, name):
             raise fail(f"limits.min.{name}", f"must be from {getattr(PLATFORM_MIN, name)} to limits.{name}")
     compile_limits = _limits(data.get("compile_limits", {}), "compile_limits", fail, fallback=DEFAULT_COMPILE_LIMITS)
+    requires = data.get("requires")
+    if requires is not None:
+        if not isinstance(requires, dict) or set(requires) != {"pattern", "message"} or not all(
+                isinstance(v, str) and v for v in requires.values()):
+            raise fail("requires", "must be a table of a non-empty pattern and message")
+        try:
+            re.compile(requires["pattern"])
+        except re.error as e:
+            raise fail("requires.pattern", f"is not a regular expression: {e}") from None
     return Plugin(
         name=data["name"].lower(),
         version=data["version"],
@@ -150,7 +188,13 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         aliases=tuple(a.lower() for a in data.get("aliases", [])),
         debian_packages=tuple(data.get("debian_packages", [])),
         env=tuple(sorted(env.items())),
+        requires=(requires["pattern"], requires["message"]) if requires else None,
+        memory_errors=tuple(m.encode() for m in data.get("memory_errors", [])),
     )
+
+
+def _sized(item: str, limits: Limits) -> str:
+    return item.replace(MEMORY_MB, str(limits.memory_mb)).replace(HEAP_MB, str(limits.memory_mb // 2))
 
 
 def _limits(table: Any, where: str, fail: Any, *, extra: set[str] = frozenset(), fallback: Limits | None = None) -> Limits:

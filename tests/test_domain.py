@@ -62,6 +62,8 @@ def test_limits_lower_raise_and_refuse():
         ({"exit_code": None, "signal": 9, "oom": None, "memory_kb": 63 * 1024}, Verdict.MEMORY_LIMIT),
         ({"exit_code": None, "signal": 9, "oom": None, "memory_kb": 1024}, Verdict.RUNTIME_ERROR),
         ({"exit_code": None, "signal": 9, "oom": False, "memory_kb": 63 * 1024}, Verdict.RUNTIME_ERROR),
+        ({"exit_code": 1, "oom": True}, Verdict.MEMORY_LIMIT),  # the runtime's own out-of-memory error
+        ({"oom": True}, Verdict.OK),  # a child was killed, and the program got over it
     ],
 )
 def test_classify(changes, verdict):

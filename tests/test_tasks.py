@@ -231,7 +231,16 @@ async def test_languages_listing(api):
     status, body, _ = await api.call("GET", "/languages")
     assert status == 200
     by_name = {lang["name"]: lang for lang in body["languages"]}
-    assert set(by_name) == set(HELLO)
+    assert set(HELLO) < set(by_name) and len(by_name) == 14
     assert "python3" in by_name["python"]["aliases"]
     assert by_name["c"]["compiled"] and not by_name["python"]["compiled"]
     assert by_name["go"]["max_limits"]["time_ms"] >= by_name["go"]["limits"]["time_ms"]
+    assert by_name["java"]["entry_file"] == "Main.java" and by_name["kotlin"]["compile_limits"]["time_ms"] == 120000
+    assert "compile_limits" not in by_name["python"]
+
+
+async def test_code_that_misses_the_entry_convention_is_refused_clearly(api):
+    token = await api.user("entry")
+    status, body, _ = await api.call("POST", "/task", token=token, json={
+        "language": "java", "code": "public class Solution { public static void main(String[] a) {} }"})
+    assert status == 400 and body["error"] == "validation_failed" and "public class Main" in body["message"]

@@ -68,29 +68,29 @@ async def test_sigterm_drains_running_tasks_and_exits_0(settings, spawn):
 async def test_a_new_language_is_one_file(settings, spawn, tmp_path):
     plugins = tmp_path / "plugins"
     shutil.copytree(DEFAULT_PLUGINS_DIR, plugins)
-    (plugins / "bash.toml").write_text(textwrap.dedent("""
-        name = "bash"
-        aliases = ["sh"]
-        version = "GNU bash 5.2"
-        image = "coderund/python:bookworm"   # bash is in every Debian image
-        source_file = "main.sh"
-        run = ["bash", "main.sh"]
+    (plugins / "awk.toml").write_text(textwrap.dedent("""
+        name = "awk"
+        aliases = ["mawk"]
+        version = "mawk 1.3"
+        image = "coderund/bash:bookworm"   # mawk is in every Debian image
+        source_file = "main.awk"
+        run = ["mawk", "-f", "main.awk"]
         [limits]
         time_ms = 2000
         memory_mb = 64
     """))
-    own = dataclasses.replace(settings, queue=f"{settings.queue}.bash", port=free_port(), plugins_dir=str(plugins))
+    own = dataclasses.replace(settings, queue=f"{settings.queue}.awk", port=free_port(), plugins_dir=str(plugins))
     listing = subprocess.run([sys.executable, "-m", "coderund", "languages"], env=env_of(own),
                              capture_output=True, text=True, check=True)
-    assert "bash" in listing.stdout and "python" in listing.stdout
+    assert "awk" in listing.stdout and "python" in listing.stdout
     spawn(own, "--role", "all")
     async with api_of(own) as api:
         token = await api.user()
-        result = await api.run(token, language="sh", code='read name; echo "hi $name from $0"', stdin="you\n")
-        assert result["verdict"] == "ok" and result["stdout"] == "hi you from main.sh\n"
-        assert result["language"] == "bash"
+        result = await api.run(token, language="mawk", code='{ print "hi " $0 " from " FILENAME }', stdin="you\n")
+        assert result["verdict"] == "ok" and result["stdout"] == "hi you from -\n"
+        assert result["language"] == "awk"
         status, body, _ = await api.call("GET", "/languages")
-        assert "bash" in {lang["name"] for lang in body["languages"]}
+        assert "awk" in {lang["name"] for lang in body["languages"]}
 
 
 def test_bad_plugin_stops_the_start_naming_file_and_field(settings, tmp_path):

@@ -163,11 +163,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "Language": {
         "type": "object",
-        "required": ["name", "version", "aliases", "compiled", "limits", "min_limits", "max_limits"],
+        "required": ["name", "version", "aliases", "compiled", "entry_file", "limits", "min_limits", "max_limits"],
         "properties": {
             "name": {"type": "string"}, "version": {"type": "string"},
             "aliases": {"type": "array", "items": {"type": "string"}}, "compiled": {"type": "boolean"},
+            "entry_file": {"type": "string", "description": "the file a task's `code` is saved as (e.g. Main.java)"},
             "limits": _ref("Limits"), "min_limits": _ref("Limits"), "max_limits": _ref("Limits"),
+            "compile_limits": _ref("Limits"),  # compiled languages only: the compiler's limits
         },
     },
     "Readiness": {

@@ -1,12 +1,19 @@
-"""Sandbox images built from Debian packages with debootstrap: no container registry needed."""
+"""Sandbox images from Debian packages, no container registry needed: one shared base made once
+(debootstrap), then a thin layer per language (a local `docker build FROM` the base, apt-get inside).
+
+Each language image is labelled with what it was built from (its packages and the base's id), so a
+build skips what is current and rebuilds what a plugin's packages or a new base changed.
+"""
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import docker
 
@@ -14,7 +21,9 @@ from ..plugins import Plugin
 
 log = logging.getLogger(__name__)
 SUITE = "bookworm"
+BASE = f"coderund/base:{SUITE}"
 PATH = "/usr/local/bin:/usr/bin:/bin"
+LABEL = "coderund"
 
 
 class ImageBuildError(Exception):
@@ -22,71 +31,96 @@ class ImageBuildError(Exception):
 
 
 def exists(client: docker.DockerClient, image: str) -> bool:
-    try:
-        client.images.get(image)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
+    return _labels(client, image) is not None
 
 
-def build(client: docker.DockerClient, plugin: Plugin, *, mirror: str, source: str = "debootstrap", force: bool = False) -> bool:
-    """Builds the plugin's image unless it exists; returns whether it built one.
+def wanted_labels(plugin: Plugin, base_id: str) -> dict[str, str]:
+    """What an image must carry to be current for this plugin."""
+    packages = " ".join(sorted(plugin.debian_packages))
+    return {f"{LABEL}.language": plugin.name, f"{LABEL}.packages": hashlib.sha256(packages.encode()).hexdigest()[:16],
+            f"{LABEL}.base": base_id}
 
-    source "debootstrap" needs no registry (root and debootstrap on this host); "registry" lets the
-    engine build FROM debian:bookworm-slim, for hosts that reach Docker Hub (e.g. inside Compose).
+
+def is_current(client: docker.DockerClient, plugin: Plugin, base_id: str) -> bool:
+    labels = _labels(client, plugin.image)
+    return labels is not None and all(labels.get(k) == v for k, v in wanted_labels(plugin, base_id).items())
+
+
+def build_base(client: docker.DockerClient, *, mirror: str, source: str = "debootstrap") -> tuple[str, bool]:
+    """The shared base's id, building it when it is missing; and whether it was built.
+
+    source "debootstrap" needs no registry (root and debootstrap on this host); "registry" takes
+    debian:bookworm-slim from Docker Hub instead (for hosts that reach it, e.g. inside Compose).
     """
-    if not force and exists(client, plugin.image):
-        return False
-    if not plugin.debian_packages:
-        raise ImageBuildError(f"{plugin.name}: image {plugin.image} is missing and the plugin names no debian_packages")
+    if exists(client, BASE):
+        return client.api.inspect_image(BASE)["Id"], False
+    repository, tag = docker.utils.parse_repository_tag(BASE)
     if source == "registry":
-        _from_registry(client, plugin)
-        log.info("built image %s for %s from the registry's Debian", plugin.image, plugin.name)
-        return True
-    if shutil.which("debootstrap") is None:
-        raise ImageBuildError("debootstrap is not installed (apt-get install debootstrap)")
-    repository, tag = docker.utils.parse_repository_tag(plugin.image)
-    with tempfile.TemporaryDirectory(prefix=f"coderund-{plugin.name}-") as root:
-        _debootstrap(Path(root), plugin.debian_packages, mirror)
-        tar = subprocess.Popen(["tar", "-C", root, "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-        assert tar.stdout is not None
-        try:
-            client.api.import_image_from_stream(
-                tar.stdout,
-                repository=repository,
-                tag=tag or "latest",
-                changes=[f"ENV PATH={PATH}", "ENV LANG=C.UTF-8", f"LABEL coderund.language={plugin.name}"],
-            )
-        finally:
-            tar.stdout.close()
-            if tar.wait() != 0:
-                raise ImageBuildError(f"{plugin.name}: tar of the root file system failed")
-    log.info("built image %s for %s", plugin.image, plugin.name)
+        client.images.pull(f"debian:{SUITE}-slim").tag(repository, tag)
+    else:
+        _debootstrap_base(client, repository, tag, mirror)
+    return client.api.inspect_image(BASE)["Id"], True
+
+
+def build(client: docker.DockerClient, plugin: Plugin, *, base_id: str, force: bool = False,
+          starting: Callable[[], None] = lambda: None) -> bool:
+    """Builds the plugin's image unless it is current (calling starting() first); returns whether it
+    built one. The build's own lines go to the debug log."""
+    if not plugin.debian_packages:  # an image made elsewhere
+        if exists(client, plugin.image):
+            return False
+        raise ImageBuildError(f"{plugin.name}: image {plugin.image} is missing and the plugin names no debian_packages")
+    if not force and is_current(client, plugin, base_id):
+        return False
+    starting()
+    labels = " ".join(f'{k}="{v}"' for k, v in wanted_labels(plugin, base_id).items())
+    dockerfile = (
+        f"FROM {BASE}\n"
+        "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+        f"{' '.join(plugin.debian_packages)} && apt-get clean && rm -rf /var/lib/apt/lists/*\n"
+        f"LABEL {labels}\n"
+    )
+    # The host's network, for apt only: this engine has no bridge, and sandboxes never get a network.
+    stream = client.api.build(fileobj=io.BytesIO(dockerfile.encode()), tag=plugin.image, rm=True, forcerm=True,
+                              network_mode="host", decode=True)
+    tail: list[str] = []
+    for chunk in stream:
+        if "error" in chunk:
+            raise ImageBuildError(f"{plugin.name}: docker build failed: {chunk['error'].strip()} / {' / '.join(tail)}")
+        for line in chunk.get("stream", "").splitlines():
+            if line.strip():
+                tail = [*tail[-4:], line.strip()]
+                log.debug("%s: %s", plugin.name, line.strip())
     return True
 
 
-def _from_registry(client: docker.DockerClient, plugin: Plugin) -> None:
-    dockerfile = (
-        f"FROM debian:{SUITE}-slim\n"
-        "RUN apt-get update && apt-get install -y --no-install-recommends "
-        f"{' '.join(plugin.debian_packages)} && rm -rf /var/lib/apt/lists/*\n"
-        f"ENV PATH={PATH} LANG=C.UTF-8\n"
-        f"LABEL coderund.language={plugin.name}\n"
-    )
+def _labels(client: docker.DockerClient, image: str) -> dict[str, str] | None:
     try:
-        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=plugin.image, rm=True, pull=True)
-    except docker.errors.BuildError as e:
-        raise ImageBuildError(f"{plugin.name}: docker build failed: {e}") from None
+        return client.api.inspect_image(image)["Config"].get("Labels") or {}
+    except docker.errors.ImageNotFound:
+        return None
 
 
-def _debootstrap(root: Path, packages: tuple[str, ...], mirror: str) -> None:
-    command = ["debootstrap", "--variant=minbase", "--include=" + ",".join(packages), SUITE, str(root), mirror]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-        raise ImageBuildError(f"debootstrap failed: {' / '.join(tail)}")
-    # Package caches are dead weight in a sandbox image.
-    for folder in ("var/cache/apt/archives", "var/lib/apt/lists"):
-        for item in (root / folder).glob("*"):
-            if item.is_file():
-                item.unlink()
+def _debootstrap_base(client: docker.DockerClient, repository: str, tag: str, mirror: str) -> None:
+    if shutil.which("debootstrap") is None:
+        raise ImageBuildError("debootstrap is not installed (apt-get install debootstrap)")
+    with tempfile.TemporaryDirectory(prefix="coderund-base-") as root:
+        command = ["debootstrap", "--variant=minbase", SUITE, root, mirror]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+            raise ImageBuildError(f"debootstrap failed: {' / '.join(tail)}")
+        # Package caches are dead weight in a sandbox image.
+        for folder in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for item in (Path(root) / folder).glob("*"):
+                if item.is_file():
+                    item.unlink()
+        tar = subprocess.Popen(["tar", "-C", root, "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+        assert tar.stdout is not None
+        try:
+            client.api.import_image_from_stream(tar.stdout, repository=repository, tag=tag,
+                                                changes=[f"ENV PATH={PATH}", "ENV LANG=C.UTF-8"])
+        finally:
+            tar.stdout.close()
+            if tar.wait() != 0:
+                raise ImageBuildError("tar of the base's root file system failed")

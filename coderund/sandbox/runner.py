@@ -61,7 +61,8 @@ class Sandbox:
     async def _run(self, plugin: Plugin, limits: Limits, labels: dict[str, str], files: Files, stdin: str,
                    args: list[str] | tuple[str, ...]) -> tuple[RunReport, str]:
         report, _, container = await self._step(run_shape(plugin, limits), labels, files, stdin.encode(),
-                                                (*plugin.run, *args), limits)
+                                                plugin.run_command(limits, args), limits)
+        report = plugin.out_of_memory(report)
         metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
         return report, container
 
@@ -92,7 +93,7 @@ class Sandbox:
         limits = plugin.compile_limits
         command = plugin.compile_command(list(sources.data))
         cache_key = key(plugin=plugin.name, image_id=await self._image_id(plugin.image), command=command,
-                        env=plugin.env, memory_mb=limits.memory_mb, time_ms=limits.time_ms, sources=sources)
+                        env=plugin.environment(limits), memory_mb=limits.memory_mb, time_ms=limits.time_ms, sources=sources)
         cached = await asyncio.to_thread(self.cache.get, cache_key, plugin.name)
         if cached is not None:
             return cached
@@ -150,7 +151,7 @@ class Sandbox:
 
 
 def run_shape(plugin: Plugin, limits: Limits) -> Shape:
-    return Shape(plugin.image, limits.memory_mb, plugin.env)
+    return Shape(plugin.image, limits.memory_mb, plugin.environment(limits))
 
 
 def _compile_problem(report: RunReport, limits: Limits) -> str | None:
