@@ -1,4 +1,5 @@
-"""The coderund command: run a role, migrate, build images, list languages."""
+"""The coderund command: run a role, migrate, build images, list languages; and the client's
+commands (run, login, logout: client.py), which need no server settings."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ import time
 
 import docker
 
-from . import __version__, config
+from . import __version__, client, config
 from . import plugins as plugin_loader
 from .config import ConfigError, Settings
 from .domain import Limits
@@ -27,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
         epilog="Every option can also be set by the CODERUND_* environment variable shown with it.",
     )
     main.add_argument("--version", action="version", version=f"coderund {__version__}")
-    commands = main.add_subparsers(dest="command", metavar="{migrate,images,languages}")
+    commands = main.add_subparsers(dest="command", metavar="{run,login,logout,migrate,images,languages}")
+    client.add_commands(commands)
     commands.add_parser("migrate", parents=[settings], help="apply sql/*.sql migrations and exit")
     images = commands.add_parser("images", parents=[settings], help="sandbox images of the language plugins")
     image_commands = images.add_subparsers(dest="images_command", required=True)
@@ -41,6 +43,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
+    if args.get("command") in client.COMMANDS:
+        try:
+            return client.main(str(args["command"]), args)
+        except KeyboardInterrupt:
+            return 130
     try:
         settings = config.load(args)
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -24,7 +24,8 @@ from .repository.notify import CANCEL, FINISHED, TaskListener
 from .repository.outbox import Outbox
 from .repository.queue import Queue
 from .repository.rates import SubmissionRates
-from .repository.sessions import Sessions
+from .repository.live import LiveChannel
+from .repository.sessions import Sessions, connect
 from .repository.tasks import Tasks
 from .repository.users import Users
 from .repository.workers import Workers
@@ -34,7 +35,7 @@ from .sandbox.engine import Engine
 from .sandbox.options import LABEL, Isolation
 from .sandbox.pool import WarmPool
 from .sandbox.runner import Sandbox
-from .usecases import Accounts, Executor, TaskService, Webhooks
+from .usecases import Accounts, Executor, LiveRuns, TaskService, Webhooks
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,12 @@ async def start_worker(
     cancels = TaskListener(settings.database_url, CANCEL)
     cancels.start()
     stack.push_async_callback(cancels.close)
-    executor = Executor(Tasks(db), sandbox, plugins, cancels, worker_id=worker_id, max_attempts=settings.max_attempts,
-                        case_parallel=settings.concurrency)
+    redis = connect(settings.redis_url)  # live runs' output and stdin
+    stack.push_async_callback(redis.aclose)
+    live = LiveChannel(redis)
+    await warn_if_down("Redis", live.ping)
+    executor = Executor(Tasks(db), sandbox, plugins, cancels, live, worker_id=worker_id,
+                        max_attempts=settings.max_attempts, case_parallel=settings.concurrency)
     worker = Worker(queue=queue, executor=executor, workers=Workers(db), sandbox=sandbox, concurrency=settings.concurrency,
                     retention_days=settings.retention_days)
     running = asyncio.create_task(worker.run())
@@ -150,7 +155,8 @@ def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugi
     tasks = TaskService(Tasks(db), queue, plugins, finished, SubmissionRates(sessions.redis, settings.user_rate),
                         max_queue=settings.max_queue, user_max_pending=settings.user_max_pending,
                         allow_private_callbacks=settings.webhook_allow_private)
-    return Services(accounts=accounts, tasks=tasks, plugins=plugins)
+    return Services(accounts=accounts, tasks=tasks, plugins=plugins,
+                    live=LiveRuns(tasks, LiveChannel(sessions.redis), finished))
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -176,6 +182,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if settings.role in ("worker", "all"):
             worker = await start_worker(settings, db, queue, plugins, stack, stop)
             checks["docker"] = lambda: worker.sandbox.engine.call(worker.sandbox.engine.client.ping)
+            checks["redis"] = worker.executor.live.ping
         if settings.role in ("api", "all"):
             sessions = Sessions(settings.redis_url, ttl=settings.session_ttl)
             stack.push_async_callback(sessions.close)

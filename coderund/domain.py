@@ -152,6 +152,7 @@ class Task:
     checker: Checker = DEFAULT_CHECKER
     stop_on_failure: bool = False
     callback_url: str | None = None
+    live: bool = False  # submitted over /ws: output streamed, stdin fed as it comes
     cancel_requested: bool = False
     state: TaskState = TaskState.QUEUED
     attempts: int = 0

@@ -16,6 +16,12 @@ class InvalidJson(AppError):
     status, code = 400, "invalid_json"
 
 
+class BadMessage(AppError):
+    """A WebSocket message that is not one of the protocol's."""
+
+    status, code = 400, "bad_message"
+
+
 class ValidationFailed(AppError):
     status, code = 400, "validation_failed"
 

@@ -11,7 +11,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from .errors import (AppError, Conflict, NotFound, QueueFull, RateLimited, Unaut
 from .passwords import DUMMY_HASH, hash_password, verify_password
 from .plugins import Plugins
 from .repository.callbacks import AddressRefused, CallbackFailed, Callbacks, check
+from .repository.live import END, EOF, START, STDIN, LiveChannel
 from .repository.notify import TaskListener
 from .repository.outbox import Outbox, PendingWebhook
 from .repository.queue import Delivery, Queue
@@ -29,6 +30,7 @@ from .repository.rates import SubmissionRates
 from .repository.sessions import Sessions
 from .repository.tasks import Tasks
 from .repository.users import UserRow, Users
+from .sandbox.box import Live
 from .sandbox.engine import SandboxError, SandboxRefused
 from .sandbox.runner import Sandbox
 
@@ -39,6 +41,8 @@ WEBHOOK_POLL_S = 1  # how often the outbox is looked at when it had nothing due
 WEBHOOK_RETRIES = 5  # after the first attempt; with pauses growing 3 times each, ~10 minutes at 5 s
 DONE_REMEMBERED = 100_000  # finished tasks whose owner an API process keeps in memory (~100 bytes each)
 DONE_REMEMBERED_S = 3600  # and for how long: far less than retention, so a deleted task is soon 404 again
+LIVE_WAIT_MS = 1000  # a live run's reader waits this long for output before it looks at the task again
+LIVE_CHECK_S = 5  # and asks the database whether the task finished this often, should a notice be lost
 T = TypeVar("T")
 
 
@@ -107,7 +111,7 @@ class TaskService:
         # Finished is final: whose finished tasks these are, so that polling them needs no database.
         self._done: OrderedDict[uuid.UUID, tuple[int, float]] = OrderedDict()  # task: (owner, when seen done)
 
-    async def submit(self, user_id: int, request: TaskRequest) -> uuid.UUID:
+    async def submit(self, user_id: int, request: TaskRequest, *, live: bool = False) -> uuid.UUID:
         plugin, limits = self.plugins.for_request(request)
         if request.callback_url:
             await self._check_callback(request.callback_url)
@@ -120,7 +124,7 @@ class TaskService:
         self._accepted += 1  # no await since the check: concurrent submissions see this one
         task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits,
                     request.files, request.tests, request.checker, request.stop_on_failure,
-                    callback_url=request.callback_url)
+                    callback_url=request.callback_url, live=live)
         try:
             await self.tasks.add(task)
             try:
@@ -234,12 +238,102 @@ async def _found(task_id: str, fetch: Awaitable[T | None]) -> T:
     return found
 
 
+class LiveRuns:
+    """The API side of live runs: a task submitted as live, its stdin passed on, its output read back
+    as its worker writes it, through channels any API process and any worker can reach."""
+
+    def __init__(self, tasks: TaskService, channel: LiveChannel, finished: TaskListener) -> None:
+        self.tasks = tasks
+        self.channel = channel
+        self.finished = finished
+
+    async def submit(self, user_id: int, request: TaskRequest) -> uuid.UUID:
+        return await self.tasks.submit(user_id, request, live=True)
+
+    async def send(self, task_id: uuid.UUID, data: bytes) -> None:
+        await self.channel.put_input(task_id, STDIN, data)
+
+    async def end(self, task_id: uuid.UUID) -> None:
+        await self.channel.put_input(task_id, EOF)
+
+    async def output(self, user_id: int, task_id: uuid.UUID) -> AsyncIterator[tuple[str, bytes]]:
+        """(kind, bytes) as the program writes them, until the task has finished. Its worker writes
+        every piece before it stores the result, and an end mark after; a task that ended with no
+        worker (cancelled while queued) is told by the finished notice, or the database now and then."""
+        after, quiet_s = START, 0.0
+        with self.finished.watch(task_id) as finished:
+            while True:
+                done = finished.is_set()
+                entries = await self.channel.output(task_id, after, None if done else LIVE_WAIT_MS)
+                for entry in entries:
+                    after = entry.id
+                    if entry.kind == END:
+                        return
+                    yield entry.kind, entry.data
+                if done and not entries:
+                    return
+                quiet_s = 0.0 if entries else quiet_s + LIVE_WAIT_MS / 1000
+                if quiet_s >= LIVE_CHECK_S:
+                    quiet_s = 0.0
+                    if await self.tasks.state(user_id, str(task_id)) is TaskState.DONE:
+                        finished.set()
+
+
+class LiveBridge:
+    """The worker side of a live run: the program's output to the channel, pieces that pile up while
+    one is on its way merged into one entry; the program's stdin from the channel, until eof."""
+
+    def __init__(self, channel: LiveChannel, task_id: uuid.UUID) -> None:
+        self.channel = channel
+        self.task_id = task_id
+        self.pending: list[tuple[str, bytearray]] = []
+        self.sending: asyncio.Future[None] | None = None
+
+    def live(self) -> Live:
+        return Live(self.output, self.stdin())
+
+    async def output(self, kind: str, data: bytes) -> None:
+        if self.pending and self.pending[-1][0] == kind:
+            self.pending[-1][1].extend(data)
+        else:
+            self.pending.append((kind, bytearray(data)))
+        if self.sending is None or self.sending.done():
+            self.sending = asyncio.ensure_future(self._send())
+
+    async def _send(self) -> None:
+        while self.pending:
+            kind, data = self.pending.pop(0)
+            try:
+                await self.channel.put_output(self.task_id, kind, bytes(data))
+            except Unavailable as e:  # the output is in the result all the same
+                log.warning("task %s: live output lost: %s", self.task_id, e.message)
+
+    async def flush(self) -> None:
+        if self.sending is not None:
+            await self.sending
+
+    async def stdin(self) -> AsyncIterator[bytes]:
+        after = START
+        while True:
+            try:
+                entries = await self.channel.input(self.task_id, after, LIVE_WAIT_MS)
+            except Unavailable as e:
+                log.warning("task %s: live input lost: %s", self.task_id, e.message)
+                return
+            for entry in entries:
+                after = entry.id
+                if entry.kind == EOF:
+                    return
+                yield entry.data
+
+
 class Executor:
     """The worker side: claim a task, run it in the sandbox, store the result, then ack."""
 
-    def __init__(self, tasks: Tasks, sandbox: Sandbox, plugins: Plugins, cancels: TaskListener, *, worker_id: str,
-                 max_attempts: int, case_parallel: int = 1) -> None:
+    def __init__(self, tasks: Tasks, sandbox: Sandbox, plugins: Plugins, cancels: TaskListener, live: LiveChannel, *,
+                 worker_id: str, max_attempts: int, case_parallel: int = 1) -> None:
         self.cancels = cancels
+        self.live = live
         self.case_parallel = case_parallel  # test cases of one task that may run at once
         self.tasks = tasks
         self.sandbox = sandbox
@@ -280,6 +374,9 @@ class Executor:
                 result = Result(Verdict.INTERNAL_ERROR)
         if await self.tasks.finish(task_id, result):
             metrics.TASKS_FINISHED.labels(task.language, result.verdict.value).inc()
+        if task.live:  # after the result is stored: a reader that sees the mark finds the result
+            with contextlib.suppress(Unavailable):
+                await self.live.put_output(task_id, END)
         await delivery.ack()
         log.info("task %s: %s", task_id, result.verdict.value)
         return result
@@ -308,7 +405,14 @@ class Executor:
             plugin = self.plugins.get(task.language)
         except UnsupportedLanguage:
             raise SandboxError(f"this worker has no plugin for {task.language!r}") from None
-        return await self.sandbox.execute(plugin, task, {"coderund.task": str(task.id)}, self.case_parallel)
+        labels = {"coderund.task": str(task.id)}
+        if not task.live:
+            return await self.sandbox.execute(plugin, task, labels, self.case_parallel)
+        bridge = LiveBridge(self.live, task.id)
+        try:
+            return await self.sandbox.execute(plugin, task, labels, self.case_parallel, bridge.live())
+        finally:
+            await bridge.flush()
 
 
 class Webhooks:

@@ -99,3 +99,42 @@ def test_build_output_is_reduced_to_plain_files():
     assert files.modes == {"main": 0o755, "main.c": 0o644, "pkg": 0o755, "pkg/data": 0o644}
     with pytest.raises(Exception, match="more than"):
         work_files(listed, max_bytes=4)
+
+
+def test_supervisor_live_feeds_stdin_as_it_comes_and_sends_output_as_it_is_written(tmp_path: Path):
+    binary = supervisor.build(tmp_path / "bin")
+    program = ("sh", "-c", 'echo ready; read a; echo "got $a"; echo oops >&2; cat')
+    # The task's own stdin comes first, then what arrives live.
+    request = supervisor.request(supervisor.Files(), b"fir", program, wall_ms=5000, output_cap=100, collect=False,
+                                 live=True)
+    process = subprocess.Popen([str(binary), str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(request)
+    process.stdin.flush()
+    out = bytearray()
+
+    def next_item() -> bytes:
+        while (item := supervisor.take_item(out)) is None:
+            out.extend(process.stdout.read1(4096))
+        return item
+
+    assert next_item() == b"1ready\n"  # sent as written, while the program waits for the rest of its line
+    process.stdin.write(supervisor.input_item(b"st\n"))
+    process.stdin.flush()
+    assert next_item() == b"1got first\n" and next_item() == b"2oops\n"
+    process.stdin.write(supervisor.input_item(b"more ") + supervisor.input_item(b"input\n") + supervisor.INPUT_END)
+    process.stdin.flush()
+    assert next_item() == b"1more input\n"
+    assert next_item() == b""  # the end of the live items: the report follows
+    out.extend(process.stdout.read())
+    report, _ = supervisor.parse_report(bytes(out))
+    assert process.wait(10) == 0 and report.exit_code == 0
+    assert report.stdout == b"ready\ngot first\nmore input\n" and report.stderr == b"oops\n"
+
+
+def test_take_item():
+    buffer = bytearray(b"3:abc0:12:x")
+    assert supervisor.take_item(buffer) == b"abc" and supervisor.take_item(buffer) == b""
+    assert supervisor.take_item(buffer) is None and buffer == bytearray(b"12:x")  # not whole yet
+    with pytest.raises(supervisor.SupervisorError):
+        supervisor.take_item(bytearray(b"x:abc"))

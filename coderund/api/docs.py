@@ -1,7 +1,8 @@
-"""The OpenAPI document and Swagger UI, served from package data: no CDN."""
+"""The OpenAPI document, Swagger UI and the playground, served from package data: no CDN."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
@@ -9,6 +10,7 @@ from swagger_ui_bundle import swagger_ui_path
 from . import openapi
 
 STATIC_PREFIX = "/docs/static"
+PLAYGROUND = Path(__file__).with_name("static")  # the playground page, its script and the vendored editor
 PAGE = f"""<!doctype html>
 <html lang="en">
 <head>
@@ -44,5 +46,10 @@ async def docs_page(request: web.Request) -> web.Response:
     return web.Response(text=PAGE, content_type="text/html")
 
 
+async def playground_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(PLAYGROUND / "index.html")
+
+
 def add_static(app: web.Application) -> None:
     app.router.add_static(STATIC_PREFIX, swagger_ui_path)
+    app.router.add_static("/static", PLAYGROUND)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..plugins import Plugins
-from ..usecases import Accounts, TaskService
+from ..usecases import Accounts, LiveRuns, TaskService
 
 SESSION_COOKIE = "coderund_session"
 
@@ -17,6 +17,7 @@ class Services:
     accounts: Accounts
     tasks: TaskService
     plugins: Plugins
+    live: LiveRuns
     # name → a coroutine that raises when that dependency does not answer
     checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 

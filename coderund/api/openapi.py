@@ -297,6 +297,27 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _json({"type": "object", "required": ["languages"],
                                     "properties": {"languages": {"type": "array", "items": _ref("Language")}}}, "Languages")},
     },
+    ("get", "/ws"): {
+        "summary": "Live runs over a WebSocket: output as it is written, stdin as it is typed", "tags": ["tasks"],
+        "security": AUTH,
+        "description": (
+            "Upgrade to a WebSocket (authenticated before the upgrade). Messages are JSON objects with a `type`. "
+            "Client → server: `{\"type\": \"run\", \"task\": {...a POST /task body...}}`, then any number of "
+            "`{\"type\": \"stdin\", \"data\": \"...\"}`, `{\"type\": \"eof\"}` (the program's stdin ends; send it "
+            "when the program reads to the end of its input), `{\"type\": \"cancel\"}`. Server → client: "
+            "`{\"type\": \"accepted\", \"task_id\": \"...\"}`, then `{\"type\": \"compile\"|\"stdout\"|\"stderr\", "
+            "\"data\": \"...\"}` as the compiler and the program write, and last `{\"type\": \"result\", \"result\": "
+            "{...as GET /result...}}`; a refused run or a bad message gets `{\"type\": \"error\", \"error\": code, "
+            "\"message\": ...}` and the socket stays open. One run at a time, up to 100 per socket; a socket with no "
+            "run is closed after 5 minutes without a message; a message over the body limit closes it with 1009. "
+            "A client that disconnects mid-run cancels it. The task is a normal task: /status, /result and /tasks "
+            "show it."),
+        "responses": {"101": {"description": "Switching to the WebSocket protocol"}, **_errors("400", "401", "503")},
+    },
+    ("get", "/"): {
+        "summary": "The playground: an editor, live runs, verdicts (HTML)", "tags": ["public"],
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    },
     ("get", "/healthz"): {
         "summary": "Liveness", "tags": ["public"],
         "responses": {"200": _json({"type": "object", "properties": {"status": {"type": "string"}}}, "Alive", {"status": "ok"})},

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from .. import domain
 from ..metrics import metrics_handler
-from .docs import docs_page, openapi_json
+from .docs import docs_page, openapi_json, playground_page
+from .ws import websocket
 from ..domain import Task
 from ..errors import AppError, InvalidJson, RequestTimeout
 from .keys import SERVICES, SESSION_COOKIE, TOKEN, USER_ID
@@ -178,6 +179,8 @@ ROUTES = [
     Route("GET", "/status/{task_id}", status, protected=True),
     Route("GET", "/result/{task_id}", result, protected=True),
     Route("GET", "/languages", languages),
+    Route("GET", "/ws", websocket, protected=True),
+    Route("GET", "/", playground_page),
     Route("GET", "/healthz", healthz),
     Route("GET", "/readyz", readyz),
     Route("GET", "/metrics", metrics_handler),

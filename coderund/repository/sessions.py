@@ -32,17 +32,21 @@ def answering() -> Iterator[None]:
         yield
     except (RedisConnectionError, RedisTimeoutError) as e:
         log.warning("Redis: %s", e)
-        raise Unavailable("The session store is not answering; try again shortly.") from e
+        raise Unavailable("Redis is not answering; try again shortly.") from e
+
+
+def connect(url: str) -> aioredis.Redis:
+    # A burst of requests waits for a free connection instead of failing with "too many";
+    # one quick retry on a fresh connection: after a Redis restart the pooled ones are dead.
+    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=5, socket_timeout=5, socket_connect_timeout=5,
+        health_check_interval=30, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    ))
 
 
 class Sessions:
     def __init__(self, url: str, *, ttl: int) -> None:
-        # A burst of requests waits for a free connection instead of failing with "too many";
-        # one quick retry on a fresh connection: after a Redis restart the pooled ones are dead.
-        self.redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=5, socket_timeout=5, socket_connect_timeout=5,
-            health_check_interval=30, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        ))
+        self.redis = connect(url)
         self.ttl = ttl
 
     async def close(self) -> None:

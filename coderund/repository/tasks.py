@@ -20,7 +20,7 @@ RETENTION_BATCH = 500  # tasks deleted per sweep: a long backlog goes in steps, 
 COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
-    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url"
+    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live"
 )
 SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
 OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
@@ -78,6 +78,7 @@ def _task(row: dict[str, Any]) -> Task:
         stop_on_failure=row["stop_on_failure"],
         cancel_requested=row["cancel_requested"],
         callback_url=row["callback_url"],
+        live=row["live"],
         state=TaskState(row["state"]),
         attempts=row["attempts"],
         created_at=row["created_at"],
@@ -101,12 +102,12 @@ class Tasks:
         async with self.db.transaction() as conn:
             await conn.execute(
                 "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                " stop_on_failure, callback_url) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " stop_on_failure, callback_url, live) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                  task.limits.time_ms, task.limits.memory_mb,
                  Jsonb([{"name": name, "content": _b64(content)} for name, content in task.files]),
                  Jsonb([{"stdin": _b64(c.stdin), "args": list(c.args), "expected": _b64(c.expected)} for c in task.tests]),
-                 Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url),
+                 Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live),
             )
 
     async def mark_published(self, task_id: uuid.UUID) -> None:

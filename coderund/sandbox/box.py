@@ -10,6 +10,7 @@ import contextlib
 import socket
 import struct
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..domain import RunReport
@@ -18,6 +19,14 @@ from . import supervisor
 FRAME = struct.Struct(">BxxxL")  # Docker's multiplexed stream: kind (1 stdout, 2 stderr), length
 STDOUT = 1
 DIAGNOSTICS_MAX = 4096  # of the supervisor's own stderr, for the log
+
+
+@dataclass(frozen=True)
+class Live:
+    """A live step: its output handed on as the program writes it, its stdin fed as it comes."""
+
+    output: Callable[[str, bytes], Awaitable[None]]  # ("stdout" or "stderr", bytes)
+    stdin: AsyncIterator[bytes] | None = None  # None: nothing beyond the task's own stdin
 
 
 class Died(Exception):
@@ -45,37 +54,70 @@ class Box:
         """False once the container has ended (the engine closed the stream)."""
         return not self.reader.at_eof() and not self.writer.is_closing()
 
-    async def exchange(self, request: bytes) -> tuple[RunReport, supervisor.Files | None]:
-        """Sends the one request and reads the report; Died if the stream ends first."""
+    async def exchange(self, request: bytes, live: Live | None = None) -> tuple[RunReport, supervisor.Files | None]:
+        """Sends the one request and reads the report; Died if the stream ends first. A live request
+        is followed by its stdin as it comes, and its output goes to live.output before the report."""
         out, err = bytearray(), bytearray()
+        feeding = None
         try:
             self.writer.write(request)
             await self.writer.drain()
+            if live:
+                feeding = asyncio.ensure_future(self._feed(live.stdin))
+                await self._read_live(out, err, live)
             await self._read(out, err)
             return supervisor.parse_report(bytes(out))
         except (supervisor.SupervisorError, ConnectionError):
             # A warm container that died while it waited fails the write: the same as one that died
             # under its program, so the runner asks the engine what happened rather than crash.
             raise Died(bytes(err)) from None
+        finally:
+            if feeding:
+                feeding.cancel()
+
+    async def _feed(self, stdin: AsyncIterator[bytes] | None) -> None:
+        with contextlib.suppress(ConnectionError):
+            if stdin is not None:
+                async for data in stdin:
+                    self.writer.write(supervisor.input_item(data))
+                    await self.writer.drain()
+            self.writer.write(supervisor.INPUT_END)
+            await self.writer.drain()
+
+    async def _read_live(self, out: bytearray, err: bytearray, live: Live) -> None:
+        """Hands on the output items until the empty one that ends them; the report follows in out."""
+        while True:
+            while (item := supervisor.take_item(out)) is not None:
+                if not item:
+                    return
+                await live.output(supervisor.LIVE_STREAMS[item[0]], item[1:])
+            if not await self._frame(out, err):
+                return
+
+    async def _frame(self, out: bytearray, err: bytearray) -> bool:
+        """Adds the next frame of the stream to out (the supervisor's stdout) or err; False at its end."""
+        try:
+            kind, size = FRAME.unpack(await self.reader.readexactly(FRAME.size))
+            payload = await self.reader.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return False
+        if kind == STDOUT:
+            out += payload
+        else:
+            err += payload[: max(0, DIAGNOSTICS_MAX - len(err))]
+        return True
 
     async def _read(self, out: bytearray, err: bytearray) -> None:
         """Until the report is whole (its header tells its length), or the stream ends: a report
         that carries files ends with the container."""
         expected: int | None = None
-        header_done = False
         while expected is None or len(out) < expected:
-            try:
-                kind, size = FRAME.unpack(await self.reader.readexactly(FRAME.size))
-                payload = await self.reader.readexactly(size)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            if kind != STDOUT:
-                err += payload[: max(0, DIAGNOSTICS_MAX - len(err))]
-                continue
-            out += payload
-            if not header_done and (newline := out.find(b"\n")) >= 0:
-                header_done = True
+            if expected is None and (newline := out.find(b"\n")) >= 0:
                 expected = supervisor.report_size(bytes(out[: newline + 1]))
+                if expected is not None:
+                    continue
+            if not await self._frame(out, err):
+                return
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

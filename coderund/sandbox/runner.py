@@ -15,7 +15,7 @@ from .. import metrics
 from ..domain import CaseResult, Limits, Result, RunReport, Task, TestCase, Verdict, case_result, judged, run_result
 from ..plugins import Plugin
 from . import supervisor
-from .box import Died
+from .box import Died, Live
 from .compile_cache import Build, CompileCache, key
 from .engine import Engine, SandboxError, Shape
 from .options import LABEL
@@ -43,25 +43,28 @@ class Sandbox:
             if plugin.compile:
                 self.pool.serve(run_shape(plugin, plugin.compile_limits))
 
-    async def execute(self, plugin: Plugin, task: Task, labels: dict[str, str], case_parallel: int = 1) -> Result:
+    async def execute(self, plugin: Plugin, task: Task, labels: dict[str, str], case_parallel: int = 1,
+                      live: Live | None = None) -> Result:
         """Builds once (or takes the build from the cache), then runs the program, or each test case in a
-        container of its own. A failing program is a result; a failing platform raises SandboxError."""
+        container of its own. A failing program is a result; a failing platform raises SandboxError.
+        With live, the compiler's and the program's output go to it as they come, and the program's
+        stdin comes from it (test cases are never live)."""
         files = Files({plugin.source_file: task.code.encode(), **{name: text.encode() for name, text in task.files}})
         compile_output = b""
         if plugin.compile:
-            build = await self._build(plugin, files, labels)
+            build = await self._build(plugin, files, labels, live)
             if isinstance(build, Result):
                 return build
             files, compile_output = build.files, build.compile_output
         if not task.tests:
-            report, container = await self._run(plugin, task.limits, labels, files, task.stdin, task.args)
+            report, container = await self._run(plugin, task.limits, labels, files, task.stdin, task.args, live)
             return run_result(report, task.limits.memory_mb, compile_output, container)
         return await self._judge(plugin, task, labels, files, compile_output, case_parallel)
 
     async def _run(self, plugin: Plugin, limits: Limits, labels: dict[str, str], files: Files, stdin: str,
-                   args: list[str] | tuple[str, ...]) -> tuple[RunReport, str]:
+                   args: list[str] | tuple[str, ...], live: Live | None = None) -> tuple[RunReport, str]:
         report, _, container = await self._step(run_shape(plugin, limits), labels, files, stdin.encode(),
-                                                plugin.run_command(limits, args), limits)
+                                                plugin.run_command(limits, args), limits, live=live)
         report = plugin.out_of_memory(report)
         metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
         return report, container
@@ -89,16 +92,20 @@ class Sandbox:
         await asyncio.gather(*(one(i, case) for i, case in enumerate(task.tests)))
         return judged([r for r in results if r is not None], compile_output, containers[-1] if containers else None)
 
-    async def _build(self, plugin: Plugin, sources: Files, labels: dict[str, str]) -> Build | Result:
+    async def _build(self, plugin: Plugin, sources: Files, labels: dict[str, str], live: Live | None) -> Build | Result:
         limits = plugin.compile_limits
         command = plugin.compile_command(list(sources.data))
         cache_key = key(plugin=plugin.name, image_id=await self._image_id(plugin.image), command=command,
                         env=plugin.environment(limits), memory_mb=limits.memory_mb, time_ms=limits.time_ms, sources=sources)
         cached = await asyncio.to_thread(self.cache.get, cache_key, plugin.name)
         if cached is not None:
+            if live and cached.compile_output:
+                await live.output("compile", cached.compile_output)
             return cached
+        # Live, the compiler's stdout and stderr are both compile output, and it gets no stdin.
+        compiling = Live(lambda _, data: live.output("compile", data)) if live else None
         report, files, container = await self._step(run_shape(plugin, limits), labels, sources, b"", command, limits,
-                                                     collect=True)
+                                                     collect=True, live=compiling)
         metrics.COMPILE_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
         compile_output = report.stdout + report.stderr
         problem = _compile_problem(report, limits)
@@ -112,15 +119,15 @@ class Sandbox:
         return build
 
     async def _step(self, shape: Shape, labels: dict[str, str], files: Files, stdin: bytes, program: tuple[str, ...],
-                    limits: Limits, *, collect: bool = False) -> tuple[RunReport, Files | None, str]:
+                    limits: Limits, *, collect: bool = False, live: Live | None = None) -> tuple[RunReport, Files | None, str]:
         """One program in one container, which goes away afterwards whatever happened."""
         box = self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
         log.debug("task %s: container %s", labels[f"{LABEL}.task"], box.id[:12])
         request = supervisor.request(files, stdin, program, wall_ms=limits.time_ms, output_cap=self.output_limit,
-                                     collect=collect)
+                                     collect=collect, live=live is not None)
         started = time.monotonic()
         try:
-            report, collected = await asyncio.wait_for(box.exchange(request), limits.time_ms / 1000 + GRACE_S)
+            report, collected = await asyncio.wait_for(box.exchange(request, live), limits.time_ms / 1000 + GRACE_S)
         except TimeoutError:
             raise SandboxError(f"a {limits.time_ms} ms step did not finish") from None
         except Died as died:

@@ -5,9 +5,9 @@
  * Usage: supervise WORK_FOLDER (its files, and the program's working folder)
  *
  * Request and report are made of items, each "<decimal length>:<bytes>".
- * Request: "coderund-1", WALL_MS, OUTPUT_CAP, COLLECT (0|1), NFILES, then NFILES times PATH MODE DATA
- *          (paths relative to the work folder, MODE a st_mode in decimal: a folder or a regular file),
- *          STDIN, ARGC, then ARGC arguments.
+ * Request: "coderund-2", WALL_MS, OUTPUT_CAP, COLLECT (0|1), LIVE (0|1), NFILES, then NFILES times
+ *          PATH MODE DATA (paths relative to the work folder, MODE a st_mode in decimal: a folder or a
+ *          regular file), STDIN, ARGC, then ARGC arguments.
  * Report:  one header line of key=value pairs, the kept stdout bytes, the kept stderr bytes, and with
  *          COLLECT the work folder's folders and regular files as PATH MODE DATA items, ended by an
  *          empty PATH.
@@ -15,6 +15,10 @@
  * The program runs in its own session with stdin from a memory file. Its stdout and stderr are read as
  * they come and kept up to OUTPUT_CAP bytes each; past that, or past WALL_MS, the whole process group
  * is killed. Built statically on the worker's host so that it runs in any image.
+ *
+ * LIVE: stdin is a pipe that STDIN starts and later items on our stdin feed, as they come (an empty
+ * item closes it); every kept piece of output is also sent at once as an item, "1" or "2" then the
+ * bytes, and an empty item ends them before the report.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,15 +39,26 @@
 #include <unistd.h>
 
 #define MAX_ITEM (1L << 30)
+#define MAX_PENDING (1L << 20) /* live stdin not yet taken by the program: past this, we stop reading */
 
 struct stream {
     int fd;
     char *data;
     size_t len, cap;
     int over;
+    char tag; /* in live output items */
 };
 
+/* Live stdin that the program has not taken yet, and where it goes. */
+static struct {
+    char *data;
+    size_t len;
+    int fd;     /* the write end of the program's stdin, -1 once closed */
+    int ending; /* no more is coming: close fd once data is written */
+} pending = {NULL, 0, -1, 0};
+
 static int sigchld_pipe[2];
+static int live;
 
 static void fail(const char *what) {
     fprintf(stderr, "coderund-supervise: %s: %s\n", what, errno ? strerror(errno) : "bad request");
@@ -231,27 +246,87 @@ static int drain(struct stream *s) {
     size_t keep = (size_t)n < room ? (size_t)n : room;
     memcpy(s->data + s->len, buf, keep);
     s->len += keep;
+    if (live && keep) {
+        char length[32];
+        write_all(length, (size_t)snprintf(length, sizeof length, "%zu:%c", keep + 1, s->tag));
+        write_all(buf, keep);
+    }
     if ((size_t)n > keep) s->over = 1;
     return 1;
+}
+
+/* Appends the next item on our stdin to pending: live input for the program. An empty item, or the
+ * end of our stdin, means no more is coming. */
+static void receive_input(void) {
+    int c = getchar();
+    if (c == EOF) {
+        pending.ending = 1;
+        return;
+    }
+    ungetc(c, stdin);
+    long n = item_length();
+    if (n == 0) {
+        pending.ending = 1;
+        return;
+    }
+    pending.data = realloc(pending.data, pending.len + (size_t)n);
+    if (!pending.data) fail("realloc");
+    if (fread(pending.data + pending.len, 1, (size_t)n, stdin) != (size_t)n) fail("short input");
+    pending.len += (size_t)n;
+}
+
+/* Gives the program what it will take of pending now, without blocking. */
+static void feed_program(void) {
+    if (pending.len) {
+        ssize_t w = write(pending.fd, pending.data, pending.len);
+        if (w > 0) {
+            memmove(pending.data, pending.data + w, pending.len - (size_t)w);
+            pending.len -= (size_t)w;
+        } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+            pending.len = 0; /* the program closed its stdin: what it did not read is dropped */
+            pending.ending = 1;
+        }
+    }
+    if (!pending.len && pending.ending) {
+        close(pending.fd);
+        pending.fd = -1;
+    }
 }
 
 int main(int argc, char **argv) {
     /* Not dumpable: the program runs as our uid, and must not ptrace us to forge the report. */
     prctl(PR_SET_DUMPABLE, 0);
     if (argc != 2 || chdir(argv[1]) < 0) fail("usage: supervise WORK_FOLDER");
+    /* Unbuffered: what follows the request on our stdin (live input) is read only when polled for. */
+    setvbuf(stdin, NULL, _IONBF, 0);
     char *magic = item();
-    if (strcmp(magic, "coderund-1") != 0) {
+    if (strcmp(magic, "coderund-2") != 0) {
         errno = 0;
         fail("not a coderund request");
     }
     long wall_ms = number();
     size_t output_cap = (size_t)number();
     int collect = number() != 0;
+    live = number() != 0;
     for (long files = number(); files > 0; files--) receive_file();
-    int in = memfd_create("stdin", MFD_CLOEXEC);
-    if (in < 0) fail("memfd_create");
-    item_to(in);
-    lseek(in, 0, SEEK_SET);
+    int in;
+    if (live) {
+        int in_pipe[2];
+        if (pipe2(in_pipe, O_CLOEXEC)) fail("pipe");
+        in = in_pipe[0];
+        pending.fd = in_pipe[1];
+        fcntl(pending.fd, F_SETFL, O_NONBLOCK);
+        signal(SIGPIPE, SIG_IGN); /* a program that closes its stdin makes our write fail, not kill us */
+        long n = item_length();
+        pending.data = malloc((size_t)n + 1);
+        if (!pending.data || (n && fread(pending.data, 1, (size_t)n, stdin) != (size_t)n)) fail("stdin");
+        pending.len = (size_t)n;
+    } else {
+        in = memfd_create("stdin", MFD_CLOEXEC);
+        if (in < 0) fail("memfd_create");
+        item_to(in);
+        lseek(in, 0, SEEK_SET);
+    }
     long words = number();
     if (words < 1 || words > 4096) fail("program");
     char **program = calloc((size_t)words + 1, sizeof *program);
@@ -273,6 +348,7 @@ int main(int argc, char **argv) {
         setsid();
         if (dup2(in, 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
         signal(SIGCHLD, SIG_DFL);
+        signal(SIGPIPE, SIG_DFL);
         execvp(program[0], program);
         fprintf(stderr, "cannot run %s: %s\n", program[0], strerror(errno));
         _exit(127);
@@ -282,8 +358,8 @@ int main(int argc, char **argv) {
     close(in);
 
     struct stream streams[2] = {
-        {out_pipe[0], malloc(output_cap + 1), 0, output_cap, 0},
-        {err_pipe[0], malloc(output_cap + 1), 0, output_cap, 0},
+        {out_pipe[0], malloc(output_cap + 1), 0, output_cap, 0, '1'},
+        {err_pipe[0], malloc(output_cap + 1), 0, output_cap, 0, '2'},
     };
     int open_streams = 2, exited = 0, timed_out = 0, status = 0;
     struct rusage usage = {0};
@@ -293,9 +369,13 @@ int main(int argc, char **argv) {
      * holding the pipes open does not keep us waiting once the program itself is gone. As the
      * container's first process we also reap orphans, so they do not pile up as zombies. */
     while (!exited) {
-        struct pollfd fds[3] = {{sigchld_pipe[0], POLLIN, 0}, {streams[0].fd, POLLIN, 0}, {streams[1].fd, POLLIN, 0}};
+        int reading = live && !pending.ending && pending.len < MAX_PENDING;
+        struct pollfd fds[5] = {{sigchld_pipe[0], POLLIN, 0}, {streams[0].fd, POLLIN, 0}, {streams[1].fd, POLLIN, 0},
+                                {reading ? 0 : -1, POLLIN, 0}, {pending.len ? pending.fd : -1, POLLOUT, 0}};
         long left_ms = (deadline - now_us()) / 1000;
-        if (poll(fds, 3, left_ms <= 0 ? 0 : (int)(left_ms > 1000 ? 1000 : left_ms + 1)) < 0 && errno != EINTR) break;
+        if (poll(fds, 5, left_ms <= 0 ? 0 : (int)(left_ms > 1000 ? 1000 : left_ms + 1)) < 0 && errno != EINTR) break;
+        if (fds[3].revents) receive_input();
+        if (pending.fd >= 0 && (fds[3].revents || fds[4].revents || pending.ending)) feed_program();
         for (int i = 0; i < 2; i++) {
             if (streams[i].fd >= 0 && (fds[i + 1].revents & (POLLIN | POLLHUP | POLLERR)) && drain(&streams[i]) == 0) {
                 close(streams[i].fd);
@@ -351,6 +431,7 @@ int main(int argc, char **argv) {
                      WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0,
                      wall_us, cpu_us, usage.ru_maxrss, timed_out, streams[0].over || streams[1].over,
                      oom_before < 0 ? -1 : (int)(oom_after > oom_before), streams[0].len, streams[1].len, collect);
+    if (live) write_all("0:", 2);
     write_all(header, (size_t)n);
     write_all(streams[0].data, streams[0].len);
     write_all(streams[1].data, streams[1].len);

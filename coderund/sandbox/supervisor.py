@@ -17,7 +17,7 @@ from pathlib import Path
 from ..domain import RunReport
 
 SOURCE = Path(__file__).with_name("supervise.c")
-REQUEST_TAG = b"coderund-1"
+REQUEST_TAG = b"coderund-2"
 REPORT_TAG = b"coderund-report"
 FOLDER = None  # the content of a folder in a file map
 
@@ -67,29 +67,56 @@ def _item(data: bytes) -> bytes:
     return b"%d:%s" % (len(data), data)
 
 
-def request(files: Files, stdin: bytes, program: tuple[str, ...], *, wall_ms: int, output_cap: int, collect: bool) -> bytes:
+def request(files: Files, stdin: bytes, program: tuple[str, ...], *, wall_ms: int, output_cap: int, collect: bool,
+            live: bool = False) -> bytes:
     """The one message a waiting supervisor takes: files for the work folder, stdin, the program."""
-    parts = [REQUEST_TAG, b"%d" % wall_ms, b"%d" % output_cap, b"1" if collect else b"0", b"%d" % len(files.data)]
+    parts = [REQUEST_TAG, b"%d" % wall_ms, b"%d" % output_cap, b"1" if collect else b"0", b"1" if live else b"0",
+             b"%d" % len(files.data)]
     for path, content in files.data.items():
         parts += [path.encode(), b"%d" % files.mode(path), content or b""]
     parts += [stdin, b"%d" % len(program), *(arg.encode() for arg in program)]
     return b"".join(_item(part) for part in parts)
 
 
+def input_item(data: bytes) -> bytes:
+    """More live stdin for the program."""
+    return _item(data)
+
+
+INPUT_END = _item(b"")  # the program's live stdin ends
+LIVE_STREAMS = {ord("1"): "stdout", ord("2"): "stderr"}  # the first byte of a live output item
+
+
+def take_item(buffer: bytearray) -> bytes | None:
+    """Removes the first whole item from buffer and returns it; None while it is not whole."""
+    bounds = _bounds(buffer, 0)
+    if bounds is None:
+        return None
+    item = bytes(buffer[bounds[0]:bounds[1]])
+    del buffer[:bounds[1]]
+    return item
+
+
+def _bounds(data: bytes | bytearray, at: int) -> tuple[int, int] | None:
+    """Where the data of the item at offset at starts and ends; None if data ends too soon."""
+    colon = data.find(b":", at, at + 12)
+    if colon < 0:
+        if len(data) - at >= 12:
+            raise SupervisorError(f"not an item length: {bytes(data[at:at + 12])!r}")
+        return None
+    try:
+        end = colon + 1 + int(data[at:colon])
+    except ValueError:
+        raise SupervisorError(f"not an item length: {bytes(data[at:colon])!r}") from None
+    return (colon + 1, end) if end <= len(data) else None
+
+
 def _items(data: bytes, at: int) -> Iterator[bytes]:
     """Items from offset at; Incomplete where the data ends too soon."""
-    while True:
-        colon = data.find(b":", at, at + 12)
-        if colon < 0:
-            raise Incomplete("item length")
-        try:
-            end = colon + 1 + int(data[at:colon])
-        except ValueError:
-            raise SupervisorError(f"not an item length: {data[at:colon]!r}") from None
-        if end > len(data):
-            raise Incomplete("item data")
-        yield data[colon + 1:end]
-        at = end
+    while (bounds := _bounds(data, at)) is not None:
+        yield data[bounds[0]:bounds[1]]
+        at = bounds[1]
+    raise Incomplete("an item")
 
 
 def report_size(data: bytes) -> int | None:
