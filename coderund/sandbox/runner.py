@@ -110,6 +110,8 @@ class Sandbox:
         compile_output = report.stdout + report.stderr
         problem = _compile_problem(report, limits)
         if problem is not None:
+            if live and problem:  # what the result says, a live client sees too
+                await live.output("compile", problem.encode())
             return Result(Verdict.COMPILE_ERROR, exit_code=report.exit_code, signal=report.signal,
                           compile_output=compile_output + problem.encode(), wall_ms=report.wall_ms, container=container)
         if files is None:
@@ -132,6 +134,8 @@ class Sandbox:
             raise SandboxError(f"a {limits.time_ms} ms step did not finish") from None
         except Died as died:
             report, collected = await self._died(box.id, died, limits, started), None
+            if live and report.stderr:  # our note on how it died: a live client sees it too
+                await live.output("stderr", report.stderr)
         finally:
             self.engine.discard(box)
         return report, collected, box.id

@@ -184,11 +184,34 @@ def containers(**filters: str) -> list:
     return docker.from_env().api.containers(all=True, filters=filters)
 
 
+async def run_live(api: Any, token: str, **task: Any) -> tuple[str, dict[str, Any]]:
+    """The task over /ws, its stdin ended at once; its id and result, the streamed output checked
+    against the stored one."""
+    streamed = {"stdout": "", "stderr": ""}
+    async with api.session.ws_connect(f"{api.base}/ws", headers={"Authorization": f"Bearer {token}"}) as ws:
+        await ws.send_json({"type": "run", "task": task})
+        while (message := await ws.receive_json(timeout=120))["type"] != "result":
+            if message["type"] == "accepted":
+                task_id = message["task_id"]
+                await ws.send_json({"type": "eof"})
+            elif message["type"] in streamed:
+                streamed[message["type"]] += message["data"]
+    result = message["result"]
+    assert streamed == {"stdout": result["stdout"], "stderr": result["stderr"]}, (streamed, result)
+    return task_id, result
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["submitted", "live"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-async def test_hostile_program(hostile_api, hostile_token, case, settings):
-    task_id = await hostile_api.submit(hostile_token, language=case.language, code=case.code, limits=case.limits,
-                                       args=["../../etc/passwd", "/proc/self/root"])
-    result = await hostile_api.result(hostile_token, task_id)
+async def test_hostile_program(hostile_api, hostile_token, case, live, settings):
+    """Each case as a plain submission and as a live run (/ws: stdin a pipe fed as it comes, output
+    streamed): the supervisor's live mode keeps every property."""
+    task = {"language": case.language, "code": case.code, "limits": case.limits, "args": ["../../etc/passwd", "/proc/self/root"]}
+    if live:
+        task_id, result = await run_live(hostile_api, hostile_token, **task)
+    else:
+        task_id = await hostile_api.submit(hostile_token, **task)
+        result = await hostile_api.result(hostile_token, task_id)
     assert result["verdict"] in case.verdicts, result
     assert hostile_api.runtime not in case.check_on or case.check(result), result
     container = await container_of(settings, task_id)
