@@ -204,3 +204,24 @@ def spawn() -> Iterator[Any]:
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+RUNTIMES = ["runc", "runsc"]
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+async def runtime_api(request, server, settings):
+    """Each runtime's coderund: the session's for runc; for gVisor, a second one in this process."""
+    if request.param == "runc":
+        async with api_of(settings) as api:
+            api.runtime = "runc"
+            yield api
+        return
+    gvisor = dataclasses.replace(settings, runtime="runsc", port=free_port(), queue=f"{settings.queue}.runsc")
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(gvisor, stop))
+    async with api_of(gvisor) as api:
+        api.runtime = "runsc"
+        yield api
+    stop.set()
+    await running

@@ -1,5 +1,6 @@
 """One conformance suite for every plugin in plugins/: the same programs, written per language in
-tests/conformance/<name>.toml, each run as a real task (API, queue, worker, sandbox).
+tests/conformance/<name>.toml, each run as a real task (API, queue, worker, sandbox), under runc
+and under gVisor.
 
 A plugin without its programs fails here, so the suite cannot silently skip a language.
 """
@@ -49,12 +50,12 @@ def cases(plugin: plugins.Plugin) -> Iterator[tuple[str, dict[str, Any], dict[st
 
 
 @pytest.mark.parametrize("language", [plugin.name for plugin in LOADED.all])
-async def test_conformance(api, language):
+async def test_conformance(runtime_api, language):
     plugin = LOADED.get(language)
     programs = programs_of(language)
-    token = await api.user(f"conformance-{language}")
+    token = await runtime_api.user(f"conformance-{runtime_api.runtime}-{language}")
     chosen = list(cases(plugin))
-    results = await asyncio.gather(*(api.run(token, language=language, code=programs[name], **extra)
+    results = await asyncio.gather(*(runtime_api.run(token, language=language, code=programs[name], **extra)
                                      for name, extra, _ in chosen))
     failures = []
     for (name, _, expected), result in zip(chosen, results):

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 GRACE_S = 15  # beyond the supervisor's own wall limit, before we stop waiting for the engine
 IMAGE_ID_TTL_S = 30  # how long an image's id is trusted for cache keys before it is looked up again
 SUPERVISOR_FAILED = 125  # its exit code when it cannot do what it was asked
+KILLED = 128 + 9  # a container's exit code when its first process got SIGKILL
 
 
 class Sandbox:
@@ -147,7 +148,10 @@ class Sandbox:
         state = await self.engine.state(container)
         if state.get("Running") or state.get("ExitCode") == SUPERVISOR_FAILED:
             raise SandboxError(f"no report from the supervisor (container {state.get('Status')}): {died}")
-        oom = bool(state.get("OOMKilled"))
+        # SIGKILL of the container's first process, while we still waited on it, is an OOM killer's:
+        # nothing inside may signal it, and we remove a container only after its step. The engine
+        # does not always flag it (gVisor's own OOM handling may pick the supervisor).
+        oom = bool(state.get("OOMKilled")) or state.get("ExitCode") == KILLED
         note = b"" if oom else f"coderund: the sandbox died while the program ran (exit {state.get('ExitCode')})\n".encode()
         return RunReport(exit_code=None, signal=9, wall_ms=int((time.monotonic() - started) * 1000), cpu_ms=0,
                          memory_kb=limits.memory_mb * 1024 if oom else 0, timed_out=False, output_over=False, oom=oom,

@@ -7,7 +7,6 @@ started survives on the host.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +15,8 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import api_of, container_of, free_port
+from tests.conftest import RUNTIMES, container_of
 
-RUNTIMES = ["runc", "runsc"]
 MARKER = "987654"  # a sleep of this many seconds marks processes that try to outlive their task
 
 
@@ -154,29 +152,9 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=RUNTIMES)
-async def hostile_api(request, server, settings):
-    """The session's coderund for runc; a second one, in this process, for gVisor."""
-    if request.param == "runc":
-        async with api_of(settings) as api:
-            api.runtime = "runc"
-            yield api
-        return
-    from coderund.daemon import serve
-
-    gvisor = dataclasses.replace(settings, runtime="runsc", port=free_port(), queue=f"{settings.queue}.runsc")
-    stop = asyncio.Event()
-    running = asyncio.create_task(serve(gvisor, stop))
-    async with api_of(gvisor) as api:
-        api.runtime = "runsc"
-        yield api
-    stop.set()
-    await running
-
-
 @pytest.fixture(scope="module")
-async def hostile_token(hostile_api):
-    return await hostile_api.user("hostile")
+async def hostile_token(runtime_api):
+    return await runtime_api.user("hostile")
 
 
 def containers(**filters: str) -> list:
@@ -203,17 +181,17 @@ async def run_live(api: Any, token: str, **task: Any) -> tuple[str, dict[str, An
 
 @pytest.mark.parametrize("live", [False, True], ids=["submitted", "live"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-async def test_hostile_program(hostile_api, hostile_token, case, live, settings):
+async def test_hostile_program(runtime_api, hostile_token, case, live, settings):
     """Each case as a plain submission and as a live run (/ws: stdin a pipe fed as it comes, output
     streamed): the supervisor's live mode keeps every property."""
     task = {"language": case.language, "code": case.code, "limits": case.limits, "args": ["../../etc/passwd", "/proc/self/root"]}
     if live:
-        task_id, result = await run_live(hostile_api, hostile_token, **task)
+        task_id, result = await run_live(runtime_api, hostile_token, **task)
     else:
-        task_id = await hostile_api.submit(hostile_token, **task)
-        result = await hostile_api.result(hostile_token, task_id)
+        task_id = await runtime_api.submit(hostile_token, **task)
+        result = await runtime_api.result(hostile_token, task_id)
     assert result["verdict"] in case.verdicts, result
-    assert hostile_api.runtime not in case.check_on or case.check(result), result
+    assert runtime_api.runtime not in case.check_on or case.check(result), result
     container = await container_of(settings, task_id)
     for _ in range(50):  # removal runs just after the result is stored
         if not containers(id=container):
@@ -222,10 +200,10 @@ async def test_hostile_program(hostile_api, hostile_token, case, live, settings)
     assert not containers(id=container)
 
 
-async def test_tasks_cannot_see_each_other(hostile_api, hostile_token):
-    writer = hostile_api.run(hostile_token, language="python",
+async def test_tasks_cannot_see_each_other(runtime_api, hostile_token):
+    writer = runtime_api.run(hostile_token, language="python",
                              code="import time\nopen('secret-of-a', 'w').write('a')\nopen('/tmp/secret-of-a', 'w').write('a')\ntime.sleep(2)")
-    reader = hostile_api.run(hostile_token, language="python",
+    reader = runtime_api.run(hostile_token, language="python",
                              code="import os, time\ntime.sleep(1)\nprint(os.listdir('.'), os.listdir('/tmp'))\n"
                                   "print([p for p in os.listdir('/proc') if p.isdigit()])")
     written, read = await asyncio.gather(writer, reader)
@@ -233,8 +211,8 @@ async def test_tasks_cannot_see_each_other(hostile_api, hostile_token):
     assert "secret-of-a" not in read["stdout"]
 
 
-async def test_afterwards_the_next_task_runs_and_nothing_outlived_its_task(hostile_api, hostile_token):
-    result = await hostile_api.run(hostile_token, language="python", code="print('still fine')")
+async def test_afterwards_the_next_task_runs_and_nothing_outlived_its_task(runtime_api, hostile_token):
+    result = await runtime_api.run(hostile_token, language="python", code="print('still fine')")
     assert result["verdict"] == "ok" and result["stdout"] == "still fine\n"
     host = subprocess.run(["pgrep", "-f", f"sleep {MARKER}"], capture_output=True, text=True)
     assert host.stdout == "", f"processes outlived their task: {host.stdout}"
