@@ -111,6 +111,18 @@ class Client:
             assert (await r.json())["stdout"] == "hello\n"
         return (time.perf_counter() - started) * 1000
 
+    async def live(self, auth: dict[str, str], until: str) -> float:
+        """Python hello over GET /ws: until its first stdout chunk, or until its result."""
+        async with self.session.ws_connect(f"{self.base.replace('http', 'ws', 1)}/ws", headers=auth) as ws:
+            started = time.perf_counter()
+            await ws.send_json({"type": "run", "task": {"language": "python", "code": HELLO["python"]}})
+            while (message := await ws.receive_json(timeout=60))["type"] not in (until, "error"):
+                if message["type"] == "accepted":
+                    await ws.send_json({"type": "eof"})
+            elapsed = (time.perf_counter() - started) * 1000
+        assert message["type"] == until, message
+        return elapsed
+
     async def series(self, runs: int, gap: float, one) -> list[float]:
         await asyncio.sleep(gap)
         times = []
@@ -230,6 +242,8 @@ async def measure(runtime: str, args: argparse.Namespace) -> dict[str, list[floa
             after = await engine_calls(session, server.base)
             out["engine calls"] = {k: (v - calls.get(k, 0)) / args.runs for k, v in after.items() if v != calls.get(k, 0)}
             out["python poll"] = await client.series(args.runs, args.gap, lambda i: client.polled(auth, "python", HELLO["python"]))
+            for until in ("stdout", "result"):
+                out[f"python live {until}"] = await client.series(args.runs, args.gap, lambda i, u=until: client.live(auth, u))
             for language in ("c", "go"):
                 progress(f"{language} under {runtime}")
                 fresh = lambda i, language=language: client.waited(  # noqa: E731 - a new source each time: a miss
@@ -281,6 +295,8 @@ def main() -> None:
         print(row("docker run --rm (same flags)", docker_run[rt]))
         print(row("python hello, wait=30 / docker run", r["python wait"], docker_run[rt], "≤ 0.35x" if rt == "runc" else "≤ 0.3x"))
         print(row("python hello, polling / docker run", r["python poll"], docker_run[rt]))
+        print(row("python over /ws, first output / wait", r["python live stdout"], r["python wait"]))
+        print(row("python over /ws, result / wait", r["python live result"], r["python wait"]))
         print(row("python hello, wait=30 / bare", r["python wait"], bare))
         for language in ("c", "go"):
             print(row(f"{language} hello, first / python", r[f"{language} first"], r["python wait"]))

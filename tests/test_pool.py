@@ -187,3 +187,39 @@ async def test_tasks_through_the_api_never_share_a_container_or_see_leftovers(ap
         assert not any(other in result["stdout"] for other in markers if other != marker)
         # No process but the supervisor and the program itself.
         assert result["stdout"].rstrip().endswith("]") and len(result["stdout"].rsplit("[", 1)[1].split(",")) == 2
+
+
+class FakeBox:
+    """Stands in for a container in the pool's own bookkeeping (no engine here)."""
+
+    def __init__(self, shape) -> None:
+        self.shape = shape
+        self.created = time.monotonic()
+        self.alive = True
+
+
+async def test_a_shape_in_use_takes_the_place_of_one_used_longer_ago():
+    from coderund.sandbox.engine import Shape
+    from coderund.sandbox.pool import WarmPool
+
+    discarded = []
+
+    async def make(shape):
+        return FakeBox(shape)
+
+    pool = WarmPool(make, discarded.append, max_total=2, per_shape=4, max_age_s=300, idle_s=600, fill_parallel=4)
+    shapes = [Shape(f"image-{i}", 64) for i in range(3)]
+    for shape in shapes:  # served in this order: the last two are the newest
+        pool.serve(shape)
+        await asyncio.sleep(0.01)
+    pool._tick(time.monotonic())
+    await asyncio.sleep(0.05)
+    assert [len(pool.ready[s]) for s in shapes] == [0, 1, 1] and not discarded
+    assert pool.take(shapes[0]) is None  # cold: the cap was spent on the others
+    pool._tick(time.monotonic())
+    await asyncio.sleep(0.05)
+    # The shape just asked for got a container in place of the one used longest ago.
+    assert [len(pool.ready[s]) for s in shapes] == [1, 0, 1] and [b.shape for b in discarded] == [shapes[1]]
+    pool._tick(time.monotonic())
+    await asyncio.sleep(0.05)
+    assert [len(pool.ready[s]) for s in shapes] == [1, 0, 1] and len(discarded) == 1  # and no churn after

@@ -3,8 +3,10 @@
 A task takes a ready container of its shape (image, memory limit, environment), which ends with that
 task: its supervisor serves one request and exits. The pool refills in the background. Sizing is
 adaptive: a shape in use keeps about as many ready as it was asked for in the last few seconds (at
-least one, at most `per_shape`); a shape unused for `idle_s` keeps none; `max_total` bounds them all.
-Containers idle longer than `max_age_s` are replaced.
+least one, at most `per_shape`); a shape unused for `idle_s` keeps none; `max_total` bounds them all,
+and when it binds, a shape just asked for takes the place of one used longer ago (with many languages,
+the ones in use are warm, not the first ones served). Containers idle longer than `max_age_s` are
+replaced.
 """
 from __future__ import annotations
 
@@ -97,14 +99,25 @@ class WarmPool:
             while ready and (len(ready) > target or now - ready[0].created > self.max_age_s or not ready[0].alive):
                 self.discard(ready.popleft())  # the oldest first: surplus, too old, or dead
         # The most recently used shapes fill first when the total cap binds.
-        for shape in sorted(self.ready, key=self._last_used.__getitem__, reverse=True):
+        newest_first = sorted(self.ready, key=self._last_used.__getitem__, reverse=True)
+        for shape in newest_first:
             missing = self.target(shape, now) - len(self.ready[shape]) - self.filling[shape]
-            while missing > 0 and self.size < self.max_total and len(self._fills) < self.fill_parallel:
-                if self._paused_until.get(shape, (0, 0))[0] > now:
+            while missing > 0 and len(self._fills) < self.fill_parallel and self._paused_until.get(shape, (0, 0))[0] <= now:
+                if self.size >= self.max_total and not self._evict_for(shape, newest_first):
                     break
                 self._fill(shape)
                 missing -= 1
         metrics.WARM_READY.set(sum(len(r) for r in self.ready.values()))
+
+    def _evict_for(self, shape: Shape, newest_first: list[Shape]) -> bool:
+        """Makes room for shape by discarding a ready container of the shape used longest before it."""
+        for older in reversed(newest_first):
+            if self._last_used[older] >= self._last_used[shape]:
+                return False
+            if self.ready[older]:
+                self.discard(self.ready[older].popleft())
+                return True
+        return False
 
     def _fill(self, shape: Shape) -> None:
         self.filling[shape] += 1

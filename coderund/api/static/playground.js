@@ -63,7 +63,7 @@ async function start() {
   pickLanguage();
   const history = await api("GET", "/tasks?limit=8");
   if (history.status === 401) show("login");
-  else { show("workspace"); listHistory(history.data.tasks); }
+  else { show("workspace"); listHistory((history.data && history.data.tasks) || []); }
 }
 
 function pickLanguage() {
