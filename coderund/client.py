@@ -178,7 +178,6 @@ async def _live_run(ws: aiohttp.ClientWebSocketResponse, task: dict[str, Any], *
                     show: bool) -> dict[str, Any]:
     """Sends the run, forwards our stdin while it lasts, shows output as it comes; the result."""
     await ws.send_json({"type": "run", "task": task})
-    decoders = {kind: codecs.getincrementaldecoder("utf-8")() for kind in ("compile", "stdout", "stderr")}
     outputs = {"stdout": sys.stdout, "stderr": sys.stderr, "compile": sys.stderr}
     forwarding: asyncio.Task[None] | None = None
     try:
@@ -189,8 +188,8 @@ async def _live_run(ws: aiohttp.ClientWebSocketResponse, task: dict[str, Any], *
             kind = event["type"]
             if kind == "accepted":
                 forwarding = asyncio.create_task(_forward_stdin(ws) if live_stdin else ws.send_json({"type": "eof"}))
-            elif kind in decoders and show:
-                outputs[kind].write(decoders[kind].decode(event["data"].encode()))
+            elif kind in outputs and show:
+                outputs[kind].write(event["data"])
                 outputs[kind].flush()
             elif kind == "result":
                 return event["result"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from urllib.parse import urlsplit
 
 from .checkers import DEFAULT as DEFAULT_CHECKER
 from .checkers import Checker, parse_checker
-from .errors import PayloadTooLarge, ValidationFailed
+from .errors import InvalidJson, PayloadTooLarge, ValidationFailed
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{3,64}")
 PASSWORD_LENGTH = (8, 256)
@@ -178,6 +179,15 @@ def _object(body: object) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationFailed("The body must be a JSON object.")
     return body
+
+
+def parse_json(data: bytes | str) -> Any:
+    """A JSON document; anything the parser cannot take (bad syntax or encoding, numbers past the
+    digit limit, deep nesting) is InvalidJson, never a crash."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise InvalidJson("The body is not valid JSON.") from None
 
 
 def parse_credentials(body: object) -> Credentials:

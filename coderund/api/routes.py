@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +12,7 @@ from ..metrics import metrics_handler
 from .docs import docs_page, openapi_json, playground_page
 from .ws import websocket
 from ..domain import Task
-from ..errors import AppError, InvalidJson, RequestTimeout
+from ..errors import AppError, RequestTimeout
 from .keys import SERVICES, SESSION_COOKIE, TOKEN, USER_ID
 
 RESULT_RETRY_AFTER = "1"
@@ -26,10 +25,7 @@ async def _json(request: web.Request) -> Any:
             body = await request.read()
     except TimeoutError:
         raise RequestTimeout(f"The request body did not arrive within {BODY_TIMEOUT_S} s.") from None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # bad syntax or encoding, numbers past the digit limit, deep nesting
-        raise InvalidJson("The body is not valid JSON.") from None
+    return domain.parse_json(body)
 
 
 async def register(request: web.Request) -> web.Response:

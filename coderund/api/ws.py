@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import json
 import logging
 import uuid
 from typing import Any
@@ -20,7 +19,7 @@ from aiohttp import WSMsgType, web
 
 from .. import domain
 from ..domain import MAX_BODY_BYTES
-from ..errors import AppError, BadMessage, Conflict, InvalidJson
+from ..errors import AppError, BadMessage, Conflict
 from .keys import SERVICES, USER_ID
 
 log = logging.getLogger(__name__)
@@ -142,10 +141,7 @@ class _Socket:
 def _parse(message: Any) -> dict[str, Any]:
     if message.type != WSMsgType.TEXT:
         raise BadMessage("Messages are JSON text.")
-    try:
-        parsed = json.loads(message.data)
-    except (ValueError, RecursionError):
-        raise InvalidJson("A message is not valid JSON.") from None
+    parsed = domain.parse_json(message.data)
     if not isinstance(parsed, dict):
         raise BadMessage("A message must be a JSON object with a 'type'.")
     return parsed
