@@ -176,7 +176,7 @@ def idle_cost(runtime: str, count: int = 8) -> float:
         return found
 
     async def run() -> float:
-        engine = Engine(docker.from_env(), isolation=Isolation(runtime=runtime), threads=4, worker_id="bench",
+        engine = Engine(docker.from_env(), isolation=Isolation(runtime=runtime), threads=4, worker_id="bench", deployment="bench",
                         supervisor_binary=supervisor.build(Path.home() / ".cache" / "coderund"))
         before = pss_by_pid()
         boxes = [await engine.make(Shape(PYTHON_IMAGE, 256), {}) for _ in range(count)]

@@ -47,6 +47,8 @@ class Settings:
     session_ttl: int = _setting(86400, "session lifetime in seconds")
     login_max_failures: int = _setting(10, "failed logins per username before 429")
     login_failure_window: int = _setting(300, "seconds over which failed logins are counted")
+    max_case_seconds: int = _setting(320, "a task's test cases times its time limit, at most (64 cases at 5 s)")
+    login_per_address: int = _setting(30, "logins and registrations a minute per client address (0 = no limit)")
     warm_max: int = _setting(8, "warm sandbox containers a worker keeps ready, all languages together (0: none)")
     warm_max_age_s: int = _setting(300, "seconds a warm container may wait for a task before it is replaced")
     warm_idle_s: int = _setting(600, "seconds without a task after which a language keeps no warm container")

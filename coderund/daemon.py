@@ -16,6 +16,7 @@ from . import metrics
 from . import plugins as plugin_loader
 from .api.app import make_app
 from .api.keys import Services
+from .api.server import Runner
 from .config import ConfigError, Settings, env_name
 from .errors import Unavailable
 from .repository.db import Database, migrate
@@ -23,7 +24,7 @@ from .repository.callbacks import Callbacks
 from .repository.notify import CANCEL, FINISHED, TaskListener
 from .repository.outbox import Outbox
 from .repository.queue import Queue
-from .repository.rates import SubmissionRates
+from .repository.rates import Rates
 from .repository.live import LiveChannel
 from .repository.sessions import Sessions, connect
 from .repository.tasks import Tasks
@@ -32,6 +33,7 @@ from .repository.workers import Workers
 from .sandbox import supervisor
 from .sandbox.compile_cache import CompileCache
 from .sandbox.engine import Engine
+from .sandbox.gate import FairGate
 from .sandbox.options import LABEL, Isolation
 from .sandbox.pool import WarmPool
 from .sandbox.runner import Sandbox
@@ -51,18 +53,18 @@ def docker_client(settings: Settings, pool: int = 10) -> docker.DockerClient:
     return docker.from_env(timeout=DOCKER_TIMEOUT_S, max_pool_size=pool)
 
 
-def make_sandbox(settings: Settings, worker_id: str) -> Sandbox:
+def make_sandbox(settings: Settings, worker_id: str, deployment: str) -> Sandbox:
     # Engine calls at once: a cold start per running task, the pool's fills, and room for cleanup.
     threads = settings.concurrency + FILL_PARALLEL + 4
     client = docker_client(settings, pool=threads)
     isolation = Isolation(runtime=settings.runtime, tmpfs_mb=settings.tmpfs_mb, pids_limit=settings.pids_limit)
     engine = Engine(client, isolation=isolation, supervisor_binary=supervisor.build(Path(settings.cache_dir)),
-                    threads=threads, worker_id=worker_id)
+                    threads=threads, worker_id=worker_id, deployment=deployment)
     pool = WarmPool(lambda shape: engine.make(shape, {f"{LABEL}.warm": "1"}), engine.discard,
                     max_total=settings.warm_max, per_shape=2 * settings.concurrency + 2, max_age_s=settings.warm_max_age_s,
                     idle_s=settings.warm_idle_s, fill_parallel=FILL_PARALLEL)
     cache = CompileCache(Path(settings.cache_dir) / "builds", settings.compile_cache_mb * 1024 * 1024)
-    return Sandbox(engine, pool, cache, output_limit=settings.output_limit)
+    return Sandbox(engine, pool, cache, FairGate(settings.concurrency), output_limit=settings.output_limit)
 
 
 @contextlib.asynccontextmanager
@@ -86,7 +88,7 @@ async def warn_if_down(name: str, ping: Callable[[], Awaitable[None]]) -> None:
 async def listen(stack: contextlib.AsyncExitStack, app: web.Application, settings: Settings, port_setting: str) -> None:
     """Serves app until the stack unwinds; cleanup stops accepting, then lets requests in flight finish."""
     port = getattr(settings, port_setting)
-    runner = web.AppRunner(app, shutdown_timeout=API_SHUTDOWN_S, access_log=None)
+    runner = Runner(app, shutdown_timeout=API_SHUTDOWN_S, access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     try:
@@ -102,8 +104,10 @@ async def start_worker(
     stop: asyncio.Event,
 ) -> Worker:
     worker_id = Worker.new_id()
+    workers = Workers(db)
+    deployment = await workers.deployment()
     async with reachable("docker_url", settings.docker_url or "local socket"):
-        sandbox = make_sandbox(settings, worker_id)
+        sandbox = make_sandbox(settings, worker_id, deployment)
         await sandbox.engine.call(sandbox.engine.client.ping)
     stack.push_async_callback(sandbox.engine.close)
     sandbox.serve(plugins.all)
@@ -123,7 +127,7 @@ async def start_worker(
     await warn_if_down("Redis", live.ping)
     executor = Executor(Tasks(db), sandbox, plugins, cancels, live, worker_id=worker_id,
                         max_attempts=settings.max_attempts, case_parallel=settings.concurrency)
-    worker = Worker(queue=queue, executor=executor, workers=Workers(db), sandbox=sandbox, concurrency=settings.concurrency,
+    worker = Worker(queue=queue, executor=executor, workers=workers, sandbox=sandbox, concurrency=settings.concurrency,
                     retention_days=settings.retention_days)
     running = asyncio.create_task(worker.run())
     # A worker loop that dies stops the process, so that a supervisor restarts it.
@@ -150,11 +154,12 @@ async def start_webhooks(settings: Settings, db: Database, stack: contextlib.Asy
 
 def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions,
                   finished: TaskListener) -> Services:
-    accounts = Accounts(Users(db), sessions, max_failures=settings.login_max_failures,
+    accounts = Accounts(Users(db), sessions, Rates(sessions.redis, settings.login_per_address, "hashes"),
+                        max_failures=settings.login_max_failures,
                         failure_window=settings.login_failure_window)
-    tasks = TaskService(Tasks(db), queue, plugins, finished, SubmissionRates(sessions.redis, settings.user_rate),
+    tasks = TaskService(Tasks(db), queue, plugins, finished, Rates(sessions.redis, settings.user_rate),
                         max_queue=settings.max_queue, user_max_pending=settings.user_max_pending,
-                        allow_private_callbacks=settings.webhook_allow_private)
+                        allow_private_callbacks=settings.webhook_allow_private, max_case_seconds=settings.max_case_seconds)
     return Services(accounts=accounts, tasks=tasks, plugins=plugins,
                     live=LiveRuns(tasks, LiveChannel(sessions.redis), finished))
 

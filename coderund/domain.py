@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from .addresses import ascii_host
 from .checkers import DEFAULT as DEFAULT_CHECKER
 from .checkers import Checker, parse_checker
 from .errors import InvalidJson, PayloadTooLarge, ValidationFailed
@@ -251,6 +252,9 @@ def _check_callback_url(url: str) -> None:
         parts = None
     if len(url) > 2048 or parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationFailed("'callback_url' must be an http:// or https:// URL of at most 2048 characters.")
+    if ascii_host(parts.hostname) is None:
+        raise ValidationFailed("'callback_url' names a host that cannot be a DNS name (an empty label, a label over"
+                               " 63 characters, or characters IDNA refuses).")
 
 
 def _args(args: Any, name: str) -> tuple[str, ...]:
@@ -281,12 +285,19 @@ def _files(files: Any, code_size: int) -> tuple[tuple[str, str], ...]:
                                    " separated by '/', without '.' or '..' parts.")
         if name in seen:
             raise ValidationFailed(f"'{where}.name' {name!r} is given twice.")
+        if clash := next((other for other in seen if _contains(other, name) or _contains(name, other)), None):
+            raise ValidationFailed(f"'{where}.name' {name!r} clashes with {clash!r}: a file cannot also be a folder.")
         seen.add(name)
         total += _utf8_size(content, f"{where}.content")
         if total > MAX_CODE_BYTES:
             raise PayloadTooLarge(f"'code' and 'files' are over {MAX_CODE_BYTES // 1024} KiB together.")
         parsed.append((name, content))
     return tuple(parsed)
+
+
+def _contains(folder: str, path: str) -> bool:
+    """Whether path lies inside folder (which then cannot be a file)."""
+    return path.startswith(folder + "/")
 
 
 def _field_text(entry: dict[str, Any], key: str, where: str) -> str:

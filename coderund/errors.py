@@ -41,6 +41,12 @@ class Unauthorized(AppError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(AppError):
+    """Authenticated, but this credential may not do that."""
+
+    status, code = 403, "forbidden"
+
+
 class NotFound(AppError):
     status, code = 404, "not_found"
 
@@ -58,6 +64,10 @@ class RateLimited(AppError):
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class QuotaExceeded(RateLimited):
+    code = "quota_exceeded"
 
 
 class Unavailable(AppError):

@@ -107,7 +107,7 @@ class Plugins:
 
     def for_request(self, request: TaskRequest) -> tuple[Plugin, Limits]:
         plugin = self.get(request.language)
-        if any(name == plugin.source_file for name, _ in request.files):
+        if any(name == plugin.source_file or name.startswith(plugin.source_file + "/") for name, _ in request.files):
             raise ValidationFailed(f"'files' holds {plugin.source_file!r}, the entry file of {plugin.name}: send it as 'code'.")
         plugin.check_code(request.code)
         return plugin, plugin.resolve_limits(request.limits)

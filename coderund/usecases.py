@@ -7,11 +7,12 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ from .repository.live import END, EOF, START, STDIN, LiveChannel
 from .repository.notify import TaskListener
 from .repository.outbox import Outbox, PendingWebhook
 from .repository.queue import Delivery, Queue
-from .repository.rates import SubmissionRates
+from .repository.rates import Rates
 from .repository.sessions import Sessions
 from .repository.tasks import Tasks
 from .repository.users import UserRow, Users
@@ -53,24 +54,37 @@ class Login:
 
 
 class Accounts:
-    def __init__(self, users: Users, sessions: Sessions, *, max_failures: int, failure_window: int) -> None:
+    def __init__(self, users: Users, sessions: Sessions, address_rates: Rates, *, max_failures: int,
+                 failure_window: int) -> None:
         self.users = users
         self.sessions = sessions
+        self.address_rates = address_rates
         self.max_failures = max_failures
         self.failure_window = failure_window
+        # Hashes are slow by design: a flood of them must queue, not take every core from the event loop.
+        self._hashing = asyncio.Semaphore(os.cpu_count() or 1)
 
-    async def register(self, credentials: Credentials) -> UserRow:
-        password_hash = await asyncio.to_thread(hash_password, credentials.password)
+    async def _hash(self, address: str, fn: Callable[..., T], *args: Any) -> T:
+        """A password hash for a client address, within its rate and the process's hashing slots."""
+        if wait_s := await self.address_rates.take(address):
+            metrics.LOGINS.labels("rate_limited").inc()
+            raise RateLimited(f"More than {self.address_rates.per_minute} logins or registrations a minute from your"
+                              f" address; try again in {wait_s} s.", wait_s)
+        async with self._hashing:
+            return await asyncio.to_thread(fn, *args)
+
+    async def register(self, credentials: Credentials, address: str) -> UserRow:
+        password_hash = await self._hash(address, hash_password, credentials.password)
         return await self.users.create(credentials.username, password_hash)
 
-    async def login(self, credentials: Credentials) -> Login:
+    async def login(self, credentials: Credentials, address: str) -> Login:
         failures, retry_after = await self.sessions.login_failures(credentials.username)
         if failures >= self.max_failures:
             metrics.LOGINS.labels("rate_limited").inc()
             raise RateLimited("Too many failed logins for this username; try again later.", retry_after)
         user = await self.users.by_username(credentials.username)
         # The same work and the same answer whether the user is unknown or the password wrong.
-        valid = await asyncio.to_thread(verify_password, credentials.password, user.password_hash if user else DUMMY_HASH)
+        valid = await self._hash(address, verify_password, credentials.password, user.password_hash if user else DUMMY_HASH)
         if user is None or not valid:
             await self.sessions.add_login_failure(credentials.username, self.failure_window)
             metrics.LOGINS.labels("failure").inc()
@@ -96,8 +110,10 @@ class Accounts:
 class TaskService:
     """The API side of tasks."""
 
-    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, finished: TaskListener, rates: SubmissionRates, *,
-                 max_queue: int, user_max_pending: int, allow_private_callbacks: bool = False) -> None:
+    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, finished: TaskListener, rates: Rates, *,
+                 max_queue: int, user_max_pending: int, allow_private_callbacks: bool = False,
+                 max_case_seconds: int = 320) -> None:
+        self.max_case_ms = max_case_seconds * 1000
         self.allow_private_callbacks = allow_private_callbacks
         self.tasks = tasks
         self.queue = queue
@@ -113,12 +129,13 @@ class TaskService:
 
     async def submit(self, user_id: int, request: TaskRequest, *, live: bool = False) -> uuid.UUID:
         plugin, limits = self.plugins.for_request(request)
+        if len(request.tests) * limits.time_ms > self.max_case_ms:
+            raise ValidationFailed(f"{len(request.tests)} test cases at {limits.time_ms} ms each could hold a sandbox for"
+                                   f" longer than {self.max_case_ms // 1000} s; lower 'limits.time_ms' or send fewer cases.")
         if request.callback_url:
             await self._check_callback(request.callback_url)
         if wait_s := await self.rates.take(user_id):
             raise RateLimited(f"More than {self.rates.per_minute} submissions a minute; try again in {wait_s} s.", wait_s)
-        if await self.tasks.count_unfinished(user_id) >= self.user_max_pending:
-            raise RateLimited(f"You have {self.user_max_pending} unfinished tasks; wait for some to finish.", BUSY_RETRY_S)
         if await self._queue_depth() >= self.max_queue:
             raise QueueFull("The task queue is full; try again shortly.", BUSY_RETRY_S)
         self._accepted += 1  # no await since the check: concurrent submissions see this one
@@ -126,7 +143,8 @@ class TaskService:
                     request.files, request.tests, request.checker, request.stop_on_failure,
                     callback_url=request.callback_url, live=live)
         try:
-            await self.tasks.add(task)
+            if not await self.tasks.add(task, self.user_max_pending):
+                raise RateLimited(f"You have {self.user_max_pending} unfinished tasks; wait for some to finish.", BUSY_RETRY_S)
             try:
                 await self.queue.publish(task.id)
             except BaseException:

@@ -49,7 +49,9 @@ class Worker:
         delay = 1.0
         try:
             while not self._stopping.is_set():
-                consuming = asyncio.create_task(self.queue.consume(self._on_task, prefetch=self.concurrency))
+                # Twice the slots: while one user's tasks hold every slot, another's can arrive and
+                # take the next free one (the sandbox's fair gate), rather than wait behind them in the queue.
+                consuming = asyncio.create_task(self.queue.consume(self._on_task, prefetch=2 * self.concurrency))
                 stopping = asyncio.create_task(self._stopping.wait())
                 await asyncio.wait({consuming, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()

@@ -46,6 +46,7 @@ def make_settings(**overrides: Any) -> Settings:
         "concurrency": 2,
         "log_level": "WARNING",
         "retention_days": 0,  # tests that want the sweeper to delete old tasks start a worker of their own
+        "login_per_address": 0,  # every test user registers from 127.0.0.1; the limit's own test sets it
         **overrides,
     }
     return dataclasses.replace(base, **values)

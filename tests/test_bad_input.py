@@ -55,7 +55,7 @@ async def test_the_minimum_limits_run_and_report_consistently(api):
 
 
 async def test_an_engine_refusal_is_final_not_a_platform_failure(settings):
-    sandbox = make_sandbox(settings, "refusal-test")
+    sandbox = make_sandbox(settings, "refusal-test", "refusal-test-deployment")
     try:
         with pytest.raises(SandboxRefused, match="(?i)memory"):
             await sandbox.engine.make(Shape("coderund/python:bookworm", 1), {})

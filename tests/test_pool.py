@@ -50,7 +50,7 @@ async def sandbox_of(settings, **changes) -> AsyncIterator[Sandbox]:
     db = Database(settings.database_url)
     await db.open()
     await Workers(db).heartbeat(worker_id, socket.gethostname())
-    sandbox = make_sandbox(own, worker_id)
+    sandbox = make_sandbox(own, worker_id, await Workers(db).deployment())
     refill = asyncio.create_task(sandbox.pool.run())
     try:
         yield sandbox
@@ -90,11 +90,11 @@ async def test_a_warm_container_serves_one_task_and_then_is_gone(settings):
         assert sandbox.pool.take(shape) is box
         request = supervisor.request(supervisor.Files({"main.py": b"print(open('/proc/1/cmdline').read())"}), b"",
                                      ("python3", "main.py"), wall_ms=5000, output_cap=1000, collect=False)
-        report, _ = await box.exchange(request)
+        report, _ = await box.exchange(request, 1 << 20)
         assert report.exit_code == 0 and b"supervise" in report.stdout
         # The supervisor served its one request and ended the container: a second one finds no one.
         with pytest.raises((Died, ConnectionError)):
-            await box.exchange(request)
+            await box.exchange(request, 1 << 20)
         for _ in range(50):
             if not running(box.id):
                 break

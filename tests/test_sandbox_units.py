@@ -12,10 +12,12 @@ from coderund.sandbox.options import Isolation, container_options
 
 def test_container_options_lock_the_container_down():
     options = container_options(image="img", name="coderund-x", memory_mb=128, isolation=Isolation(runtime="runsc"),
-                                env={"GOCACHE": "/tmp/c"}, labels={"coderund.task": "x"}, tools_volume="tools")
+                                env={"GOCACHE": "/tmp/c"}, labels={"coderund": "1", "coderund.task": "x"}, tools_volume="tools")
     assert options["network_mode"] == "none" and options["network_disabled"] is True and options["read_only"] is True
     assert options["cap_drop"] == ["ALL"] and options["security_opt"] == ["no-new-privileges"]
-    assert options["user"] == "65534:65534" and options["pids_limit"] == 128
+    # The supervisor is root with four capabilities only; it runs the program as 65534 with none.
+    assert options["user"] == "0:0" and options["cap_add"] == ["SETUID", "SETGID", "KILL", "CHOWN"]
+    assert options["pids_limit"] == 128
     assert options["mem_limit"] == options["memswap_limit"] == 128 * 1024 * 1024
     assert options["nano_cpus"] == 10**9 and options["runtime"] == "runsc"
     assert options["environment"]["GOCACHE"] == "/tmp/c" and "PATH" in options["environment"]
@@ -66,6 +68,7 @@ def test_supervisor_takes_files_and_stdin_and_returns_the_work_folder(tmp_path: 
     binary = supervisor.build(tmp_path / "bin")
     work = tmp_path / "box"
     work.mkdir()
+    work.chmod(0o1777)  # as the sandbox's tmpfs is: the program, another user, writes there
     given = supervisor.Files({"run.sh": b"cat > out.txt; mkdir -p sub; echo made > sub/x; echo $1", "data": bytes(range(256))},
                              {"run.sh": 0o755})
     report, files = serve(binary, work, given, ("./run.sh", "arg one"), stdin=b"in\x00put", collect=True)
@@ -75,6 +78,20 @@ def test_supervisor_takes_files_and_stdin_and_returns_the_work_folder(tmp_path: 
     (work / "link").symlink_to("/etc/passwd")
     _, again = serve(binary, work, supervisor.Files(), ("true",), collect=True)
     assert again is not None and "link" not in again.data  # links are never sent
+
+
+def test_the_program_is_another_user_than_its_supervisor(tmp_path: Path):
+    """It runs as 65534, owns the files it was given, and can neither signal the supervisor nor
+    open its descriptors; io_uring is denied by the supervisor's own seccomp filter."""
+    binary = supervisor.build(tmp_path / "bin")
+    tmp_path.chmod(0o1777)
+    script = ("id -u; id -G; stat -c %u given; kill -TERM $PPID 2>/dev/null || echo no signal;"
+              " (echo x > /proc/$PPID/fd/1) 2>/dev/null || echo no descriptor;"
+              " python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True);"
+              " print(l.syscall(425, 8, ctypes.create_string_buffer(120)), ctypes.get_errno())'")
+    report, _ = serve(binary, tmp_path, supervisor.Files({"given": b"x"}), ("sh", "-c", script), cap=1000)
+    assert report.exit_code == 0, report
+    assert report.stdout == b"65534\n65534\n65534\nno signal\nno descriptor\n-1 1\n", report.stdout
 
 
 @pytest.mark.parametrize("path", ["/etc/x", "../x", "a/../../x", ".."])

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from aiohttp import web
 
-from coderund.repository.callbacks import is_global
+from coderund.addresses import is_allowed
 from tests.conftest import api_of, free_port
 
 
@@ -73,9 +73,14 @@ async def serving(settings, **changes):
 @pytest.mark.parametrize("address, answer", [("127.0.0.1", False), ("10.0.0.1", False), ("172.16.5.4", False),
                                              ("192.168.1.1", False), ("169.254.169.254", False), ("::1", False),
                                              ("fd00::1", False), ("100.64.0.1", False), ("0.0.0.0", False),
-                                             ("::ffff:127.0.0.1", False), ("224.0.0.1", False), ("93.184.216.34", True)])
+                                             ("::ffff:127.0.0.1", False), ("224.0.0.1", False), ("93.184.216.34", True),
+                                             # IPv6 forms that embed loopback: NAT64, 6to4, compatible, translated
+                                             ("64:ff9b::7f00:1", False), ("2002:7f00:1::", False), ("::127.0.0.1", False),
+                                             ("::ffff:0:7f00:1", False), ("fec0::1", False), ("64:ff9b:1::1", False),
+                                             ("2001:0::5efe:7f00:1", False), ("64:ff9b::5db8:d822", True),
+                                             ("2002:5db8:d822::1", True), ("2606:4700::1111", True), ("not an ip", False)])
 def test_only_global_addresses(address, answer):
-    assert is_global(address) is answer
+    assert is_allowed(address) is answer
 
 
 async def test_ssrf_is_refused_at_submit(api, settings):
@@ -83,7 +88,11 @@ async def test_ssrf_is_refused_at_submit(api, settings):
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         before = (await (await conn.execute("SELECT count(*) FROM tasks")).fetchone())[0]
         for url in ("http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]/x", "http://169.254.169.254/latest",
-                    "http://10.1.2.3/", "ftp://example.com/x", "http:///x", "javascript:alert(1)", "http://a:b:c/"):
+                    "http://10.1.2.3/", "ftp://example.com/x", "http:///x", "javascript:alert(1)", "http://a:b:c/",
+                    # IPv6 forms that embed loopback, and hosts IDNA cannot encode (they were a 500)
+                    "http://[64:ff9b::7f00:1]/", "http://[2002:7f00:1::]/", "http://[::127.0.0.1]/",
+                    "http://[::ffff:0:7f00:1]/", "http://[fec0::1]/", "http://a..b/", f"http://{'a' * 64}.com/",
+                    "http://.a/", "https://\u3002/"):
             status, body, _ = await api.call("POST", "/task", token=token,
                                              json={"language": "python", "code": "1", "callback_url": url})
             assert status == 400 and body["error"] == "validation_failed" and "'callback_url'" in body["message"], (url, body)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import signal
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import time
 import uuid
+from typing import Any
 
 import docker
 import psycopg
@@ -160,23 +162,37 @@ async def test_a_task_that_keeps_killing_workers_ends_as_internal_error(settings
     assert result["verdict"] == "internal_error" and result["stdout"] == ""
 
 
-def test_worker_removes_containers_of_dead_workers(settings, spawn):
+def test_worker_removes_containers_of_dead_workers_of_its_own_deployment_only(settings, spawn):
+    """A dead worker's container of this deployment goes; another deployment's on the same engine,
+    whose workers this database does not know, stays (two deployments once killed each other's)."""
     import docker
 
+    with psycopg.connect(settings.database_url) as conn:
+        deployment = str(conn.execute("SELECT id FROM deployment").fetchone()[0])
     client = docker.from_env()
-    leftover = client.containers.run("coderund/python:bookworm", ["sleep", "infinity"], detach=True,
-                                     network_mode="none", labels={"coderund": "1", "coderund.worker": "dead-worker"})
-    own = dataclasses.replace(settings, queue=f"{settings.queue}.sweep", port=free_port())
-    spawn(own, "--role", "worker")
-    for _ in range(300):
-        try:
-            client.containers.get(leftover.id)
-        except docker.errors.NotFound:
-            break
-        time.sleep(0.1)
-    else:
-        leftover.remove(force=True)
-        raise AssertionError("the leftover container is still there")
+
+    def sleeper(deployment: str) -> Any:
+        return client.containers.run("coderund/python:bookworm", ["sleep", "infinity"], detach=True, network_mode="none",
+                                     labels={"coderund": "1", "coderund.deployment": deployment, "coderund.worker": "dead-worker"})
+
+    leftover, foreign = sleeper(deployment), sleeper(str(uuid.uuid4()))
+    try:
+        own = dataclasses.replace(settings, queue=f"{settings.queue}.sweep", port=free_port())
+        spawn(own, "--role", "worker")
+        for _ in range(300):
+            try:
+                client.containers.get(leftover.id)
+            except docker.errors.NotFound:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the leftover container is still there")
+        time.sleep(1)  # the sweep that removed it has looked at every container
+        assert client.containers.get(foreign.id).status == "running"
+    finally:
+        for container in (leftover, foreign):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
 
 
 async def test_orphans_are_tasks_of_workers_silent_past_the_lease(api, settings):

@@ -5,7 +5,7 @@ from aiohttp import web
 
 from ..domain import MAX_BODY_BYTES
 from .. import metrics
-from . import docs, middlewares
+from . import docs, middlewares, server
 from .keys import PROTECTED, SERVICES, Services
 from .routes import ROUTES
 
@@ -15,6 +15,6 @@ def make_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app[PROTECTED] = frozenset(route.path for route in ROUTES if route.protected)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, route.path, route.handler, expect_handler=server.expect)
     docs.add_static(app)
     return app

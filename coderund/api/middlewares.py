@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
-from ..errors import AppError, Unauthorized
+from ..errors import AppError, Forbidden, InvalidJson, Unauthorized
 from .keys import PROTECTED, SERVICES, SESSION_COOKIE, TOKEN, USER_ID
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except AppError as e:
         return error_body(e.status, e.code, e.message, e.headers)
+    except (HttpProcessingError, RequestPayloadError) as e:  # a body its Content-Encoding does not decode, and the like
+        detail = getattr(e, "message", None) or str(e).splitlines()[-1].strip()
+        return error_body(400, InvalidJson.code, f"The request body cannot be read: {detail}.")
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -48,12 +54,27 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_body(500, "internal", f"Something went wrong on our side (incident {incident}).")
 
 
-def request_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.cookies.get(SESSION_COOKIE) or None
+def _credential(value: str) -> str | None:
+    """Tokens and keys are printable ASCII: anything else (bytes that are not UTF-8 come as
+    surrogates) names no session."""
+    value = value.strip()
+    return value if value and value.isascii() and value.isprintable() else None
+
+
+def request_token(request: web.Request) -> tuple[str | None, bool]:
+    """The token the request carries, and whether it came in the session cookie. A header or cookie
+    that holds no valid token counts as none."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return _credential(token), False
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return (_credential(cookie), True) if cookie else (None, False)
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A browser names the page that sends a POST or opens a WebSocket: it must be one of ours."""
+    origin = request.headers.get("Origin")
+    return origin is not None and urlsplit(origin).netloc == request.host
 
 
 @web.middleware
@@ -61,9 +82,16 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Protected routes answer 401 before anything looks at the body."""
     route = request.match_info.route.resource
     if route is not None and route.canonical in request.app[PROTECTED]:
-        token = request_token(request)
+        token, from_cookie = request_token(request)
         if token is None:
             raise Unauthorized()
+        # The cookie goes along whatever page sends the request; a Bearer token only with its client.
+        if from_cookie and (request.method not in ("GET", "HEAD") or _is_websocket(request)) and not _same_origin(request):
+            raise Forbidden("A request with the session cookie must come from this server's own pages (Origin).")
         request[USER_ID] = await request.app[SERVICES].accounts.authenticate(token)
         request[TOKEN] = token
     return await handler(request)
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"

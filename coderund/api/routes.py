@@ -30,13 +30,13 @@ async def _json(request: web.Request) -> Any:
 
 async def register(request: web.Request) -> web.Response:
     credentials = domain.parse_credentials(await _json(request))
-    user = await request.app[SERVICES].accounts.register(credentials)
+    user = await request.app[SERVICES].accounts.register(credentials, request.remote or "")
     return web.json_response({"id": user.id, "username": user.username}, status=201)
 
 
 async def login(request: web.Request) -> web.Response:
     credentials = domain.parse_credentials(await _json(request))
-    session = await request.app[SERVICES].accounts.login(credentials)
+    session = await request.app[SERVICES].accounts.login(credentials, request.remote or "")
     response = web.json_response({"token": session.token, "expires_in": session.expires_in})
     response.set_cookie(SESSION_COOKIE, session.token, max_age=session.expires_in, httponly=True, samesite="Lax", path="/")
     return response

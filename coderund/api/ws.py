@@ -18,8 +18,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from .. import domain
-from ..domain import MAX_BODY_BYTES
-from ..errors import AppError, BadMessage, Conflict
+from ..domain import MAX_BODY_BYTES, MAX_STDIN_BYTES
+from ..errors import AppError, BadMessage, Conflict, PayloadTooLarge
 from .keys import SERVICES, USER_ID
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class _Socket:
         self.services = request.app[SERVICES]
         self.user_id = request[USER_ID]
         self.runs = 0
+        self.stdin_bytes = 0  # of the run in progress, its task's own stdin included
         self.task_id: uuid.UUID | None = None
         self.streaming: asyncio.Task[None] | None = None
 
@@ -81,16 +82,26 @@ class _Socket:
             if not self.running or self.task_id is None:
                 raise BadMessage(f"There is no run in progress for {kind!r}.")
             if kind == "stdin":
-                data = message.get("data")
-                if not isinstance(data, str):
-                    raise BadMessage("'data' of a stdin message must be a string.")
-                await self.services.live.send(self.task_id, data.encode())
+                await self.services.live.send(self.task_id, self._stdin(message.get("data")))
             elif kind == "eof":
                 await self.services.live.end(self.task_id)
             else:
                 await self._cancel()
         else:
             raise BadMessage("'type' must be one of run, stdin, eof, cancel.")
+
+    def _stdin(self, data: Any) -> bytes:
+        """A stdin message's bytes, counted against the run's stdin cap (as POST /task caps stdin)."""
+        if not isinstance(data, str):
+            raise BadMessage("'data' of a stdin message must be a string.")
+        try:
+            encoded = data.encode()
+        except UnicodeEncodeError:
+            raise BadMessage("'data' of a stdin message must be text (it holds a lone surrogate).") from None
+        if self.stdin_bytes + len(encoded) > MAX_STDIN_BYTES:
+            raise PayloadTooLarge(f"A run takes at most {MAX_STDIN_BYTES // 1024} KiB of stdin in all; this message was not sent.")
+        self.stdin_bytes += len(encoded)
+        return encoded
 
     async def _run(self, body: Any) -> None:
         if self.running:
@@ -102,7 +113,9 @@ class _Socket:
             return
         if not isinstance(body, dict):
             raise BadMessage("'task' must be an object: a POST /task body.")
-        task_id = await self.services.live.submit(self.user_id, domain.parse_task_request(body))
+        request = domain.parse_task_request(body)
+        task_id = await self.services.live.submit(self.user_id, request)
+        self.stdin_bytes = len(request.stdin.encode())
         self.runs += 1
         self.task_id = task_id
         await self._send({"type": "accepted", "task_id": str(task_id)})

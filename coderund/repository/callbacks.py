@@ -12,6 +12,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
+from ..addresses import ascii_host, is_allowed
+
 TIMEOUT_S = 5
 
 
@@ -23,11 +25,6 @@ class AddressRefused(CallbackFailed):
     """The URL's host is, or resolves to, an address that is not global."""
 
 
-def is_global(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    return ip.is_global and not ip.is_multicast
-
-
 class GlobalOnly(AbstractResolver):
     """A resolver that answers only a host's global addresses, and refuses a host that has none."""
 
@@ -36,7 +33,7 @@ class GlobalOnly(AbstractResolver):
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         found = await self._resolver.resolve(host, port, family)
-        usable = [entry for entry in found if is_global(entry["host"])]
+        usable = [entry for entry in found if is_allowed(entry["host"])]
         if not usable:
             raise AddressRefused(f"{host} resolves only to addresses that are not global")
         return usable
@@ -56,13 +53,15 @@ def _is_literal(host: str) -> bool:
 async def check(url: str, allow_private: bool) -> None:
     """Raises AddressRefused for a host that is, or resolves to, a non-global address, and OSError for
     one that does not resolve."""
-    host = urlsplit(url).hostname or ""
+    host = ascii_host(urlsplit(url).hostname or "")
+    if host is None:
+        raise OSError("the host is not a DNS name")
     if _is_literal(host):
         addresses = [host]
     else:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
         addresses = [str(info[4][0]) for info in infos]
-    if not allow_private and not all(is_global(a) for a in addresses):
+    if not allow_private and not all(is_allowed(a) for a in addresses):
         raise AddressRefused(f"{host} is, or resolves to, an address that is not global")
 
 
@@ -79,7 +78,7 @@ class Callbacks:
         """POSTs body and returns the status; CallbackFailed for a refused address, a timeout, a lost connection."""
         host = urlsplit(url).hostname or ""
         # A name is checked by the resolver, on the addresses it connects to; a literal here.
-        if not self.allow_private and _is_literal(host) and not is_global(host):
+        if not self.allow_private and _is_literal(host) and not is_allowed(host):
             raise AddressRefused(f"{host} is not a global address")
         if self._session is None:
             connector = aiohttp.TCPConnector(resolver=None if self.allow_private else GlobalOnly(), use_dns_cache=False)

@@ -1,4 +1,5 @@
-"""Per-user submission rate: a token bucket per user in Redis, shared by every API process."""
+"""Rates as token buckets in Redis, shared by every API process: submissions per user, password
+hashes (logins, registrations) per client address."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ from redis import asyncio as aioredis
 
 from .sessions import answering
 
-RATE_KEY = "coderund:submissions:{}"
+RATE_KEY = "coderund:{}:{}"  # kind, whose
 # One bucket of `rate` tokens that refills at `rate` a minute; the server's clock, so that API
 # processes on several hosts agree. Returns 0 when a token was taken, else ms until there is one.
 TAKE = """
@@ -30,15 +31,16 @@ return wait
 """
 
 
-class SubmissionRates:
-    def __init__(self, redis: aioredis.Redis, per_minute: int) -> None:
+class Rates:
+    def __init__(self, redis: aioredis.Redis, per_minute: int, kind: str = "submissions") -> None:
         self.per_minute = per_minute
+        self.kind = kind
         self._take = redis.register_script(TAKE)
 
-    async def take(self, user_id: int) -> int:
-        """0 when the user may submit now, else the seconds until they may (0 per minute: no limit)."""
+    async def take(self, whose: int | str) -> int:
+        """0 when whose may go on now, else the seconds until they may (0 per minute: no limit)."""
         if self.per_minute <= 0:
             return 0
         with answering():
-            wait_ms = int(await self._take(keys=[RATE_KEY.format(user_id)], args=[self.per_minute]))
+            wait_ms = int(await self._take(keys=[RATE_KEY.format(self.kind, whose)], args=[self.per_minute]))
         return math.ceil(wait_ms / 1000)

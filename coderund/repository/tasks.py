@@ -22,6 +22,12 @@ COLUMNS = (
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
     " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live"
 )
+# What a result needs, without the submission's own texts: code, stdin and files come empty, and
+# the test cases only counted (a batch of large tasks once made the API hold every byte of them).
+RESULT_COLUMNS = COLUMNS.replace("code, stdin,", "''::bytea AS code, ''::bytea AS stdin,").replace(
+    " files, tests,", " '[]'::jsonb AS files, (SELECT coalesce(jsonb_agg(jsonb_build_object('stdin', '', 'args', '[]'::jsonb,"
+    " 'expected', '')), '[]'::jsonb) FROM generate_series(1, jsonb_array_length(tests))) AS tests,")
+USER_LOCK = 0x75736572  # with a user's id: one submission of that user's at a time passes the cap check
 SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
 OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
 
@@ -98,8 +104,15 @@ class Tasks:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def add(self, task: Task) -> None:
+    async def add(self, task: Task, max_unfinished: int) -> bool:
+        """Stores the task, unless its user has max_unfinished already (False): the count and the
+        insert are one step for concurrent submissions of a user's."""
         async with self.db.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USER_LOCK, task.user_id))
+            cursor = await conn.execute("SELECT count(*) AS n FROM tasks WHERE user_id = %s AND state <> 'done'",
+                                        (task.user_id,))
+            if (await cursor.fetchone())["n"] >= max_unfinished:
+                return False
             await conn.execute(
                 "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
                 " stop_on_failure, callback_url, live) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -109,15 +122,11 @@ class Tasks:
                  Jsonb([{"stdin": _b64(c.stdin), "args": list(c.args), "expected": _b64(c.expected)} for c in task.tests]),
                  Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live),
             )
+            return True
 
     async def mark_published(self, task_id: uuid.UUID) -> None:
         async with self.db.transaction() as conn:
             await conn.execute("UPDATE tasks SET published_at = now() WHERE id = %s", (task_id,))
-
-    async def count_unfinished(self, user_id: int) -> int:
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute("SELECT count(*) AS n FROM tasks WHERE user_id = %s AND state <> 'done'", (user_id,))
-            return (await cursor.fetchone())["n"]
 
     async def requeue_orphans(self, lease_s: int, unpublished_after_s: int) -> list[uuid.UUID]:
         """Tasks to publish again: running on a worker silent for lease_s, or committed but never
@@ -168,7 +177,7 @@ class Tasks:
 
     async def get_many(self, task_ids: list[uuid.UUID], user_id: int) -> dict[uuid.UUID, Task]:
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ANY(%s) AND user_id = %s",
+            cursor = await conn.execute(f"SELECT {RESULT_COLUMNS} FROM tasks WHERE id = ANY(%s) AND user_id = %s",
                                         (task_ids, user_id))
             return {row["id"]: _task(row) for row in await cursor.fetchall()}
 

@@ -8,6 +8,12 @@ class Workers:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    async def deployment(self) -> str:
+        """This deployment's id (every process on one database shares it)."""
+        async with self.db.transaction() as conn:
+            row = await (await conn.execute("SELECT id FROM deployment")).fetchone()
+            return str(row["id"])
+
     async def heartbeat(self, worker: str, host: str) -> None:
         async with self.db.transaction() as conn:
             await conn.execute(

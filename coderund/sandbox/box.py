@@ -43,6 +43,7 @@ class Box:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     created: float = field(default_factory=time.monotonic)
+    max_bytes: int = 0  # of the exchange under way
 
     @classmethod
     async def attach(cls, container_id: str, sock: socket.socket) -> Box:
@@ -54,10 +55,13 @@ class Box:
         """False once the container has ended (the engine closed the stream)."""
         return not self.reader.at_eof() and not self.writer.is_closing()
 
-    async def exchange(self, request: bytes, live: Live | None = None) -> tuple[RunReport, supervisor.Files | None]:
-        """Sends the one request and reads the report; Died if the stream ends first. A live request
-        is followed by its stdin as it comes, and its output goes to live.output before the report."""
+    async def exchange(self, request: bytes, max_bytes: int, live: Live | None = None) -> tuple[RunReport, supervisor.Files | None]:
+        """Sends the one request and reads the report; Died if the stream ends first, or if it brings
+        more than max_bytes (what the caps allow: nothing makes us hold more, however it is framed).
+        A live request is followed by its stdin as it comes, and its output goes to live.output
+        before the report."""
         out, err = bytearray(), bytearray()
+        self.max_bytes = max_bytes
         feeding = None
         try:
             self.writer.write(request)
@@ -102,6 +106,8 @@ class Box:
         except (asyncio.IncompleteReadError, ConnectionError):
             return False
         if kind == STDOUT:
+            if len(out) + size > self.max_bytes:
+                raise supervisor.SupervisorError(f"the report is over {self.max_bytes} bytes")
             out += payload
         else:
             err += payload[: max(0, DIAGNOSTICS_MAX - len(err))]

@@ -71,8 +71,10 @@ def api_route(method: str, url: str) -> str:
 
 class Engine:
     def __init__(self, client: docker.DockerClient, *, isolation: Isolation, supervisor_binary: Path, threads: int,
-                 worker_id: str) -> None:
+                 worker_id: str, deployment: str) -> None:
         self.client = client
+        # Every container we make carries both: the sweep touches only this deployment's.
+        self.labels = {LABEL: "1", f"{LABEL}.deployment": deployment, f"{LABEL}.worker": worker_id}
         self.isolation = isolation
         self.supervisor = supervisor_binary.read_bytes()
         self.worker_id = worker_id
@@ -100,7 +102,7 @@ class Engine:
         await self._install_tools(shape.image)
         name = f"coderund-{uuid.uuid4().hex[:12]}"
         options = container_options(image=shape.image, name=name, memory_mb=shape.memory_mb, isolation=self.isolation,
-                                    env=dict(shape.env), labels={f"{LABEL}.worker": self.worker_id, **labels},
+                                    env=dict(shape.env), labels={**self.labels, **labels},
                                     tools_volume=self.tools_volume)
         started = time.monotonic()
         try:
@@ -157,10 +159,11 @@ class Engine:
             await asyncio.sleep(0.1)
 
     def owners(self) -> dict[str, str]:
-        """Every coderund container, and the worker that made it."""
+        """Every container of this deployment's, and the worker that made it."""
         # The low-level list: it does not inspect each container, which may be gone in between.
+        mine = f"{LABEL}.deployment={self.labels[f'{LABEL}.deployment']}"
         return {c["Id"]: c["Labels"].get(f"{LABEL}.worker", "")
-                for c in self.client.api.containers(all=True, filters={"label": LABEL})}
+                for c in self.client.api.containers(all=True, filters={"label": mine})}
 
     def remove_all(self, containers: list[str]) -> None:
         for container in containers:
@@ -183,7 +186,7 @@ class Engine:
         api = self.client.api
         api.create_volume(self.tools_volume, labels={LABEL: "1"})  # returns the volume if it exists
         # A container that never starts, only to reach the volume (any image will do: the plugin's).
-        helper = api.create_container(image, command=["true"], labels={LABEL: "1", f"{LABEL}.worker": self.worker_id},
+        helper = api.create_container(image, command=["true"], labels=self.labels,
                                       host_config=api.create_host_config(
                                           network_mode="none", mounts=[Mount(TOOLS_DIR, self.tools_volume, type="volume")]))
         try:

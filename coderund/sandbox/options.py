@@ -9,7 +9,10 @@ from docker.types import Mount
 WORKDIR = "/box"  # the task's files; writable by the task
 TOOLS_DIR = "/.coderund"  # the supervisor, from a read-only volume, so a run cannot tamper with it
 SUPERVISOR = f"{TOOLS_DIR}/supervise"
-SANDBOX_USER = "65534:65534"  # nobody
+# The supervisor's identity: root with only the capabilities it needs to start the program as
+# another user (nobody, 65534, set by the supervisor) and to clean up after it. The program has none.
+SUPERVISOR_USER = "0:0"
+SUPERVISOR_CAPS = ["SETUID", "SETGID", "KILL", "CHOWN"]
 LABEL = "coderund"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 MB = 1024 * 1024
@@ -41,20 +44,21 @@ def container_options(
         # (Not Docker's working_dir: Docker would make that folder root's, over the tmpfs's mode.)
         "command": [SUPERVISOR, WORKDIR],
         "stdin_open": True,
-        "user": SANDBOX_USER,
+        "user": SUPERVISOR_USER,
         "environment": {"PATH": PATH, "LANG": "C.UTF-8", "HOME": WORKDIR, **env},
-        "labels": {LABEL: "1", **labels},
+        "labels": labels,
         "network_mode": "none",
         # No network at all, not even Docker's "none" endpoint: an empty namespace with its own
         # loopback. It halves the start, and keeps sandboxes out of libnetwork, whose locks
         # deadlock dockerd 20.10 under heavy container churn (moby/moby#46661).
         "network_disabled": True,
         "read_only": True,
-        # World-writable: the supervisor writes the sources and the task its build outputs, both as nobody.
+        # World-writable: the program (nobody) writes its build outputs beside its sources.
         "tmpfs": {WORKDIR: f"{tmpfs},exec,mode=1777", "/tmp": f"{tmpfs},mode=1777"},
         "mounts": [Mount(TOOLS_DIR, tools_volume, type="volume", read_only=True, no_copy=True)],
         "shm_size": 16 * MB,
         "cap_drop": ["ALL"],
+        "cap_add": SUPERVISOR_CAPS,
         "security_opt": ["no-new-privileges"],
         "pids_limit": isolation.pids_limit,
         "mem_limit": memory_mb * MB,

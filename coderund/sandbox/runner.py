@@ -18,7 +18,8 @@ from . import supervisor
 from .box import Died, Live
 from .compile_cache import Build, CompileCache, key
 from .engine import Engine, SandboxError, Shape
-from .options import LABEL
+from .gate import FairGate
+from .options import LABEL, MB
 from .pool import WarmPool
 from .supervisor import FOLDER, Files
 
@@ -27,11 +28,13 @@ GRACE_S = 15  # beyond the supervisor's own wall limit, before we stop waiting f
 IMAGE_ID_TTL_S = 30  # how long an image's id is trusted for cache keys before it is looked up again
 SUPERVISOR_FAILED = 125  # its exit code when it cannot do what it was asked
 KILLED = 128 + 9  # a container's exit code when its first process got SIGKILL
+REPORT_SLACK = 64 * 1024  # a report's header and items' framing, beyond the bytes the caps allow
 
 
 class Sandbox:
-    def __init__(self, engine: Engine, pool: WarmPool, cache: CompileCache, *, output_limit: int) -> None:
+    def __init__(self, engine: Engine, pool: WarmPool, cache: CompileCache, gate: FairGate, *, output_limit: int) -> None:
         self.engine = engine
+        self.gate = gate  # every step holds one of the worker's slots, shared fairly among users
         self.pool = pool
         self.cache = cache
         self.output_limit = output_limit
@@ -53,18 +56,18 @@ class Sandbox:
         files = Files({plugin.source_file: task.code.encode(), **{name: text.encode() for name, text in task.files}})
         compile_output = b""
         if plugin.compile:
-            build = await self._build(plugin, files, labels, live)
+            build = await self._build(plugin, task.user_id, files, labels, live)
             if isinstance(build, Result):
                 return build
             files, compile_output = build.files, build.compile_output
         if not task.tests:
-            report, container = await self._run(plugin, task.limits, labels, files, task.stdin, task.args, live)
+            report, container = await self._run(plugin, task.user_id, task.limits, labels, files, task.stdin, task.args, live)
             return run_result(report, task.limits.memory_mb, compile_output, container)
         return await self._judge(plugin, task, labels, files, compile_output, case_parallel)
 
-    async def _run(self, plugin: Plugin, limits: Limits, labels: dict[str, str], files: Files, stdin: str,
+    async def _run(self, plugin: Plugin, who: int, limits: Limits, labels: dict[str, str], files: Files, stdin: str,
                    args: list[str] | tuple[str, ...], live: Live | None = None) -> tuple[RunReport, str]:
-        report, _, container = await self._step(run_shape(plugin, limits), labels, files, stdin.encode(),
+        report, _, container = await self._step(run_shape(plugin, limits), who, labels, files, stdin.encode(),
                                                 plugin.run_command(limits, args), limits, live=live)
         report = plugin.out_of_memory(report)
         metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
@@ -84,7 +87,7 @@ class Sandbox:
                 if failed.is_set():
                     results[i] = CaseResult(Verdict.SKIPPED)
                     return
-                report, container = await self._run(plugin, task.limits, labels, files, case.stdin, case.args)
+                report, container = await self._run(plugin, task.user_id, task.limits, labels, files, case.stdin, case.args)
                 containers.append(container)
                 results[i] = case_result(report, task.limits.memory_mb, case.expected, task.checker)
                 if task.stop_on_failure and results[i].verdict is not Verdict.OK:
@@ -93,7 +96,7 @@ class Sandbox:
         await asyncio.gather(*(one(i, case) for i, case in enumerate(task.tests)))
         return judged([r for r in results if r is not None], compile_output, containers[-1] if containers else None)
 
-    async def _build(self, plugin: Plugin, sources: Files, labels: dict[str, str], live: Live | None) -> Build | Result:
+    async def _build(self, plugin: Plugin, who: int, sources: Files, labels: dict[str, str], live: Live | None) -> Build | Result:
         limits = plugin.compile_limits
         command = plugin.compile_command(list(sources.data))
         cache_key = key(plugin=plugin.name, image_id=await self._image_id(plugin.image), command=command,
@@ -105,7 +108,7 @@ class Sandbox:
             return cached
         # Live, the compiler's stdout and stderr are both compile output, and it gets no stdin.
         compiling = Live(lambda _, data: live.output("compile", data)) if live else None
-        report, files, container = await self._step(run_shape(plugin, limits), labels, sources, b"", command, limits,
+        report, files, container = await self._step(run_shape(plugin, limits), who, labels, sources, b"", command, limits,
                                                      collect=True, live=compiling)
         metrics.COMPILE_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
         compile_output = report.stdout + report.stderr
@@ -121,16 +124,24 @@ class Sandbox:
         await asyncio.to_thread(self.cache.put, cache_key, build)
         return build
 
-    async def _step(self, shape: Shape, labels: dict[str, str], files: Files, stdin: bytes, program: tuple[str, ...],
-                    limits: Limits, *, collect: bool = False, live: Live | None = None) -> tuple[RunReport, Files | None, str]:
-        """One program in one container, which goes away afterwards whatever happened."""
+    async def _step(self, shape: Shape, who: int, labels: dict[str, str], files: Files, stdin: bytes,
+                    program: tuple[str, ...], limits: Limits, *, collect: bool = False,
+                    live: Live | None = None) -> tuple[RunReport, Files | None, str]:
+        """One program in one container, which goes away afterwards whatever happened, in a slot of the worker's."""
+        async with self.gate.slot(who):
+            return await self._contained(shape, labels, files, stdin, program, limits, collect, live)
+
+    async def _contained(self, shape: Shape, labels: dict[str, str], files: Files, stdin: bytes, program: tuple[str, ...],
+                         limits: Limits, collect: bool, live: Live | None) -> tuple[RunReport, Files | None, str]:
         box = self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
         log.debug("task %s: container %s", labels[f"{LABEL}.task"], box.id[:12])
         request = supervisor.request(files, stdin, program, wall_ms=limits.time_ms, output_cap=self.output_limit,
                                      collect=collect, live=live is not None)
+        # Live pieces and the report each carry at most the caps; a build's files at most the work folder.
+        max_bytes = 4 * self.output_limit + REPORT_SLACK + (2 * self.engine.isolation.tmpfs_mb * MB if collect else 0)
         started = time.monotonic()
         try:
-            report, collected = await asyncio.wait_for(box.exchange(request, live), limits.time_ms / 1000 + GRACE_S)
+            report, collected = await asyncio.wait_for(box.exchange(request, max_bytes, live), limits.time_ms / 1000 + GRACE_S)
         except TimeoutError:
             raise SandboxError(f"a {limits.time_ms} ms step did not finish") from None
         except Died as died:

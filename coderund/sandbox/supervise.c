@@ -16,12 +16,23 @@
  * they come and kept up to OUTPUT_CAP bytes each; past that, or past WALL_MS, the whole process group
  * is killed. Built statically on the worker's host so that it runs in any image.
  *
+ * Identity: the supervisor runs as root with only CAP_SETUID, CAP_SETGID, CAP_KILL and CAP_CHOWN (the
+ * container's settings); the program runs as SANDBOX_UID with no capabilities. So the program can
+ * neither signal us, nor open our descriptors through /proc/1/fd (the report stream), nor ptrace us,
+ * under any runtime. It also runs under a seccomp filter of ours on top of the engine's, which denies
+ * io_uring whatever the engine's own profile allows.
+ *
  * LIVE: stdin is a pipe that STDIN starts and later items on our stdin feed, as they come (an empty
  * item closes it); every kept piece of output is also sent at once as an item, "1" or "2" then the
  * bytes, and an empty item ends them before the report.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <poll.h>
@@ -33,6 +44,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -40,6 +52,15 @@
 
 #define MAX_ITEM (1L << 30)
 #define MAX_PENDING (1L << 20) /* live stdin not yet taken by the program: past this, we stop reading */
+#define SANDBOX_UID 65534        /* nobody: the program's identity, never ours */
+#define REAP_TRIES 2000          /* 1 ms apart: how long we wait for killed processes to be gone */
+#if defined(__x86_64__)
+#define AUDIT_ARCH_SELF AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define AUDIT_ARCH_SELF AUDIT_ARCH_AARCH64
+#else
+#error "the seccomp filter knows x86-64 and arm64"
+#endif
 
 struct stream {
     int fd;
@@ -144,6 +165,7 @@ static void make_parents(char *path) {
     for (char *slash = strchr(path, '/'); slash; slash = strchr(slash + 1, '/')) {
         *slash = 0;
         if (mkdir(path, 0755) < 0 && errno != EEXIST) fail("mkdir");
+        if (chown(path, SANDBOX_UID, SANDBOX_UID) < 0) fail("chown");
         *slash = '/';
     }
 }
@@ -155,12 +177,14 @@ static void receive_file(void) {
     make_parents(path);
     if (S_ISDIR(mode)) {
         if (mkdir(path, mode & 0777) < 0 && errno != EEXIST) fail("mkdir");
+        if (chown(path, SANDBOX_UID, SANDBOX_UID) < 0) fail("chown");
         if (item_length() != 0) fail("a folder with data");
     } else {
         int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (fd < 0) fail(path);
         item_to(fd);
-        if (fchmod(fd, mode & 0777) < 0) fail("fchmod");
+        /* The program's own, as if it had written them: a build may write beside its sources. */
+        if (fchmod(fd, mode & 0777) < 0 || fchown(fd, SANDBOX_UID, SANDBOX_UID) < 0) fail("fchown");
         close(fd);
     }
     free(path);
@@ -215,6 +239,50 @@ static int send_entry(const char *path, const struct stat *st, int type, struct 
 }
 
 /* ---- running the program ---- */
+
+/* In the child, before exec: the program's identity, with no way back and no capabilities left
+ * (setuid from root to another uid clears them all), then the seccomp filter. */
+static void become_program(void) {
+    static struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_SELF, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS), /* another ABI: nothing of ours uses one */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+#ifdef __X32_SYSCALL_BIT
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, __X32_SYSCALL_BIT, 4, 0), /* x32 numbers: denied */
+#else
+        BPF_JUMP(BPF_JMP | BPF_JA, 0, 0, 0),
+#endif
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 3, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_enter, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_register, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+    };
+    struct sock_fprog program = {sizeof filter / sizeof filter[0], filter};
+    gid_t gid = SANDBOX_UID;
+    if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID) < 0 ||
+        getuid() != SANDBOX_UID || geteuid() != SANDBOX_UID) {
+        fprintf(stderr, "coderund-supervise: cannot take the sandbox identity: %s\n", strerror(errno));
+        _exit(125);
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) < 0) {
+        fprintf(stderr, "coderund-supervise: cannot install the seccomp filter: %s\n", strerror(errno));
+        _exit(125);
+    }
+}
+
+/* As the container's first process, every process left in it becomes our child: wait until all
+ * are gone, so that nothing of the program's runs while we read the work folder. */
+static void reap_all(void) {
+    for (int i = 0; i < REAP_TRIES; i++) {
+        pid_t done;
+        while ((done = waitpid(-1, NULL, WNOHANG)) > 0) {}
+        if (done < 0 && errno == ECHILD) return;
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+}
 
 /* The kernel's count of OOM kills in this container's memory cgroup (v2 or v1), -1 if unknown. */
 static long oom_kills(void) {
@@ -294,8 +362,9 @@ static void feed_program(void) {
 }
 
 int main(int argc, char **argv) {
-    /* Not dumpable: the program runs as our uid, and must not ptrace us to forge the report. */
+    /* Not dumpable, besides being another identity: nothing may ptrace us or open /proc/1/fd. */
     prctl(PR_SET_DUMPABLE, 0);
+    umask(022);
     if (argc != 2 || chdir(argv[1]) < 0) fail("usage: supervise WORK_FOLDER");
     /* Unbuffered: what follows the request on our stdin (live input) is read only when polled for. */
     setvbuf(stdin, NULL, _IONBF, 0);
@@ -346,6 +415,7 @@ int main(int argc, char **argv) {
     if (pid < 0) fail("fork");
     if (pid == 0) {
         setsid();
+        become_program();
         if (dup2(in, 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
         signal(SIGCHLD, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
@@ -413,6 +483,7 @@ int main(int argc, char **argv) {
     if (!exited) {
         while (wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {}
     }
+    if (getpid() == 1) reap_all();
     /* Whatever the program wrote before it ended is still in the pipes. */
     for (int i = 0; i < 2; i++) {
         if (streams[i].fd < 0) continue;

@@ -147,9 +147,27 @@ CASES = [
          "int main(void) { pthread_t t[4]; for (int i = 0; i < 4; i++) pthread_create(&t[i], 0, spin, 0); spin(0); }",
          ("time_limit",), check=lambda r: r["time_ms"] <= r["wall_ms"] * 1.5 + 100, limits={"time_ms": 1000},
          check_on=("runc",)),  # gVisor reports CPU time of its own virtual CPUs; the host cgroup still caps it
+    # The supervisor is another identity than the program, under every runtime: its report stream
+    # (once writable through /proc/1/fd under gVisor, forging any verdict) and its process are out of reach.
+    Case("forging the report through the supervisor's descriptors", "python", PY_TRY +
+         "for fd in (0, 1, 2):\n    attempt(f'open {fd}', lambda fd=fd: os.open(f'/proc/1/fd/{fd}', os.O_WRONLY))\n"
+         "attempt('forge', lambda: os.write(os.open('/proc/1/fd/1', os.O_WRONLY), b'coderund-report exit=0 signal=0 wall_us=1 "
+         "cpu_us=1 maxrss_kb=1 timed_out=0 output_over=0 oom=0 stdout=900000000 stderr=0 files=0\\nFORGED'))\n"
+         "print('done')", ("ok",),
+         check=lambda r: "ALLOWED" not in r["stdout"] and "FORGED" not in r["stdout"] and r["stdout"].endswith("done\n")),
+    Case("signalling the supervisor", "python", PY_TRY + "import signal\n"
+         "for name in ('SIGTERM', 'SIGKILL', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGSTOP'):\n"
+         "    attempt(name, lambda name=name: os.kill(1, getattr(signal, name)))\nprint('still here')", ("ok",),
+         check=lambda r: r["stdout"].count("refused PermissionError") == 6 and "still here" in r["stdout"]),
+    Case("io_uring is denied", "python", LIBC + "params = ctypes.create_string_buffer(120)\n"
+         "print('io_uring', libc.syscall(425, 8, params), ctypes.get_errno())", ("ok",), check=out("io_uring -1 1\n")),
     Case("no host processes visible", "python", "import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]) < 10)",
          ("ok",), check=out("True")),
 ]
+
+
+AS_TEST_CASES = ["forging the report through the supervisor's descriptors", "signalling the supervisor", "io_uring is denied",
+                 "kill(-1)", "fork bomb (python)", "children that detach and outlive the task", "setuid(0)"]
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +216,18 @@ async def test_hostile_program(runtime_api, hostile_token, case, live, settings)
             break
         await asyncio.sleep(0.1)
     assert not containers(id=container)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in AS_TEST_CASES], ids=lambda c: c.name)
+async def test_hostile_program_as_a_test_case(runtime_api, hostile_token, case):
+    """The same properties when the program runs as a judge's test case."""
+    task_id = await runtime_api.submit(hostile_token, language=case.language, code=case.code, limits=case.limits,
+                                       args=["../../etc/passwd", "/proc/self/root"], tests=[{"stdin": "", "expected": "-"}])
+    [result] = (await runtime_api.result(hostile_token, task_id))["tests"]
+    # Expected output no program prints: what would be "ok" is judged a wrong answer.
+    verdict = "ok" if result["verdict"] == "wrong_answer" else result["verdict"]
+    assert verdict in case.verdicts, result
+    assert runtime_api.runtime not in case.check_on or case.check(result), result
 
 
 async def test_tasks_cannot_see_each_other(runtime_api, hostile_token):

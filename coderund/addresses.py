@@ -1,0 +1,60 @@
+"""Which network addresses a callback may reach: one policy, used at submit and at every delivery.
+
+Pure rules, no I/O. An address is allowed when it is global unicast; an IPv6 address that carries an
+IPv4 address (mapped, compatible, translated, NAT64, 6to4) is judged by that IPv4 address too, since
+a network that routes those forms reaches the IPv4 host. Forms whose embedded address cannot be
+judged (Teredo, local-use NAT64) and deprecated site-local addresses are refused.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765's IPv4-translated
+COMPATIBLE = ipaddress.ip_network("::/96")  # the deprecated IPv4-compatible form (:: and ::1 among them)
+
+
+def _embedded(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in net for net in (NAT64, TRANSLATED, COMPATIBLE)):
+        return ipaddress.IPv4Address(ip.packed[-4:])
+    return None
+
+
+def is_allowed(address: str) -> bool:
+    """True for a global unicast address that embeds nothing but global unicast."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if ip.version == 6:
+        if ip.teredo is not None or ip in LOCAL_NAT64 or ip.is_site_local:
+            return False
+        embedded = _embedded(ip)
+        if embedded is not None and not is_allowed(str(embedded)):
+            return False
+        if embedded is not None:
+            return True  # the embedded IPv4 address decides (Python calls some of these forms reserved)
+    return ip.is_global and not ip.is_multicast
+
+
+def ascii_host(host: str) -> str | None:
+    """The host as DNS names it (IDNA), or None when it cannot be one: empty labels, a label over
+    63 characters, characters IDNA refuses."""
+    if not host:
+        return None
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        encoded = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    labels = encoded.rstrip(".").split(".")
+    return encoded if all(0 < len(label) <= 63 for label in labels) and len(encoded) <= 253 else None
