@@ -10,7 +10,7 @@ import time
 
 import docker
 
-from . import __version__, client, config
+from . import __version__, admin, client, config
 from . import plugins as plugin_loader
 from .config import ConfigError, Settings
 from .domain import Limits
@@ -23,13 +23,15 @@ def parser() -> argparse.ArgumentParser:
     config.add_arguments(settings)
     main = argparse.ArgumentParser(
         prog="coderund",
+        allow_abbrev=False,  # the operator commands take --user beside the settings --user-*
         parents=[settings],
         description="Run untrusted code over a REST API. Without a command, runs the daemon in --role api, worker or all.",
         epilog="Every option can also be set by the CODERUND_* environment variable shown with it.",
     )
     main.add_argument("--version", action="version", version=f"coderund {__version__}")
-    commands = main.add_subparsers(dest="command", metavar="{run,login,logout,migrate,images,languages}")
+    commands = main.add_subparsers(dest="command", metavar="{run,login,logout,migrate,images,languages,keys,users}")
     client.add_commands(commands)
+    admin.add_commands(commands, settings)
     commands.add_parser("migrate", parents=[settings], help="apply sql/*.sql migrations and exit")
     images = commands.add_parser("images", parents=[settings], help="sandbox images of the language plugins")
     image_commands = images.add_subparsers(dest="images_command", required=True)
@@ -81,6 +83,8 @@ def run(args: dict[str, object], settings: Settings) -> int:
         applied = asyncio.run(_migrate())
         print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
         return 0
+    if command in admin.COMMANDS:
+        return asyncio.run(admin.run(args, settings))
     if command == "images":
         return build_images(settings, list(args.get("languages") or []), bool(args.get("force")))
     from .daemon import serve

@@ -47,6 +47,7 @@ class Settings:
     session_ttl: int = _setting(86400, "session lifetime in seconds")
     login_max_failures: int = _setting(10, "failed logins per username before 429")
     login_failure_window: int = _setting(300, "seconds over which failed logins are counted")
+    user_cpu_s_per_day: int = _setting(0, "CPU seconds a user's tasks may use a UTC day (0 = no quota); per user: coderund users set-quota")
     max_case_seconds: int = _setting(320, "a task's test cases times its time limit, at most (64 cases at 5 s)")
     login_per_address: int = _setting(30, "logins and registrations a minute per client address (0 = no limit)")
     warm_max: int = _setting(8, "warm sandbox containers a worker keeps ready, all languages together (0: none)")

@@ -28,6 +28,8 @@ from .repository.rates import Rates
 from .repository.live import LiveChannel
 from .repository.sessions import Sessions, connect
 from .repository.tasks import Tasks
+from .repository.keys import REVOKED, Keys
+from .repository.usage import Usage
 from .repository.users import Users
 from .repository.workers import Workers
 from .sandbox import supervisor
@@ -37,7 +39,7 @@ from .sandbox.gate import FairGate
 from .sandbox.options import LABEL, Isolation
 from .sandbox.pool import WarmPool
 from .sandbox.runner import Sandbox
-from .usecases import Accounts, Executor, LiveRuns, TaskService, Webhooks
+from .usecases import ApiKeys, Accounts, Executor, LiveRuns, TaskService, Webhooks
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -153,14 +155,16 @@ async def start_webhooks(settings: Settings, db: Database, stack: contextlib.Asy
 
 
 def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions,
-                  finished: TaskListener) -> Services:
-    accounts = Accounts(Users(db), sessions, Rates(sessions.redis, settings.login_per_address, "hashes"),
+                  finished: TaskListener, revocations: TaskListener) -> Services:
+    api_keys = ApiKeys(Keys(db), revocations)
+    accounts = Accounts(Users(db), sessions, api_keys, Rates(sessions.redis, settings.login_per_address, "hashes"),
                         max_failures=settings.login_max_failures,
                         failure_window=settings.login_failure_window)
-    tasks = TaskService(Tasks(db), queue, plugins, finished, Rates(sessions.redis, settings.user_rate),
+    tasks = TaskService(Tasks(db), queue, plugins, finished, Rates(sessions.redis, settings.user_rate), Usage(db),
+                        cpu_s_per_day=settings.user_cpu_s_per_day,
                         max_queue=settings.max_queue, user_max_pending=settings.user_max_pending,
                         allow_private_callbacks=settings.webhook_allow_private, max_case_seconds=settings.max_case_seconds)
-    return Services(accounts=accounts, tasks=tasks, plugins=plugins,
+    return Services(accounts=accounts, tasks=tasks, plugins=plugins, keys=api_keys,
                     live=LiveRuns(tasks, LiveChannel(sessions.redis), finished))
 
 
@@ -196,7 +200,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             finished = TaskListener(settings.database_url, FINISHED)
             finished.start()
             stack.push_async_callback(finished.close)
-            services = make_services(settings, db, queue, plugins, sessions, finished)
+            revocations = TaskListener(settings.database_url, REVOKED)
+            revocations.start()
+            stack.push_async_callback(revocations.close)
+            services = make_services(settings, db, queue, plugins, sessions, finished, revocations)
             services.checks = checks
             await listen(stack, make_app(services), settings, "port")
             await start_webhooks(settings, db, stack)  # once serving: a start that fails leaves nothing half-done

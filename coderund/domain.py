@@ -139,6 +139,12 @@ class Result:
     container: str | None = None  # the sandbox it ran in, for the operator
     tests: tuple[CaseResult, ...] | None = None  # with test cases: each one's, in order
 
+    def spent(self) -> tuple[int, int]:
+        """CPU and wall ms the task used: with test cases, all of them."""
+        if self.tests:
+            return sum(c.time_ms or 0 for c in self.tests), sum(c.wall_ms or 0 for c in self.tests)
+        return self.time_ms or 0, self.wall_ms or 0
+
 
 @dataclass
 class Task:
@@ -373,6 +379,17 @@ def parse_history_query(query: dict[str, str]) -> HistoryQuery:
 
 def history_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{task_id}".encode()).decode()
+
+
+MAX_USAGE_DAYS = 90
+
+
+def parse_days(value: str | None) -> int:
+    if value is None:
+        return 7
+    if not value.isdigit() or not 1 <= int(value) <= MAX_USAGE_DAYS:
+        raise ValidationFailed(f"'days' must be a whole number from 1 to {MAX_USAGE_DAYS}.")
+    return int(value)
 
 
 def parse_wait(value: str | None) -> float:

@@ -24,6 +24,7 @@ HTTP_LATENCY = Histogram("coderund_http_request_duration_seconds", "HTTP request
 LOGINS = Counter("coderund_logins_total", "Login attempts by outcome", ["outcome"])
 TASKS_SUBMITTED = Counter("coderund_tasks_submitted_total", "Tasks accepted by the API", ["language"])
 TASKS_FINISHED = Counter("coderund_tasks_finished_total", "Tasks finished by workers", ["language", "verdict"])
+TASK_CPU = Counter("coderund_task_cpu_seconds_total", "CPU seconds used by finished tasks", ["language"])
 QUEUE_WAIT = Histogram("coderund_task_queue_wait_seconds", "From submission to a worker starting the task",
                        ["language"], buckets=SECONDS)
 COMPILE_TIME = Histogram("coderund_task_compile_seconds", "Wall time of compile steps", ["language"], buckets=SECONDS)

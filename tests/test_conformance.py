@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import tomllib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -64,7 +65,7 @@ async def test_conformance(runtime_api, language):
     results = await asyncio.gather(*(runtime_api.run(token, language=language, code=programs[name], **extra)
                                      for name, extra, _ in chosen))
     failures = []
-    for (name, _, expected), result in zip(chosen, results):
+    for (name, _, expected), result in zip(chosen, results, strict=True):
         seen = {key: result[key] for key in expected}
         if seen != expected:
             failures.append(f"{name}: expected {expected}, got {seen}; stderr {result['stderr'][-300:]!r}"

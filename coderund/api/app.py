@@ -13,7 +13,7 @@ from .routes import ROUTES
 def make_app(services: Services) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[metrics.http_metrics, middlewares.errors, middlewares.auth])
     app[SERVICES] = services
-    app[PROTECTED] = frozenset(route.path for route in ROUTES if route.protected)
+    app[PROTECTED] = {(route.method, route.path): route.scope for route in ROUTES if route.protected}
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, expect_handler=server.expect)
     docs.add_static(app)

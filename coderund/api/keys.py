@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..plugins import Plugins
-from ..usecases import Accounts, LiveRuns, TaskService
+from ..access import Principal
+from ..usecases import Accounts, ApiKeys, LiveRuns, TaskService
 
 SESSION_COOKIE = "coderund_session"
 
@@ -18,11 +19,13 @@ class Services:
     tasks: TaskService
     plugins: Plugins
     live: LiveRuns
+    keys: ApiKeys
     # name → a coroutine that raises when that dependency does not answer
     checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 
 
 SERVICES = web.AppKey("services", Services)
-PROTECTED = web.AppKey("protected", frozenset)
+PROTECTED = web.AppKey("protected", dict)  # (method, path) of a protected route: the scope it needs
 USER_ID = web.RequestKey("user_id", int)
+PRINCIPAL = web.RequestKey("principal", Principal)
 TOKEN = web.RequestKey("token", str)

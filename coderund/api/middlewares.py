@@ -11,7 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import AppError, Forbidden, InvalidJson, Unauthorized
-from .keys import PROTECTED, SERVICES, SESSION_COOKIE, TOKEN, USER_ID
+from .keys import PRINCIPAL, PROTECTED, SERVICES, SESSION_COOKIE, TOKEN, USER_ID
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -19,6 +19,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HTTP_CODES = {
     400: "validation_failed",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
@@ -81,14 +82,19 @@ def _same_origin(request: web.Request) -> bool:
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Protected routes answer 401 before anything looks at the body."""
     route = request.match_info.route.resource
-    if route is not None and route.canonical in request.app[PROTECTED]:
+    scope = request.app[PROTECTED].get((request.method, route.canonical)) if route is not None else None
+    if scope is not None:
         token, from_cookie = request_token(request)
         if token is None:
             raise Unauthorized()
         # The cookie goes along whatever page sends the request; a Bearer token only with its client.
         if from_cookie and (request.method not in ("GET", "HEAD") or _is_websocket(request)) and not _same_origin(request):
             raise Forbidden("A request with the session cookie must come from this server's own pages (Origin).")
-        request[USER_ID] = await request.app[SERVICES].accounts.authenticate(token)
+        principal = await request.app[SERVICES].accounts.authenticate(token)
+        if scope not in principal.scopes:
+            raise Forbidden(f"This API key lacks the scope {scope!r} that {request.method} {route.canonical} needs.")
+        request[PRINCIPAL] = principal
+        request[USER_ID] = principal.user_id
         request[TOKEN] = token
     return await handler(request)
 

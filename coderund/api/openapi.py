@@ -14,7 +14,7 @@ from .keys import SESSION_COOKIE
 ERROR_CODES = [
     "invalid_json", "validation_failed", "unauthorized", "not_found", "method_not_allowed", "conflict",
     "payload_too_large", "unsupported_language", "rate_limited", "queue_full", "unavailable", "internal",
-    "request_timeout",
+    "request_timeout", "forbidden", "quota_exceeded", "bad_request",
 ]
 
 
@@ -41,6 +41,7 @@ ERRORS = {
     "400": _error("The body is not valid JSON or a field is wrong.", "validation_failed"),
     "401": _error("No valid session: log in and send the token or the cookie.", "unauthorized"),
     "404": _error("No such task (or not yours).", "not_found"),
+    "403": _error("This API key lacks the scope the call needs, or a cookie request came from another origin.", "forbidden"),
     "408": _error("The body did not arrive in time (10 s).", "request_timeout"),
     "409": _error("The username is taken, or the task has finished.", "conflict"),
     "413": _error("The body, code or stdin is too large.", "payload_too_large"),
@@ -172,12 +173,42 @@ SCHEMAS: dict[str, Any] = {
             "compile_limits": _ref("Limits"),  # compiled languages only: the compiler's limits
         },
     },
+    "KeyRequest": {
+        "type": "object", "required": ["name"],
+        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
+                       "scopes": {"type": "array", "minItems": 1,
+                                  "items": {"enum": ["tasks:write", "tasks:read", "account"]},
+                                  "description": "default: tasks:write, tasks:read"},
+                       "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650}},
+    },
+    "ApiKey": {
+        "type": "object", "required": ["id", "name", "prefix", "scopes", "created_at"],
+        "properties": {"id": {"type": "string", "format": "uuid"}, "name": {"type": "string"},
+                       "prefix": {"type": "string", "description": "the key's first characters"},
+                       "scopes": {"type": "array", "items": {"type": "string"}},
+                       "created_at": {"type": "string"}, "last_used_at": _nullable("string", "to the minute"),
+                       "expires_at": _nullable("string", "never when null")},
+    },
+    "Usage": {
+        "type": "object", "required": ["days", "quota"],
+        "properties": {
+            "days": {"type": "array", "items": {"type": "object", "properties": {
+                "day": {"type": "string", "format": "date"}, "tasks": {"type": "integer"}, "cpu_ms": {"type": "integer"},
+                "wall_ms": {"type": "integer"}, "languages": {"type": "object", "additionalProperties": {"type": "object"}}}}},
+            "quota": {"type": "object", "properties": {
+                "cpu_s_per_day": {"type": "integer", "description": "0: none"}, "cpu_ms_today": {"type": "integer"},
+                "max_pending": {"type": "integer"}, "per_minute": {"type": "integer"}}},
+        },
+    },
     "Readiness": {
         "type": "object",
         "properties": {"status": {"type": "string"}, "error": {"type": "string"}, "message": {"type": "string"},
                        "checks": {"type": "object", "additionalProperties": {"type": "string"}}},
     },
 }
+
+SCHEMAS["NewApiKey"] = {**SCHEMAS["ApiKey"], "required": [*SCHEMAS["ApiKey"]["required"], "key"],
+                        "properties": {**SCHEMAS["ApiKey"]["properties"], "key": {"type": "string", "description": "crd_…"}}}
 
 SCHEMAS["TaskCreated"] = {
     "type": "object", "required": ["task_id"],
@@ -230,6 +261,28 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Replace the secret that signs your webhooks", "tags": ["accounts"], "security": AUTH,
         "responses": {"200": _json({"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}},
                                    "The new secret", {"secret": "60303ae22b998861…"}), **_errors("401", "503")},
+    },
+    ("post", "/account/api-keys"): {
+        "summary": "Make an API key (shown in this answer only) for machine clients: Authorization: Bearer <key>",
+        "tags": ["accounts"], "security": AUTH,
+        "requestBody": _body("KeyRequest", {"name": "grader", "scopes": ["tasks:write", "tasks:read"], "expires_in_days": 90}),
+        "responses": {"201": _json(_ref("NewApiKey"), "The key", None), **_errors(*BODY_ERRORS, "401", "403")},
+    },
+    ("get", "/account/api-keys"): {
+        "summary": "Your API keys (never the keys themselves)", "tags": ["accounts"], "security": AUTH,
+        "responses": {"200": _json({"type": "object", "required": ["api_keys"], "properties": {
+            "api_keys": {"type": "array", "items": _ref("ApiKey")}}}, "The keys"), **_errors("401", "403", "503")},
+    },
+    ("delete", "/account/api-keys/{key_id}"): {
+        "summary": "Revoke an API key: every API process refuses it within a second", "tags": ["accounts"],
+        "security": AUTH, "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"204": {"description": "Revoked"}, **_errors("401", "403", "404", "503")},
+    },
+    ("get", "/account/usage"): {
+        "summary": "What your tasks spent per UTC day, in all and by language, with your quotas", "tags": ["accounts"],
+        "security": AUTH, "parameters": [{"name": "days", "in": "query", "required": False,
+                                          "schema": {"type": "integer", "minimum": 1, "maximum": 90, "default": 7}}],
+        "responses": {"200": _json(_ref("Usage"), "Usage"), **_errors("400", "401", "403", "503")},
     },
     ("post", "/task"): {
         "summary": "Submit code to run; with `wait`, also its result when it finishes in time", "tags": ["tasks"],

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import domain
+from ..access import ACCOUNT, TASKS_READ, TASKS_WRITE, parse_key_request
 from ..metrics import metrics_handler
 from .docs import docs_page, openapi_json, playground_page
 from .ws import websocket
@@ -53,6 +54,34 @@ async def webhook_secret(request: web.Request) -> web.Response:
     """GET shows the secret that signs your webhooks; POST replaces it."""
     secret = await request.app[SERVICES].accounts.webhook_secret(request[USER_ID], rotate=request.method == "POST")
     return web.json_response({"secret": secret})
+
+
+def key_document(row: Any) -> dict[str, Any]:
+    return {"id": str(row.id), "name": row.name, "prefix": row.prefix, "scopes": list(row.scopes),
+            "created_at": domain.iso(row.created_at), "last_used_at": domain.iso(row.last_used_at),
+            "expires_at": domain.iso(row.expires_at)}
+
+
+async def create_key(request: web.Request) -> web.Response:
+    """The key itself is in this answer only."""
+    key_request = parse_key_request(await _json(request))
+    row, key = await request.app[SERVICES].keys.create(request[USER_ID], key_request)
+    return web.json_response({**key_document(row), "key": key}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    rows = await request.app[SERVICES].keys.of_user(request[USER_ID])
+    return web.json_response({"api_keys": [key_document(row) for row in rows]})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    await request.app[SERVICES].keys.revoke(request.match_info["key_id"], request[USER_ID])
+    return web.Response(status=204)
+
+
+async def usage(request: web.Request) -> web.Response:
+    days = domain.parse_days(request.query.get("days"))
+    return web.json_response(await request.app[SERVICES].tasks.usage_report(request[USER_ID], days))
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -159,23 +188,34 @@ class Route:
     method: str
     path: str
     handler: Any
-    protected: bool = False
+    scope: str | None = None  # the scope a caller needs; None: the route is public
+
+    @property
+    def protected(self) -> bool:
+        return self.scope is not None
+
+
+W, R, A = TASKS_WRITE, TASKS_READ, ACCOUNT
 
 
 ROUTES = [
     Route("POST", "/register", register),
     Route("POST", "/login", login),
-    Route("POST", "/logout", logout, protected=True),
-    Route("GET", "/account/webhook-secret", webhook_secret, protected=True),
-    Route("POST", "/account/webhook-secret", webhook_secret, protected=True),
-    Route("POST", "/task", submit, protected=True),
-    Route("POST", "/tasks", submit_many, protected=True),
-    Route("GET", "/tasks", list_tasks, protected=True),
-    Route("POST", "/task/{task_id}/cancel", cancel, protected=True),
-    Route("GET", "/status/{task_id}", status, protected=True),
-    Route("GET", "/result/{task_id}", result, protected=True),
+    Route("POST", "/logout", logout, scope=A),
+    Route("GET", "/account/webhook-secret", webhook_secret, scope=A),
+    Route("POST", "/account/webhook-secret", webhook_secret, scope=A),
+    Route("POST", "/account/api-keys", create_key, scope=A),
+    Route("GET", "/account/api-keys", list_keys, scope=A),
+    Route("DELETE", "/account/api-keys/{key_id}", revoke_key, scope=A),
+    Route("GET", "/account/usage", usage, scope=R),
+    Route("POST", "/task", submit, scope=W),
+    Route("POST", "/tasks", submit_many, scope=W),
+    Route("GET", "/tasks", list_tasks, scope=R),
+    Route("POST", "/task/{task_id}/cancel", cancel, scope=W),
+    Route("GET", "/status/{task_id}", status, scope=R),
+    Route("GET", "/result/{task_id}", result, scope=R),
     Route("GET", "/languages", languages),
-    Route("GET", "/ws", websocket, protected=True),
+    Route("GET", "/ws", websocket, scope=W),
     Route("GET", "/", playground_page),
     Route("GET", "/healthz", healthz),
     Route("GET", "/readyz", readyz),

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 
@@ -30,6 +30,11 @@ class TaskListener:
         self.channel = channel
         self._waiters: dict[uuid.UUID, set[asyncio.Event]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._subscribers: list[Callable[[uuid.UUID | None], None]] = []
+
+    def subscribe(self, fn: Callable[[uuid.UUID | None], None]) -> None:
+        """fn hears every id notified, and None when the connection is back (news may have been missed)."""
+        self._subscribers.append(fn)
 
     def start(self) -> None:
         self._listener = asyncio.create_task(self._listen())
@@ -67,9 +72,14 @@ class TaskListener:
                     pause = RECONNECT_S[0]
                     for events in self._waiters.values():  # whatever finished while we were away
                         self._wake(events)
+                    for fn in self._subscribers:
+                        fn(None)
                     async for note in conn.notifies():
                         with contextlib.suppress(ValueError):
-                            self._wake(self._waiters.get(uuid.UUID(note.payload), set()))
+                            noted = uuid.UUID(note.payload)
+                            self._wake(self._waiters.get(noted, set()))
+                            for fn in self._subscribers:
+                                fn(noted)
             except (psycopg.Error, OSError) as e:
                 log.warning("listening on %s failed (%s); again in %.1f s", self.channel, e, pause)
             await asyncio.sleep(pause)

@@ -37,10 +37,12 @@ class Rates:
         self.kind = kind
         self._take = redis.register_script(TAKE)
 
-    async def take(self, whose: int | str) -> int:
-        """0 when whose may go on now, else the seconds until they may (0 per minute: no limit)."""
-        if self.per_minute <= 0:
+    async def take(self, whose: int | str, per_minute: int | None = None) -> int:
+        """0 when whose may go on now, else the seconds until they may (0 per minute: no limit);
+        per_minute, when given, is whose own rate instead of the default."""
+        rate = self.per_minute if per_minute is None else per_minute
+        if rate <= 0:
             return 0
         with answering():
-            wait_ms = int(await self._take(keys=[RATE_KEY.format(self.kind, whose)], args=[self.per_minute]))
+            wait_ms = int(await self._take(keys=[RATE_KEY.format(self.kind, whose)], args=[rate]))
         return math.ceil(wait_ms / 1000)

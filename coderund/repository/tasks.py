@@ -244,13 +244,21 @@ class Tasks:
             cursor = await conn.execute(
                 "UPDATE tasks SET state = 'done', finished_at = now(), verdict = %s, exit_code = %s, signal = %s,"
                 " stdout = %s, stderr = %s, compile_output = %s, truncated = %s, cpu_ms = %s, wall_ms = %s,"
-                " memory_kb = %s, container = %s, case_results = %s WHERE id = %s AND state <> 'done'",
+                " memory_kb = %s, container = %s, case_results = %s WHERE id = %s AND state <> 'done'"
+                " RETURNING user_id, language, (finished_at AT TIME ZONE 'UTC')::date AS day",
                 (result.verdict.value, result.exit_code, result.signal, result.stdout, result.stderr,
                  result.compile_output, result.truncated, result.time_ms, result.wall_ms, result.memory_kb,
                  result.container, None if result.tests is None else Jsonb([_case_document(c) for c in result.tests]),
                  task_id),
             )
-            if cursor.rowcount != 1:
+            done = await cursor.fetchone()
+            if done is None:
                 return False
+            cpu_ms, wall_ms = result.spent()
+            await conn.execute(
+                "INSERT INTO usage_daily (user_id, day, language, tasks, cpu_ms, wall_ms) VALUES (%s, %s, %s, 1, %s, %s)"
+                " ON CONFLICT (user_id, day, language) DO UPDATE SET tasks = usage_daily.tasks + 1,"
+                " cpu_ms = usage_daily.cpu_ms + EXCLUDED.cpu_ms, wall_ms = usage_daily.wall_ms + EXCLUDED.wall_ms",
+                (done["user_id"], done["day"], done["language"], cpu_ms, wall_ms))
             await _finished(conn, task_id)
             return True

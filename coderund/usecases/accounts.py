@@ -1,0 +1,85 @@
+"""Accounts: register, log in and out, sessions, the webhook secret."""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .. import metrics
+from ..access import Principal
+from ..domain import Credentials
+from ..errors import (RateLimited, Unauthorized)
+from ..passwords import DUMMY_HASH, hash_password, verify_password
+from ..repository.rates import Rates
+from ..repository.sessions import Sessions
+from .keys import ApiKeys, looks_like_key
+from ..repository.users import UserRow, Users
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Login:
+    token: str
+    expires_in: int
+
+
+class Accounts:
+    def __init__(self, users: Users, sessions: Sessions, api_keys: ApiKeys, address_rates: Rates, *, max_failures: int,
+                 failure_window: int) -> None:
+        self.api_keys = api_keys
+        self.users = users
+        self.sessions = sessions
+        self.address_rates = address_rates
+        self.max_failures = max_failures
+        self.failure_window = failure_window
+        # Hashes are slow by design: a flood of them must queue, not take every core from the event loop.
+        self._hashing = asyncio.Semaphore(os.cpu_count() or 1)
+
+    async def _hash(self, address: str, fn: Callable[..., T], *args: Any) -> T:
+        """A password hash for a client address, within its rate and the process's hashing slots."""
+        if wait_s := await self.address_rates.take(address):
+            metrics.LOGINS.labels("rate_limited").inc()
+            raise RateLimited(f"More than {self.address_rates.per_minute} logins or registrations a minute from your"
+                              f" address; try again in {wait_s} s.", wait_s)
+        async with self._hashing:
+            return await asyncio.to_thread(fn, *args)
+
+    async def register(self, credentials: Credentials, address: str) -> UserRow:
+        password_hash = await self._hash(address, hash_password, credentials.password)
+        return await self.users.create(credentials.username, password_hash)
+
+    async def login(self, credentials: Credentials, address: str) -> Login:
+        failures, retry_after = await self.sessions.login_failures(credentials.username)
+        if failures >= self.max_failures:
+            metrics.LOGINS.labels("rate_limited").inc()
+            raise RateLimited("Too many failed logins for this username; try again later.", retry_after)
+        user = await self.users.by_username(credentials.username)
+        # The same work and the same answer whether the user is unknown or the password wrong.
+        valid = await self._hash(address, verify_password, credentials.password, user.password_hash if user else DUMMY_HASH)
+        if user is None or not valid:
+            await self.sessions.add_login_failure(credentials.username, self.failure_window)
+            metrics.LOGINS.labels("failure").inc()
+            raise Unauthorized("Unknown username or wrong password.")
+        login = Login(await self.sessions.create(user.id), self.sessions.ttl)
+        metrics.LOGINS.labels("success").inc()
+        return login
+
+    async def logout(self, token: str) -> None:
+        await self.sessions.delete(token)
+
+    async def webhook_secret(self, user_id: int, *, rotate: bool = False) -> str:
+        """The key that signs the user's webhooks; made on first use, replaced by a rotation."""
+        return await self.users.webhook_secret(user_id, secrets.token_hex(32) if rotate else None)
+
+    async def authenticate(self, token: str) -> Principal:
+        """A login session's user, with every scope, or an API key's principal."""
+        if not looks_like_key(token) and (user_id := await self.sessions.user_id(token)) is not None:
+            return Principal(user_id)
+        if (principal := await self.api_keys.principal(token)) is not None:
+            return principal
+        raise Unauthorized("The session has expired, or the key is unknown, revoked or expired.")
+

@@ -1,0 +1,214 @@
+"""The API side of tasks: submit, read, wait for, list and cancel them."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from .. import metrics
+from ..access import cpu_quota_left, seconds_to_next_day
+from ..domain import HistoryQuery, Task, TaskRequest, TaskState, Verdict
+from ..errors import (AppError, Conflict, NotFound, QueueFull, QuotaExceeded, RateLimited, ValidationFailed)
+from ..plugins import Plugins
+from ..repository.callbacks import AddressRefused, check
+from ..repository.notify import TaskListener
+from ..repository.queue import Queue
+from ..repository.rates import Rates
+from ..repository.tasks import Tasks
+from ..repository.usage import Quota, Usage
+from .keys import utcnow
+
+BUSY_RETRY_S = 5
+DONE_REMEMBERED = 100_000  # finished tasks whose owner an API process keeps in memory (~100 bytes each)
+DONE_REMEMBERED_S = 3600  # and for how long: far less than retention, so a deleted task is soon 404 again
+T = TypeVar("T")
+
+
+class TaskService:
+    """The API side of tasks."""
+
+    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, finished: TaskListener, rates: Rates, usage: Usage, *,
+                 max_queue: int, user_max_pending: int, cpu_s_per_day: int = 0, allow_private_callbacks: bool = False,
+                 max_case_seconds: int = 320, clock: Callable[[], datetime] = utcnow) -> None:
+        self.usage = usage
+        self.cpu_s_per_day = cpu_s_per_day  # the default quota; a user's own replaces it
+        self.clock = clock
+        self.max_case_ms = max_case_seconds * 1000
+        self.allow_private_callbacks = allow_private_callbacks
+        self.tasks = tasks
+        self.queue = queue
+        self.plugins = plugins
+        self.finished = finished
+        self.rates = rates
+        self.max_queue = max_queue
+        self.user_max_pending = user_max_pending
+        self._depth = (0.0, 0)  # (when, depth): a burst of submissions asks the broker once a second
+        self._accepted = 0  # submissions this process accepted since that reading
+        # Finished is final: whose finished tasks these are, so that polling them needs no database.
+        self._done: OrderedDict[uuid.UUID, tuple[int, float]] = OrderedDict()  # task: (owner, when seen done)
+
+    async def submit(self, user_id: int, request: TaskRequest, *, live: bool = False) -> uuid.UUID:
+        plugin, limits = self.plugins.for_request(request)
+        if len(request.tests) * limits.time_ms > self.max_case_ms:
+            raise ValidationFailed(f"{len(request.tests)} test cases at {limits.time_ms} ms each could hold a sandbox for"
+                                   f" longer than {self.max_case_ms // 1000} s; lower 'limits.time_ms' or send fewer cases.")
+        if request.callback_url:
+            await self._check_callback(request.callback_url)
+        quota = await self._within_quota(user_id)
+        per_minute = self.rates.per_minute if quota.per_minute is None else quota.per_minute
+        if wait_s := await self.rates.take(user_id, per_minute):
+            raise RateLimited(f"More than {per_minute} submissions a minute; try again in {wait_s} s.", wait_s)
+        max_pending = self.user_max_pending if quota.max_pending is None else quota.max_pending
+        if await self._queue_depth() >= self.max_queue:
+            raise QueueFull("The task queue is full; try again shortly.", BUSY_RETRY_S)
+        self._accepted += 1  # no await since the check: concurrent submissions see this one
+        task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits,
+                    request.files, request.tests, request.checker, request.stop_on_failure,
+                    callback_url=request.callback_url, live=live)
+        try:
+            if not await self.tasks.add(task, max_pending or 1 << 31):
+                raise RateLimited(f"You have {max_pending} unfinished tasks; wait for some to finish.", BUSY_RETRY_S)
+            try:
+                await self.queue.publish(task.id)
+            except BaseException:
+                # Not confirmed by the broker: take the task back so nothing is left half-made.
+                await asyncio.shield(self.tasks.delete_unstarted(task.id))
+                raise
+        except BaseException:
+            self._accepted -= 1
+            raise
+        await self.tasks.mark_published(task.id)
+        metrics.TASKS_SUBMITTED.labels(plugin.name).inc()
+        return task.id
+
+    async def _within_quota(self, user_id: int) -> Quota:
+        """The user's quotas; QuotaExceeded once the day's CPU quota is spent, until the next UTC day."""
+        now = self.clock()
+        quota, used_ms = await self.usage.quota(user_id, now.astimezone(UTC).date())
+        cpu_s = self.cpu_s_per_day if quota.cpu_s_per_day is None else quota.cpu_s_per_day
+        if not cpu_quota_left(used_ms, cpu_s):
+            raise QuotaExceeded(f"Your quota of {cpu_s} CPU seconds a day is spent ({used_ms / 1000:.1f} s used today);"
+                                " it renews at 00:00 UTC.", seconds_to_next_day(now))
+        return quota
+
+    async def usage_report(self, user_id: int, days: int) -> dict[str, Any]:
+        """Per UTC day of the last `days`, what the user's tasks spent, in all and by language, with the quotas."""
+        now = self.clock().astimezone(UTC)
+        rows = await self.usage.days(user_id, now.date() - timedelta(days=days - 1))
+        quota, used_ms = await self.usage.quota(user_id, now.date())
+        by_day: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            day = by_day.setdefault(row["day"].isoformat(), {"day": row["day"].isoformat(), "tasks": 0, "cpu_ms": 0,
+                                                             "wall_ms": 0, "languages": {}})
+            figures = {name: int(row[name]) for name in ("tasks", "cpu_ms", "wall_ms")}
+            day["languages"][row["language"]] = figures
+            for name, value in figures.items():
+                day[name] += value
+        return {"days": list(by_day.values()), "quota": {
+            "cpu_s_per_day": self.cpu_s_per_day if quota.cpu_s_per_day is None else quota.cpu_s_per_day,
+            "cpu_ms_today": used_ms,
+            "max_pending": self.user_max_pending if quota.max_pending is None else quota.max_pending,
+            "per_minute": self.rates.per_minute if quota.per_minute is None else quota.per_minute}}
+
+    async def _check_callback(self, url: str) -> None:
+        try:
+            await check(url, self.allow_private_callbacks)
+        except AddressRefused as e:
+            raise ValidationFailed(f"'callback_url' may not point there: {e}.") from None
+        except OSError:
+            raise ValidationFailed("'callback_url' names a host that does not resolve.") from None
+
+    async def _queue_depth(self) -> int:
+        """The broker's last count (at most a second old) and what this process accepted since."""
+        checked_at, depth = self._depth
+        if time.monotonic() - checked_at > 1:
+            depth = await self.queue.depth()
+            self._depth, self._accepted = (time.monotonic(), depth), 0
+        return depth + self._accepted
+
+    async def get(self, user_id: int, task_id: str, wait_s: float = 0) -> Task:
+        """The task; with wait_s, as soon as it finishes, or as it is when wait_s have passed."""
+        parsed = _parse_id(task_id)
+        deadline = time.monotonic() + wait_s
+        with self.finished.watch(parsed) as finished:
+            while True:
+                finished.clear()
+                task = await _found(task_id, self.tasks.get(parsed, user_id))
+                left = deadline - time.monotonic()
+                if task.state is TaskState.DONE:
+                    self._remember_done(parsed, user_id)
+                    return task
+                if left <= 0:
+                    return task
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), left)
+
+    async def state(self, user_id: int, task_id: str) -> TaskState:
+        parsed = _parse_id(task_id)
+        owner, seen = self._done.get(parsed, (None, 0.0))
+        if owner == user_id and time.monotonic() - seen < DONE_REMEMBERED_S:
+            return TaskState.DONE
+        state = await _found(task_id, self.tasks.state(parsed, user_id))
+        if state is TaskState.DONE:
+            self._remember_done(parsed, user_id)
+        return state
+
+    async def get_many(self, user_id: int, task_ids: list[str]) -> list[Task | AppError]:
+        """Each task of the user's, or the 404 that asking for it alone would get."""
+        parsed = [_maybe_id(task_id) for task_id in task_ids]
+        found = await self.tasks.get_many([p for p in parsed if p], user_id)
+        return [(found.get(p) if p else None) or NotFound(f"There is no task {t!r}.")
+                for t, p in zip(task_ids, parsed, strict=True)]
+
+    async def history(self, user_id: int, query: HistoryQuery) -> list[dict[str, Any]]:
+        language = self.plugins.get(query.language).name if query.language else None
+        return await self.tasks.history(user_id, state=query.state, language=language, before=query.before,
+                                        limit=query.limit)
+
+    async def cancel(self, user_id: int, task_id: str) -> bool:
+        """True when the task ended cancelled at once (it was queued), False when its worker was asked
+        to stop it (it runs); 409 when it has finished, 404 when there is no such task of the user's."""
+        parsed = _parse_id(task_id)
+        for _ in range(2):  # a task may move on between the two tries: from queued to running
+            if language := await self.tasks.cancel_queued(parsed, user_id):
+                metrics.TASKS_FINISHED.labels(language, Verdict.CANCELLED.value).inc()
+                return True
+            if await self.tasks.request_cancel(parsed, user_id):
+                return False
+        await _found(task_id, self.tasks.state(parsed, user_id))
+        raise Conflict("The task has finished; there is nothing to cancel.")
+
+    def _remember_done(self, task_id: uuid.UUID, user_id: int) -> None:
+        self._done[task_id] = (user_id, time.monotonic())
+        self._done.move_to_end(task_id)
+        if len(self._done) > DONE_REMEMBERED:
+            self._done.popitem(last=False)
+
+
+def _maybe_id(task_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(task_id)
+    except ValueError:
+        return None
+
+
+def _parse_id(task_id: str) -> uuid.UUID:
+    """A malformed id is the same 404 as an unknown one."""
+    parsed = _maybe_id(task_id)
+    if parsed is None:
+        raise NotFound(f"There is no task {task_id!r}.")
+    return parsed
+
+
+async def _found(task_id: str, fetch: Awaitable[T | None]) -> T:
+    """What fetch finds of the user's; anything else (another user's too) is the same 404."""
+    found = await fetch
+    if found is None:
+        raise NotFound(f"There is no task {task_id!r}.")
+    return found
+
