@@ -97,6 +97,19 @@ class Client:
         assert body.get("stdout") == "hello\n", body
         return (time.perf_counter() - started) * 1000
 
+    async def key(self, auth: dict[str, str]) -> dict[str, str]:
+        async with self.session.post(f"{self.base}/account/api-keys", json={"name": "bench"}, headers=auth) as r:
+            return {"Authorization": f"Bearer {(await r.json())['key']}"}
+
+    async def judge0(self, auth: dict[str, str]) -> float:
+        """The same hello through the Judge0 API: POST /judge0/submissions?wait=true."""
+        started = time.perf_counter()
+        async with self.session.post(f"{self.base}/judge0/submissions?wait=true", headers=auth,
+                                     json={"source_code": HELLO["python"], "language_id": 71}) as r:
+            body = await r.json()
+        assert body.get("stdout") == "hello\n", body
+        return (time.perf_counter() - started) * 1000
+
     async def polled(self, auth: dict[str, str], language: str, code: str, every: float = 0.002) -> float:
         """Submit, then poll /status every 2 ms, then fetch /result: the seed contract."""
         started = time.perf_counter()
@@ -241,6 +254,7 @@ async def measure(runtime: str, args: argparse.Namespace) -> dict[str, list[floa
             out["python wait"] = await client.series(args.runs, args.gap, lambda i: client.waited(auth, "python", HELLO["python"]))
             after = await engine_calls(session, server.base)
             out["engine calls"] = {k: (v - calls.get(k, 0)) / args.runs for k, v in after.items() if v != calls.get(k, 0)}
+            out["python judge0"] = await client.series(args.runs, args.gap, lambda i: client.judge0(auth))
             out["python poll"] = await client.series(args.runs, args.gap, lambda i: client.polled(auth, "python", HELLO["python"]))
             for until in ("stdout", "result"):
                 out[f"python live {until}"] = await client.series(args.runs, args.gap, lambda i, u=until: client.live(auth, u))
@@ -260,6 +274,7 @@ async def measure(runtime: str, args: argparse.Namespace) -> dict[str, list[floa
                 async with session.post(f"{server.base}/task?wait=30", json={"language": "python", "code": "1"}, headers=auth) as r:
                     task_id = (await r.json())["task_id"]
                 out["status rps"] = await asyncio.to_thread(wrk, f"{server.base}/status/{task_id}", auth)
+                out["status rps, key"] = await asyncio.to_thread(wrk, f"{server.base}/status/{task_id}", await client.key(auth))
                 out["healthz rps"] = await asyncio.to_thread(wrk, f"{server.base}/healthz", {})
             return out
     finally:
@@ -294,6 +309,7 @@ def main() -> None:
               "none before its report: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["engine calls"].items())))
         print(row("docker run --rm (same flags)", docker_run[rt]))
         print(row("python hello, wait=30 / docker run", r["python wait"], docker_run[rt], "≤ 0.35x" if rt == "runc" else "≤ 0.3x"))
+        print(row("python hello, Judge0 API / wait=30", r["python judge0"], r["python wait"], "≤ 1.1x"))
         print(row("python hello, polling / docker run", r["python poll"], docker_run[rt]))
         print(row("python over /ws, first output / wait", r["python live stdout"], r["python wait"]))
         print(row("python over /ws, result / wait", r["python live result"], r["python wait"]))
@@ -306,6 +322,8 @@ def main() -> None:
           f"{r['burst']:.1f} tasks/s = {r['burst'] / r['churn ceiling']:.2f}x the ceiling (target ≥ 0.8x)")
     print(f"authenticated GET /status {r['status rps']:.0f} req/s, /healthz {r['healthz rps']:.0f} req/s = "
           f"{r['status rps'] / r['healthz rps']:.2f}x (target ≥ 0.3x)")
+    print(f"authenticated GET /status with an API key {r['status rps, key']:.0f} req/s = "
+          f"{r['status rps, key'] / r['status rps']:.2f}x with a session token (target ≥ 0.9x)")
     print(f"(mean of python wait under runc: {statistics.mean(r['python wait']):.0f} ms)")
 
 

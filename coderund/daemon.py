@@ -15,6 +15,7 @@ from aiohttp import web
 from . import metrics
 from . import plugins as plugin_loader
 from .api.app import make_app
+from .compat import judge0
 from .api.keys import Services
 from .api.server import Runner
 from .config import ConfigError, Settings, env_name
@@ -145,11 +146,12 @@ async def start_worker(
     return worker
 
 
-async def start_webhooks(settings: Settings, db: Database, stack: contextlib.AsyncExitStack) -> None:
+async def start_webhooks(settings: Settings, db: Database, plugins: plugin_loader.Plugins,
+                         stack: contextlib.AsyncExitStack) -> None:
     """API processes send the webhooks of finished tasks (from the outbox; several share it)."""
     callbacks = Callbacks(allow_private=settings.webhook_allow_private)
     stack.push_async_callback(callbacks.close)
-    webhooks = Webhooks(Outbox(db), Tasks(db), Users(db), callbacks, backoff_s=settings.webhook_backoff_s)
+    webhooks = Webhooks(Outbox(db), Tasks(db), Users(db), callbacks, plugins, backoff_s=settings.webhook_backoff_s)
     sending = asyncio.create_task(webhooks.run())
     stack.callback(sending.cancel)
 
@@ -205,8 +207,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             stack.push_async_callback(revocations.close)
             services = make_services(settings, db, queue, plugins, sessions, finished, revocations)
             services.checks = checks
-            await listen(stack, make_app(services), settings, "port")
-            await start_webhooks(settings, db, stack)  # once serving: a start that fails leaves nothing half-done
+            judge0_limits = judge0.Limits(max_submission_batch_size=settings.judge0_batch_max)
+            await listen(stack, make_app(services, judge0_limits), settings, "port")
+            await start_webhooks(settings, db, plugins, stack)  # once serving: a start that fails leaves nothing half-done
         else:
             await listen(stack, metrics.metrics_app(), settings, "metrics_port")
 

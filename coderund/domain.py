@@ -91,6 +91,7 @@ class TaskRequest:
     checker: Checker = DEFAULT_CHECKER
     stop_on_failure: bool = False
     callback_url: str | None = None
+    compat: dict[str, Any] | None = None  # a foreign API's own details of the request (e.g. Judge0's)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ class Task:
     stop_on_failure: bool = False
     callback_url: str | None = None
     live: bool = False  # submitted over /ws: output streamed, stdin fed as it comes
+    compat: dict[str, Any] | None = None  # as TaskRequest.compat
     cancel_requested: bool = False
     state: TaskState = TaskState.QUEUED
     attempts: int = 0

@@ -98,6 +98,9 @@ class Plugins:
                     raise PluginError(f"language name {key!r} is claimed by both {self._by_name[key].name} and {plugin.name}")
                 self._by_name[key] = plugin
 
+    def has(self, language: str) -> bool:
+        return language.lower() in self._by_name
+
     def get(self, language: str) -> Plugin:
         try:
             return self._by_name[language.lower()]

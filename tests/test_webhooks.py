@@ -23,16 +23,18 @@ class Receiver:
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
         self.calls: list[tuple[dict[str, str], bytes]] = []
+        self.methods: list[str] = []
         self.port = free_port()
         self.runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self.calls.append((dict(request.headers), await request.read()))
+        self.methods.append(request.method)
         return web.Response(status=500 if len(self.calls) <= self.failures else 204)
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_post("/hook", self.handle)
+        app.router.add_route("*", "/hook", self.handle)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
@@ -184,4 +186,27 @@ async def test_a_delivery_survives_a_restart_and_is_checked_again_when_sent(sett
     finally:
         stop3.set()
         await running3
+        await receiver.stop()
+
+
+async def test_a_judge0_callback_is_a_signed_put_of_judge0s_document(settings, own_database):
+    receiver = Receiver()
+    await receiver.start()
+    s, stop, running = await serving(settings, queue=f"{settings.queue}.j0hooks", port=free_port(), database_url=own_database,
+                                     webhook_allow_private=True, webhook_backoff_s=0.5)
+    try:
+        async with api_of(s) as api:
+            token = await api.user("j0hook")
+            status, body, _ = await api.call("POST", "/judge0/submissions", headers={"Authorization": f"Bearer {token}"},
+                                             json={"source_code": "print(7)", "language_id": 71, "callback_url": receiver.url})
+            assert status == 201, body
+            await receiver.until(1)
+            headers, sent = receiver.calls[-1]
+            assert receiver.methods[-1] == "PUT" and headers["X-Coderund-Signature"].startswith("sha256=")
+            document = json.loads(sent)
+            assert document["token"] == body["token"] and document["stdout"] == "Nwo=\n"
+            assert document["status"] == {"id": 3, "description": "Accepted"}
+    finally:
+        stop.set()
+        await running
         await receiver.stop()

@@ -6,15 +6,18 @@ from aiohttp import web
 from ..domain import MAX_BODY_BYTES
 from .. import metrics
 from . import docs, middlewares, server
+from ..compat import judge0
+from .compat import judge0_routes
 from .keys import PROTECTED, SERVICES, Services
 from .routes import ROUTES
 
 
-def make_app(services: Services) -> web.Application:
+def make_app(services: Services, judge0_limits: judge0.Limits | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[metrics.http_metrics, middlewares.errors, middlewares.auth])
     app[SERVICES] = services
     app[PROTECTED] = {(route.method, route.path): route.scope for route in ROUTES if route.protected}
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, expect_handler=server.expect)
     docs.add_static(app)
+    app.add_subapp("/judge0", judge0_routes.make_app(services, judge0_limits or judge0.Limits()))
     return app

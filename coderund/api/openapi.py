@@ -394,9 +394,55 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+JUDGE0_AUTH = [{"judge0": []}, {"bearer": []}]
+JUDGE0_ANY = {"description": "As Judge0 CE 1.13.1 answers", "content": {"application/json": {"schema": {}}}}
+JUDGE0_ERRORS = {
+    "400": {**JUDGE0_ANY, "description": "Judge0's {\"error\": ...}: bad fields, paging, batch size, text that needs base64"},
+    "401": {"description": "No key, or a wrong one: an empty body, as Judge0 answers"},
+    "403": {**JUDGE0_ANY, "description": "The key lacks the scope"},
+    "404": {**JUDGE0_ANY, "description": "No such submission of yours, or language"},
+    "422": {**JUDGE0_ANY, "description": "Judge0's validation errors: {field: [messages]}"},
+    "429": {**JUDGE0_ANY, "description": "A rate or quota of the account"},
+    "503": {**JUDGE0_ANY, "description": "queue is full, or a dependency is down"},
+}
+JUDGE0_QUERY = [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                for name in ("base64_encoded", "wait", "fields", "page", "per_page", "tokens")]
+
+
+JUDGE0_SUMMARIES = {
+    ("POST", "/submissions"): "submit (wait=true: the finished submission)", ("GET", "/submissions"): "your submissions, paged",
+    ("POST", "/submissions/batch"): "submit several", ("GET", "/submissions/batch"): "several submissions by token",
+    ("GET", "/submissions/{token}"): "a submission", ("DELETE", "/submissions/{token}"): "delete a finished submission",
+    ("GET", "/languages"): "languages", ("GET", "/languages/all"): "all languages", ("GET", "/languages/{language_id}"): "a language",
+    ("GET", "/statuses"): "statuses", ("GET", "/about"): "about (the API version served)", ("GET", "/version"): "version",
+    ("GET", "/config_info"): "configuration", ("GET", "/system_info"): "system", ("GET", "/workers"): "queue and workers",
+}
+
+
+def _judge0_operations() -> dict[tuple[str, str], dict[str, Any]]:
+    """The Judge0 CE routes under /judge0 (see the README's "Coming from Judge0"; Judge0's own
+    documentation describes their bodies)."""
+    from .compat.judge0_routes import ROUTES as JUDGE0_ROUTES
+
+    operations = {}
+    for method, path, _ in JUDGE0_ROUTES:
+        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in ("token", "language_id") if "{" + name + "}" in path]
+        success = {"201" if method == "POST" else "200": JUDGE0_ANY}
+        if path == "/version":
+            success = {"200": {"description": "1.13.1", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+        operation = {"summary": f"Judge0 CE: {JUDGE0_SUMMARIES[(method, path)]}",
+                     "tags": ["judge0"], "security": JUDGE0_AUTH, "parameters": params + JUDGE0_QUERY,
+                     "responses": {**success, **JUDGE0_ERRORS}}
+        if method == "POST":
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+        operations[(method.lower(), "/judge0" + path)] = operation
+    return operations
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for (method, path), operation in OPERATIONS.items():
+    for (method, path), operation in {**OPERATIONS, **_judge0_operations()}.items():
         operation_id = method + path.replace("/", "_").replace("{", "").replace("}", "").replace(".", "_")
         paths.setdefault(path, {})[method] = {"operationId": operation_id, **operation}
     return {
@@ -412,6 +458,8 @@ def document() -> dict[str, Any]:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "the token from POST /login"},
                 "cookie": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+                "judge0": {"type": "apiKey", "in": "header", "name": "X-Auth-Token",
+                           "description": "a coderund API key, for the Judge0 API under /judge0"},
             },
         },
     }

@@ -20,7 +20,7 @@ RESULT_RETRY_AFTER = "1"
 BODY_TIMEOUT_S = 10  # a client that is slower than this to send its body loses its connection slot
 
 
-async def _json(request: web.Request) -> Any:
+async def read_json(request: web.Request) -> Any:
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
             body = await request.read()
@@ -30,13 +30,13 @@ async def _json(request: web.Request) -> Any:
 
 
 async def register(request: web.Request) -> web.Response:
-    credentials = domain.parse_credentials(await _json(request))
+    credentials = domain.parse_credentials(await read_json(request))
     user = await request.app[SERVICES].accounts.register(credentials, request.remote or "")
     return web.json_response({"id": user.id, "username": user.username}, status=201)
 
 
 async def login(request: web.Request) -> web.Response:
-    credentials = domain.parse_credentials(await _json(request))
+    credentials = domain.parse_credentials(await read_json(request))
     session = await request.app[SERVICES].accounts.login(credentials, request.remote or "")
     response = web.json_response({"token": session.token, "expires_in": session.expires_in})
     response.set_cookie(SESSION_COOKIE, session.token, max_age=session.expires_in, httponly=True, samesite="Lax", path="/")
@@ -64,7 +64,7 @@ def key_document(row: Any) -> dict[str, Any]:
 
 async def create_key(request: web.Request) -> web.Response:
     """The key itself is in this answer only."""
-    key_request = parse_key_request(await _json(request))
+    key_request = parse_key_request(await read_json(request))
     row, key = await request.app[SERVICES].keys.create(request[USER_ID], key_request)
     return web.json_response({**key_document(row), "key": key}, status=201)
 
@@ -86,7 +86,7 @@ async def usage(request: web.Request) -> web.Response:
 
 async def submit(request: web.Request) -> web.Response:
     wait_s = domain.parse_wait(request.query.get("wait"))
-    task_request = domain.parse_task_request(await _json(request))
+    task_request = domain.parse_task_request(await read_json(request))
     tasks = request.app[SERVICES].tasks
     task_id = await tasks.submit(request[USER_ID], task_request)
     body: dict[str, Any] = {"task_id": str(task_id)}
@@ -99,7 +99,7 @@ async def submit(request: web.Request) -> web.Response:
 
 async def submit_many(request: web.Request) -> web.Response:
     """Each body is checked and submitted on its own: one that fails does not fail the others."""
-    items = domain.parse_batch(await _json(request))
+    items = domain.parse_batch(await read_json(request))
     tasks = request.app[SERVICES].tasks
     answers: list[dict[str, Any]] = []
     for item in items:

@@ -74,8 +74,8 @@ class Callbacks:
         if self._session is not None:
             await self._session.close()
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        """POSTs body and returns the status; CallbackFailed for a refused address, a timeout, a lost connection."""
+    async def send(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """Sends body (POST, or PUT for Judge0's callbacks) and returns the status; CallbackFailed for a refused address, a timeout, a lost connection."""
         host = urlsplit(url).hostname or ""
         # A name is checked by the resolver, on the addresses it connects to; a literal here.
         if not self.allow_private and _is_literal(host) and not is_allowed(host):
@@ -84,7 +84,7 @@ class Callbacks:
             connector = aiohttp.TCPConnector(resolver=None if self.allow_private else GlobalOnly(), use_dns_cache=False)
             self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S))
         try:
-            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            async with self._session.request(method, url, data=body, headers=headers, allow_redirects=False) as response:
                 await response.read()
                 return response.status
         except (aiohttp.ClientError, OSError, TimeoutError) as e:

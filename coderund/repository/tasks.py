@@ -20,7 +20,7 @@ RETENTION_BATCH = 500  # tasks deleted per sweep: a long backlog goes in steps, 
 COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
-    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live"
+    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, compat"
 )
 # What a result needs, without the submission's own texts: code, stdin and files come empty, and
 # the test cases only counted (a batch of large tasks once made the API hold every byte of them).
@@ -85,6 +85,7 @@ def _task(row: dict[str, Any]) -> Task:
         cancel_requested=row["cancel_requested"],
         callback_url=row["callback_url"],
         live=row["live"],
+        compat=row["compat"],
         state=TaskState(row["state"]),
         attempts=row["attempts"],
         created_at=row["created_at"],
@@ -115,12 +116,13 @@ class Tasks:
                 return False
             await conn.execute(
                 "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                " stop_on_failure, callback_url, live) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " stop_on_failure, callback_url, live, compat) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                  task.limits.time_ms, task.limits.memory_mb,
                  Jsonb([{"name": name, "content": _b64(content)} for name, content in task.files]),
                  Jsonb([{"stdin": _b64(c.stdin), "args": list(c.args), "expected": _b64(c.expected)} for c in task.tests]),
-                 Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live),
+                 Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live,
+                 None if task.compat is None else Jsonb(task.compat)),
             )
             return True
 
@@ -175,11 +177,28 @@ class Tasks:
             row = await cursor.fetchone()
             return TaskState(row["state"]) if row else None
 
-    async def get_many(self, task_ids: list[uuid.UUID], user_id: int) -> dict[uuid.UUID, Task]:
+    async def get_many(self, task_ids: list[uuid.UUID], user_id: int, *, whole: bool = False) -> dict[uuid.UUID, Task]:
+        """The user's tasks among task_ids; their code, stdin and files only when whole."""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(f"SELECT {RESULT_COLUMNS} FROM tasks WHERE id = ANY(%s) AND user_id = %s",
-                                        (task_ids, user_id))
+            cursor = await conn.execute(f"SELECT {COLUMNS if whole else RESULT_COLUMNS} FROM tasks"
+                                        " WHERE id = ANY(%s) AND user_id = %s", (task_ids, user_id))
             return {row["id"]: _task(row) for row in await cursor.fetchall()}
+
+    async def page(self, user_id: int, offset: int, limit: int) -> tuple[list[Task], int]:
+        """A page of the user's tasks, newest first, and how many there are."""
+        async with self.db.transaction() as conn:
+            total = (await (await conn.execute("SELECT count(*) AS n FROM tasks WHERE user_id = %s", (user_id,))).fetchone())["n"]
+            cursor = await conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE user_id = %s ORDER BY created_at DESC, id DESC"
+                                        " OFFSET %s LIMIT %s", (user_id, offset, limit))
+            return [_task(row) for row in await cursor.fetchall()], total
+
+    async def delete_finished(self, task_id: uuid.UUID, user_id: int) -> Task | None:
+        """Deletes the user's finished task and returns it as it was; None if there is no such finished task."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(f"DELETE FROM tasks WHERE id = %s AND user_id = %s AND state = 'done'"
+                                        f" RETURNING {COLUMNS}", (task_id, user_id))
+            row = await cursor.fetchone()
+            return _task(row) if row else None
 
     async def history(self, user_id: int, *, state: str | None, language: str | None,
                       before: tuple[datetime, uuid.UUID] | None, limit: int) -> list[dict[str, Any]]:

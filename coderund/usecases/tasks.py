@@ -64,12 +64,12 @@ class TaskService:
         if wait_s := await self.rates.take(user_id, per_minute):
             raise RateLimited(f"More than {per_minute} submissions a minute; try again in {wait_s} s.", wait_s)
         max_pending = self.user_max_pending if quota.max_pending is None else quota.max_pending
-        if await self._queue_depth() >= self.max_queue:
+        if await self.queue_depth() >= self.max_queue:
             raise QueueFull("The task queue is full; try again shortly.", BUSY_RETRY_S)
         self._accepted += 1  # no await since the check: concurrent submissions see this one
         task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits,
                     request.files, request.tests, request.checker, request.stop_on_failure,
-                    callback_url=request.callback_url, live=live)
+                    callback_url=request.callback_url, live=live, compat=request.compat)
         try:
             if not await self.tasks.add(task, max_pending or 1 << 31):
                 raise RateLimited(f"You have {max_pending} unfinished tasks; wait for some to finish.", BUSY_RETRY_S)
@@ -123,7 +123,7 @@ class TaskService:
         except OSError:
             raise ValidationFailed("'callback_url' names a host that does not resolve.") from None
 
-    async def _queue_depth(self) -> int:
+    async def queue_depth(self) -> int:
         """The broker's last count (at most a second old) and what this process accepted since."""
         checked_at, depth = self._depth
         if time.monotonic() - checked_at > 1:
@@ -158,12 +158,25 @@ class TaskService:
             self._remember_done(parsed, user_id)
         return state
 
-    async def get_many(self, user_id: int, task_ids: list[str]) -> list[Task | AppError]:
-        """Each task of the user's, or the 404 that asking for it alone would get."""
+    async def get_many(self, user_id: int, task_ids: list[str], *, whole: bool = False) -> list[Task | AppError]:
+        """Each task of the user's, or the 404 that asking for it alone would get (whole: with its code)."""
         parsed = [_maybe_id(task_id) for task_id in task_ids]
-        found = await self.tasks.get_many([p for p in parsed if p], user_id)
+        found = await self.tasks.get_many([p for p in parsed if p], user_id, whole=whole)
         return [(found.get(p) if p else None) or NotFound(f"There is no task {t!r}.")
                 for t, p in zip(task_ids, parsed, strict=True)]
+
+    async def page(self, user_id: int, page: int, per_page: int) -> tuple[list[Task], int]:
+        return await self.tasks.page(user_id, (page - 1) * per_page, per_page)
+
+    async def delete(self, user_id: int, task_id: str) -> Task:
+        """Deletes a finished task of the user's; 409 while it is queued or running."""
+        parsed = _parse_id(task_id)
+        deleted = await self.tasks.delete_finished(parsed, user_id)
+        if deleted is None:
+            state = await _found(task_id, self.tasks.state(parsed, user_id))
+            raise Conflict(f"The task is {state.value}; only a finished task can be deleted.")
+        self._done.pop(parsed, None)
+        return deleted
 
     async def history(self, user_id: int, query: HistoryQuery) -> list[dict[str, Any]]:
         language = self.plugins.get(query.language).name if query.language else None

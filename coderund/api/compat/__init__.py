@@ -1,0 +1,1 @@
+"""Thin routes of the foreign APIs; their translations are in coderund/compat."""
