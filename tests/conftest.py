@@ -215,14 +215,14 @@ async def runtime_api(request, server, settings):
     """Each runtime's coderund: the session's for runc; for gVisor, a second one in this process."""
     if request.param == "runc":
         async with api_of(settings) as api:
-            api.runtime = "runc"
+            api.runtime, api.settings = "runc", settings
             yield api
         return
     gvisor = dataclasses.replace(settings, runtime="runsc", port=free_port(), queue=f"{settings.queue}.runsc")
     stop = asyncio.Event()
     running = asyncio.create_task(serve(gvisor, stop))
     async with api_of(gvisor) as api:
-        api.runtime = "runsc"
+        api.runtime, api.settings = "runsc", gvisor
         yield api
     stop.set()
     await running

@@ -128,10 +128,12 @@ async def test_cookie_requests_need_our_own_origin(api, server):
     cookie = {"Cookie": f"coderund_session={body['token']}"}
     task = {"language": "python", "code": "print(1)"}
     host = server.removeprefix("http://")
-    for origin, expected in ((None, 403), ("http://evil.example", 403), (f"http://{host}", 201)):
-        extra = {"Origin": origin} if origin else {}
+    # Another site's page (as the browser names it) is refused; ours, and a client that is no browser, are not.
+    for extra, expected in (({"Origin": "http://evil.example"}, 403), ({"Origin": "null"}, 403),
+                            ({"Sec-Fetch-Site": "cross-site"}, 403), ({"Sec-Fetch-Site": "same-site"}, 403),
+                            ({"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}, 201), ({}, 201)):
         status, answer, _ = await api.call("POST", "/task", headers={**cookie, **extra}, json=task)
-        assert status == expected, (origin, answer)
+        assert status == expected, (extra, answer)
     # A GET with the cookie, and a Bearer token from anywhere, are as before.
     assert (await api.call("GET", "/tasks", headers=cookie))[0] == 200
     assert (await api.call("POST", "/task", token=body["token"], headers={"Origin": "http://evil.example"}, json=task))[0] == 201

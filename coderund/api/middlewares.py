@@ -73,9 +73,13 @@ def request_token(request: web.Request) -> tuple[str | None, bool]:
 
 
 def _same_origin(request: web.Request) -> bool:
-    """A browser names the page that sends a POST or opens a WebSocket: it must be one of ours."""
+    """A browser names the page that sends a POST or opens a WebSocket (Origin, Sec-Fetch-Site): when
+    it names one, it must be one of ours. A client that is no browser names none, and is not a page
+    another site could drive."""
     origin = request.headers.get("Origin")
-    return origin is not None and urlsplit(origin).netloc == request.host
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        return False
+    return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
 
 
 @web.middleware
@@ -89,7 +93,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise Unauthorized()
         # The cookie goes along whatever page sends the request; a Bearer token only with its client.
         if from_cookie and (request.method not in ("GET", "HEAD") or _is_websocket(request)) and not _same_origin(request):
-            raise Forbidden("A request with the session cookie must come from this server's own pages (Origin).")
+            raise Forbidden("A request with the session cookie must come from this server's own pages, not another site's.")
         principal = await request.app[SERVICES].accounts.authenticate(token)
         if scope not in principal.scopes:
             raise Forbidden(f"This API key lacks the scope {scope!r} that {request.method} {route.canonical} needs.")

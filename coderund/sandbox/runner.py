@@ -2,20 +2,23 @@
 
 Each step runs in a container of its own, used once: a warm one from the pool when the step's shape
 is one the pool keeps, else one made now (the cold path). The build's output moves to the run as
-plain files.
+plain files. The test cases of one task share a few containers (lanes), wiped between cases: one
+user's one submission, never another's.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 from .. import metrics
-from ..domain import CaseResult, Limits, Result, RunReport, Task, TestCase, Verdict, case_result, judged, run_result
+from ..domain import CaseResult, Limits, Result, RunReport, Task, Verdict, case_result, judged, run_result
 from ..plugins import Plugin
 from . import supervisor
-from .box import Died, Live
+from .box import Box, Died, Live
 from .compile_cache import Build, CompileCache, key
 from .engine import Engine, SandboxError, Shape
 from .gate import FairGate
@@ -66,35 +69,45 @@ class Sandbox:
         return await self._judge(plugin, task, labels, files, compile_output, case_parallel)
 
     async def _run(self, plugin: Plugin, who: int, limits: Limits, labels: dict[str, str], files: Files, stdin: str,
-                   args: list[str] | tuple[str, ...], live: Live | None = None) -> tuple[RunReport, str]:
+                   args: list[str] | tuple[str, ...], live: Live | None = None,
+                   lane: Lane | None = None) -> tuple[RunReport, str]:
         report, _, container = await self._step(run_shape(plugin, limits), who, labels, files, stdin.encode(),
-                                                plugin.run_command(limits, args), limits, live=live)
+                                                plugin.run_command(limits, args), limits, live=live, lane=lane)
         report = plugin.out_of_memory(report)
         metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
         return report, container
 
     async def _judge(self, plugin: Plugin, task: Task, labels: dict[str, str], files: Files, compile_output: bytes,
                      parallel: int) -> Result:
-        """Every case in a fresh container with the task's limits; nothing crosses from one to the next.
-        With stop_on_failure they run in order and the rest are skipped after the first failure."""
+        """The cases run in a few sandboxes (lanes, up to `parallel`), each running its share one after
+        another: every case a fresh process tree in the work folder laid anew, with the task's limits,
+        nothing of the last case left (the supervisor's MULTI mode). A case that kills its sandbox fails
+        alone: the lane goes on in a fresh one. With stop_on_failure they run in order in one lane and
+        the rest are skipped after the first failure."""
         results: list[CaseResult | None] = [None] * len(task.tests)
         containers: list[str] = []
-        gate = asyncio.Semaphore(1 if task.stop_on_failure else max(1, parallel))
-        failed = asyncio.Event()
+        todo = collections.deque(enumerate(task.tests))
+        failed = False
 
-        async def one(i: int, case: TestCase) -> None:
-            async with gate:
-                if failed.is_set():
-                    results[i] = CaseResult(Verdict.SKIPPED)
-                    return
-                report, container = await self._run(plugin, task.user_id, task.limits, labels, files, case.stdin, case.args)
-                containers.append(container)
-                results[i] = case_result(report, task.limits.memory_mb, case.expected, task.checker)
-                if task.stop_on_failure and results[i].verdict is not Verdict.OK:
-                    failed.set()
+        async def lane() -> None:
+            nonlocal failed
+            own = Lane()
+            try:
+                while todo and not failed:
+                    i, case = todo.popleft()
+                    report, container = await self._run(plugin, task.user_id, task.limits, labels, files, case.stdin,
+                                                        case.args, lane=own)
+                    containers.append(container)
+                    results[i] = case_result(report, task.limits.memory_mb, case.expected, task.checker)
+                    failed = failed or (task.stop_on_failure and results[i].verdict is not Verdict.OK)
+            finally:
+                if own.box is not None:
+                    self.engine.discard(own.box)
 
-        await asyncio.gather(*(one(i, case) for i, case in enumerate(task.tests)))
-        return judged([r for r in results if r is not None], compile_output, containers[-1] if containers else None)
+        lanes = 1 if task.stop_on_failure else max(1, min(parallel, len(task.tests)))
+        await asyncio.gather(*(lane() for _ in range(lanes)))
+        return judged([r or CaseResult(Verdict.SKIPPED) for r in results], compile_output,
+                      containers[-1] if containers else None)
 
     async def _build(self, plugin: Plugin, who: int, sources: Files, labels: dict[str, str], live: Live | None) -> Build | Result:
         limits = plugin.compile_limits
@@ -126,22 +139,29 @@ class Sandbox:
 
     async def _step(self, shape: Shape, who: int, labels: dict[str, str], files: Files, stdin: bytes,
                     program: tuple[str, ...], limits: Limits, *, collect: bool = False,
-                    live: Live | None = None) -> tuple[RunReport, Files | None, str]:
-        """One program in one container, which goes away afterwards whatever happened, in a slot of the worker's."""
+                    live: Live | None = None, lane: Lane | None = None) -> tuple[RunReport, Files | None, str]:
+        """One program in a slot of the worker's: in a container of its own, which goes away afterwards
+        whatever happened; or, in a lane, in the lane's container while it lives."""
         async with self.gate.slot(who):
-            return await self._contained(shape, labels, files, stdin, program, limits, collect, live)
+            return await self._contained(shape, labels, files, stdin, program, limits, collect, live, lane)
 
     async def _contained(self, shape: Shape, labels: dict[str, str], files: Files, stdin: bytes, program: tuple[str, ...],
-                         limits: Limits, collect: bool, live: Live | None) -> tuple[RunReport, Files | None, str]:
-        box = self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
+                         limits: Limits, collect: bool, live: Live | None,
+                         lane: Lane | None) -> tuple[RunReport, Files | None, str]:
+        if lane is not None and lane.box is not None and lane.box.alive:
+            box, request = lane.box, supervisor.next_run(stdin, program)
+        else:
+            box = self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
+            request = supervisor.request(files, stdin, program, wall_ms=limits.time_ms, output_cap=self.output_limit,
+                                         collect=collect, live=live is not None, multi=lane is not None)
         log.debug("task %s: container %s", labels[f"{LABEL}.task"], box.id[:12])
-        request = supervisor.request(files, stdin, program, wall_ms=limits.time_ms, output_cap=self.output_limit,
-                                     collect=collect, live=live is not None)
+        kept = False
         # Live pieces and the report each carry at most the caps; a build's files at most the work folder.
         max_bytes = 4 * self.output_limit + REPORT_SLACK + (2 * self.engine.isolation.tmpfs_mb * MB if collect else 0)
         started = time.monotonic()
         try:
             report, collected = await asyncio.wait_for(box.exchange(request, max_bytes, live), limits.time_ms / 1000 + GRACE_S)
+            kept = lane is not None
         except TimeoutError:
             raise SandboxError(f"a {limits.time_ms} ms step did not finish") from None
         except Died as died:
@@ -149,7 +169,10 @@ class Sandbox:
             if live and report.stderr:  # our note on how it died: a live client sees it too
                 await live.output("stderr", report.stderr)
         finally:
-            self.engine.discard(box)
+            if lane is not None:
+                lane.box = box if kept else None
+            if not kept:
+                self.engine.discard(box)
         return report, collected, box.id
 
     async def _died(self, container: str, died: Died, limits: Limits, started: float) -> RunReport:
@@ -174,6 +197,13 @@ class Sandbox:
             found = (await self.engine.call(self.engine.image_id, image), time.monotonic())
             self._image_ids[image] = found
         return found[0]
+
+
+@dataclass
+class Lane:
+    """A sandbox that runs a task's test cases one after another, kept between them."""
+
+    box: Box | None = None
 
 
 def run_shape(plugin: Plugin, limits: Limits) -> Shape:

@@ -5,9 +5,13 @@
  * Usage: supervise WORK_FOLDER (its files, and the program's working folder)
  *
  * Request and report are made of items, each "<decimal length>:<bytes>".
- * Request: "coderund-2", WALL_MS, OUTPUT_CAP, COLLECT (0|1), LIVE (0|1), NFILES, then NFILES times
- *          PATH MODE DATA (paths relative to the work folder, MODE a st_mode in decimal: a folder or a
- *          regular file), STDIN, ARGC, then ARGC arguments.
+ * Request: "coderund-3", WALL_MS, OUTPUT_CAP, COLLECT (0|1), LIVE (0|1), MULTI (0|1), NFILES, then
+ *          NFILES times PATH MODE DATA (paths relative to the work folder, MODE a st_mode in decimal: a
+ *          folder or a regular file), then a run: STDIN, ARGC, then ARGC arguments.
+ * MULTI:   after each report, another run may follow on our stdin (STDIN, ARGC, arguments: the test
+ *          cases of one task, sent one at a time); before it, every process the last run left is
+ *          killed, the work folder, /tmp and /dev/shm are emptied and System V IPC objects removed,
+ *          and the work folder is laid anew from the request's files. The end of our stdin ends us.
  * Report:  one header line of key=value pairs, the kept stdout bytes, the kept stderr bytes, and with
  *          COLLECT the work folder's folders and regular files as PATH MODE DATA items, ended by an
  *          empty PATH.
@@ -34,13 +38,18 @@
 #include <linux/seccomp.h>
 #include <stddef.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -165,29 +174,98 @@ static void make_parents(char *path) {
     for (char *slash = strchr(path, '/'); slash; slash = strchr(slash + 1, '/')) {
         *slash = 0;
         if (mkdir(path, 0755) < 0 && errno != EEXIST) fail("mkdir");
-        if (chown(path, SANDBOX_UID, SANDBOX_UID) < 0) fail("chown");
         *slash = '/';
     }
 }
 
-static void receive_file(void) {
+/* The request's files, kept when the work folder is to be laid anew for another run (MULTI). */
+static struct kept_file {
+    char *path;
+    mode_t mode;
+    char *data;
+    size_t len;
+} *kept;
+static long nkept;
+
+static int open_new(const char *path) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) fail(path);
+    return fd;
+}
+
+/* The program's own, as if it had written them: a build may write beside its sources. Folders are
+ * ours until every file is in them (we could not write into the program's), then given (give_folders). */
+static void give(int fd, const char *path, mode_t mode) {
+    if (S_ISDIR(mode)) {
+        if (mkdir(path, 0700) < 0 && errno != EEXIST) fail("mkdir");
+        if (chmod(path, (mode & 0777) | 0700) < 0) fail("chmod");
+    } else if (fchmod(fd, mode & 0777) < 0 || fchown(fd, SANDBOX_UID, SANDBOX_UID) < 0) {
+        fail("fchown");
+    }
+}
+
+static int give_folder(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+    (void)st;
+    (void)ftw;
+    if (type == FTW_D && strcmp(path, ".") != 0 && lchown(path, SANDBOX_UID, SANDBOX_UID) < 0) fail("chown");
+    return 0;
+}
+
+static void give_folders(void) {
+    if (nftw(".", give_folder, 16, FTW_PHYS) < 0) fail("chown");
+}
+
+static void receive_file(int keep) {
     char *path = item();
     check_path(path);
     mode_t mode = (mode_t)number();
     make_parents(path);
+    struct kept_file *k = keep ? &kept[nkept++] : NULL;
+    if (k) *k = (struct kept_file){path, mode, NULL, 0};
     if (S_ISDIR(mode)) {
-        if (mkdir(path, mode & 0777) < 0 && errno != EEXIST) fail("mkdir");
-        if (chown(path, SANDBOX_UID, SANDBOX_UID) < 0) fail("chown");
+        give(-1, path, mode);
         if (item_length() != 0) fail("a folder with data");
+    } else if (k) {
+        long n = item_length();
+        k->data = malloc((size_t)n + 1);
+        if (!k->data || (n && fread(k->data, 1, (size_t)n, stdin) != (size_t)n)) fail("short request");
+        k->len = (size_t)n;
+        int fd = open_new(path);
+        for (size_t done = 0; done < k->len;) {
+            ssize_t w = write(fd, k->data + done, k->len - done);
+            if (w < 0) fail("writing a file");
+            done += (size_t)w;
+        }
+        give(fd, path, mode);
+        close(fd);
     } else {
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (fd < 0) fail(path);
+        int fd = open_new(path);
         item_to(fd);
-        /* The program's own, as if it had written them: a build may write beside its sources. */
-        if (fchmod(fd, mode & 0777) < 0 || fchown(fd, SANDBOX_UID, SANDBOX_UID) < 0) fail("fchown");
+        give(fd, path, mode);
         close(fd);
     }
-    free(path);
+    if (!k) free(path);
+}
+
+/* The work folder as the request laid it, again. */
+static void lay_again(void) {
+    for (long i = 0; i < nkept; i++) {
+        char *path = kept[i].path;
+        make_parents(path);
+        if (S_ISDIR(kept[i].mode)) {
+            give(-1, path, kept[i].mode);
+            continue;
+        }
+        int fd = open_new(path);
+        for (size_t done = 0; done < kept[i].len;) {
+            ssize_t w = write(fd, kept[i].data + done, kept[i].len - done);
+            if (w < 0) fail("writing a file");
+            done += (size_t)w;
+        }
+        give(fd, path, kept[i].mode);
+        close(fd);
+    }
+    give_folders();
 }
 
 /* ---- the report ---- */
@@ -361,53 +439,10 @@ static void feed_program(void) {
     }
 }
 
-int main(int argc, char **argv) {
-    /* Not dumpable, besides being another identity: nothing may ptrace us or open /proc/1/fd. */
-    prctl(PR_SET_DUMPABLE, 0);
-    umask(022);
-    if (argc != 2 || chdir(argv[1]) < 0) fail("usage: supervise WORK_FOLDER");
-    /* Unbuffered: what follows the request on our stdin (live input) is read only when polled for. */
-    setvbuf(stdin, NULL, _IONBF, 0);
-    char *magic = item();
-    if (strcmp(magic, "coderund-2") != 0) {
-        errno = 0;
-        fail("not a coderund request");
-    }
-    long wall_ms = number();
-    size_t output_cap = (size_t)number();
-    int collect = number() != 0;
-    live = number() != 0;
-    for (long files = number(); files > 0; files--) receive_file();
-    int in;
-    if (live) {
-        int in_pipe[2];
-        if (pipe2(in_pipe, O_CLOEXEC)) fail("pipe");
-        in = in_pipe[0];
-        pending.fd = in_pipe[1];
-        fcntl(pending.fd, F_SETFL, O_NONBLOCK);
-        signal(SIGPIPE, SIG_IGN); /* a program that closes its stdin makes our write fail, not kill us */
-        long n = item_length();
-        pending.data = malloc((size_t)n + 1);
-        if (!pending.data || (n && fread(pending.data, 1, (size_t)n, stdin) != (size_t)n)) fail("stdin");
-        pending.len = (size_t)n;
-    } else {
-        in = memfd_create("stdin", MFD_CLOEXEC);
-        if (in < 0) fail("memfd_create");
-        item_to(in);
-        lseek(in, 0, SEEK_SET);
-    }
-    long words = number();
-    if (words < 1 || words > 4096) fail("program");
-    char **program = calloc((size_t)words + 1, sizeof *program);
-    if (!program) fail("calloc");
-    for (long i = 0; i < words; i++) program[i] = item();
-
+/* One program, to its report. */
+static void run_program(long wall_ms, size_t output_cap, int collect, int in, char **program) {
     int out_pipe[2], err_pipe[2];
-    if (pipe2(out_pipe, O_CLOEXEC) || pipe2(err_pipe, O_CLOEXEC) || pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK)) fail("pipe");
-    struct sigaction sa = {0};
-    sa.sa_handler = on_sigchld;
-    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
-    sigaction(SIGCHLD, &sa, NULL);
+    if (pipe2(out_pipe, O_CLOEXEC) || pipe2(err_pipe, O_CLOEXEC)) fail("pipe");
 
     long oom_before = oom_kills();
     long started = now_us();
@@ -425,7 +460,6 @@ int main(int argc, char **argv) {
     }
     close(out_pipe[1]);
     close(err_pipe[1]);
-    close(in);
 
     struct stream streams[2] = {
         {out_pipe[0], malloc(output_cap + 1), 0, output_cap, 0, '1'},
@@ -510,5 +544,179 @@ int main(int argc, char **argv) {
         nftw(".", send_entry, 16, FTW_PHYS);
         send_item("", 0);
     }
-    return 0;
+    free(streams[0].data);
+    free(streams[1].data);
+    close(in);
+}
+
+/* Reads a run's STDIN and program from our stdin and runs it; with LIVE, stdin is a pipe fed as it comes. */
+static void run(long wall_ms, size_t output_cap, int collect) {
+    int in;
+    if (live) {
+        int in_pipe[2];
+        if (pipe2(in_pipe, O_CLOEXEC)) fail("pipe");
+        in = in_pipe[0];
+        pending.fd = in_pipe[1];
+        fcntl(pending.fd, F_SETFL, O_NONBLOCK);
+        signal(SIGPIPE, SIG_IGN); /* a program that closes its stdin makes our write fail, not kill us */
+        long n = item_length();
+        pending.data = malloc((size_t)n + 1);
+        if (!pending.data || (n && fread(pending.data, 1, (size_t)n, stdin) != (size_t)n)) fail("stdin");
+        pending.len = (size_t)n;
+    } else {
+        in = memfd_create("stdin", MFD_CLOEXEC);
+        if (in < 0) fail("memfd_create");
+        item_to(in);
+        lseek(in, 0, SEEK_SET);
+    }
+    long words = number();
+    if (words < 1 || words > 4096) fail("program");
+    char **program = calloc((size_t)words + 1, sizeof *program);
+    if (!program) fail("calloc");
+    for (long i = 0; i < words; i++) program[i] = item();
+    run_program(wall_ms, output_cap, collect, in, program);
+    for (long i = 0; i < words; i++) free(program[i]);
+    free(program);
+}
+
+/* ---- between runs (MULTI): nothing of one run is left for the next ---- */
+
+/* Empties the folder dirfd (and closes it), whatever modes its content was left with: we run as
+ * the identity that made all of it. A few passes, as removing entries may hide others from one. */
+static void empty(int dirfd) {
+    for (int pass = 0; pass < 3; pass++) {
+        int fd = dup(dirfd);
+        DIR *dir = fd >= 0 && lseek(fd, 0, SEEK_SET) == 0 ? fdopendir(fd) : NULL;
+        if (!dir) {
+            if (fd >= 0) close(fd);
+            break;
+        }
+        int left = 0;
+        struct dirent *entry;
+        while ((entry = readdir(dir))) {
+            const char *name = entry->d_name;
+            if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) continue;
+            struct stat st;
+            if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) continue;
+            if (S_ISDIR(st.st_mode)) {
+                fchmodat(dirfd, name, 0700, 0);
+                int sub = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (sub >= 0) empty(sub);
+            }
+            if (unlinkat(dirfd, name, S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) < 0) left++;
+        }
+        closedir(dir);
+        if (!left) break;
+    }
+    close(dirfd);
+}
+
+/* System V IPC objects a run made. Linux lists them in /proc/sysvipc. gVisor does not, but hands
+ * out each kind's ids in increasing order: a fresh object's id (a probe, made and removed at once)
+ * bounds the ids a run could have made since the last probe, and each of those is removed. */
+static void ipc_remove(int kind, int id) {
+    if (kind == 0) shmctl(id, IPC_RMID, NULL);
+    else if (kind == 1) semctl(id, 0, IPC_RMID);
+    else msgctl(id, IPC_RMID, NULL);
+}
+
+static int ipc_probe(int kind) {
+    int id = kind == 0 ? shmget(IPC_PRIVATE, 1, 0600) : kind == 1 ? semget(IPC_PRIVATE, 1, 0600) : msgget(IPC_PRIVATE, 0600);
+    if (id >= 0) ipc_remove(kind, id);
+    return id;
+}
+
+static int ipc_last[3] = {-1, -1, -1}; /* the last probe's id of each kind */
+
+/* In the wiper (the program's identity, which owns what the run made); leaves the new probes in ipc_last. */
+static void remove_ipc(void) {
+    const char *lists[] = {"/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg"};
+    for (int kind = 0; kind < 3; kind++) {
+        FILE *f = fopen(lists[kind], "r");
+        if (f) {
+            char line[512];
+            long key, id;
+            if (fgets(line, sizeof line, f)) { /* the column names, then an object a line */
+                while (fgets(line, sizeof line, f) && sscanf(line, "%ld %ld", &key, &id) == 2) ipc_remove(kind, (int)id);
+            }
+            fclose(f);
+            continue;
+        }
+        int probe = ipc_probe(kind);
+        for (int id = ipc_last[kind] + 1; id < probe; id++) ipc_remove(kind, id);
+        ipc_last[kind] = probe;
+    }
+}
+
+/* Kills what the run left, then empties what it could write, as the program's own identity (which
+ * owns every file it made, whatever their modes), and lays the work folder anew. */
+static void wipe(void) {
+    /* Only the container's own: as its first process, kill(-1) reaches every other process in it,
+     * and /tmp, /dev/shm and the IPC namespace are the container's. (Anywhere else, the work folder.) */
+    int contained = getpid() == 1;
+    if (contained) {
+        kill(-1, SIGKILL);
+        reap_all();
+    }
+    int probes[2];
+    if (pipe2(probes, O_CLOEXEC)) fail("pipe");
+    pid_t pid = fork();
+    if (pid < 0) fail("fork");
+    if (pid == 0) {
+        become_program();
+        const char *writable[] = {".", "/tmp", "/dev/shm"};
+        for (int i = 0; i < (contained ? 3 : 1); i++) {
+            int fd = open(writable[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (fd >= 0) empty(fd);
+        }
+        if (contained) remove_ipc();
+        _exit(write(probes[1], ipc_last, sizeof ipc_last) == sizeof ipc_last ? 0 : 1);
+    }
+    close(probes[1]);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (read(probes[0], ipc_last, sizeof ipc_last) != sizeof ipc_last) fail("emptying the sandbox between runs");
+    close(probes[0]);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail("emptying the sandbox between runs");
+    lay_again();
+}
+
+int main(int argc, char **argv) {
+    /* Not dumpable, besides being another identity: nothing may ptrace us or open /proc/1/fd. */
+    prctl(PR_SET_DUMPABLE, 0);
+    umask(022);
+    if (argc != 2 || chdir(argv[1]) < 0) fail("usage: supervise WORK_FOLDER");
+    /* Unbuffered: what follows the request on our stdin (live input) is read only when polled for. */
+    setvbuf(stdin, NULL, _IONBF, 0);
+    char *magic = item();
+    if (strcmp(magic, "coderund-3") != 0) {
+        errno = 0;
+        fail("not a coderund request");
+    }
+    long wall_ms = number();
+    size_t output_cap = (size_t)number();
+    int collect = number() != 0;
+    live = number() != 0;
+    int multi = number() != 0 && !collect && !live;
+    long files = number();
+    if (files > 100000) fail("files");
+    if (multi && !(kept = calloc((size_t)files + 1, sizeof *kept))) fail("calloc");
+    for (; files > 0; files--) receive_file(multi);
+    give_folders();
+    if (multi && getpid() == 1) {
+        for (int kind = 0; kind < 3; kind++) ipc_last[kind] = ipc_probe(kind);
+    }
+    if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK)) fail("pipe");
+    struct sigaction sa = {0};
+    sa.sa_handler = on_sigchld;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
+    for (;;) {
+        run(wall_ms, output_cap, collect);
+        if (!multi) return 0;
+        wipe();
+        int c = getchar();
+        if (c == EOF) return 0;
+        ungetc(c, stdin);
+    }
 }

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..domain import RunReport
 
 SOURCE = Path(__file__).with_name("supervise.c")
-REQUEST_TAG = b"coderund-2"
+REQUEST_TAG = b"coderund-3"
 REPORT_TAG = b"coderund-report"
 FOLDER = None  # the content of a folder in a file map
 
@@ -68,14 +68,19 @@ def _item(data: bytes) -> bytes:
 
 
 def request(files: Files, stdin: bytes, program: tuple[str, ...], *, wall_ms: int, output_cap: int, collect: bool,
-            live: bool = False) -> bytes:
-    """The one message a waiting supervisor takes: files for the work folder, stdin, the program."""
+            live: bool = False, multi: bool = False) -> bytes:
+    """The message a waiting supervisor takes: files for the work folder, and its first run. With
+    multi, more runs may follow (next_run), each in the work folder as these files lay it."""
     parts = [REQUEST_TAG, b"%d" % wall_ms, b"%d" % output_cap, b"1" if collect else b"0", b"1" if live else b"0",
-             b"%d" % len(files.data)]
+             b"1" if multi else b"0", b"%d" % len(files.data)]
     for path, content in files.data.items():
         parts += [path.encode(), b"%d" % files.mode(path), content or b""]
-    parts += [stdin, b"%d" % len(program), *(arg.encode() for arg in program)]
-    return b"".join(_item(part) for part in parts)
+    return b"".join(_item(part) for part in parts) + next_run(stdin, program)
+
+
+def next_run(stdin: bytes, program: tuple[str, ...]) -> bytes:
+    """Another run for a multi supervisor: its stdin and program."""
+    return b"".join(_item(part) for part in [stdin, b"%d" % len(program), *(arg.encode() for arg in program)])
 
 
 def input_item(data: bytes) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import docker
+import psycopg
 import pytest
 
 from tests.conftest import RUNTIMES, container_of
@@ -230,6 +231,45 @@ async def test_hostile_program_as_a_test_case(runtime_api, hostile_token, case):
     assert runtime_api.runtime not in case.check_on or case.check(result), result
 
 
+LEFTOVERS = LIBC + """import subprocess
+found = []
+for name, path in (('box', 'left-in-box'), ('box-folder', 'left/x'), ('tmp', '/tmp/left'), ('shm', '/dev/shm/left')):
+    if os.path.exists(path): found.append(name)
+if open(__file__).read().endswith('# tampered'): found.append('source')
+if any(b'987653' in open(f'/proc/{p}/cmdline', 'rb').read() for p in os.listdir('/proc') if p.isdigit()):
+    found.append('process')
+if libc.shmget(0x4242, 0, 0) != -1: found.append('ipc')
+print('found', sorted(found))
+os.makedirs('left', mode=0o000, exist_ok=True)
+os.chmod('left', 0o700); open('left/x', 'w').write('x'); os.chmod('left', 0o000)
+for path in ('left-in-box', '/tmp/left', '/dev/shm/left'): open(path, 'w').write('x')
+libc.shmget(0x4242, 4096, 0o1000 | 0o600)
+subprocess.Popen(['setsid', 'sleep', '987653'])
+open(__file__, 'a').write('\\n# tampered')
+"""
+
+
+async def test_cases_share_a_sandbox_and_nothing_crosses_from_one_to_the_next(runtime_api, hostile_token, settings):
+    """Each case looks for what an earlier one could have left (files in the work folder, /tmp and
+    /dev/shm, a folder it cannot read, its own source changed, a process, a System V segment), then
+    leaves all of them: every case finds nothing, though they share their lanes' sandboxes."""
+    cases = [{"stdin": "", "expected": "found []"} for _ in range(6)]
+    task_id = await runtime_api.submit(hostile_token, language="python", code=LEFTOVERS, tests=cases)
+    result = await runtime_api.result(hostile_token, task_id)
+    assert result["passed"] == 6, [(t["verdict"], t["stdout"], t["stderr"][-300:]) for t in result["tests"]]
+    assert all(t["time_ms"] is not None and t["time_ms"] < 2000 for t in result["tests"])  # each case its own figures
+
+
+async def test_a_case_that_kills_its_sandbox_fails_alone(runtime_api, hostile_token):
+    """The memory bomb case fails; the cases after it run on in a fresh sandbox."""
+    code = "import sys\nif sys.stdin.read().strip() == 'bomb':\n    x = [bytearray(1 << 20) for _ in range(10000)]\nprint('fine')"
+    cases = [{"stdin": s, "expected": "fine"} for s in ("a", "bomb", "b", "c")]
+    task_id = await runtime_api.submit(hostile_token, language="python", code=code, tests=cases, limits={"memory_mb": 64})
+    result = await runtime_api.result(hostile_token, task_id)
+    verdicts = [t["verdict"] for t in result["tests"]]
+    assert verdicts[1] == "memory_limit" and verdicts[0] == verdicts[2] == verdicts[3] == "ok", verdicts
+
+
 async def test_tasks_cannot_see_each_other(runtime_api, hostile_token):
     writer = runtime_api.run(hostile_token, language="python",
                              code="import time\nopen('secret-of-a', 'w').write('a')\nopen('/tmp/secret-of-a', 'w').write('a')\ntime.sleep(2)")
@@ -246,8 +286,11 @@ async def test_afterwards_the_next_task_runs_and_nothing_outlived_its_task(runti
     assert result["verdict"] == "ok" and result["stdout"] == "still fine\n"
     host = subprocess.run(["pgrep", "-f", f"sleep {MARKER}"], capture_output=True, text=True)
     assert host.stdout == "", f"processes outlived their task: {host.stdout}"
+    with psycopg.connect(runtime_api.settings.database_url) as conn:  # this deployment's containers only
+        deployment = str(conn.execute("SELECT id FROM deployment").fetchone()[0])
     for _ in range(50):  # only warm containers, still waiting for a task, may remain
-        left = [c for c in containers(label="coderund") if c["State"] != "running" or "coderund.warm" not in c["Labels"]]
+        left = [c for c in containers(label=f"coderund.deployment={deployment}")
+                if c["State"] != "running" or "coderund.warm" not in c["Labels"]]
         if not left:
             break
         await asyncio.sleep(0.1)
