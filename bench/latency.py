@@ -36,6 +36,10 @@ HELLO = {
     "go": 'package main\nimport "fmt"\nfunc main() { fmt.Println("hello") }\n',
 }
 COMMENT = {"python": "# {}\n", "c": "// {}\n", "go": "// {}\n"}
+SQUARE = {  # a judge's usual program: read n, print n * n
+    "python": "n = int(input())\nprint(n * n)",
+    "c": '#include <stdio.h>\nint main(void) { long n; scanf("%ld", &n); printf("%ld\\n", n * n); return 0; }\n',
+}
 FLAGS = ["--network=none", "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--user=65534:65534",
          "--memory=256m", "--memory-swap=256m", "--pids-limit=128", "--cpus=1", "--tmpfs=/box:size=64m,exec,mode=1777"]
 
@@ -108,6 +112,17 @@ class Client:
                                      json={"source_code": HELLO["python"], "language_id": 71}) as r:
             body = await r.json()
         assert body.get("stdout") == "hello\n", body
+        return (time.perf_counter() - started) * 1000
+
+    async def judged(self, auth: dict[str, str], language: str, cases: int) -> float:
+        """The square program with `cases` test cases (none: one plain run of it), submit → result."""
+        body: dict = {"language": language, "code": SQUARE[language], "stdin": "7\n"}
+        if cases:
+            body["tests"] = [{"stdin": f"{n}\n", "expected": str(n * n)} for n in range(cases)]
+        started = time.perf_counter()
+        async with self.session.post(f"{self.base}/task?wait=30", json=body, headers=auth) as r:
+            answer = await r.json()
+        assert answer.get("passed", cases) == cases and answer.get("verdict") == "ok", answer
         return (time.perf_counter() - started) * 1000
 
     async def polled(self, auth: dict[str, str], language: str, code: str, every: float = 0.002) -> float:
@@ -266,6 +281,12 @@ async def measure(runtime: str, args: argparse.Namespace) -> dict[str, list[floa
                 await client.waited(auth, language, HELLO[language])
                 out[f"{language} repeated"] = await client.series(args.runs, args.gap,
                                                                   lambda i, language=language: client.waited(auth, language, HELLO[language]))
+            for language in ("python", "c"):
+                progress(f"{language} test cases under {runtime}")
+                await client.judged(auth, language, 0)  # the build, cached
+                for cases in (0, 20, 64):
+                    out[f"{language} {cases} cases"] = await client.series(
+                        args.case_runs, args.gap, lambda i, language=language, cases=cases: client.judged(auth, language, cases))
             if runtime == "runc":
                 progress("the engine's churn ceiling, then a burst")
                 out["churn ceiling"] = await asyncio.to_thread(churn_ceiling)
@@ -291,6 +312,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--compiled-runs", type=int, default=5, help="first submissions (cache misses) per compiled language")
     parser.add_argument("--burst", type=int, default=300)
+    parser.add_argument("--case-runs", type=int, default=7, help="runs of each test-case task")
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between latency runs")
     args = parser.parse_args()
     results = {runtime: asyncio.run(measure(runtime, args)) for runtime in ("runc", "runsc")}
@@ -314,6 +336,10 @@ def main() -> None:
         print(row("python over /ws, first output / wait", r["python live stdout"], r["python wait"]))
         print(row("python over /ws, result / wait", r["python live result"], r["python wait"]))
         print(row("python hello, wait=30 / bare", r["python wait"], bare))
+        for language, target in (("python", "≤ 12x"), ("c", "≤ 4x")):
+            for cases in (20, 64):
+                print(row(f"{language}, {cases} cases / one plain run", r[f"{language} {cases} cases"], r[f"{language} 0 cases"],
+                          target if cases == 64 else ""))
         for language in ("c", "go"):
             print(row(f"{language} hello, first / python", r[f"{language} first"], r["python wait"]))
             print(row(f"{language} hello, repeated / python", r[f"{language} repeated"], r["python wait"], "≤ 1.5x"))

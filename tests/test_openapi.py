@@ -27,8 +27,10 @@ def test_every_route_is_documented_and_nothing_else():
     from coderund.api.compat.judge0_routes import ROUTES as JUDGE0_ROUTES
 
     documented = {(method.upper(), path) for path, ops in document()["paths"].items() for method in ops}
+    piston = {(method, f"/piston{prefix}/api/v2/{name}") for prefix in ("", "/{key}")
+              for method, name in (("GET", "runtimes"), ("POST", "execute"), ("GET", "connect"))}
     assert documented == {(route.method, route.path) for route in ROUTES} | {
-        (method, "/judge0" + path) for method, path, _ in JUDGE0_ROUTES}
+        (method, "/judge0" + path) for method, path, _ in JUDGE0_ROUTES} | piston
 
 
 def test_protected_routes_declare_security_and_401():

@@ -51,7 +51,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_body(e.status, HTTP_CODES.get(e.status, "internal"), message, headers)
     except Exception:
         incident = uuid.uuid4().hex[:12]
-        log.exception("unhandled error %s on %s %s", incident, request.method, request.path)
+        resource = request.match_info.route.resource  # the route, never the raw path: it may carry a key
+        log.exception("unhandled error %s on %s %s", incident, request.method, resource.canonical if resource else "?")
         return error_body(500, "internal", f"Something went wrong on our side (incident {incident}).")
 
 

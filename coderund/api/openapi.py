@@ -440,9 +440,29 @@ def _judge0_operations() -> dict[tuple[str, str], dict[str, Any]]:
     return operations
 
 
+def _piston_operations() -> dict[tuple[str, str], dict[str, Any]]:
+    """Piston v2 under /piston, the key as a Bearer token or as the path's first segment."""
+    operations = {}
+    summaries = {"runtimes": "runtimes", "execute": "run files, synchronously",
+                 "connect": "the interactive WebSocket (Piston's protocol)"}
+    errors = {"400": {**JUDGE0_ANY, "description": "Piston's {\"message\"}"}, "401": {**JUDGE0_ANY, "description": "no or a wrong key"},
+              "403": JUDGE0_ANY, "404": JUDGE0_ANY, "413": JUDGE0_ANY, "429": JUDGE0_ANY, "503": JUDGE0_ANY}
+    for prefix in ("", "/{key}"):
+        params = [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}] if prefix else []
+        for method, name in (("get", "runtimes"), ("post", "execute"), ("get", "connect")):
+            operation = {"summary": f"Piston v2: {summaries[name]}", "tags": ["piston"], "parameters": params,
+                         "responses": {"200": JUDGE0_ANY, **errors}}
+            if not prefix:
+                operation["security"] = [{"bearer": []}]
+            if method == "post":
+                operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+            operations[(method, f"/piston{prefix}/api/v2/{name}")] = operation
+    return operations
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for (method, path), operation in {**OPERATIONS, **_judge0_operations()}.items():
+    for (method, path), operation in {**OPERATIONS, **_judge0_operations(), **_piston_operations()}.items():
         operation_id = method + path.replace("/", "_").replace("{", "").replace("}", "").replace(".", "_")
         paths.setdefault(path, {})[method] = {"operationId": operation_id, **operation}
     return {

@@ -127,6 +127,9 @@ HELLO = {
     "go": ("package main\nimport \"fmt\"\nfunc main(){var s string;fmt.Scan(&s);fmt.Println(s)}", "hi", "hi\n"),
     "ruby": ("puts gets", "hi", "hi\n"), "bash": ("read x; echo $x", "hi", "hi\n"), "lua": ("print(io.read())", "hi", "hi\n"),
     "php": ("<?php echo trim(fgets(STDIN)), \"\\n\";", "hi", "hi\n"),
+    "rust": ("use std::io::Read;\nfn main(){let mut s=String::new();std::io::stdin().read_to_string(&mut s).unwrap();println!(\"{}\",s.trim());}", "hi", "hi\n"),
+    "csharp": ("class Program{static void Main(){System.Console.WriteLine(System.Console.ReadLine());}}", "hi", "hi\n"),
+    "kotlin": ("fun main() { println(readLine()) }", "hi", "hi\n"),
     # As Judge0's TypeScript programs start: Node's require declared by hand.
     "typescript": ("declare var require: any;\nconsole.log(require('fs').readFileSync(0, 'utf8').trim());", "hi", "hi\n"),
 }
@@ -141,7 +144,8 @@ async def test_the_sdk_runs_languages_checks_answers_and_batches(sdk):
     for language, (code, stdin, expected) in HELLO.items():
         alias = {"cpp": judge0.CPP, "c": judge0.C, "python": judge0.PYTHON, "java": judge0.JAVA,
                  "javascript": judge0.JAVASCRIPT, "go": judge0.GO, "ruby": judge0.RUBY, "bash": judge0.BASH,
-                 "lua": judge0.LUA, "php": judge0.PHP, "typescript": judge0.TYPESCRIPT}[language]
+                 "lua": judge0.LUA, "php": judge0.PHP, "typescript": judge0.TYPESCRIPT, "rust": judge0.RUST,
+                 "csharp": judge0.CSHARP, "kotlin": judge0.KOTLIN}[language]
         done = await asyncio.to_thread(judge0.run, client=client, source_code=code, stdin=stdin, language=alias,
                                        expected_output=expected)
         assert done.status == judge0.Status.ACCEPTED and done.stdout == expected, (language, done)
@@ -155,9 +159,10 @@ async def test_the_sdk_runs_languages_checks_answers_and_batches(sdk):
     judged = await asyncio.to_thread(judge0.run, client=client, source_code="n = int(input())\nprint(n * n)",
                                      language=judge0.PYTHON, test_cases=cases)
     assert [s.status for s in judged] == [judge0.Status.ACCEPTED] * 5
-    batch = [judge0.Submission(source_code=f"print({i})", language=judge0.PYTHON) for i in range(42)]
-    ran = await asyncio.to_thread(judge0.run, client=client, submissions=batch)
-    assert [s.stdout for s in ran] == [f"{i}\n" for i in range(42)]
+    for size in (42, 84):  # the SDK sends them 20 at a time
+        batch = [judge0.Submission(source_code=f"print({i})", language=judge0.PYTHON) for i in range(size)]
+        ran = await asyncio.to_thread(judge0.run, client=client, submissions=batch)
+        assert [s.stdout for s in ran] == [f"{i}\n" for i in range(size)]
 
 
 async def test_the_raw_api_errors_and_ownership(api, sdk):
@@ -173,6 +178,8 @@ async def test_the_raw_api_errors_and_ownership(api, sdk):
                                      headers=headers)
     assert status == 200 and body == {"stdout": "/w==\n", "status_id": 3}
     assert (await api.call("GET", "/judge0/submissions/x?fields=nope", headers=headers))[1] == {"error": "invalid fields: [nope]"}
+    status, body, _ = await api.call("GET", "/judge0/submissions?fields=%0Dx%0F", headers=headers)  # once a 500
+    assert status == 400 and body["error"].startswith("invalid fields")
     assert (await api.call("GET", f"/judge0/submissions/{uuid.uuid4()}", headers=headers))[0] == 404
     status, body, _ = await api.call("POST", "/judge0/submissions", headers=headers, json={"language_id": 71})
     assert status == 422 and body == {"source_code": ["can't be blank"]}

@@ -28,6 +28,14 @@ def _error(message: str, status: int) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+class Judge0Error(Exception):
+    """Answered as Judge0 does: {"error": message} (any text: it never goes into a header)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
 @web.middleware
 async def judge0_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Judge0's authentication (X-Auth-Token, as a header or a query parameter, or a Bearer token) and errors."""
@@ -48,6 +56,8 @@ async def judge0_api(request: web.Request, handler: Handler) -> web.StreamRespon
         return web.Response(status=401)
     except judge0.NotUtf8:
         return _error(NOT_UTF8, 400)
+    except Judge0Error as e:
+        return _error(e.message, e.status)
     except QueueFull:
         return _error("queue is full", 503)
     except NotFound:
@@ -74,7 +84,7 @@ def _flag(request: web.Request, name: str) -> bool:
 def _fields(request: web.Request) -> tuple[str, ...]:
     fields = judge0.parse_fields(request.query.get("fields"))
     if isinstance(fields, str):
-        raise web.HTTPBadRequest(reason=fields)
+        raise Judge0Error(fields)
     return fields
 
 
@@ -82,7 +92,7 @@ async def _body(request: web.Request) -> Any:
     try:
         return await read_json(request)
     except AppError as e:
-        raise web.HTTPBadRequest(reason=e.message) from None
+        raise Judge0Error(e.message) from None
 
 
 def _render(request: web.Request, task: Task, fields: tuple[str, ...]) -> dict[str, Any]:
