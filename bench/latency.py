@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -100,6 +101,24 @@ class Client:
             body = await r.json()
         assert body.get("stdout") == "hello\n", body
         return (time.perf_counter() - started) * 1000
+
+    async def stages(self, auth: dict[str, str]) -> dict[str, float]:
+        """Where one python hello's time goes, from the client's clock and the task's own timestamps
+        (one machine, one clock): ms per stage."""
+        sent = time.time()
+        async with self.session.post(f"{self.base}/task?wait=30", json={"language": "python", "code": HELLO["python"]},
+                                     headers=auth) as r:
+            body = await r.json()
+        answered = time.time()
+        at = {name: datetime.fromisoformat(body[name]).timestamp() for name in ("created_at", "started_at", "finished_at")}
+        return {
+            "HTTP, auth, validation, the insert": (at["created_at"] - sent) * 1000,
+            "publish, delivery, claim": (at["started_at"] - at["created_at"]) * 1000,
+            "sandbox hand-off, report, finishing transaction": (at["finished_at"] - at["started_at"]) * 1000 - body["wall_ms"],
+            "the program (its wall time)": body["wall_ms"],
+            "notification, the answer": (answered - at["finished_at"]) * 1000,
+            "end to end": (answered - sent) * 1000,
+        }
 
     async def key(self, auth: dict[str, str]) -> dict[str, str]:
         async with self.session.post(f"{self.base}/account/api-keys", json={"name": "bench"}, headers=auth) as r:
@@ -269,6 +288,8 @@ async def measure(runtime: str, args: argparse.Namespace) -> dict[str, list[floa
             out["python wait"] = await client.series(args.runs, args.gap, lambda i: client.waited(auth, "python", HELLO["python"]))
             after = await engine_calls(session, server.base)
             out["engine calls"] = {k: (v - calls.get(k, 0)) / args.runs for k, v in after.items() if v != calls.get(k, 0)}
+            stages = [await client.stages(auth) for _ in range(args.runs)]
+            out["stages"] = {name: statistics.median(run[name] for run in stages) for name in stages[0]}
             out["python judge0"] = await client.series(args.runs, args.gap, lambda i: client.judge0(auth))
             out["python poll"] = await client.series(args.runs, args.gap, lambda i: client.polled(auth, "python", HELLO["python"]))
             for until in ("stdout", "result"):
@@ -331,6 +352,10 @@ def main() -> None:
               "none before its report: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["engine calls"].items())))
         print(row("docker run --rm (same flags)", docker_run[rt]))
         print(row("python hello, wait=30 / docker run", r["python wait"], docker_run[rt], "≤ 0.35x" if rt == "runc" else "≤ 0.3x"))
+        total = r["stages"]["end to end"]
+        print("   where python hello's time goes (medians, ms): " + ", ".join(
+            f"{name} {ms:.1f}" for name, ms in r["stages"].items()) +
+              f"; the platform's share {total - r['stages']['the program (its wall time)']:.1f} of {total:.1f}")
         print(row("python hello, Judge0 API / wait=30", r["python judge0"], r["python wait"], "≤ 1.1x"))
         print(row("python hello, polling / docker run", r["python poll"], docker_run[rt]))
         print(row("python over /ws, first output / wait", r["python live stdout"], r["python wait"]))

@@ -154,13 +154,16 @@ async def test_a_delivery_survives_a_restart_and_is_checked_again_when_sent(sett
             token = await api.user("hook")
             task_id = await api.submit(token, language="python", code="print(1)", callback_url=receiver.url)
             await api.result(token, task_id)
-            await asyncio.sleep(1)  # the receiver is down: attempts fail
+            for _ in range(100):  # the receiver is down: the first attempt fails (the outbox is read every second)
+                async with await psycopg.AsyncConnection.connect(s.database_url) as conn:
+                    rows = await (await conn.execute("SELECT attempts, delivered_at FROM webhook_deliveries"
+                                                     " WHERE task_id = %s", (task_id,))).fetchall()
+                if rows and rows[0][0] >= 1:
+                    break
+                await asyncio.sleep(0.1)
     finally:
         stop.set()
         await running
-    async with await psycopg.AsyncConnection.connect(s.database_url) as conn:
-        rows = await (await conn.execute("SELECT attempts, delivered_at FROM webhook_deliveries WHERE task_id = %s",
-                                         (task_id,))).fetchall()
     assert len(rows) == 1 and rows[0][0] >= 1 and rows[0][1] is None
     await receiver.start()
     # Restarted, and now refusing private addresses: the one to /hook is still owed, but it now points

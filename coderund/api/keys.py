@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..plugins import Plugins
-from ..access import Principal
 from ..usecases import Accounts, ApiKeys, LiveRuns, TaskService
 
 SESSION_COOKIE = "coderund_session"
@@ -27,5 +26,4 @@ class Services:
 SERVICES = web.AppKey("services", Services)
 PROTECTED = web.AppKey("protected", dict)  # (method, path) of a protected route: the scope it needs
 USER_ID = web.RequestKey("user_id", int)
-PRINCIPAL = web.RequestKey("principal", Principal)
 TOKEN = web.RequestKey("token", str)

@@ -11,7 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import AppError, Forbidden, InvalidJson, Unauthorized
-from .keys import PRINCIPAL, PROTECTED, SERVICES, SESSION_COOKIE, TOKEN, USER_ID
+from .keys import PROTECTED, SERVICES, SESSION_COOKIE, TOKEN, USER_ID
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -98,7 +98,6 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         principal = await request.app[SERVICES].accounts.authenticate(token)
         if scope not in principal.scopes:
             raise Forbidden(f"This API key lacks the scope {scope!r} that {request.method} {route.canonical} needs.")
-        request[PRINCIPAL] = principal
         request[USER_ID] = principal.user_id
         request[TOKEN] = token
     return await handler(request)

@@ -11,12 +11,12 @@ from typing import Any, TypeVar
 from .. import metrics
 from ..access import Principal
 from ..domain import Credentials
-from ..errors import (RateLimited, Unauthorized)
+from ..errors import RateLimited, Unauthorized
 from ..passwords import DUMMY_HASH, hash_password, verify_password
 from ..repository.rates import Rates
 from ..repository.sessions import Sessions
-from .keys import ApiKeys, looks_like_key
 from ..repository.users import UserRow, Users
+from .keys import ApiKeys, looks_like_key
 
 T = TypeVar("T")
 

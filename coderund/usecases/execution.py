@@ -8,7 +8,7 @@ import uuid
 
 from .. import metrics
 from ..domain import Result, Task, Verdict
-from ..errors import (Unavailable, UnsupportedLanguage)
+from ..errors import Unavailable, UnsupportedLanguage
 from ..plugins import Plugins
 from ..repository.live import END, LiveChannel
 from ..repository.notify import TaskListener

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from ..domain import TaskRequest, TaskState
-from ..errors import (Unavailable)
+from ..errors import Unavailable
 from ..repository.live import END, EOF, START, STDIN, LiveChannel
 from ..repository.notify import TaskListener
 from ..sandbox.box import Live

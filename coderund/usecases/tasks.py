@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from .. import metrics
 from ..access import cpu_quota_left, seconds_to_next_day
 from ..domain import HistoryQuery, Task, TaskRequest, TaskState, Verdict
-from ..errors import (AppError, Conflict, NotFound, QueueFull, QuotaExceeded, RateLimited, ValidationFailed)
+from ..errors import AppError, Conflict, NotFound, QueueFull, QuotaExceeded, RateLimited, ValidationFailed
 from ..plugins import Plugins
 from ..repository.callbacks import AddressRefused, check
 from ..repository.notify import TaskListener

@@ -10,7 +10,7 @@ import time
 
 from .. import compat, metrics
 from ..domain import result_document
-from ..errors import (Unavailable)
+from ..errors import Unavailable
 from ..repository.callbacks import CallbackFailed, Callbacks
 from ..plugins import Plugins
 from ..repository.outbox import Outbox, PendingWebhook

@@ -20,6 +20,7 @@ from ..keys import SERVICES, USER_ID
 from ..middlewares import request_token
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+EXECUTE_WAITS = 10  # of MAX_WAIT_S each: a synchronous execute holds its connection at most this long
 
 
 def _message(message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -63,9 +64,12 @@ async def execute(request: web.Request) -> web.Response:
         return _message(parsed, 400)
     plugin = services.plugins.get(parsed.language)
     task_id = str(await services.tasks.submit(request[USER_ID], parsed))
-    while (task := await services.tasks.get(request[USER_ID], task_id, MAX_WAIT_S)).state is not TaskState.DONE:
-        pass  # a task takes at most its limits and the queue's wait; the client's own timeout bounds this
-    return web.json_response(piston.result(task, plugin))
+    for _ in range(EXECUTE_WAITS):
+        task = await services.tasks.get(request[USER_ID], task_id, MAX_WAIT_S)
+        if task.state is TaskState.DONE:
+            return web.json_response(piston.result(task, plugin))
+    return _message(f"The run did not finish in {EXECUTE_WAITS * MAX_WAIT_S} s (the queue is long); its result will be"
+                    f" at GET /result/{task_id}.", 503, {"Retry-After": "5"})
 
 
 class _Connection:
