@@ -56,7 +56,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_body(500, "internal", f"Something went wrong on our side (incident {incident}).")
 
 
-def _credential(value: str) -> str | None:
+def credential(value: str) -> str | None:
     """Tokens and keys are printable ASCII: anything else (bytes that are not UTF-8 come as
     surrogates) names no session."""
     value = value.strip()
@@ -68,9 +68,9 @@ def request_token(request: web.Request) -> tuple[str | None, bool]:
     that holds no valid token counts as none."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
-        return _credential(token), False
+        return credential(token), False
     cookie = request.cookies.get(SESSION_COOKIE)
-    return (_credential(cookie), True) if cookie else (None, False)
+    return (credential(cookie), True) if cookie else (None, False)
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -90,17 +90,26 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     scope = request.app[PROTECTED].get((request.method, route.canonical)) if route is not None else None
     if scope is not None:
         token, from_cookie = request_token(request)
-        if token is None:
-            raise Unauthorized()
         # The cookie goes along whatever page sends the request; a Bearer token only with its client.
-        if from_cookie and (request.method not in ("GET", "HEAD") or _is_websocket(request)) and not _same_origin(request):
+        if token and from_cookie and (request.method not in ("GET", "HEAD") or _is_websocket(request)) \
+                and not _same_origin(request):
             raise Forbidden("A request with the session cookie must come from this server's own pages, not another site's.")
-        principal = await request.app[SERVICES].accounts.authenticate(token)
-        if scope not in principal.scopes:
-            raise Forbidden(f"This API key lacks the scope {scope!r} that {request.method} {route.canonical} needs.")
-        request[USER_ID] = principal.user_id
+        await authorize(request, token, scope)
         request[TOKEN] = token
     return await handler(request)
+
+
+async def authorize(request: web.Request, token: str | None, scope: str) -> None:
+    """The one check of every API's credentials (coderund's, Judge0's, Piston's): Unauthorized without a
+    valid one, Forbidden without the scope; the caller's user id on the request."""
+    if token is None:
+        raise Unauthorized()
+    principal = await request.app[SERVICES].accounts.authenticate(token)
+    if scope not in principal.scopes:
+        resource = request.match_info.route.resource
+        raise Forbidden(f"This API key lacks the scope {scope!r} that {request.method} "
+                        f"{resource.canonical if resource else request.path} needs.")
+    request[USER_ID] = principal.user_id
 
 
 def _is_websocket(request: web.Request) -> bool:

@@ -13,7 +13,7 @@ from ...access import TASKS_READ, TASKS_WRITE
 from ...domain import MAX_WAIT_S, Task
 from ...errors import AppError, Conflict, NotFound, QueueFull, RateLimited, Unauthorized, ValidationFailed
 from ..keys import SERVICES, USER_ID
-from ..middlewares import request_token
+from ..middlewares import authorize, credential, request_token
 from ..routes import read_json
 from ...compat import judge0
 
@@ -41,16 +41,10 @@ async def judge0_api(request: web.Request, handler: Handler) -> web.StreamRespon
     """Judge0's authentication (X-Auth-Token, as a header or a query parameter, or a Bearer token) and errors."""
     # Judge0's own header (or query parameter), and the key headers of the hosted Judge0s
     # (RapidAPI, AllThingsDev), so that the SDK's hosted clients work pointed here with a coderund key.
-    token = next((request.headers[h] for h in KEY_HEADERS if h in request.headers), None) or request.query.get(TOKEN_HEADER)
-    token = token.strip() if token and token.isascii() and token.strip().isprintable() else request_token(request)[0]
+    given = next((request.headers[h] for h in KEY_HEADERS if h in request.headers), None) or request.query.get(TOKEN_HEADER)
+    token = (credential(given) if given else None) or request_token(request)[0]
     try:
-        if not token:
-            raise Unauthorized()
-        principal = await request.app[SERVICES].accounts.authenticate(token)
-        needed = TASKS_READ if request.method in ("GET", "HEAD") else TASKS_WRITE
-        if needed not in principal.scopes:
-            return _error(f"this key lacks the scope {needed}", 403)
-        request[USER_ID] = principal.user_id
+        await authorize(request, token, TASKS_READ if request.method in ("GET", "HEAD") else TASKS_WRITE)
         return await handler(request)
     except Unauthorized:
         return web.Response(status=401)

@@ -14,10 +14,10 @@ from ... import domain
 from ...access import TASKS_WRITE
 from ...compat import piston
 from ...domain import MAX_WAIT_S, TaskState
-from ...errors import AppError, Forbidden, Unauthorized
+from ...errors import AppError
 from ...plugins import Plugin
 from ..keys import SERVICES, USER_ID
-from ..middlewares import request_token
+from ..middlewares import authorize, credential, request_token
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EXECUTE_WAITS = 10  # of MAX_WAIT_S each: a synchronous execute holds its connection at most this long
@@ -30,14 +30,10 @@ def _message(message: str, status: int, headers: dict[str, str] | None = None) -
 @web.middleware
 async def piston_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A key as a Bearer token or as the path's first segment (never logged); errors as Piston's {"message"}."""
-    token = request.match_info.get("key") or request_token(request)[0]
+    key = request.match_info.get("key")
+    token = credential(key) if key else request_token(request)[0]
     try:
-        if not token or not token.isascii() or not token.isprintable():
-            raise Unauthorized()
-        principal = await request.app[SERVICES].accounts.authenticate(token)
-        if TASKS_WRITE not in principal.scopes:
-            raise Forbidden("This API key lacks the scope tasks:write.")
-        request[USER_ID] = principal.user_id
+        await authorize(request, token, TASKS_WRITE)
         return await handler(request)
     except AppError as e:
         return _message(e.message, e.status, e.headers or None)
