@@ -19,6 +19,7 @@ from .compat import judge0
 from .api.keys import Services
 from .api.server import Runner
 from .config import ConfigError, Settings, env_name
+from .domain import MAX_STORED_FILE_BYTES
 from .errors import Unavailable
 from .repository.db import Database, migrate
 from .repository.callbacks import Callbacks
@@ -28,6 +29,7 @@ from .repository.queue import Queue
 from .repository.rates import Rates
 from .repository.live import LiveChannel
 from .repository.sessions import Sessions, connect
+from .repository.stored_files import StoredFiles
 from .repository.tasks import Tasks
 from .repository.keys import REVOKED, Keys
 from .repository.usage import Usage
@@ -40,7 +42,7 @@ from .sandbox.gate import FairGate
 from .sandbox.options import LABEL, Isolation
 from .sandbox.pool import WarmPool
 from .sandbox.runner import Sandbox
-from .usecases import ApiKeys, Accounts, Executor, LiveRuns, TaskService, Webhooks
+from .usecases import ApiKeys, Accounts, Executor, FileStore, LiveRuns, TaskService, Webhooks
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -166,7 +168,9 @@ def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugi
                         cpu_s_per_day=settings.user_cpu_s_per_day,
                         max_queue=settings.max_queue, user_max_pending=settings.user_max_pending,
                         allow_private_callbacks=settings.webhook_allow_private, max_case_seconds=settings.max_case_seconds)
-    return Services(accounts=accounts, tasks=tasks, plugins=plugins, keys=api_keys,
+    files = FileStore(StoredFiles(db, max_bytes_per_owner=settings.stored_files_mb * 1024 * 1024),
+                      max_file_bytes=MAX_STORED_FILE_BYTES)
+    return Services(accounts=accounts, tasks=tasks, plugins=plugins, keys=api_keys, files=files,
                     live=LiveRuns(tasks, LiveChannel(sessions.redis), finished))
 
 

@@ -26,6 +26,7 @@ MAX_ARG_CHARS = 4096
 MAX_WAIT_S = 30
 MAX_FILES = 32
 MAX_TESTS = 64
+MAX_STORED_FILE_BYTES = 1024 * 1024  # one file a client stores for later runs (Jobe's file cache)
 FILE_NAME_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 
 
@@ -80,6 +81,28 @@ class TestCase:
 
 
 @dataclass(frozen=True)
+class Program:
+    """How to build and run a request's code in its language's image when not by the plugin's own
+    commands: a foreign API's conventions (Jobe's file names, compiler arguments and rlimits). The
+    sandbox is the same; only the command lines and the program's process limits differ."""
+
+    source_file: str  # the entry file's name, in place of the plugin's
+    run: tuple[str, ...]
+    compile: tuple[str, ...] | None = None  # None: nothing to build
+    address_space_mb: int = 0  # RLIMIT_AS of the run; 0: none
+    file_size_mb: int = 0  # RLIMIT_FSIZE of the run; 0: the sandbox's
+    processes: int = 0  # processes and threads of the run at once; 0: the sandbox's
+
+    def document(self) -> dict[str, Any]:
+        return {**vars(self), "run": list(self.run), "compile": None if self.compile is None else list(self.compile)}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> Program:
+        return cls(**{**document, "run": tuple(document["run"]),
+                      "compile": None if document["compile"] is None else tuple(document["compile"])})
+
+
+@dataclass(frozen=True)
 class TaskRequest:
     language: str
     code: str
@@ -92,6 +115,7 @@ class TaskRequest:
     stop_on_failure: bool = False
     callback_url: str | None = None
     compat: dict[str, Any] | None = None  # a foreign API's own details of the request (e.g. Judge0's)
+    program: Program | None = None  # its own commands, in place of the plugin's
 
 
 @dataclass(frozen=True)
@@ -163,6 +187,7 @@ class Task:
     callback_url: str | None = None
     live: bool = False  # submitted over /ws: output streamed, stdin fed as it comes
     compat: dict[str, Any] | None = None  # as TaskRequest.compat
+    program: Program | None = None  # as TaskRequest.program
     cancel_requested: bool = False
     state: TaskState = TaskState.QUEUED
     attempts: int = 0

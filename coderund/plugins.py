@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .domain import PLATFORM_MIN, Limits, RunReport, TaskRequest, resolve_limits
+from .domain import PLATFORM_MIN, Limits, Program, RunReport, TaskRequest, resolve_limits
 from .errors import UnsupportedLanguage, ValidationFailed
 
 REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
-OPTIONAL = {"aliases", "debian_packages", "compile", "compile_limits", "env", "requires", "memory_errors"}
+OPTIONAL = {"aliases", "debian_packages", "image_files", "compile", "compile_limits", "env", "requires", "memory_errors"}
 DEFAULT_COMPILE_LIMITS = Limits(time_ms=30000, memory_mb=1024)
 SOURCES = "{sources}"  # in a compile command: the submitted source files
 # In commands and env: the step's memory limit, and the share of it a runtime's heap may take (the
@@ -39,6 +39,7 @@ class Plugin:
     compile_limits: Limits = DEFAULT_COMPILE_LIMITS
     aliases: tuple[str, ...] = ()
     debian_packages: tuple[str, ...] = ()
+    image_files: tuple[tuple[str, str], ...] = ()  # (absolute path, content) written into the image after its packages
     env: tuple[tuple[str, str], ...] = ()
     requires: tuple[str, str] | None = None  # (pattern the code must match, what to tell a user whose code does not)
     memory_errors: tuple[bytes, ...] = ()  # in stderr: the runtime ran out of the memory it was given
@@ -68,6 +69,14 @@ class Plugin:
         """Refuses code that cannot fit the language's entry convention (e.g. Java's class Main)."""
         if self.requires and not re.search(self.requires[0], code):
             raise ValidationFailed(self.requires[1])
+
+    def adapted(self, program: Program | None) -> Plugin:
+        """The plugin with a request's own commands (its image, limits and memory errors stay); its
+        entry-file convention is then the program's."""
+        if program is None:
+            return self
+        return dataclasses.replace(self, source_file=program.source_file, run=program.run, compile=program.compile,
+                                   requires=None)
 
     def resolve_limits(self, requested: dict[str, int]) -> Limits:
         return resolve_limits(self.limits, self.min_limits, self.max_limits, requested)
@@ -110,9 +119,10 @@ class Plugins:
 
     def for_request(self, request: TaskRequest) -> tuple[Plugin, Limits]:
         plugin = self.get(request.language)
-        if any(name == plugin.source_file or name.startswith(plugin.source_file + "/") for name, _ in request.files):
-            raise ValidationFailed(f"'files' holds {plugin.source_file!r}, the entry file of {plugin.name}: send it as 'code'.")
-        plugin.check_code(request.code)
+        entry = plugin.adapted(request.program)
+        if any(name == entry.source_file or name.startswith(entry.source_file + "/") for name, _ in request.files):
+            raise ValidationFailed(f"'files' holds {entry.source_file!r}, the entry file of {plugin.name}: send it as 'code'.")
+        entry.check_code(request.code)
         return plugin, plugin.resolve_limits(request.limits)
 
 
@@ -155,6 +165,10 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
     env = data.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise fail("env", "must be a table of strings")
+    image_files = data.get("image_files", {})
+    if not isinstance(image_files, dict) or not all(
+            isinstance(v, str) and k.startswith("/") and ".." not in k.split("/") for k, v in image_files.items()):
+        raise fail("image_files", "must be a table of absolute paths to their contents")
 
     limits_table = data["limits"]
     if not isinstance(limits_table, dict):
@@ -190,6 +204,7 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         compile_limits=compile_limits,
         aliases=tuple(a.lower() for a in data.get("aliases", [])),
         debian_packages=tuple(data.get("debian_packages", [])),
+        image_files=tuple(sorted(image_files.items())),
         env=tuple(sorted(env.items())),
         requires=(requires["pattern"], requires["message"]) if requires else None,
         memory_errors=tuple(m.encode() for m in data.get("memory_errors", [])),

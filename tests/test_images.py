@@ -28,5 +28,10 @@ def test_an_image_is_rebuilt_when_its_packages_change(settings):
         assert not images.is_current(client, changed, base_id)
         assert images.build(client, changed, base_id=base_id) is True
         assert images.is_current(client, changed, base_id) and not images.is_current(client, plugin, base_id)
+        with_file = dataclasses.replace(changed, image_files=(("/etc/coderund-test", "one\ntwo 'quoted' $HOME\n"),))
+        assert not images.is_current(client, with_file, base_id)
+        assert images.build(client, with_file, base_id=base_id) is True
+        assert client.containers.run(with_file.image, ["cat", "/etc/coderund-test"], remove=True,
+                                     network_mode="none") == b"one\ntwo 'quoted' $HOME\n"
     finally:
         client.images.remove(plugin.image, force=True)

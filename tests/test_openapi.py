@@ -20,17 +20,19 @@ def test_document_is_valid_openapi_3_1():
     spec = document()
     assert spec["openapi"].startswith("3.1")
     validate(spec)
-    assert set(spec["components"]["securitySchemes"]) == {"bearer", "cookie", "judge0"}
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "cookie", "judge0", "jobe"}
 
 
 def test_every_route_is_documented_and_nothing_else():
+    from coderund.api.compat.jobe_routes import PREFIX, ROUTES as JOBE_ROUTES
     from coderund.api.compat.judge0_routes import ROUTES as JUDGE0_ROUTES
 
     documented = {(method.upper(), path) for path, ops in document()["paths"].items() for method in ops}
     piston = {(method, f"/piston{prefix}/api/v2/{name}") for prefix in ("", "/{key}")
               for method, name in (("GET", "runtimes"), ("POST", "execute"), ("GET", "connect"))}
     assert documented == {(route.method, route.path) for route in ROUTES} | {
-        (method, "/judge0" + path) for method, path, _ in JUDGE0_ROUTES} | piston
+        (method, "/judge0" + path) for method, path, _ in JUDGE0_ROUTES} | piston | {
+        (method, PREFIX + path) for method, path, _ in JOBE_ROUTES}
 
 
 def test_protected_routes_declare_security_and_401():

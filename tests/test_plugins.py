@@ -20,10 +20,10 @@ GOOD = {
 def test_shipped_plugins_load():
     loaded = plugins.load(DEFAULT_PLUGINS_DIR)
     assert [p.name for p in loaded.all] == ["bash", "c", "cpp", "csharp", "go", "java", "javascript", "kotlin", "lua",
-                                            "php", "python", "ruby", "rust", "typescript"]
+                                            "octave", "pascal", "php", "python", "ruby", "rust", "typescript"]
     for alias, name in [("python3", "python"), ("GCC", "c"), ("c++", "cpp"), ("g++", "cpp"), ("js", "javascript"),
                         ("node", "javascript"), ("ts", "typescript"), ("rb", "ruby"), ("sh", "bash"), ("cs", "csharp"),
-                        ("kt", "kotlin"), ("rs", "rust")]:
+                        ("kt", "kotlin"), ("rs", "rust"), ("matlab", "octave"), ("fpc", "pascal")]:
         assert loaded.get(alias).name == name
     for plugin in loaded.all:
         assert plugin.debian_packages and plugin.image.startswith("coderund/")
@@ -95,6 +95,8 @@ def test_max_defaults_to_the_limits_and_compile_limits_to_the_global_default():
         ({"limits": {"time_ms": 1000, "memory_mb": 64, "min": {"time_ms": 2000}}}, "limits.min.time_ms"),
         ({"env": {"A": 1}}, "env"),
         ({"memory_errors": "OutOfMemory"}, "memory_errors"),
+        ({"image_files": {"etc/relative": "x"}}, "image_files"),
+        ({"image_files": {"/etc/../x": "x"}}, "image_files"),
     ],
 )
 def test_broken_plugins_name_the_field(change, field):

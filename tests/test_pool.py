@@ -223,3 +223,27 @@ async def test_a_shape_in_use_takes_the_place_of_one_used_longer_ago():
     pool._tick(time.monotonic())
     await asyncio.sleep(0.05)
     assert [len(pool.ready[s]) for s in shapes] == [1, 0, 1] and len(discarded) == 1  # and no churn after
+
+
+async def test_a_shape_tasks_ask_for_is_adopted_while_in_demand_then_forgotten():
+    from coderund.sandbox.engine import Shape
+    from coderund.sandbox.pool import WarmPool
+
+    discarded = []
+
+    async def make(shape):
+        return FakeBox(shape)
+
+    pool = WarmPool(make, discarded.append, max_total=4, per_shape=4, max_age_s=300, idle_s=1, fill_parallel=4)
+    jobe_run = Shape("image", 64, (), 32)  # a pids limit of its own: no served shape has it
+    assert pool.take(jobe_run) is None  # the first is cold
+    pool._tick(time.monotonic())
+    await asyncio.sleep(0.05)
+    assert len(pool.ready[jobe_run]) == 1
+    assert pool.take(jobe_run) is not None  # the next is warm
+    await asyncio.sleep(1.1)
+    pool._tick(time.monotonic())  # idle: its container goes, then the shape
+    pool._tick(time.monotonic())
+    assert jobe_run not in pool.ready and len(discarded) == 0
+    off = WarmPool(make, discarded.append, max_total=0, per_shape=4, max_age_s=300, idle_s=1, fill_parallel=4)
+    assert off.take(jobe_run) is None and not off.ready  # a pool that is off adopts nothing

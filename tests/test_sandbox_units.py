@@ -1,6 +1,7 @@
 """Pure parts of the sandbox: container options and the supervisor's report."""
 from __future__ import annotations
 
+import resource
 import subprocess
 from pathlib import Path
 
@@ -43,9 +44,9 @@ def test_parse_report():
 
 
 def serve(binary: Path, folder: Path, files: supervisor.Files, program: tuple[str, ...], *, wall_ms: int = 5000,
-          cap: int = 100, stdin: bytes = b"", collect: bool = False):
+          cap: int = 100, stdin: bytes = b"", collect: bool = False, limits: supervisor.RunLimits = supervisor.NO_LIMITS):
     """The supervisor on the host, in a folder of its own, given one request as a container's would be."""
-    request = supervisor.request(files, stdin, program, wall_ms=wall_ms, output_cap=cap, collect=collect)
+    request = supervisor.request(files, stdin, program, wall_ms=wall_ms, output_cap=cap, collect=collect, limits=limits)
     done = subprocess.run([str(binary), str(folder)], input=request, capture_output=True, check=True)
     return supervisor.parse_report(done.stdout)
 
@@ -155,3 +156,17 @@ def test_take_item():
     assert supervisor.take_item(buffer) is None and buffer == bytearray(b"12:x")  # not whole yet
     with pytest.raises(supervisor.SupervisorError):
         supervisor.take_item(bytearray(b"x:abc"))
+
+
+def test_a_requests_rlimits_hold_for_the_program_alone(tmp_path: Path):
+    """Jobe's limits: address space, file size and processes, set as the program; 0 leaves them."""
+    binary = supervisor.build(tmp_path / "bin")
+    show = ("python3", "-c", "import resource as r; print(*(r.getrlimit(x)[0] for x in (r.RLIMIT_AS, r.RLIMIT_FSIZE, r.RLIMIT_NPROC)))")
+    limited, _ = serve(binary, tmp_path, supervisor.Files(), show, limits=supervisor.RunLimits(
+        address_space=512 * 1024 * 1024, file_size=1024 * 1024, processes=21))
+    assert limited.stdout == b"%d 1048576 21\n" % (512 * 1024 * 1024), limited.stderr
+    malloc, _ = serve(binary, tmp_path, supervisor.Files(), ("python3", "-c", "b = bytearray(600 * 1024 * 1024)"),
+                      limits=supervisor.RunLimits(address_space=512 * 1024 * 1024))
+    assert malloc.exit_code == 1 and b"MemoryError" in malloc.stderr
+    unlimited, _ = serve(binary, tmp_path, supervisor.Files(), show)
+    assert unlimited.stdout.split()[0] == b"%d" % resource.RLIM_INFINITY

@@ -7,7 +7,7 @@ from ..domain import MAX_BODY_BYTES
 from .. import metrics
 from . import docs, middlewares, server
 from ..compat import judge0
-from .compat import judge0_routes, piston_routes
+from .compat import jobe_routes, judge0_routes, piston_routes
 from .keys import PROTECTED, SERVICES, Services
 from .routes import ROUTES
 
@@ -21,4 +21,5 @@ def make_app(services: Services, judge0_limits: judge0.Limits | None = None) -> 
     docs.add_static(app)
     app.add_subapp("/judge0", judge0_routes.make_app(services, judge0_limits or judge0.Limits()))
     app.add_subapp("/piston", piston_routes.make_app(services))
+    app.add_subapp(jobe_routes.PREFIX, jobe_routes.make_app(services))
     return app

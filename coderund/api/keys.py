@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..plugins import Plugins
-from ..usecases import Accounts, ApiKeys, LiveRuns, TaskService
+from ..usecases import Accounts, ApiKeys, FileStore, LiveRuns, TaskService
 
 SESSION_COOKIE = "coderund_session"
 
@@ -19,6 +19,7 @@ class Services:
     plugins: Plugins
     live: LiveRuns
     keys: ApiKeys
+    files: FileStore
     # name → a coroutine that raises when that dependency does not answer
     checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from ..access import TASKS_WRITE
 from ..errors import AppError, Forbidden, InvalidJson, Unauthorized
 from .keys import PROTECTED, SERVICES, SESSION_COOKIE, TOKEN, USER_ID
 
@@ -110,6 +111,25 @@ async def authorize(request: web.Request, token: str | None, scope: str) -> None
         raise Forbidden(f"This API key lacks the scope {scope!r} that {request.method} "
                         f"{resource.canonical if resource else request.path} needs.")
     request[USER_ID] = principal.user_id
+
+
+async def foreign(request: web.Request, handler: Handler, token: str | None,
+                  reply: Callable[[str, int, dict[str, str] | None], web.Response],
+                  unauthorized: Callable[[], web.Response] | None = None) -> web.StreamResponse:
+    """A foreign API's middleware (Piston's, Jobe's): its credential checked as every API's is, with
+    the tasks:write scope, and coderund's errors answered in that API's shape by reply(message, status,
+    headers); unauthorized, if given, answers a missing or unknown credential."""
+    try:
+        await authorize(request, token, TASKS_WRITE)
+        return await handler(request)
+    except Unauthorized as e:
+        return unauthorized() if unauthorized else reply(e.message, e.status, e.headers or None)
+    except AppError as e:
+        return reply(e.message, e.status, e.headers or None)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return reply(e.reason, e.status, None)
 
 
 def _is_websocket(request: web.Request) -> bool:

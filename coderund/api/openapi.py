@@ -460,9 +460,38 @@ def _piston_operations() -> dict[tuple[str, str], dict[str, Any]]:
     return operations
 
 
+JOBE_SUMMARIES = {"/languages": "languages, as [[id, version], ...]", "/runs": "run a run_spec, synchronously",
+                  "/files/{file_id}": "store a file for runs' file_list (PUT) or ask whether it is stored (HEAD)"}
+
+
+def _jobe_operations() -> dict[tuple[str, str], dict[str, Any]]:
+    """Jobe's REST API (Moodle CodeRunner's) under /jobe/index.php/restapi; errors are JSON strings."""
+    from .compat.jobe_routes import PREFIX, ROUTES as JOBE_ROUTES
+
+    errors = {code: {**JUDGE0_ANY, "description": f"Jobe's message, a JSON string{extra}"} for code, extra in (
+        ("400", ""), ("403", ": no key, or an unknown one"), ("404", ": no such file"), ("413", ": too large"),
+        ("429", ""), ("503", ""))}
+    operations = {}
+    for method, path, _ in JOBE_ROUTES:
+        params = [{"name": "file_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9]+$"}}
+                  ] if "{file_id}" in path else []
+        success = {"200": JUDGE0_ANY} if method in ("GET", "POST") else {
+            "204": {"description": "stored" if method == "PUT" else "it is stored"}}
+        responses = {**success, **errors}
+        if method == "HEAD":  # an answer without a body
+            responses = {code: {"description": response["description"]} for code, response in responses.items()}
+        operation = {"summary": f"Jobe: {JOBE_SUMMARIES[path.rstrip('/')]}", "tags": ["jobe"], "security": [{"jobe": []}],
+                     "parameters": params, "responses": responses}
+        if method in ("POST", "PUT"):
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+        operations[(method.lower(), PREFIX + path)] = operation
+    return operations
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for (method, path), operation in {**OPERATIONS, **_judge0_operations(), **_piston_operations()}.items():
+    for (method, path), operation in {**OPERATIONS, **_judge0_operations(), **_piston_operations(),
+                                      **_jobe_operations()}.items():
         operation_id = method + path.replace("/", "_").replace("{", "").replace("}", "").replace(".", "_")
         paths.setdefault(path, {})[method] = {"operationId": operation_id, **operation}
     return {
@@ -480,6 +509,8 @@ def document() -> dict[str, Any]:
                 "cookie": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
                 "judge0": {"type": "apiKey", "in": "header", "name": "X-Auth-Token",
                            "description": "a coderund API key, for the Judge0 API under /judge0"},
+                "jobe": {"type": "apiKey", "in": "header", "name": "X-API-KEY",
+                         "description": "a coderund API key, for the Jobe API under /jobe/index.php/restapi"},
             },
         },
     }

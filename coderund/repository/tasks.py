@@ -9,7 +9,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from ..checkers import parse_checker
-from ..domain import CaseResult, Limits, Result, Task, TaskState, TestCase, Verdict
+from ..domain import CaseResult, Limits, Program, Result, Task, TaskState, TestCase, Verdict
 from .db import Database
 from .notify import CANCEL, FINISHED
 from .outbox import ENQUEUE
@@ -20,7 +20,7 @@ RETENTION_BATCH = 500  # tasks deleted per sweep: a long backlog goes in steps, 
 COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
-    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, compat"
+    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, compat, program"
 )
 # What a result needs, without the submission's own texts: code, stdin and files come empty, and
 # the test cases only counted (a batch of large tasks once made the API hold every byte of them).
@@ -86,6 +86,7 @@ def _task(row: dict[str, Any]) -> Task:
         callback_url=row["callback_url"],
         live=row["live"],
         compat=row["compat"],
+        program=None if row["program"] is None else Program.from_document(row["program"]),
         state=TaskState(row["state"]),
         attempts=row["attempts"],
         created_at=row["created_at"],
@@ -116,13 +117,15 @@ class Tasks:
                 return False
             await conn.execute(
                 "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                " stop_on_failure, callback_url, live, compat) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " stop_on_failure, callback_url, live, compat, program)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                  task.limits.time_ms, task.limits.memory_mb,
                  Jsonb([{"name": name, "content": _b64(content)} for name, content in task.files]),
                  Jsonb([{"stdin": _b64(c.stdin), "args": list(c.args), "expected": _b64(c.expected)} for c in task.tests]),
                  Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live,
-                 None if task.compat is None else Jsonb(task.compat)),
+                 None if task.compat is None else Jsonb(task.compat),
+                 None if task.program is None else Jsonb(task.program.document())),
             )
             return True
 

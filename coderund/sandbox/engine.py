@@ -56,6 +56,7 @@ class Shape:
     image: str
     memory_mb: int
     env: tuple[tuple[str, str], ...] = ()
+    pids_limit: int | None = None  # None: the isolation's
 
 
 def api_route(method: str, url: str) -> str:
@@ -102,7 +103,7 @@ class Engine:
         await self._install_tools(shape.image)
         name = f"coderund-{uuid.uuid4().hex[:12]}"
         options = container_options(image=shape.image, name=name, memory_mb=shape.memory_mb, isolation=self.isolation,
-                                    env=dict(shape.env), labels={**self.labels, **labels},
+                                    env=dict(shape.env), labels={**self.labels, **labels}, pids_limit=shape.pids_limit,
                                     tools_volume=self.tools_volume)
         started = time.monotonic()
         try:

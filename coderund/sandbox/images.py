@@ -6,8 +6,10 @@ build skips what is current and rebuilds what a plugin's packages or a new base 
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import shlex
 import logging
 import shutil
 import subprocess
@@ -36,7 +38,7 @@ def exists(client: docker.DockerClient, image: str) -> bool:
 
 def wanted_labels(plugin: Plugin, base_id: str) -> dict[str, str]:
     """What an image must carry to be current for this plugin."""
-    packages = " ".join(sorted(plugin.debian_packages))
+    packages = " ".join(sorted(plugin.debian_packages)) + "".join(f"\0{path}\0{text}" for path, text in plugin.image_files)
     return {f"{LABEL}.language": plugin.name, f"{LABEL}.packages": hashlib.sha256(packages.encode()).hexdigest()[:16],
             f"{LABEL}.base": base_id}
 
@@ -78,7 +80,9 @@ def build(client: docker.DockerClient, plugin: Plugin, *, base_id: str, force: b
         f"FROM {BASE}\n"
         "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
         f"{' '.join(plugin.debian_packages)} && apt-get clean && rm -rf /var/lib/apt/lists/*\n"
-        f"LABEL {labels}\n"
+        + "".join(f"RUN echo {base64.b64encode(text.encode()).decode()} | base64 -d > {shlex.quote(path)}\n"
+                  for path, text in plugin.image_files)
+        + f"LABEL {labels}\n"
     )
     # The host's network, for apt only: this engine has no bridge, and sandboxes never get a network.
     stream = client.api.build(fileobj=io.BytesIO(dockerfile.encode()), tag=plugin.image, rm=True, forcerm=True,

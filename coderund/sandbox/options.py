@@ -33,7 +33,7 @@ class Isolation:
 
 def container_options(
     *, image: str, name: str, memory_mb: int, isolation: Isolation, env: dict[str, str], labels: dict[str, str],
-    tools_volume: str,
+    tools_volume: str, pids_limit: int | None = None,
 ) -> dict[str, Any]:
     tmpfs = f"size={isolation.tmpfs_mb}m,nosuid,nodev"
     fsize = isolation.tmpfs_mb * MB
@@ -60,7 +60,7 @@ def container_options(
         "cap_drop": ["ALL"],
         "cap_add": SUPERVISOR_CAPS,
         "security_opt": ["no-new-privileges"],
-        "pids_limit": isolation.pids_limit,
+        "pids_limit": pids_limit or isolation.pids_limit,
         "mem_limit": memory_mb * MB,
         "memswap_limit": memory_mb * MB,
         "nano_cpus": 10**9,

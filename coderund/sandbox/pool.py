@@ -5,7 +5,9 @@ task: its supervisor serves one request and exits. The pool refills in the backg
 adaptive: a shape in use keeps about as many ready as it was asked for in the last few seconds (at
 least one, at most `per_shape`); a shape unused for `idle_s` keeps none; `max_total` bounds them all,
 and when it binds, a shape just asked for takes the place of one used longer ago (with many languages,
-the ones in use are warm, not the first ones served). Containers idle longer than `max_age_s` are
+the ones in use are warm, not the first ones served). A shape not served that tasks ask for (other
+limits, a Jobe run's process limit) is adopted: kept warm while in demand like a served one, and
+forgotten once idle; at most ADOPTED_MAX at a time. Containers idle longer than `max_age_s` are
 replaced.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 DEMAND_WINDOW_S = 10
 TICK_S = 1
 FILL_BACKOFF_S = (1, 60)  # after a failed fill of a shape: first and longest pause
+ADOPTED_MAX = 16  # shapes kept warm because tasks asked for them, beside the served ones
 
 
 class WarmPool:
@@ -41,6 +44,7 @@ class WarmPool:
         self._takes: dict[Shape, deque[float]] = {}
         self._last_used: dict[Shape, float] = {}
         self._paused_until: dict[Shape, tuple[float, float]] = {}  # shape: (until, pause)
+        self._adopted: set[Shape] = set()
         self._wake = asyncio.Event()
         self._fills: set[asyncio.Task[None]] = set()
 
@@ -57,6 +61,10 @@ class WarmPool:
         ready = self.ready.get(shape)
         if ready is None:
             metrics.WARM_TAKES.labels("cold").inc()
+            if self.max_total > 0 and len(self._adopted) < ADOPTED_MAX:
+                self._adopted.add(shape)
+                self.serve(shape)
+                self._takes[shape].append(time.monotonic())
             return None
         now = time.monotonic()
         self._last_used[shape] = now
@@ -94,6 +102,10 @@ class WarmPool:
                 pass
 
     def _tick(self, now: float) -> None:
+        for shape in [s for s in self._adopted if self.target(s, now) == 0 and not self.ready[s] and not self.filling[s]]:
+            self._adopted.discard(shape)
+            for table in (self.ready, self._takes, self._last_used, self._paused_until):
+                table.pop(shape, None)
         for shape, ready in self.ready.items():
             target = self.target(shape, now)
             while ready and (len(ready) > target or now - ready[0].created > self.max_age_s or not ready[0].alive):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import time
 from dataclasses import dataclass
 
 from .. import metrics
-from ..domain import CaseResult, Limits, Result, RunReport, Task, Verdict, case_result, judged, run_result
+from ..domain import CaseResult, Limits, Program, Result, RunReport, Task, Verdict, case_result, judged, run_result
 from ..plugins import Plugin
 from . import supervisor
 from .box import Box, Died, Live
@@ -24,7 +25,7 @@ from .engine import Engine, SandboxError, Shape
 from .gate import FairGate
 from .options import LABEL, MB
 from .pool import WarmPool
-from .supervisor import FOLDER, Files
+from .supervisor import FOLDER, NO_LIMITS, Files, RunLimits
 
 log = logging.getLogger(__name__)
 GRACE_S = 15  # beyond the supervisor's own wall limit, before we stop waiting for the engine
@@ -32,6 +33,10 @@ IMAGE_ID_TTL_S = 30  # how long an image's id is trusted for cache keys before i
 SUPERVISOR_FAILED = 125  # its exit code when it cannot do what it was asked
 KILLED = 128 + 9  # a container's exit code when its first process got SIGKILL
 REPORT_SLACK = 64 * 1024  # a report's header and items' framing, beyond the bytes the caps allow
+SUPERVISOR_PIDS = 1  # in a container's pids count beside the program's: the supervisor
+# gVisor's sentry (runsc 20221219) runs a busy sandbox task on about 8 host threads (measured: 21 busy
+# processes need 256 host pids, 128 need 1024), beside its own few dozen.
+GVISOR_HOST_THREADS, GVISOR_BASE_THREADS = 10, 64
 
 
 class Sandbox:
@@ -55,7 +60,10 @@ class Sandbox:
         """Builds once (or takes the build from the cache), then runs the program, or each test case in a
         container of its own. A failing program is a result; a failing platform raises SandboxError.
         With live, the compiler's and the program's output go to it as they come, and the program's
-        stdin comes from it (test cases are never live)."""
+        stdin comes from it (test cases are never live). A task's own Program replaces the plugin's
+        commands and adds its process limits to the run."""
+        plugin = plugin.adapted(task.program)
+        pids, rlimits = self.program_limits(task.program)
         files = Files({plugin.source_file: task.code.encode(), **{name: text.encode() for name, text in task.files}})
         compile_output = b""
         if plugin.compile:
@@ -64,21 +72,23 @@ class Sandbox:
                 return build
             files, compile_output = build.files, build.compile_output
         if not task.tests:
-            report, container = await self._run(plugin, task.user_id, task.limits, labels, files, task.stdin, task.args, live)
+            report, container = await self._run(plugin, task.user_id, task.limits, labels, files, task.stdin, task.args, live,
+                                                pids=pids, rlimits=rlimits)
             return run_result(report, task.limits.memory_mb, compile_output, container)
-        return await self._judge(plugin, task, labels, files, compile_output, case_parallel)
+        return await self._judge(plugin, task, labels, files, compile_output, case_parallel, pids, rlimits)
 
     async def _run(self, plugin: Plugin, who: int, limits: Limits, labels: dict[str, str], files: Files, stdin: str,
-                   args: list[str] | tuple[str, ...], live: Live | None = None,
-                   lane: Lane | None = None) -> tuple[RunReport, str]:
-        report, _, container = await self._step(run_shape(plugin, limits), who, labels, files, stdin.encode(),
-                                                plugin.run_command(limits, args), limits, live=live, lane=lane)
+                   args: list[str] | tuple[str, ...], live: Live | None = None, lane: Lane | None = None,
+                   pids: int | None = None, rlimits: RunLimits = NO_LIMITS) -> tuple[RunReport, str]:
+        report, _, container = await self._step(run_shape(plugin, limits, pids), who, labels, files, stdin.encode(),
+                                                plugin.run_command(limits, args), limits, live=live, lane=lane,
+                                                rlimits=rlimits)
         report = plugin.out_of_memory(report)
         metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
         return report, container
 
     async def _judge(self, plugin: Plugin, task: Task, labels: dict[str, str], files: Files, compile_output: bytes,
-                     parallel: int) -> Result:
+                     parallel: int, pids: int | None, rlimits: RunLimits) -> Result:
         """The cases run in a few sandboxes (lanes, up to `parallel`), each running its share one after
         another: every case a fresh process tree in the work folder laid anew, with the task's limits,
         nothing of the last case left (the supervisor's MULTI mode). A case that kills its sandbox fails
@@ -96,7 +106,7 @@ class Sandbox:
                 while todo and not failed:
                     i, case = todo.popleft()
                     report, container = await self._run(plugin, task.user_id, task.limits, labels, files, case.stdin,
-                                                        case.args, lane=own)
+                                                        case.args, lane=own, pids=pids, rlimits=rlimits)
                     containers.append(container)
                     results[i] = case_result(report, task.limits.memory_mb, case.expected, task.checker)
                     failed = failed or (task.stop_on_failure and results[i].verdict is not Verdict.OK)
@@ -138,22 +148,22 @@ class Sandbox:
         return build
 
     async def _step(self, shape: Shape, who: int, labels: dict[str, str], files: Files, stdin: bytes,
-                    program: tuple[str, ...], limits: Limits, *, collect: bool = False,
-                    live: Live | None = None, lane: Lane | None = None) -> tuple[RunReport, Files | None, str]:
+                    program: tuple[str, ...], limits: Limits, *, collect: bool = False, live: Live | None = None,
+                    lane: Lane | None = None, rlimits: RunLimits = NO_LIMITS) -> tuple[RunReport, Files | None, str]:
         """One program in a slot of the worker's: in a container of its own, which goes away afterwards
         whatever happened; or, in a lane, in the lane's container while it lives."""
         async with self.gate.slot(who):
-            return await self._contained(shape, labels, files, stdin, program, limits, collect, live, lane)
+            return await self._contained(shape, labels, files, stdin, program, limits, collect, live, lane, rlimits)
 
     async def _contained(self, shape: Shape, labels: dict[str, str], files: Files, stdin: bytes, program: tuple[str, ...],
-                         limits: Limits, collect: bool, live: Live | None,
-                         lane: Lane | None) -> tuple[RunReport, Files | None, str]:
+                         limits: Limits, collect: bool, live: Live | None, lane: Lane | None,
+                         rlimits: RunLimits) -> tuple[RunReport, Files | None, str]:
         if lane is not None and lane.box is not None and lane.box.alive:
             box, request = lane.box, supervisor.next_run(stdin, program)
         else:
             box = self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
             request = supervisor.request(files, stdin, program, wall_ms=limits.time_ms, output_cap=self.output_limit,
-                                         collect=collect, live=live is not None, multi=lane is not None)
+                                         collect=collect, live=live is not None, multi=lane is not None, limits=rlimits)
         log.debug("task %s: container %s", labels[f"{LABEL}.task"], box.id[:12])
         kept = False
         # Live pieces and the report each carry at most the caps; a build's files at most the work folder.
@@ -191,6 +201,21 @@ class Sandbox:
                          memory_kb=limits.memory_mb * 1024 if oom else 0, timed_out=False, output_over=False, oom=oom,
                          stdout=b"", stderr=note)
 
+    def program_limits(self, program: Program | None) -> tuple[int | None, RunLimits]:
+        """A Program's process limits: its container's pids limit, and its process's rlimits. Processes
+        are counted by the container's pids cgroup under runc (RLIMIT_NPROC would count every sandbox's
+        programs: one uid on the host), by RLIMIT_NPROC under gVisor, whose own kernel counts only the
+        sandbox's; there the cgroup counts the sandbox kernel's host threads, which it must not run out of."""
+        if program is None:
+            return None, NO_LIMITS
+        limits = RunLimits(address_space=program.address_space_mb * MB, file_size=program.file_size_mb * MB)
+        if not program.processes:
+            return None, limits
+        if self.engine.isolation.runtime == "runsc":
+            host = max(self.engine.isolation.pids_limit, GVISOR_HOST_THREADS * program.processes + GVISOR_BASE_THREADS)
+            return host, dataclasses.replace(limits, processes=program.processes)
+        return program.processes + SUPERVISOR_PIDS, limits
+
     async def _image_id(self, image: str) -> str:
         found = self._image_ids.get(image)
         if found is None or time.monotonic() - found[1] > IMAGE_ID_TTL_S:
@@ -206,8 +231,8 @@ class Lane:
     box: Box | None = None
 
 
-def run_shape(plugin: Plugin, limits: Limits) -> Shape:
-    return Shape(plugin.image, limits.memory_mb, plugin.environment(limits))
+def run_shape(plugin: Plugin, limits: Limits, pids: int | None = None) -> Shape:
+    return Shape(plugin.image, limits.memory_mb, plugin.environment(limits), pids)
 
 
 def _compile_problem(report: RunReport, limits: Limits) -> str | None:

@@ -5,7 +5,9 @@
  * Usage: supervise WORK_FOLDER (its files, and the program's working folder)
  *
  * Request and report are made of items, each "<decimal length>:<bytes>".
- * Request: "coderund-3", WALL_MS, OUTPUT_CAP, COLLECT (0|1), LIVE (0|1), MULTI (0|1), NFILES, then
+ * Request: "coderund-4", WALL_MS, OUTPUT_CAP, COLLECT (0|1), LIVE (0|1), MULTI (0|1), AS, FSIZE, NPROC
+ *          (the program's address space and file size in bytes and its processes: 0 leaves the
+ *          container's limits; a foreign API's, such as Jobe's rlimits), NFILES, then
  *          NFILES times PATH MODE DATA (paths relative to the work folder, MODE a st_mode in decimal: a
  *          folder or a regular file), then a run: STDIN, ARGC, then ARGC arguments.
  * MULTI:   after each report, another run may follow on our stdin (STDIN, ARGC, arguments: the test
@@ -89,6 +91,7 @@ static struct {
 
 static int sigchld_pipe[2];
 static int live;
+static long run_limits[3]; /* AS, FSIZE, NPROC of the request: each run's, 0 where not set */
 
 static void fail(const char *what) {
     fprintf(stderr, "coderund-supervise: %s: %s\n", what, errno ? strerror(errno) : "bad request");
@@ -350,6 +353,23 @@ static void become_program(void) {
     }
 }
 
+/* In the program's child, as the program: the request's limits, never above what the container
+ * allows (an unprivileged process cannot raise a hard limit). */
+static void limit_program(void) {
+    static const int resources[3] = {RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NPROC};
+    for (int i = 0; i < 3; i++) {
+        struct rlimit limit;
+        if (run_limits[i] <= 0 || getrlimit(resources[i], &limit) < 0) continue;
+        rlim_t wanted = (rlim_t)run_limits[i];
+        if (limit.rlim_max != RLIM_INFINITY && limit.rlim_max < wanted) wanted = limit.rlim_max;
+        limit.rlim_cur = limit.rlim_max = wanted;
+        if (setrlimit(resources[i], &limit) < 0) {
+            fprintf(stderr, "coderund-supervise: cannot set a limit: %s\n", strerror(errno));
+            _exit(125);
+        }
+    }
+}
+
 /* As the container's first process, every process left in it becomes our child: wait until all
  * are gone, so that nothing of the program's runs while we read the work folder. */
 static void reap_all(void) {
@@ -451,6 +471,7 @@ static void run_program(long wall_ms, size_t output_cap, int collect, int in, ch
     if (pid == 0) {
         setsid();
         become_program();
+        limit_program();
         if (dup2(in, 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
         signal(SIGCHLD, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
@@ -689,7 +710,7 @@ int main(int argc, char **argv) {
     /* Unbuffered: what follows the request on our stdin (live input) is read only when polled for. */
     setvbuf(stdin, NULL, _IONBF, 0);
     char *magic = item();
-    if (strcmp(magic, "coderund-3") != 0) {
+    if (strcmp(magic, "coderund-4") != 0) {
         errno = 0;
         fail("not a coderund request");
     }
@@ -698,6 +719,7 @@ int main(int argc, char **argv) {
     int collect = number() != 0;
     live = number() != 0;
     int multi = number() != 0 && !collect && !live;
+    for (int i = 0; i < 3; i++) run_limits[i] = number();
     long files = number();
     if (files > 100000) fail("files");
     if (multi && !(kept = calloc((size_t)files + 1, sizeof *kept))) fail("calloc");

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..domain import RunReport
 
 SOURCE = Path(__file__).with_name("supervise.c")
-REQUEST_TAG = b"coderund-3"
+REQUEST_TAG = b"coderund-4"
 REPORT_TAG = b"coderund-report"
 FOLDER = None  # the content of a folder in a file map
 
@@ -67,12 +67,25 @@ def _item(data: bytes) -> bytes:
     return b"%d:%s" % (len(data), data)
 
 
+@dataclass(frozen=True)
+class RunLimits:
+    """Limits of the program's own process (setrlimit), beyond the container's; 0 leaves the container's."""
+
+    address_space: int = 0  # bytes
+    file_size: int = 0  # bytes
+    processes: int = 0  # of the program's identity: under gVisor, the sandbox's own kernel counts them
+
+
+NO_LIMITS = RunLimits()
+
+
 def request(files: Files, stdin: bytes, program: tuple[str, ...], *, wall_ms: int, output_cap: int, collect: bool,
-            live: bool = False, multi: bool = False) -> bytes:
+            live: bool = False, multi: bool = False, limits: RunLimits = NO_LIMITS) -> bytes:
     """The message a waiting supervisor takes: files for the work folder, and its first run. With
     multi, more runs may follow (next_run), each in the work folder as these files lay it."""
     parts = [REQUEST_TAG, b"%d" % wall_ms, b"%d" % output_cap, b"1" if collect else b"0", b"1" if live else b"0",
-             b"1" if multi else b"0", b"%d" % len(files.data)]
+             b"1" if multi else b"0", b"%d" % limits.address_space, b"%d" % limits.file_size, b"%d" % limits.processes,
+             b"%d" % len(files.data)]
     for path, content in files.data.items():
         parts += [path.encode(), b"%d" % files.mode(path), content or b""]
     return b"".join(_item(part) for part in parts) + next_run(stdin, program)

@@ -11,13 +11,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import WSMsgType, web
 
 from ... import domain
-from ...access import TASKS_WRITE
 from ...compat import piston
 from ...domain import MAX_WAIT_S, TaskState
 from ...errors import AppError
 from ...plugins import Plugin
 from ..keys import SERVICES, USER_ID
-from ..middlewares import authorize, credential, request_token
+from ..middlewares import credential, foreign, request_token
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EXECUTE_WAITS = 10  # of MAX_WAIT_S each: a synchronous execute holds its connection at most this long
@@ -31,16 +30,7 @@ def _message(message: str, status: int, headers: dict[str, str] | None = None) -
 async def piston_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A key as a Bearer token or as the path's first segment (never logged); errors as Piston's {"message"}."""
     key = request.match_info.get("key")
-    token = credential(key) if key else request_token(request)[0]
-    try:
-        await authorize(request, token, TASKS_WRITE)
-        return await handler(request)
-    except AppError as e:
-        return _message(e.message, e.status, e.headers or None)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        return _message(e.reason, e.status)
+    return await foreign(request, handler, credential(key) if key else request_token(request)[0], _message)
 
 
 async def runtimes(request: web.Request) -> web.Response:
