@@ -201,6 +201,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if settings.role in ("api", "all"):
             sessions = Sessions(settings.redis_url, ttl=settings.session_ttl)
             stack.push_async_callback(sessions.close)
+            listening = asyncio.create_task(sessions.listen())
+            stack.callback(listening.cancel)
             await warn_if_down("Redis", sessions.ping)
             checks["redis"] = sessions.ping
             finished = TaskListener(settings.database_url, FINISHED)

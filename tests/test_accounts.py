@@ -146,3 +146,26 @@ async def test_login_brute_force_is_limited(api, settings):
     status, body, headers = await api.call("POST", "/login", json={"username": name, "password": "password123"})
     assert status == 429 and body["error"] == "rate_limited"
     assert 0 < int(headers["Retry-After"]) <= settings.login_failure_window
+
+
+async def test_a_logout_ends_the_session_in_every_api_process_at_once(settings):
+    """Each API process remembers the sessions it has seen (its /status then asks Redis nothing), and
+    forgets one the moment any process logs it out: the logout is announced to all."""
+    from tests.conftest import own_server
+
+    async with own_server(settings, role="api") as first, own_server(settings, role="api") as second:
+        token = await first.user("everywhere")
+        for _ in range(3):  # seen, then remembered, by both
+            assert (await first.call("GET", "/account/api-keys", token=token))[0] == 200
+            assert (await second.call("GET", "/account/api-keys", token=token))[0] == 200
+        redis = aioredis.from_url(settings.redis_url)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        try:
+            assert await redis.delete(f"coderund:session:{digest}") == 1  # behind their backs: still remembered
+            assert (await first.call("GET", "/account/api-keys", token=token))[0] == 200
+            assert (await second.call("POST", "/logout", token=token))[0] == 204
+            await asyncio.sleep(0.2)  # the announcement's way through Redis
+            assert (await first.call("GET", "/account/api-keys", token=token))[0] == 401
+            assert (await second.call("GET", "/account/api-keys", token=token))[0] == 401
+        finally:
+            await redis.aclose()

@@ -1,7 +1,16 @@
-"""Sessions and login-failure counters in Redis. Keys hold a token's SHA-256, never the token."""
+"""Sessions and login-failure counters in Redis. Keys hold a token's SHA-256, never the token.
+
+Each API process remembers the sessions it has seen for a few seconds (an authenticated request then
+asks Redis nothing), but only while it hears of every logout: a logout deletes the session and
+announces it on a channel every process listens to; a process that is not listening trusts nothing
+it remembers.
+"""
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
+from collections import OrderedDict
 import hashlib
 import logging
 import secrets
@@ -18,8 +27,12 @@ from ..errors import Unavailable
 log = logging.getLogger(__name__)
 SESSION_KEY = "coderund:session:{}"
 LOGIN_FAILURES_KEY = "coderund:login-failures:{}"
+ENDED_CHANNEL = "coderund:session-ended"  # a logout's token digest, to every API process
 TOKEN_BYTES = 32  # 256 bits
 MAX_CONNECTIONS = 64
+REMEMBER_S = 10  # how long a process trusts a session it has seen (never past the session's own expiry)
+REMEMBERED = 10000
+RELISTEN_S = 1
 
 
 def token_digest(token: str) -> str:
@@ -48,9 +61,31 @@ class Sessions:
     def __init__(self, url: str, *, ttl: int) -> None:
         self.redis = connect(url)
         self.ttl = ttl
+        self._seen: OrderedDict[str, tuple[int, float]] = OrderedDict()  # digest: (user id, trusted until)
+        self._listening = False
+        self._ended = 0  # logouts heard: an answer read from Redis across one is not remembered
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+    async def listen(self) -> None:
+        """Hears of every logout until cancelled, forgetting those sessions; while it cannot, the
+        process remembers none."""
+        while True:
+            try:
+                async with self.redis.pubsub() as channel:
+                    await channel.subscribe(ENDED_CHANNEL)
+                    self._listening = True
+                    async for message in channel.listen():
+                        if message["type"] == "message":
+                            self._ended += 1
+                            self._seen.pop(message["data"].decode(), None)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                log.warning("Redis: not hearing of logouts (%s); asking Redis for every session", e)
+            finally:
+                self._listening = False
+                self._seen.clear()
+            await asyncio.sleep(RELISTEN_S)
 
     async def ping(self) -> None:
         with answering():
@@ -63,13 +98,29 @@ class Sessions:
         return token
 
     async def user_id(self, token: str) -> int | None:
+        digest = token_digest(token)
+        now = time.monotonic()
+        seen = self._seen.get(digest)
+        if seen is not None and self._listening and now < seen[1]:
+            return seen[0]
+        ended = self._ended
         with answering():
-            value = await self.redis.get(SESSION_KEY.format(token_digest(token)))
-        return int(value) if value is not None else None
+            value, left_ms = await self.redis.pipeline().get(SESSION_KEY.format(digest)).pttl(SESSION_KEY.format(digest)).execute()
+        if value is None:
+            return None
+        if self._listening and ended == self._ended:
+            self._seen[digest] = (int(value), now + min(REMEMBER_S, max(left_ms, 0) / 1000))
+            self._seen.move_to_end(digest)
+            if len(self._seen) > REMEMBERED:
+                self._seen.popitem(last=False)
+        return int(value)
 
     async def delete(self, token: str) -> bool:
+        digest = token_digest(token)
+        self._seen.pop(digest, None)
         with answering():
-            return bool(await self.redis.delete(SESSION_KEY.format(token_digest(token))))
+            deleted, _ = await self.redis.pipeline().delete(SESSION_KEY.format(digest)).publish(ENDED_CHANNEL, digest).execute()
+        return bool(deleted)
 
     async def login_failures(self, username: str) -> tuple[int, int]:
         """How many recent failures the username has, and seconds until the count expires."""
