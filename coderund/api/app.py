@@ -12,7 +12,8 @@ from .keys import PROTECTED, SERVICES, Services
 from .routes import ROUTES
 
 
-def make_app(services: Services, judge0_limits: judge0.Limits | None = None) -> web.Application:
+def make_app(services: Services, judge0_limits: judge0.Limits | None = None,
+             jobe_queue_wait_s: float = jobe_routes.QUEUE_WAIT_S) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[metrics.http_metrics, middlewares.errors, middlewares.auth])
     app[SERVICES] = services
     app[PROTECTED] = {(route.method, route.path): route.scope for route in ROUTES if route.protected}
@@ -21,5 +22,5 @@ def make_app(services: Services, judge0_limits: judge0.Limits | None = None) -> 
     docs.add_static(app)
     app.add_subapp("/judge0", judge0_routes.make_app(services, judge0_limits or judge0.Limits()))
     app.add_subapp("/piston", piston_routes.make_app(services))
-    app.add_subapp(jobe_routes.PREFIX, jobe_routes.make_app(services))
+    app.add_subapp(jobe_routes.PREFIX, jobe_routes.make_app(services, jobe_queue_wait_s))
     return app

@@ -18,6 +18,7 @@ from ..middlewares import credential, foreign, request_token
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFIX = "/jobe/index.php/restapi"
 QUEUE_WAIT_S = 10  # as Jobe's jobe_wait_timeout: a run that finds no room this long is an overload (21)
+QUEUE_WAIT = web.AppKey("jobe_queue_wait_s", float)
 RUN_WAITS = 10  # of MAX_WAIT_S each, once it runs: a run holds its connection at most this long
 FILE_ID = "{file_id:[A-Za-z0-9]+}"  # Jobe's (:alphanum)
 
@@ -41,7 +42,7 @@ async def languages(request: web.Request) -> web.Response:
 
 async def runs(request: web.Request) -> web.Response:
     """Synchronous, as Jobe is: the answer is the finished run. A run that finds no room (the queue
-    full, or still queued after QUEUE_WAIT_S) is Jobe's overload outcome, 21, with HTTP 200."""
+    full, or still queued after the queue wait, 10 s by default) is Jobe's overload outcome, 21, with HTTP 200."""
     services, user_id = request.app[SERVICES], request[USER_ID]
     try:
         body = domain.parse_json(await request.read())
@@ -61,7 +62,7 @@ async def runs(request: web.Request) -> web.Response:
         task_id = str(await services.tasks.submit(user_id, parsed))
     except QueueFull:
         return web.json_response(jobe.overload())
-    task = await services.tasks.get(user_id, task_id, QUEUE_WAIT_S)
+    task = await services.tasks.get(user_id, task_id, request.app[QUEUE_WAIT])
     if task.state is TaskState.QUEUED and await services.tasks.cancel(user_id, task_id):
         return web.json_response(jobe.overload())
     for _ in range(RUN_WAITS):
@@ -98,9 +99,10 @@ ROUTES = [(method, path + slash, handler) for slash in ("", "/") for method, pat
     ("PUT", "/files/{file_id}", put_file), ("HEAD", "/files/{file_id}", head_file))]
 
 
-def make_app(services: object) -> web.Application:
+def make_app(services: object, queue_wait_s: float = QUEUE_WAIT_S) -> web.Application:
     app = web.Application(middlewares=[jobe_api])
     app[SERVICES] = services
+    app[QUEUE_WAIT] = queue_wait_s
     for method, path, handler in ROUTES:
         app.router.add_route(method, path.replace("{file_id}", FILE_ID), handler)
     return app
