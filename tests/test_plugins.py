@@ -19,13 +19,14 @@ GOOD = {
 
 def test_shipped_plugins_load():
     loaded = plugins.load(DEFAULT_PLUGINS_DIR)
-    assert [p.name for p in loaded.all] == ["bash", "c", "cpp", "csharp", "erlang", "fortran", "go", "java",
+    assert [p.name for p in loaded.all] == ["bash", "c", "cpp", "csharp", "d", "erlang", "fortran", "go", "java",
                                             "javascript", "kotlin", "lisp", "lua", "ocaml", "octave", "pascal", "perl", "php",
-                                            "python", "r", "ruby", "rust", "typescript"]
+                                            "python", "r", "ruby", "rust", "tcl", "typescript"]
     for alias, name in [("python3", "python"), ("GCC", "c"), ("c++", "cpp"), ("g++", "cpp"), ("js", "javascript"),
                         ("node", "javascript"), ("ts", "typescript"), ("rb", "ruby"), ("sh", "bash"), ("cs", "csharp"),
                         ("kt", "kotlin"), ("rs", "rust"), ("matlab", "octave"), ("fpc", "pascal"), ("pl", "perl"), ("f90", "fortran"),
-                        ("ml", "ocaml"), ("sbcl", "lisp"), ("erl", "erlang"), ("rscript", "r")]:
+                        ("ml", "ocaml"), ("sbcl", "lisp"), ("erl", "erlang"), ("rscript", "r"), ("gdc", "d"),
+                        ("tclsh", "tcl")]:
         assert loaded.get(alias).name == name
     for plugin in loaded.all:
         assert plugin.debian_packages and plugin.image.startswith("coderund/")

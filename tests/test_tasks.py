@@ -6,7 +6,9 @@ import uuid
 
 import pytest
 
+from coderund import plugins
 from coderund.api.keys import SESSION_COOKIE
+from coderund.config import DEFAULT_PLUGINS_DIR
 from coderund.domain import MAX_CODE_BYTES
 
 HELLO = {
@@ -231,7 +233,7 @@ async def test_languages_listing(api):
     status, body, _ = await api.call("GET", "/languages")
     assert status == 200
     by_name = {lang["name"]: lang for lang in body["languages"]}
-    assert set(HELLO) < set(by_name) and len(by_name) == 14
+    assert set(HELLO) < set(by_name) and len(by_name) == len(plugins.load(DEFAULT_PLUGINS_DIR).all)
     assert "python3" in by_name["python"]["aliases"]
     assert by_name["c"]["compiled"] and not by_name["python"]["compiled"]
     assert by_name["go"]["max_limits"]["time_ms"] >= by_name["go"]["limits"]["time_ms"]

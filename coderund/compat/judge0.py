@@ -33,7 +33,7 @@ SIGNAL_STATUS = {11: 7, 25: 8, 8: 9, 6: 10}  # Judge0's runtime errors by signal
 # of one language (Judge0 keeps old compilers) run on coderund's one version of it.
 LANGUAGES: dict[int, tuple[str, str]] = {
     46: ("bash", "Bash"), 48: ("c", "C"), 49: ("c", "C"), 50: ("c", "C"), 51: ("csharp", "C#"),
-    52: ("cpp", "C++"), 55: ("lisp", "Common Lisp"), 58: ("erlang", "Erlang"), 59: ("fortran", "Fortran"), 65: ("ocaml", "OCaml"), 80: ("r", "R"), 85: ("perl", "Perl"), 53: ("cpp", "C++"), 54: ("cpp", "C++"), 60: ("go", "Go"), 62: ("java", "Java"),
+    52: ("cpp", "C++"), 55: ("lisp", "Common Lisp"), 56: ("d", "D"), 58: ("erlang", "Erlang"), 59: ("fortran", "Fortran"), 65: ("ocaml", "OCaml"), 80: ("r", "R"), 85: ("perl", "Perl"), 53: ("cpp", "C++"), 54: ("cpp", "C++"), 60: ("go", "Go"), 62: ("java", "Java"),
     63: ("javascript", "JavaScript"), 64: ("lua", "Lua"), 66: ("octave", "Octave"), 67: ("pascal", "Pascal"), 68: ("php", "PHP"), 71: ("python", "Python"),
     72: ("ruby", "Ruby"), 73: ("rust", "Rust"), 74: ("typescript", "TypeScript"), 78: ("kotlin", "Kotlin"),
 }

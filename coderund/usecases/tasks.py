@@ -189,13 +189,19 @@ class TaskService:
         to stop it (it runs); 409 when it has finished, 404 when there is no such task of the user's."""
         parsed = _parse_id(task_id)
         for _ in range(2):  # a task may move on between the two tries: from queued to running
-            if language := await self.tasks.cancel_queued(parsed, user_id):
-                metrics.TASKS_FINISHED.labels(language, Verdict.CANCELLED.value).inc()
+            if await self.withdraw(user_id, task_id):
                 return True
             if await self.tasks.request_cancel(parsed, user_id):
                 return False
         await _found(task_id, self.tasks.state(parsed, user_id))
         raise Conflict("The task has finished; there is nothing to cancel.")
+
+    async def withdraw(self, user_id: int, task_id: str) -> bool:
+        """Cancels the task only while it waits in the queue (True); one that runs or has finished is left be."""
+        if language := await self.tasks.cancel_queued(_parse_id(task_id), user_id):
+            metrics.TASKS_FINISHED.labels(language, Verdict.CANCELLED.value).inc()
+            return True
+        return False
 
     def _remember_done(self, task_id: uuid.UUID, user_id: int) -> None:
         self._done[task_id] = (user_id, time.monotonic())

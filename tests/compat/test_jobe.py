@@ -272,3 +272,16 @@ async def test_a_full_queue_is_jobes_overload_and_stored_files_stay_bounded(sett
         assert present == [404, 204, 204]
         too_big = base64.b64encode(b"x" * (1024 * 1024 + 1)).decode()
         assert (await _status_body(api, "PUT", "files/filehuge11", headers, json={"file_contents": too_big}))[0] == 413
+
+
+async def test_a_run_still_queued_after_the_wait_is_withdrawn_as_an_overload(settings):
+    """No worker takes this queue: after Jobe's wait the run is answered 21 and taken off the queue
+    (cancelled), never left to run later for nobody."""
+    async with own_server(settings, role="api", queue=f"{settings.queue}.jobe-wait", jobe_queue_wait_s=1) as api:
+        token = await api.user("jobe_wait")
+        _, key, _ = await api.call("POST", "/account/api-keys", token=token, json={"name": "coderunner"})
+        status, body, _ = await api.call("POST", RUNS, headers={"X-API-KEY": key["key"]},
+                                         json={"run_spec": {"language_id": "python3", "sourcecode": "print(1)"}})
+        assert (status, body["outcome"]) == (200, 21)
+        status, listed, _ = await api.call("GET", "/tasks", token=token)
+        assert status == 200 and [(t["state"], t["verdict"]) for t in listed["tasks"]] == [("done", "cancelled")]

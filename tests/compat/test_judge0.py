@@ -30,9 +30,12 @@ def task(result: Result | None, state=TaskState.DONE, **compat) -> Task:
                 created_at=datetime(2026, 1, 2, 3, 4, 5, 678900, tzinfo=UTC), compat={"language_id": 71, **compat})
 
 
+NOT_IN_JUDGE0 = {"tcl"}  # languages Judge0 CE 1.13.1 does not have
+
+
 def test_every_shipped_language_has_a_judge0_id_and_the_table_names_only_plugins():
     mapped = {name for name, _ in adapter.LANGUAGES.values()}
-    assert mapped == {p.name for p in PLUGINS.all}
+    assert mapped == {p.name for p in PLUGINS.all} - NOT_IN_JUDGE0
     ids = {lang["id"] for lang in adapter.languages(PLUGINS)}
     assert {71, 50, 52, 54, 62, 63, 60, 73, 74, 72, 68, 46, 64, 51, 78, 43, 44, 89} <= ids
     names = [lang["name"] for lang in adapter.languages(PLUGINS)]

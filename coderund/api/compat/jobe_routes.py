@@ -50,7 +50,7 @@ async def runs(request: web.Request) -> web.Response:
         return _message("Non-JSON post data received", 400)
     try:
         spec = jobe.parse_run(body, services.plugins)
-        files = await services.files.take(user_id, [file_id for file_id, _ in spec.file_list])
+        files = await services.files.take(user_id, [file_id for file_id, _ in spec.file_list]) if spec.file_list else {}
         if files is None:
             raise jobe.JobeError(404, "One or more of the specified files is missing/unavailable")
         if spec.sourcecode == jobe.OVERLOAD_PROBE:
@@ -63,7 +63,7 @@ async def runs(request: web.Request) -> web.Response:
     except QueueFull:
         return web.json_response(jobe.overload())
     task = await services.tasks.get(user_id, task_id, request.app[QUEUE_WAIT])
-    if task.state is TaskState.QUEUED and await services.tasks.cancel(user_id, task_id):
+    if task.state is TaskState.QUEUED and await services.tasks.withdraw(user_id, task_id):
         return web.json_response(jobe.overload())
     for _ in range(RUN_WAITS):
         if task.state is TaskState.DONE:
