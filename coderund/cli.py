@@ -29,9 +29,12 @@ def parser() -> argparse.ArgumentParser:
         epilog="Every option can also be set by the CODERUND_* environment variable shown with it.",
     )
     main.add_argument("--version", action="version", version=f"coderund {__version__}")
-    commands = main.add_subparsers(dest="command", metavar="{run,login,logout,migrate,images,languages,keys,users}")
+    commands = main.add_subparsers(dest="command", metavar="{run,login,logout,mcp,migrate,images,languages,keys,users}")
     client.add_commands(commands)
     admin.add_commands(commands, settings)
+    mcp = commands.add_parser("mcp", help="serve the Model Context Protocol over stdio, as a client of a coderund server "
+                                          "(CODERUND_SERVER, CODERUND_TOKEN: an API key)")
+    mcp.add_argument("--server", help="server URL (CODERUND_SERVER; default: the one logged in to)")
     commands.add_parser("migrate", parents=[settings], help="apply sql/*.sql migrations and exit")
     images = commands.add_parser("images", parents=[settings], help="sandbox images of the language plugins")
     image_commands = images.add_subparsers(dest="images_command", required=True)
@@ -45,6 +48,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
+    if args.get("command") == "mcp":  # its SDK runs its own event loop
+        from . import mcp_server
+
+        return mcp_server.main(args)
     if args.get("command") in client.COMMANDS:
         try:
             return client.main(str(args["command"]), args)

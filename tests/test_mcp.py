@@ -1,0 +1,73 @@
+"""`coderund mcp` driven by the official MCP client over stdio, as an agent host starts it, against a live
+server with an API key: it lists its tools and calls each; failures come back as tool errors naming why."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+
+async def api_key(api, prefix: str) -> str:
+    token = await api.user(prefix)
+    status, body, _ = await api.call("POST", "/account/api-keys", token=token, json={"name": "agent"})
+    assert status == 201, body
+    return body["key"]
+
+
+def server_params(server: str, token: str) -> StdioServerParameters:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODERUND_")}
+    return StdioServerParameters(command=sys.executable, args=["-m", "coderund", "mcp"],
+                                 env=env | {"CODERUND_SERVER": server, "CODERUND_TOKEN": token, "XDG_CONFIG_HOME": "/nonexistent"})
+
+
+async def call(server: str, token: str, name: str, arguments: dict | None = None):
+    async with stdio_client(server_params(server, token)) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        if name == "":
+            return await session.list_tools()
+        return await session.call_tool(name, arguments or {})
+
+
+def structured(result) -> dict:
+    assert not result.is_error, result.content
+    if result.structured_content is not None:
+        return result.structured_content
+    return json.loads(result.content[0].text)
+
+
+async def test_the_tools_are_listed_with_their_arguments(api, server):
+    tools = {tool.name: tool for tool in (await call(server, await api_key(api, "mcp"), "")).tools}
+    assert {"languages", "run_code"} <= tools.keys()
+    assert {"language", "code"} <= set(tools["run_code"].input_schema["required"])
+    assert {"stdin", "args"} <= tools["run_code"].input_schema["properties"].keys()
+
+
+async def test_languages_come_from_the_server(api, server):
+    found = structured(await call(server, await api_key(api, "mcp"), "languages"))
+    names = {language["name"] for language in found["result"]}
+    status, body, _ = await api.call("GET", "/languages")
+    assert names == {plugin["name"] for plugin in body["languages"]}
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    ({"language": "python3", "code": "import sys\nprint(input()[::-1], sys.argv[1:])", "stdin": "olleh\n", "args": ["x"]},
+     {"verdict": "ok", "exit_code": 0, "stdout": "hello ['x']\n"}),
+    ({"language": "c", "code": "int main(void) { return nope; }"}, {"verdict": "compile_error"}),
+    ({"language": "python", "code": "raise SystemExit(3)"}, {"verdict": "runtime_error", "exit_code": 3}),
+])
+async def test_run_code_returns_the_result(api, server, arguments, expected):
+    result = structured(await call(server, await api_key(api, "mcp"), "run_code", arguments))
+    assert expected.items() <= result.items(), result
+
+
+async def test_failures_are_tool_errors_that_name_the_reason(api, server):
+    refused = await call(server, await api_key(api, "mcp"), "run_code", {"language": "brainfuck", "code": "+"})
+    assert refused.is_error and "unsupported_language" in refused.content[0].text
+    unknown = await call(server, "crd_not-a-key", "run_code", {"language": "python", "code": "print(1)"})
+    assert unknown.is_error and "unauthorized" in unknown.content[0].text
+    nowhere = await call("http://127.0.0.1:9", "crd_x", "languages")
+    assert nowhere.is_error and "did not answer" in nowhere.content[0].text
