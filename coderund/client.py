@@ -96,7 +96,7 @@ def main(command: str, args: dict[str, Any]) -> int:
         return EXIT_USAGE
 
 
-async def _call(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+async def call(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
     async with session.request(method, url, **kwargs) as response:
         body = await response.json(content_type=None) if response.status != 204 else None
         return response.status, body
@@ -109,10 +109,10 @@ async def login(args: dict[str, Any]) -> int:
     credentials = {"username": username, "password": password}
     async with aiohttp.ClientSession() as session:
         if args.get("register"):
-            status, body = await _call(session, "POST", f"{server}/register", json=credentials)
+            status, body = await call(session, "POST", f"{server}/register", json=credentials)
             if status != 201:
                 raise ClientError(f"registering failed: {body.get('message', status)}")
-        status, body = await _call(session, "POST", f"{server}/login", json=credentials)
+        status, body = await call(session, "POST", f"{server}/login", json=credentials)
     if status != 200:
         raise ClientError(f"login failed: {body.get('message', status)}")
     path = save_credentials(Credentials(server, body["token"]))
@@ -124,7 +124,7 @@ async def logout(args: dict[str, Any]) -> int:
     credentials = load_credentials(args.get("server"))
     if credentials.token:
         async with aiohttp.ClientSession() as session:
-            await _call(session, "POST", f"{credentials.server}/logout",
+            await call(session, "POST", f"{credentials.server}/logout",
                         headers={"Authorization": f"Bearer {credentials.token}"})
     credentials_path().unlink(missing_ok=True)
     print("logged out", file=sys.stderr)
@@ -166,7 +166,7 @@ async def run(args: dict[str, Any]) -> int:
 
 
 async def _guess_language(session: aiohttp.ClientSession, server: str, source: Path) -> str:
-    status, body = await _call(session, "GET", f"{server}/languages")
+    status, body = await call(session, "GET", f"{server}/languages")
     matches = [lang["name"] for lang in body.get("languages", [])
                if source.suffix and Path(lang["entry_file"]).suffix == source.suffix]
     if len(matches) != 1:

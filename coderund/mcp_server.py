@@ -11,7 +11,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from . import __version__
-from .client import ClientError, Credentials, load_credentials
+from .client import ClientError, Credentials, call, load_credentials
 
 RESULT_WAIT_S = 30  # per request: the server holds the answer this long, then we ask again
 MAX_POLLS = 20  # a task still unfinished after about ten minutes is the server's trouble, said as such
@@ -26,12 +26,10 @@ class Coderund:
         self.server = credentials.server
         self.headers = {"Authorization": f"Bearer {credentials.token}"} if credentials.token else {}
 
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def ask(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            async with aiohttp.ClientSession(headers=self.headers) as session, \
-                    session.request(method, self.server + path, **kwargs) as response:
-                body = await response.json(content_type=None)
-                status = response.status
+            async with aiohttp.ClientSession(headers=self.headers) as session:
+                status, body = await call(session, method, self.server + path, **kwargs)
         except (aiohttp.ClientError, ValueError) as e:
             raise ToolError(f"coderund server {self.server} did not answer properly: {e}") from None
         if status >= 400:
@@ -41,11 +39,11 @@ class Coderund:
         return body
 
     async def run(self, task: dict[str, Any]) -> dict[str, Any]:
-        body = await self.call("POST", f"/task?wait={RESULT_WAIT_S}", json=task)
+        body = await self.ask("POST", f"/task?wait={RESULT_WAIT_S}", json=task)
         for _ in range(MAX_POLLS):
             if "verdict" in body:
                 return {key: body.get(key) for key in RESULT_KEYS}
-            body = await self.call("GET", f"/result/{body['task_id']}?wait={RESULT_WAIT_S}")
+            body = await self.ask("GET", f"/result/{body['task_id']}?wait={RESULT_WAIT_S}")
         raise ToolError(f"task {body.get('task_id')} has not finished; ask GET /result/{body.get('task_id')} later")
 
 
@@ -55,7 +53,7 @@ def make_server(coderund: Coderund) -> MCPServer:
 
     @server.tool(description="The languages the server runs: name, version, aliases, entry file.")
     async def languages() -> list[dict[str, Any]]:
-        found = await coderund.call("GET", "/languages")
+        found = await coderund.ask("GET", "/languages")
         return [{key: plugin.get(key) for key in ("name", "version", "aliases", "compiled", "entry_file")}
                 for plugin in found["languages"]]
 
