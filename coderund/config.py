@@ -67,6 +67,15 @@ class Settings:
                                            "addresses (for tests and closed networks)")
     webhook_backoff_s: float = _setting(5.0, "seconds before a failed webhook delivery is tried again; each retry "
                                         "waits 3 times longer, 5 retries in all")
+    sandbox_max_per_user: int = _setting(3, "live stateful sandboxes a user may have at once before POST /sandboxes answers 429")
+    sandbox_max_lifetime_s: int = _setting(86400, "longest lifetime a stateful sandbox may ask for (timeout_s; default 1 h)")
+    sandbox_memory_mb: int = _setting(1024, "a stateful sandbox's memory unless it asks (memory_mb), in MiB")
+    sandbox_max_memory_mb: int = _setting(4096, "most memory a stateful sandbox may ask for, in MiB")
+    sandbox_disk_mb: int = _setting(256, "a stateful sandbox's writable disk unless it asks (disk_mb), in MiB; it is "
+                                         "memory-backed and counts in its memory")
+    sandbox_max_disk_mb: int = _setting(2048, "most disk a stateful sandbox may ask for, in MiB")
+    sandbox_max_cpus: float = _setting(2.0, "most CPUs a stateful sandbox may ask for (default 1)")
+    worker_max_sandboxes: int = _setting(16, "stateful sandboxes a worker hosts at once; more wait for another worker")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     @property
@@ -143,9 +152,16 @@ def _check(s: Settings) -> None:
         if not lowest <= getattr(s, name) < 65536:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} is not a TCP port")
     for name in ("concurrency", "output_limit_kb", "tmpfs_mb", "pids_limit", "max_attempts", "session_ttl", "max_queue",
-                 "user_max_pending", "warm_max_age_s", "warm_idle_s"):
+                 "user_max_pending", "warm_max_age_s", "warm_idle_s", "sandbox_max_per_user", "sandbox_max_lifetime_s",
+                 "sandbox_memory_mb", "sandbox_max_memory_mb", "sandbox_disk_mb", "sandbox_max_disk_mb",
+                 "worker_max_sandboxes"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 1")
+    if not 0.1 <= s.sandbox_max_cpus <= 64:
+        raise ConfigError(f"{env_name('sandbox_max_cpus')}={s.sandbox_max_cpus} must be from 0.1 to 64")
+    for default, most in (("sandbox_memory_mb", "sandbox_max_memory_mb"), ("sandbox_disk_mb", "sandbox_max_disk_mb")):
+        if getattr(s, default) > getattr(s, most):
+            raise ConfigError(f"{env_name(default)}={getattr(s, default)} is over {env_name(most)}={getattr(s, most)}")
     if not 0 < s.webhook_backoff_s <= 3600:
         raise ConfigError(f"{env_name('webhook_backoff_s')}={s.webhook_backoff_s} must be above 0 and at most 3600")
     for name in ("warm_max", "compile_cache_mb", "user_rate", "retention_days"):

@@ -42,7 +42,10 @@ from .sandbox.gate import FairGate
 from .sandbox.options import LABEL, Isolation
 from .sandbox.pool import WarmPool
 from .sandbox.runner import Sandbox
-from .usecases import ApiKeys, Accounts, Executor, FileStore, LiveRuns, TaskService, Webhooks
+from .repository.sandbox_channel import SandboxChannel
+from .repository.sandboxes import SandboxStore
+from .sandbox_requests import SandboxLimits
+from .usecases import ApiKeys, Accounts, Executor, FileStore, LiveRuns, Sandboxes, SandboxHost, TaskService, Webhooks
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -132,8 +135,10 @@ async def start_worker(
     await warn_if_down("Redis", live.ping)
     executor = Executor(Tasks(db), sandbox, plugins, cancels, live, worker_id=worker_id,
                         max_attempts=settings.max_attempts, case_parallel=settings.concurrency)
+    host = SandboxHost(SandboxStore(db), SandboxChannel(redis), sandbox.engine, plugins, worker_id=worker_id,
+                       queue=settings.queue, max_sandboxes=settings.worker_max_sandboxes)
     worker = Worker(queue=queue, executor=executor, workers=workers, sandbox=sandbox, concurrency=settings.concurrency,
-                    retention_days=settings.retention_days)
+                    retention_days=settings.retention_days, host=host)
     running = asyncio.create_task(worker.run())
     # A worker loop that dies stops the process, so that a supervisor restarts it.
     running.add_done_callback(lambda task: task.cancelled() or task.exception() is None or stop.set())
@@ -158,6 +163,13 @@ async def start_webhooks(settings: Settings, db: Database, plugins: plugin_loade
     stack.callback(sending.cancel)
 
 
+def sandbox_limits(s: Settings) -> SandboxLimits:
+    return SandboxLimits(memory_mb=s.sandbox_memory_mb, max_memory_mb=s.sandbox_max_memory_mb,
+                         cpus=min(1.0, s.sandbox_max_cpus), max_cpus=s.sandbox_max_cpus, disk_mb=s.sandbox_disk_mb,
+                         max_disk_mb=s.sandbox_max_disk_mb, lifetime_s=min(3600, s.sandbox_max_lifetime_s),
+                         max_lifetime_s=s.sandbox_max_lifetime_s)
+
+
 def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions,
                   finished: TaskListener, revocations: TaskListener) -> Services:
     api_keys = ApiKeys(Keys(db), revocations)
@@ -170,8 +182,10 @@ def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugi
                         allow_private_callbacks=settings.webhook_allow_private, max_case_seconds=settings.max_case_seconds)
     files = FileStore(StoredFiles(db, max_bytes_per_owner=settings.stored_files_mb * 1024 * 1024),
                       max_file_bytes=MAX_STORED_FILE_BYTES)
+    sandboxes = Sandboxes(SandboxStore(db), SandboxChannel(sessions.redis), queue=settings.queue,
+                          cap=settings.sandbox_max_per_user, limits=sandbox_limits(settings))
     return Services(accounts=accounts, tasks=tasks, plugins=plugins, keys=api_keys, files=files,
-                    live=LiveRuns(tasks, LiveChannel(sessions.redis), finished))
+                    live=LiveRuns(tasks, LiveChannel(sessions.redis), finished), sandboxes=sandboxes)
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

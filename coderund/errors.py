@@ -81,3 +81,13 @@ class Unavailable(AppError):
 
 class QueueFull(Unavailable):
     code = "queue_full"
+
+
+class SandboxEnded(AppError):
+    """A stateful sandbox that is no more: the message names why (deleted, expired, worker_lost...)."""
+
+    status, code = 410, "sandbox_ended"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The sandbox has ended: {reason}.")
+        self.reason = reason

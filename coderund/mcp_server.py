@@ -4,11 +4,15 @@ with the API key in CODERUND_TOKEN (or the stored login), and holds no state of 
 """
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.utilities.types import Image
 
 from . import __version__
 from .client import ClientError, Credentials, call, load_credentials
@@ -32,11 +36,18 @@ class Coderund:
                 status, body = await call(session, method, self.server + path, **kwargs)
         except (aiohttp.ClientError, ValueError) as e:
             raise ToolError(f"coderund server {self.server} did not answer properly: {e}") from None
-        if status >= 400:
-            if isinstance(body, dict) and "error" in body:
-                raise ToolError(f"{body['error']}: {body.get('message', '')}")
-            raise ToolError(f"coderund server answered HTTP {status}")
-        return body
+        return _checked(status, body)
+
+    async def read(self, path: str) -> bytes:
+        """A raw answer (a sandbox's file); an error answer is JSON as any other."""
+        try:
+            async with aiohttp.ClientSession(headers=self.headers) as session, session.get(self.server + path) as response:
+                if response.status < 400:
+                    return await response.read()
+                _checked(response.status, await response.json(content_type=None))
+        except (aiohttp.ClientError, ValueError) as e:
+            raise ToolError(f"coderund server {self.server} did not answer properly: {e}") from None
+        raise ToolError("unreachable")
 
     async def run(self, task: dict[str, Any]) -> dict[str, Any]:
         body = await self.ask("POST", f"/task?wait={RESULT_WAIT_S}", json=task)
@@ -45,6 +56,31 @@ class Coderund:
                 return {key: body.get(key) for key in RESULT_KEYS}
             body = await self.ask("GET", f"/result/{body['task_id']}?wait={RESULT_WAIT_S}")
         raise ToolError(f"task {body.get('task_id')} has not finished; ask GET /result/{body.get('task_id')} later")
+
+
+def _checked(status: int, body: Any) -> Any:
+    if status >= 400:
+        if isinstance(body, dict) and "error" in body:
+            raise ToolError(f"{body['error']}: {body.get('message', '')}")
+        raise ToolError(f"coderund server answered HTTP {status}")
+    return body
+
+
+IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpeg"}
+SIGNATURES = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+
+
+def run_content(outcome: dict[str, Any]) -> list[Any]:
+    """A sandbox run as MCP content: its text (structured) first, then each image it returned as an image."""
+    images, results = [], []
+    for bundle in outcome["results"]:
+        kind = next((mime for mime in IMAGE_TYPES if mime in bundle), None)
+        if kind:
+            images.append(Image(data=base64.b64decode(bundle[kind]), format=IMAGE_TYPES[kind]))
+            results.append({"text/plain": bundle.get("text/plain", ""), kind: "(the image content below)"})
+        else:
+            results.append(bundle)
+    return [{**outcome, "results": results}, *images]
 
 
 def make_server(coderund: Coderund) -> MCPServer:
@@ -61,6 +97,53 @@ def make_server(coderund: Coderund) -> MCPServer:
                              "code, stdout, stderr and compiler output. language is a name or alias from languages.")
     async def run_code(language: str, code: str, stdin: str = "", args: list[str] | None = None) -> dict[str, Any]:
         return await coderund.run({"language": language, "code": code, "stdin": stdin, "args": args or []})
+
+    @server.tool(description="Creates a stateful sandbox (Python, with numpy, pandas and matplotlib; bash beside it; "
+                             "no network) that keeps variables, imports and files between sandbox_run calls until "
+                             "sandbox_close or its timeout. Returns its id.")
+    async def sandbox_create(timeout_s: int = 3600, memory_mb: int | None = None, idle_timeout_s: int | None = None,
+                             metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        body = {"timeout_s": timeout_s, "memory_mb": memory_mb, "idle_timeout_s": idle_timeout_s, "metadata": metadata}
+        return await coderund.ask("POST", "/sandboxes", json={k: v for k, v in body.items() if v is not None})
+
+    @server.tool(description="Runs code in a sandbox's persistent interpreter: language python (the default: "
+                             "variables and imports persist, the last expression's value is returned, matplotlib "
+                             "figures come back as images) or bash (cwd and environment persist).",
+                 structured_output=False)
+    async def sandbox_run(sandbox_id: str, code: str, language: str = "python", timeout_s: float = 60) -> list[Any]:
+        outcome = await coderund.ask("POST", f"/sandboxes/{quote(sandbox_id)}/run",
+                                     json={"code": code, "language": language, "timeout_s": timeout_s})
+        return run_content(outcome)
+
+    @server.tool(description="Writes a file in the sandbox's work folder (relative path). content is text, or "
+                             "base64 when is_base64 is true.")
+    async def sandbox_write_file(sandbox_id: str, path: str, content: str, is_base64: bool = False) -> dict[str, Any]:
+        try:
+            data = base64.b64decode(content, validate=True) if is_base64 else content.encode()
+        except binascii.Error:
+            raise ToolError("validation_failed: content is not base64") from None
+        return await coderund.ask("PUT", f"/sandboxes/{quote(sandbox_id)}/files/{quote(path)}", data=data)
+
+    @server.tool(description="Reads a file from the sandbox's work folder: text as text, a PNG or JPEG as an image, "
+                             "other bytes as base64.", structured_output=False)
+    async def sandbox_read_file(sandbox_id: str, path: str) -> Any:
+        data = await coderund.read(f"/sandboxes/{quote(sandbox_id)}/files/{quote(path)}")
+        kind = next((name for signature, name in SIGNATURES.items() if data.startswith(signature)), None)
+        if kind:
+            return Image(data=data, format=kind)
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            return {"path": path, "size": len(data), "content_base64": base64.b64encode(data).decode()}
+
+    @server.tool(description="Lists a folder of the sandbox's work folder: names, kinds, sizes.")
+    async def sandbox_list_files(sandbox_id: str, path: str = ".") -> dict[str, Any]:
+        return await coderund.ask("GET", f"/sandboxes/{quote(sandbox_id)}/files", params={"path": path})
+
+    @server.tool(description="Ends a sandbox now; its state and files are gone.")
+    async def sandbox_close(sandbox_id: str) -> dict[str, Any]:
+        await coderund.ask("DELETE", f"/sandboxes/{quote(sandbox_id)}")
+        return {"sandbox_id": sandbox_id, "closed": True}
 
     return server
 

@@ -12,7 +12,7 @@ from .domain import PLATFORM_MIN, Limits, Program, RunReport, TaskRequest, resol
 from .errors import UnsupportedLanguage, ValidationFailed
 
 REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
-OPTIONAL = {"aliases", "debian_packages", "image_files", "compile", "compile_limits", "env", "requires", "memory_errors"}
+OPTIONAL = {"aliases", "debian_packages", "image_files", "image_commands", "compile", "compile_limits", "env", "requires", "memory_errors"}
 DEFAULT_COMPILE_LIMITS = Limits(time_ms=30000, memory_mb=1024)
 SOURCES = "{sources}"  # in a compile command: the submitted source files
 # In commands and env: the step's memory limit, and the share of it a runtime's heap may take (the
@@ -40,6 +40,7 @@ class Plugin:
     aliases: tuple[str, ...] = ()
     debian_packages: tuple[str, ...] = ()
     image_files: tuple[tuple[str, str], ...] = ()  # (absolute path, content) written into the image after its packages
+    image_commands: tuple[str, ...] = ()  # shell commands run in the image after its files (as root, at build)
     env: tuple[tuple[str, str], ...] = ()
     requires: tuple[str, str] | None = None  # (pattern the code must match, what to tell a user whose code does not)
     memory_errors: tuple[bytes, ...] = ()  # in stderr: the runtime ran out of the memory it was given
@@ -156,7 +157,7 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
             raise fail(name, "must be a non-empty string")
     if "/" in data["source_file"] or data["source_file"].startswith("."):
         raise fail("source_file", "must be a plain file name")
-    for name in ("run", "compile", "aliases", "debian_packages", "memory_errors"):
+    for name in ("run", "compile", "aliases", "debian_packages", "memory_errors", "image_commands"):
         value = data.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise fail(name, "must be a list of non-empty strings")
@@ -205,6 +206,7 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         aliases=tuple(a.lower() for a in data.get("aliases", [])),
         debian_packages=tuple(data.get("debian_packages", [])),
         image_files=tuple(sorted(image_files.items())),
+        image_commands=tuple(data.get("image_commands", [])),
         env=tuple(sorted(env.items())),
         requires=(requires["pattern"], requires["message"]) if requires else None,
         memory_errors=tuple(m.encode() for m in data.get("memory_errors", [])),

@@ -12,7 +12,8 @@ from .errors import Unavailable
 from .repository.queue import BROKER_ERRORS, Delivery, Queue
 from .repository.workers import Workers
 from .sandbox.runner import Sandbox
-from .usecases import Executor
+from .usecases import Executor, SandboxHost
+from .usecases.sandboxes import PLACE_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 10
@@ -24,8 +25,9 @@ UNPUBLISHED_AFTER_S = 30  # a submission takes milliseconds; older and unconfirm
 
 class Worker:
     def __init__(self, *, queue: Queue, executor: Executor, workers: Workers, sandbox: Sandbox, concurrency: int,
-                 retention_days: int = 0) -> None:
+                 host: SandboxHost, retention_days: int = 0) -> None:
         self.retention_days = retention_days
+        self.host = host  # the stateful sandboxes this worker hosts
         self.queue = queue
         self.executor = executor
         self.workers = workers
@@ -46,6 +48,7 @@ class Worker:
         with contextlib.suppress(Unavailable):
             await self.workers.heartbeat(self.id, socket.gethostname())
         heartbeat = asyncio.create_task(self._heartbeat())
+        hosting = asyncio.create_task(self.host.run())
         delay = 1.0
         try:
             while not self._stopping.is_set():
@@ -68,6 +71,7 @@ class Worker:
                     delay = min(delay * 2, RECONNECT_MAX_S)
         finally:
             heartbeat.cancel()
+            hosting.cancel()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -81,6 +85,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.queue.close()  # unacked messages go back to the queue
+        await self.host.close()  # a sandbox's state cannot move: it ends, and says why
         try:
             await self.workers.forget_worker(self.id)
         except Unavailable:
@@ -137,6 +142,9 @@ class Worker:
         """Publishes again what a dead worker held or a dying API never got confirmed; the claim
         and the finish guard make a duplicate harmless."""
         tasks = self.executor.tasks
+        live = await self.workers.live_workers(LEASE_S) | {self.id}
+        for sandbox_id in await self.host.store.end_lost(live, PLACE_TIMEOUT_S + LEASE_S):
+            log.warning("sandbox %s: its worker is gone; ended", sandbox_id)
         for task_id in await tasks.requeue_orphans(LEASE_S, UNPUBLISHED_AFTER_S):
             await self.queue.publish(task_id)
             await tasks.mark_published(task_id)

@@ -33,5 +33,10 @@ def test_an_image_is_rebuilt_when_its_packages_change(settings):
         assert images.build(client, with_file, base_id=base_id) is True
         assert client.containers.run(with_file.image, ["cat", "/etc/coderund-test"], remove=True,
                                      network_mode="none") == b"one\ntwo 'quoted' $HOME\n"
+        with_command = dataclasses.replace(with_file, image_commands=("cp /etc/coderund-test /etc/coderund-copy",))
+        assert not images.is_current(client, with_command, base_id)
+        assert images.build(client, with_command, base_id=base_id) is True
+        assert client.containers.run(with_command.image, ["cat", "/etc/coderund-copy"], remove=True,
+                                     network_mode="none") == b"one\ntwo 'quoted' $HOME\n"
     finally:
         client.images.remove(plugin.image, force=True)

@@ -2,6 +2,7 @@
 server with an API key: it lists its tools and calls each; failures come back as tool errors naming why."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -71,3 +72,43 @@ async def test_failures_are_tool_errors_that_name_the_reason(api, server):
     assert unknown.is_error and "unauthorized" in unknown.content[0].text
     nowhere = await call("http://127.0.0.1:9", "crd_x", "languages")
     assert nowhere.is_error and "did not answer" in nowhere.content[0].text
+
+
+async def test_the_sandbox_tools_keep_state_and_move_files_and_figures(api, server):
+    """One agent session: create, run twice (state kept), a figure as image content, files both ways, close."""
+    key = await api_key(api, "mcp-sbx")
+    async with stdio_client(server_params(server, key)) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        names = {tool.name for tool in (await session.list_tools()).tools}
+        assert {"sandbox_create", "sandbox_run", "sandbox_write_file", "sandbox_read_file", "sandbox_list_files",
+                "sandbox_close"} <= names
+        sandbox = structured(await session.call_tool("sandbox_create", {"timeout_s": 600}))
+        sid = sandbox["id"]
+        first = await session.call_tool("sandbox_run", {"sandbox_id": sid, "code": "x = 20\nprint('set')"})
+        assert not first.is_error and json.loads(first.content[0].text)["stdout"] == "set\n"
+        second = await session.call_tool("sandbox_run", {"sandbox_id": sid, "code": "x * 2 + 2"})
+        assert json.loads(second.content[0].text)["results"] == [{"text/plain": "42"}]
+        figure = await session.call_tool("sandbox_run", {"sandbox_id": sid, "code": "import matplotlib.pyplot as plt\n"
+                                                         "plt.plot([1, 2]); plt.savefig('plot.png')", "timeout_s": 120})
+        images = [item for item in figure.content if item.type == "image"]
+        assert len(images) == 1 and images[0].mime_type == "image/png", figure.content
+        assert base64.b64decode(images[0].data)[:4] == b"\x89PNG"
+        written = structured(await session.call_tool("sandbox_write_file", {"sandbox_id": sid, "path": "in/a.txt",
+                                                                             "content": "héllo"}))
+        assert written == {"path": "in/a.txt", "size": len("héllo".encode())}
+        binary = base64.b64encode(bytes(range(256))).decode()
+        await session.call_tool("sandbox_write_file", {"sandbox_id": sid, "path": "in/b.bin", "content": binary,
+                                                       "is_base64": True})
+        text = await session.call_tool("sandbox_read_file", {"sandbox_id": sid, "path": "in/a.txt"})
+        assert text.content[0].text == "héllo"
+        raw = await session.call_tool("sandbox_read_file", {"sandbox_id": sid, "path": "in/b.bin"})
+        assert json.loads(raw.content[0].text)["content_base64"] == binary
+        png = await session.call_tool("sandbox_read_file", {"sandbox_id": sid, "path": "plot.png"})
+        assert png.content[0].type == "image"
+        listed = structured(await session.call_tool("sandbox_list_files", {"sandbox_id": sid, "path": "in"}))
+        assert [entry["name"] for entry in listed["entries"]] == ["a.txt", "b.bin"]
+        missing = await session.call_tool("sandbox_read_file", {"sandbox_id": sid, "path": "nope.txt"})
+        assert missing.is_error and "not_found" in missing.content[0].text
+        assert structured(await session.call_tool("sandbox_close", {"sandbox_id": sid}))["closed"]
+        ended = await session.call_tool("sandbox_run", {"sandbox_id": sid, "code": "x"})
+        assert ended.is_error and "sandbox_ended" in ended.content[0].text and "deleted" in ended.content[0].text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from openapi_spec_validator import validate
 
 from coderund.api.openapi import document
 from coderund.api.routes import ROUTES
+from coderund.api.sandbox_routes import SANDBOX_ROUTES
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -30,15 +32,16 @@ def test_every_route_is_documented_and_nothing_else():
     documented = {(method.upper(), path) for path, ops in document()["paths"].items() for method in ops}
     piston = {(method, f"/piston{prefix}/api/v2/{name}") for prefix in ("", "/{key}")
               for method, name in (("GET", "runtimes"), ("POST", "execute"), ("GET", "connect"))}
-    assert documented == {(route.method, route.path) for route in ROUTES} | {
+    own = {(route.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path)) for route in ROUTES + SANDBOX_ROUTES}
+    assert documented == own | {
         (method, "/judge0" + path) for method, path, _ in JUDGE0_ROUTES} | piston | {
         (method, PREFIX + path) for method, path, _ in JOBE_ROUTES}
 
 
 def test_protected_routes_declare_security_and_401():
     spec = document()
-    for route in ROUTES:  # the Judge0 routes are all protected, by their own scheme
-        operation = spec["paths"][route.path][route.method.lower()]
+    for route in ROUTES + SANDBOX_ROUTES:  # the Judge0 routes are all protected, by their own scheme
+        operation = spec["paths"][re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path)][route.method.lower()]
         assert ("security" in operation) == route.protected, route.path
         if route.protected:
             assert "401" in operation["responses"]

@@ -100,6 +100,8 @@ def test_max_defaults_to_the_limits_and_compile_limits_to_the_global_default():
         ({"memory_errors": "OutOfMemory"}, "memory_errors"),
         ({"image_files": {"etc/relative": "x"}}, "image_files"),
         ({"image_files": {"/etc/../x": "x"}}, "image_files"),
+        ({"image_commands": "true"}, "image_commands"),
+        ({"image_commands": [""]}, "image_commands"),
     ],
 )
 def test_broken_plugins_name_the_field(change, field):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..plugins import Plugins
-from ..usecases import Accounts, ApiKeys, FileStore, LiveRuns, TaskService
+from ..usecases import Accounts, ApiKeys, FileStore, LiveRuns, Sandboxes, TaskService
 
 SESSION_COOKIE = "coderund_session"
 
@@ -20,6 +20,7 @@ class Services:
     live: LiveRuns
     keys: ApiKeys
     files: FileStore
+    sandboxes: Sandboxes
     # name → a coroutine that raises when that dependency does not answer
     checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 

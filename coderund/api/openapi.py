@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..sandbox_requests import CONTEXT_LANGUAGES, DEFAULT_RUN_S, LANGUAGES, MAX_RUN_S, STATES
 from ..domain import (HISTORY_STATES, MAX_ARG_CHARS, MAX_ARGS, MAX_BATCH, MAX_FILES, MAX_TESTS, MAX_WAIT_S, PASSWORD_LENGTH,
                       Verdict)
 from .keys import SESSION_COOKIE
@@ -14,7 +15,7 @@ from .keys import SESSION_COOKIE
 ERROR_CODES = [
     "invalid_json", "validation_failed", "unauthorized", "not_found", "method_not_allowed", "conflict",
     "payload_too_large", "unsupported_language", "rate_limited", "queue_full", "unavailable", "internal",
-    "request_timeout", "forbidden", "quota_exceeded", "bad_request",
+    "request_timeout", "forbidden", "quota_exceeded", "bad_request", "sandbox_ended",
 ]
 
 
@@ -488,9 +489,167 @@ def _jobe_operations() -> dict[tuple[str, str], dict[str, Any]]:
     return operations
 
 
+SANDBOX_SCHEMAS = {
+    "SandboxRequest": {
+        "type": "object",
+        "properties": {
+            "language": {"enum": list(LANGUAGES), "description": "the default context's; bash contexts run in any"},
+            "memory_mb": {"type": "integer", "minimum": 64, "description": "default 1024; the operator sets the most"},
+            "cpus": {"type": "number", "minimum": 0.1, "description": "default 1"},
+            "disk_mb": {"type": "integer", "minimum": 16,
+                        "description": "the work folder's size (default 256), memory-backed: it counts in memory_mb"},
+            "timeout_s": {"type": "integer", "minimum": 1, "description": "lifetime, default 3600; the operator's most 86400"},
+            "idle_timeout_s": {"type": "integer", "minimum": 1,
+                               "description": "paused after this long without a call (default 600); the next call resumes it"},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"},
+                         "description": "yours to filter GET /sandboxes by"},
+        },
+    },
+    "Sandbox": {
+        "type": "object", "required": ["id", "state", "language", "expires_at"],
+        "properties": {"id": {"type": "string", "format": "uuid"}, "state": {"enum": list(STATES)},
+                       "language": {"type": "string"}, "memory_mb": {"type": "integer"}, "cpus": {"type": "number"},
+                       "disk_mb": {"type": "integer"}, "idle_timeout_s": {"type": "integer"},
+                       "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                       "created_at": {"type": "string"}, "expires_at": {"type": "string"}},
+    },
+    "SandboxRun": {
+        "type": "object", "required": ["code"],
+        "properties": {"code": {"type": "string"},
+                       "language": {"enum": list(CONTEXT_LANGUAGES),
+                                    "description": "that language's own context (python is the default)"},
+                       "context": {"type": "string", "description": "a context made by POST …/contexts"},
+                       "timeout_s": {"type": "number", "minimum": 0.1, "maximum": MAX_RUN_S,
+                                     "description": f"default {DEFAULT_RUN_S}; then KeyboardInterrupt, and after 2 s more "
+                                                    "the interpreter is killed and restarted (its state is lost)"}},
+    },
+    "RunOutcome": {
+        "type": "object", "required": ["stdout", "stderr", "results", "error", "execution_count"],
+        "properties": {
+            "stdout": {"type": "string"}, "stderr": {"type": "string"},
+            "results": {"type": "array", "items": {"type": "object", "additionalProperties": True},
+                        "description": "MIME bundles as Jupyter's display data: text/plain for the last expression's value, "
+                                       "image/png (base64) for each matplotlib figure, text/html, application/json…"},
+            "error": {"type": ["object", "null"], "properties": {"name": {"type": "string"}, "value": {"type": "string"},
+                                                                 "traceback": {"type": "string"}}},
+            "execution_count": {"type": ["integer", "null"]}, "context": {"type": ["string", "null"]},
+            "truncated": {"type": "boolean", "description": "stdout or stderr went over 1 MiB; the rest was dropped"},
+        },
+    },
+    "SandboxCommand": {
+        "type": "object", "required": ["cmd"],
+        "properties": {"cmd": {"oneOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                         {"type": "string", "description": "run by bash -c"}]},
+                       "cwd": {"type": "string", "description": "in the work folder"},
+                       "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                       "stdin": {"type": "string"}, "timeout_s": {"type": "number", "minimum": 0.1, "maximum": MAX_RUN_S}},
+    },
+    "CommandOutcome": {
+        "type": "object", "required": ["stdout", "stderr", "exit_code", "signal", "timed_out"],
+        "properties": {"stdout": {"type": "string"}, "stderr": {"type": "string"},
+                       "exit_code": {"type": ["integer", "null"]}, "signal": {"type": ["integer", "null"]},
+                       "timed_out": {"type": "boolean"}, "truncated": {"type": "boolean"}},
+    },
+    "SandboxTimeout": {"type": "object", "required": ["timeout_s"],
+                       "properties": {"timeout_s": {"type": "integer", "minimum": 1, "description": "seconds from now"}}},
+    "ContextRequest": {"type": "object", "properties": {"language": {"enum": list(CONTEXT_LANGUAGES)}}},
+    "Context": {"type": "object", "required": ["id", "language"],
+                "properties": {"id": {"type": "string"}, "language": {"type": "string"},
+                               "execution_count": {"type": "integer"}, "busy": {"type": "boolean"}}},
+    "FileEntry": {"type": "object", "required": ["name", "kind", "size"],
+                  "properties": {"name": {"type": "string"}, "kind": {"enum": ["file", "folder", "symlink", "other"]},
+                                 "size": {"type": "integer"}}},
+}
+SCHEMAS.update(SANDBOX_SCHEMAS)
+ERRORS["410"] = _error("The sandbox has ended; the message says why (deleted, expired, out_of_memory, worker_lost…).",
+                       "sandbox_ended")
+SANDBOX_ID = {"name": "sandbox_id", "in": "path", "required": True, "schema": {"type": "string"}}
+FILE_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "relative to the work folder (/box); no '..', no symlink followed"}
+CONTEXT_ID = {"name": "context_id", "in": "path", "required": True, "schema": {"type": "string"}}
+NDJSON_EVENTS = {"application/x-ndjson": {"schema": {"type": "string"},
+                                          "example": '{"type": "stdout", "text": "hi\\n"}\n{"type": "end"}\n'}}
+CALL_ERRORS = ("401", "404", "409", "410", "503")
+
+
+def _sandbox_op(summary: str, responses: dict[str, Any], *params: dict[str, Any], body: str | None = None,
+                errors: tuple[str, ...] = CALL_ERRORS, description: str | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "tags": ["sandboxes"], "security": AUTH,
+                                 "parameters": [SANDBOX_ID, *params], "responses": {**responses, **_errors(*errors)}}
+    if body:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    if description:
+        operation["description"] = description
+    return operation
+
+
+def _streamed(schema: str, description: str) -> dict[str, Any]:
+    ok = _json(_ref(schema), description)
+    ok["content"].update(NDJSON_EVENTS)
+    return ok
+
+
+ONE = "/sandboxes/{sandbox_id}"
+SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/sandboxes"): {
+        "summary": "Create a stateful sandbox: persistent interpreters, files, paused when idle", "tags": ["sandboxes"],
+        "security": AUTH, "requestBody": _body("SandboxRequest", {"language": "python", "idle_timeout_s": 600}),
+        "responses": {"201": _json(_ref("Sandbox"), "Running"), **_errors(*BODY_ERRORS, "401", "429")},
+    },
+    ("get", "/sandboxes"): {
+        "summary": "Your live sandboxes; ?metadata.KEY=VALUE filters", "tags": ["sandboxes"], "security": AUTH,
+        "responses": {"200": _json({"type": "object", "required": ["sandboxes"],
+                                    "properties": {"sandboxes": {"type": "array", "items": _ref("Sandbox")}}}, "Sandboxes"),
+                      **_errors("401", "503")},
+    },
+    ("get", ONE): _sandbox_op("A sandbox", {"200": _json(_ref("Sandbox"), "The sandbox")}),
+    ("delete", ONE): _sandbox_op("End a sandbox now", {"204": {"description": "Ended"}}),
+    ("post", f"{ONE}/timeout"): _sandbox_op("Set its lifetime's end to timeout_s from now",
+                                            {"200": _json(_ref("Sandbox"), "Extended")}, body="SandboxTimeout",
+                                            errors=(*CALL_ERRORS, "400", "408", "413")),
+    ("post", f"{ONE}/run"): _sandbox_op(
+        "Run code in a persistent context (Python keeps variables, imports, definitions; bash keeps cwd and env)",
+        {"200": _streamed("RunOutcome", "The run's outcome; with Accept: application/x-ndjson, events as they happen")},
+        body="SandboxRun", errors=(*CALL_ERRORS, "400", "408", "413"),
+        description="NDJSON events: `stdout` and `stderr` (`text`), `result` (`data`, a MIME bundle), `error` (`name`, "
+                    "`value`, `traceback`), `execution_count`, then `end`. One run at a time per context (else 409); a "
+                    "client that disconnects interrupts its run."),
+    ("post", f"{ONE}/commands"): _sandbox_op(
+        "Run a program beside the interpreters", {"200": _streamed("CommandOutcome", "Its outcome; NDJSON when asked")},
+        body="SandboxCommand", errors=(*CALL_ERRORS, "400", "408", "413")),
+    ("post", f"{ONE}/contexts"): _sandbox_op(
+        "A new context (its own interpreter)", {"201": _json(_ref("Context"), "Made")}, body="ContextRequest",
+        errors=(*CALL_ERRORS, "400", "408", "413")),
+    ("get", f"{ONE}/contexts"): _sandbox_op(
+        "Its contexts", {"200": _json({"type": "object", "required": ["contexts"], "properties": {
+            "contexts": {"type": "array", "items": _ref("Context")}}}, "Contexts")}),
+    ("delete", f"{ONE}/contexts/{{context_id}}"): _sandbox_op("Stop a context", {"204": {"description": "Stopped"}},
+                                                              CONTEXT_ID),
+    ("get", f"{ONE}/files"): _sandbox_op(
+        "A folder's entries (?path=, default the work folder)",
+        {"200": _json({"type": "object", "required": ["path", "entries"], "properties": {
+            "path": {"type": "string"}, "entries": {"type": "array", "items": _ref("FileEntry")}}}, "Entries")},
+        {"name": "path", "in": "query", "required": False, "schema": {"type": "string"}}, errors=(*CALL_ERRORS, "400")),
+    ("put", f"{ONE}/files/{{path}}"): {
+        **_sandbox_op("Write a file: the raw body, any size up to the disk quota (else 413 naming it)",
+                      {"201": _json({"type": "object", "required": ["path", "size"], "properties": {
+                          "path": {"type": "string"}, "size": {"type": "integer"}}}, "Written")},
+                      FILE_PATH, errors=(*CALL_ERRORS, "400", "413")),
+        "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                               "format": "binary"}}}},
+    },
+    ("get", f"{ONE}/files/{{path}}"): _sandbox_op(
+        "Read a file (raw bytes)", {"200": {"description": "The file", "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}}}, FILE_PATH, errors=(*CALL_ERRORS, "400")),
+    ("delete", f"{ONE}/files/{{path}}"): _sandbox_op("Delete a file or folder", {"204": {"description": "Deleted"}},
+                                                      FILE_PATH, errors=(*CALL_ERRORS, "400")),
+}
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for (method, path), operation in {**OPERATIONS, **_judge0_operations(), **_piston_operations(),
+    for (method, path), operation in {**OPERATIONS, **SANDBOX_OPERATIONS, **_judge0_operations(), **_piston_operations(),
                                       **_jobe_operations()}.items():
         operation_id = method + path.replace("/", "_").replace("{", "").replace("}", "").replace(".", "_")
         paths.setdefault(path, {})[method] = {"operationId": operation_id, **operation}

@@ -95,10 +95,10 @@ class Box:
                 if not item:
                     return
                 await live.output(supervisor.LIVE_STREAMS[item[0]], item[1:])
-            if not await self._frame(out, err):
+            if not await self.frame(out, err):
                 return
 
-    async def _frame(self, out: bytearray, err: bytearray) -> bool:
+    async def frame(self, out: bytearray, err: bytearray) -> bool:
         """Adds the next frame of the stream to out (the supervisor's stdout) or err; False at its end."""
         try:
             kind, size = FRAME.unpack(await self.reader.readexactly(FRAME.size))
@@ -122,7 +122,7 @@ class Box:
                 expected = supervisor.report_size(bytes(out[: newline + 1]))
                 if expected is not None:
                     continue
-            if not await self._frame(out, err):
+            if not await self.frame(out, err):
                 return
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -29,12 +30,12 @@ import requests.exceptions
 from docker.types import Mount
 
 from .. import metrics
-from . import supervisor
 from .box import Box
 from .options import CREATE_KEYS, LABEL, TOOLS_DIR, Isolation, container_options
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+HUB_SOURCE = Path(__file__).with_name("hub.py")
 ATTACH = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
 _VERSION = re.compile(r"v[\d.]+")
 _COLLECTIONS = {"containers", "volumes", "images", "exec"}
@@ -79,7 +80,9 @@ class Engine:
         self.isolation = isolation
         self.supervisor = supervisor_binary.read_bytes()
         self.worker_id = worker_id
-        self.tools_volume = f"coderund-tools-{supervisor.digest()}"
+        self.tools = {"supervise": (self.supervisor, 0o755), "hub.py": (HUB_SOURCE.read_bytes(), 0o644)}
+        tools_digest = hashlib.sha256(b"".join(data for data, _ in self.tools.values())).hexdigest()[:16]
+        self.tools_volume = f"coderund-tools-{tools_digest}"
         self._tools_ready = False
         self._tools_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="docker")
@@ -98,13 +101,14 @@ class Engine:
             await asyncio.wait(self._removals, timeout=30)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def make(self, shape: Shape, labels: dict[str, str]) -> Box:
-        """A started container of that shape, attached, its supervisor waiting for a request."""
+    async def make(self, shape: Shape, labels: dict[str, str], **stateful: Any) -> Box:
+        """A started container of that shape, attached, its supervisor waiting for a request; with
+        container_options' command, cpus and disk_mb, a stateful sandbox's."""
         await self._install_tools(shape.image)
         name = f"coderund-{uuid.uuid4().hex[:12]}"
         options = container_options(image=shape.image, name=name, memory_mb=shape.memory_mb, isolation=self.isolation,
                                     env=dict(shape.env), labels={**self.labels, **labels}, pids_limit=shape.pids_limit,
-                                    tools_volume=self.tools_volume)
+                                    tools_volume=self.tools_volume, **stateful)
         started = time.monotonic()
         try:
             container_id, sock = await self.call(self._start, options)
@@ -131,6 +135,13 @@ class Engine:
         attached.close()
         sock.setblocking(False)
         return container_id, sock
+
+    async def pause(self, container: str) -> None:
+        """Freezes every process of the container (the engine's pause): no CPU, memory kept."""
+        await self.call(self.client.api.pause, container)
+
+    async def unpause(self, container: str) -> None:
+        await self.call(self.client.api.unpause, container)
 
     def discard(self, box: Box) -> None:
         """Closes the box and removes its container, off the task's critical path. (Not the engine's
@@ -191,8 +202,9 @@ class Engine:
                                       host_config=api.create_host_config(
                                           network_mode="none", mounts=[Mount(TOOLS_DIR, self.tools_volume, type="volume")]))
         try:
-            if _archive_size(api, helper["Id"], f"{TOOLS_DIR}/supervise") != len(self.supervisor):
-                api.put_archive(helper["Id"], TOOLS_DIR, _tar("supervise", self.supervisor, 0o755))
+            if any(_archive_size(api, helper["Id"], f"{TOOLS_DIR}/{name}") != len(data)
+                   for name, (data, _) in self.tools.items()):
+                api.put_archive(helper["Id"], TOOLS_DIR, _tar(self.tools))
         finally:
             self._remove(helper["Id"])
 
@@ -207,12 +219,13 @@ def _archive_size(api: Any, container: str, path: str) -> int | None:
     return stat["size"]
 
 
-def _tar(name: str, data: bytes, mode: int) -> bytes:
+def _tar(files: dict[str, tuple[bytes, int]]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        info = tarfile.TarInfo(name)
-        info.size, info.mode = len(data), mode
-        archive.addfile(info, io.BytesIO(data))
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 

@@ -38,7 +38,8 @@ def exists(client: docker.DockerClient, image: str) -> bool:
 
 def wanted_labels(plugin: Plugin, base_id: str) -> dict[str, str]:
     """What an image must carry to be current for this plugin."""
-    packages = " ".join(sorted(plugin.debian_packages)) + "".join(f"\0{path}\0{text}" for path, text in plugin.image_files)
+    packages = (" ".join(sorted(plugin.debian_packages)) + "".join(f"\0{path}\0{text}" for path, text in plugin.image_files)
+                + "".join(f"\0{command}" for command in plugin.image_commands))
     return {f"{LABEL}.language": plugin.name, f"{LABEL}.packages": hashlib.sha256(packages.encode()).hexdigest()[:16],
             f"{LABEL}.base": base_id}
 
@@ -82,6 +83,7 @@ def build(client: docker.DockerClient, plugin: Plugin, *, base_id: str, force: b
         f"{' '.join(plugin.debian_packages)} && apt-get clean && rm -rf /var/lib/apt/lists/*\n"
         + "".join(f"RUN echo {base64.b64encode(text.encode()).decode()} | base64 -d > {shlex.quote(path)}\n"
                   for path, text in plugin.image_files)
+        + "".join(f"RUN {command}\n" for command in plugin.image_commands)
         + f"LABEL {labels}\n"
     )
     # The host's network, for apt only: this engine has no bridge, and sandboxes never get a network.

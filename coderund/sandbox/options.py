@@ -9,6 +9,7 @@ from docker.types import Mount
 WORKDIR = "/box"  # the task's files; writable by the task
 TOOLS_DIR = "/.coderund"  # the supervisor, from a read-only volume, so a run cannot tamper with it
 SUPERVISOR = f"{TOOLS_DIR}/supervise"
+HUB = f"{TOOLS_DIR}/hub.py"  # a stateful sandbox's first process, on the image's python3
 # The supervisor's identity: root with only the capabilities it needs to start the program as
 # another user (nobody, 65534, set by the supervisor) and to clean up after it. The program has none.
 SUPERVISOR_USER = "0:0"
@@ -33,16 +34,20 @@ class Isolation:
 
 def container_options(
     *, image: str, name: str, memory_mb: int, isolation: Isolation, env: dict[str, str], labels: dict[str, str],
-    tools_volume: str, pids_limit: int | None = None,
+    tools_volume: str, pids_limit: int | None = None, command: list[str] | None = None, cpus: float = 1.0,
+    disk_mb: int | None = None,
 ) -> dict[str, Any]:
+    """A task's container, or with command, disk_mb and cpus a stateful sandbox's (its hub in place of
+    the supervisor, with the same identity and the same locks)."""
     tmpfs = f"size={isolation.tmpfs_mb}m,nosuid,nodev"
-    fsize = isolation.tmpfs_mb * MB
+    work_tmpfs = f"size={disk_mb or isolation.tmpfs_mb}m,nosuid,nodev"
+    fsize = max(isolation.tmpfs_mb, disk_mb or 0) * MB
     return {
         "image": image,
         "name": name,
         # The supervisor is the first process: it waits on the attached stdin for its one task.
         # (Not Docker's working_dir: Docker would make that folder root's, over the tmpfs's mode.)
-        "command": [SUPERVISOR, WORKDIR],
+        "command": command or [SUPERVISOR, WORKDIR],
         "stdin_open": True,
         "user": SUPERVISOR_USER,
         "environment": {"PATH": PATH, "LANG": "C.UTF-8", "HOME": WORKDIR, **env},
@@ -54,7 +59,7 @@ def container_options(
         "network_disabled": True,
         "read_only": True,
         # World-writable: the program (nobody) writes its build outputs beside its sources.
-        "tmpfs": {WORKDIR: f"{tmpfs},exec,mode=1777", "/tmp": f"{tmpfs},mode=1777"},
+        "tmpfs": {WORKDIR: f"{work_tmpfs},exec,mode=1777", "/tmp": f"{tmpfs},mode=1777"},
         "mounts": [Mount(TOOLS_DIR, tools_volume, type="volume", read_only=True, no_copy=True)],
         "shm_size": 16 * MB,
         "cap_drop": ["ALL"],
@@ -63,7 +68,7 @@ def container_options(
         "pids_limit": pids_limit or isolation.pids_limit,
         "mem_limit": memory_mb * MB,
         "memswap_limit": memory_mb * MB,
-        "nano_cpus": 10**9,
+        "nano_cpus": int(cpus * 10**9),
         "ulimits": [
             {"Name": "nofile", "Soft": isolation.nofile, "Hard": isolation.nofile},
             {"Name": "fsize", "Soft": fsize, "Hard": fsize},

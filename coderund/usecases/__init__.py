@@ -3,8 +3,10 @@ from .accounts import Accounts, Login
 from .execution import Executor
 from .keys import ApiKeys
 from .live import LiveBridge, LiveRuns
+from .sandboxes import SandboxHost, Sandboxes
 from .stored_files import FileStore
 from .tasks import TaskService
 from .webhooks import Webhooks
 
-__all__ = ["Accounts", "ApiKeys", "Executor", "FileStore", "LiveBridge", "LiveRuns", "Login", "TaskService", "Webhooks"]
+__all__ = ["Accounts", "ApiKeys", "Executor", "FileStore", "LiveBridge", "LiveRuns", "Login", "SandboxHost", "Sandboxes",
+           "TaskService", "Webhooks"]

@@ -1,0 +1,90 @@
+"""How API processes reach the worker that hosts a sandbox, in Redis.
+
+A new sandbox waits in a list that the workers of one queue take from (whoever has room); calls go
+to the hosting worker's own stream, and each call's events come back on a stream of its own. Streams
+as live runs have them: nothing is lost while the other side is not yet reading, and any API process
+on any host meets any worker on the keys.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from redis import asyncio as aioredis
+
+from .sessions import answering
+
+PLACE_KEY = "coderund:sandboxes:{}:place"  # by queue: the workers that serve it
+CALLS_KEY = "coderund:sandboxes:worker:{}"
+REPLY_KEY = "coderund:sandboxes:reply:{}"
+REPLY_TTL_S = 300
+CALLS_MAX = 10_000
+START = "0-0"
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    body: dict[str, Any]
+    data: bytes  # bytes beside the JSON (a file's chunk), unencoded
+
+
+class SandboxChannel:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def ping(self) -> None:
+        with answering():
+            await self.redis.ping()
+
+    @staticmethod
+    def new_reply() -> str:
+        return REPLY_KEY.format(uuid.uuid4().hex)
+
+    async def place(self, queue: str, message: dict[str, Any]) -> None:
+        with answering():
+            await self.redis.lpush(PLACE_KEY.format(queue), json.dumps(message))
+
+    async def take_placement(self, queue: str, timeout_s: float) -> dict[str, Any] | None:
+        with answering():
+            found = await self.redis.brpop([PLACE_KEY.format(queue)], timeout=timeout_s)
+        return json.loads(found[1]) if found else None
+
+    async def call(self, worker_id: str, message: dict[str, Any], data: bytes = b"") -> None:
+        await self._put(CALLS_KEY.format(worker_id), message, data, CALLS_MAX, None)
+
+    async def calls(self, worker_id: str, after: str, block_ms: int) -> list[Message]:
+        """The worker's calls after `after`, removed as they are read (a file's chunks are large)."""
+        key = CALLS_KEY.format(worker_id)
+        found = await self._read(key, after, block_ms)
+        if found:
+            with answering():
+                await self.redis.xdel(key, *(m.id for m in found))
+        return found
+
+    async def reply(self, key: str, event: dict[str, Any], data: bytes = b"") -> None:
+        await self._put(key, event, data, None, REPLY_TTL_S)
+
+    async def replies(self, key: str, after: str, block_ms: int) -> list[Message]:
+        return await self._read(key, after, block_ms)
+
+    async def forget(self, key: str) -> None:
+        with answering():
+            await self.redis.delete(key)
+
+    async def _put(self, key: str, body: dict[str, Any], data: bytes, maxlen: int | None, ttl_s: int | None) -> None:
+        with answering():
+            pipe = self.redis.pipeline(transaction=False).xadd(key, {"j": json.dumps(body), "d": data}, maxlen=maxlen,
+                                                                approximate=True)
+            if ttl_s:
+                pipe.expire(key, ttl_s)
+            await pipe.execute()
+
+    async def _read(self, key: str, after: str, block_ms: int) -> list[Message]:
+        with answering():
+            found = await self.redis.xread({key: after}, block=block_ms, count=100)
+        return [Message(entry_id.decode() if isinstance(entry_id, bytes) else entry_id, json.loads(fields[b"j"]),
+                        fields.get(b"d", b""))
+                for _, entries in found for entry_id, fields in entries]

@@ -1,0 +1,128 @@
+"""A stateful sandbox's container, attached: requests to its hub (hub.py) as JSON lines, events back.
+
+One reader per container hands each event to the request it answers, so any number of runs,
+commands and file calls share the one attached stream.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .box import Box
+from .engine import Engine, SandboxError, Shape
+from .options import HUB, WORKDIR
+
+LINE_MAX = 96 * 1024 * 1024  # of one event: a file chunk or a figure, base64, is far smaller
+READY_S = 30  # for the hub's first word after the container starts
+# gVisor's sentry runs the sandbox's threads on host threads of its own, which the pids limit counts;
+# its own kernel counts the sandbox's processes, which nproc then limits. A fork bomb held at 64
+# processes still took 1024 host threads in 1 run of 3 (the sentry then ends the sandbox, exit 2).
+GVISOR_PIDS, GVISOR_NPROC = 4096, 64
+PIDS = 256
+
+
+class HubGone(SandboxError):
+    """The container ended, or its hub did: the sandbox is no more."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    image: str
+    memory_mb: int
+    cpus: float
+    disk_mb: int
+    env: tuple[tuple[str, str], ...] = ()
+
+
+class Hub:
+    def __init__(self, box: Box) -> None:
+        self.box = box
+        self._ids = itertools.count(1)
+        self._waiting: dict[str, asyncio.Queue[dict[str, Any] | None]] = {}
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reading = asyncio.ensure_future(self._read())
+        self.diagnostics = b""
+
+    @classmethod
+    async def start(cls, engine: Engine, spec: Spec, labels: dict[str, str]) -> Hub:
+        runsc = engine.isolation.runtime == "runsc"
+        shape = Shape(spec.image, spec.memory_mb, spec.env, GVISOR_PIDS if runsc else PIDS)
+        box = await engine.make(shape, labels, command=["/usr/bin/python3", "-I", HUB, WORKDIR,
+                                                        str(GVISOR_NPROC if runsc else 0)],
+                                cpus=spec.cpus, disk_mb=spec.disk_mb)
+        hub = cls(box)
+        try:
+            await asyncio.wait_for(asyncio.shield(hub._ready), READY_S)
+        except (TimeoutError, HubGone) as e:
+            engine.discard(box)
+            raise SandboxError(f"the sandbox's hub did not start: {e or 'no answer'} {hub.diagnostics[-300:]!r}") from None
+        return hub
+
+    @property
+    def alive(self) -> bool:
+        return not self._reading.done()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._reading)
+
+    async def call(self, request: dict[str, Any],
+                   on_id: Callable[[str], None] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The request's events, its end event last; HubGone if the sandbox ends first. on_id learns
+        the request's id, by which an interrupt names it."""
+        if not self.alive:
+            raise HubGone("the sandbox has ended")
+        rid = str(next(self._ids))
+        if on_id is not None:
+            on_id(rid)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._waiting[rid] = queue
+        try:
+            self.box.writer.write(json.dumps({**request, "id": rid}).encode() + b"\n")
+            await self.box.writer.drain()
+            while (event := await queue.get()) is not None:
+                yield event
+                if event.get("type") == "end":
+                    return
+            raise HubGone("the sandbox ended during the call")
+        except ConnectionError:
+            raise HubGone("the sandbox has ended") from None
+        finally:
+            del self._waiting[rid]
+
+    async def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A request answered by its end event alone."""
+        async for event in self.call(request):
+            if event.get("type") == "end":
+                return event
+        raise HubGone("no answer")
+
+    async def _read(self) -> None:
+        lines, err = bytearray(), bytearray()
+        self.box.max_bytes = LINE_MAX
+        try:
+            while await self.box.frame(lines, err):
+                while (newline := lines.find(b"\n")) >= 0:
+                    event = json.loads(lines[:newline])
+                    del lines[:newline + 1]
+                    self._route(event)
+        except Exception:  # noqa: BLE001 - whatever breaks the stream ends the sandbox: said below
+            pass
+        finally:
+            self.diagnostics = bytes(err)
+            if not self._ready.done():
+                self._ready.set_exception(HubGone("the container ended"))
+                self._ready.exception()  # read, so that no one is told it was never retrieved
+            for queue in self._waiting.values():
+                queue.put_nowait(None)
+            self.box.close()
+
+    def _route(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "ready":
+            if not self._ready.done():
+                self._ready.set_result(None)
+        elif (queue := self._waiting.get(str(event.get("id")))) is not None:
+            queue.put_nowait(event)
