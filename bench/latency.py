@@ -170,6 +170,51 @@ class Client:
         assert message["type"] == until, message
         return elapsed
 
+    async def sandbox(self, auth: dict[str, str], **body: object) -> tuple[str, float]:
+        """A new stateful sandbox: its id, and how long the create took (ms)."""
+        started = time.perf_counter()
+        async with self.session.post(f"{self.base}/sandboxes", json=body, headers=auth) as r:
+            created = await r.json()
+        assert r.status == 201, created
+        return created["id"], (time.perf_counter() - started) * 1000
+
+    async def sandbox_run(self, auth: dict[str, str], sandbox: str, code: str = "1 + 1", expected: str = "2") -> float:
+        started = time.perf_counter()
+        async with self.session.post(f"{self.base}/sandboxes/{sandbox}/run", json={"code": code}, headers=auth) as r:
+            body = await r.json()
+        assert body.get("results") == [{"text/plain": expected}], body
+        return (time.perf_counter() - started) * 1000
+
+    async def sandbox_end(self, auth: dict[str, str], sandbox: str) -> None:
+        async with self.session.delete(f"{self.base}/sandboxes/{sandbox}", headers=auth) as r:
+            assert r.status == 204, await r.text()
+
+    async def sandboxes(self, auth: dict[str, str], runs: int, gap: float) -> dict[str, list[float]]:
+        """Create, the first `1 + 1` in it, the same repeated in a sandbox in use, and the first run
+        after an idle pause (which then resumes it)."""
+        out: dict[str, list[float]] = {"sandbox create": [], "sandbox first run": [], "sandbox resume": []}
+        for _ in range(runs):
+            sandbox, took = await self.sandbox(auth)
+            out["sandbox create"].append(took)
+            out["sandbox first run"].append(await self.sandbox_run(auth, sandbox))
+            await self.sandbox_end(auth, sandbox)
+            await asyncio.sleep(gap)
+        sandbox, _ = await self.sandbox(auth)
+        await self.sandbox_run(auth, sandbox)
+        out["sandbox repeated run"] = await self.series(runs * 3, gap, lambda i: self.sandbox_run(auth, sandbox))
+        await self.sandbox_end(auth, sandbox)
+        sandbox, _ = await self.sandbox(auth, idle_timeout_s=1)
+        await self.sandbox_run(auth, sandbox, "kept = 41", "None")
+        for _ in range(max(3, runs // 2)):
+            while True:  # until the worker has paused it
+                async with self.session.get(f"{self.base}/sandboxes/{sandbox}", headers=auth) as r:
+                    if (await r.json())["state"] == "paused":
+                        break
+                await asyncio.sleep(0.2)
+            out["sandbox resume"].append(await self.sandbox_run(auth, sandbox, "kept + 1", "42"))
+        await self.sandbox_end(auth, sandbox)
+        return out
+
     async def series(self, runs: int, gap: float, one) -> list[float]:
         await asyncio.sleep(gap)
         times = []
@@ -288,6 +333,8 @@ async def measure(runtime: str, args: argparse.Namespace) -> dict[str, list[floa
             out["python wait"] = await client.series(args.runs, args.gap, lambda i: client.waited(auth, "python", HELLO["python"]))
             after = await engine_calls(session, server.base)
             out["engine calls"] = {k: (v - calls.get(k, 0)) / args.runs for k, v in after.items() if v != calls.get(k, 0)}
+            progress(f"stateful sandboxes under {runtime}")
+            out.update(await client.sandboxes(auth, args.sandbox_runs, args.gap))
             stages = [await client.stages(auth) for _ in range(args.runs)]
             out["stages"] = {name: statistics.median(run[name] for run in stages) for name in stages[0]}
             out["python judge0"] = await client.series(args.runs, args.gap, lambda i: client.judge0(auth))
@@ -335,6 +382,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=300)
     parser.add_argument("--case-runs", type=int, default=7, help="runs of each test-case task")
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between latency runs")
+    parser.add_argument("--sandbox-runs", type=int, default=10, help="stateful sandboxes created (their repeated runs: 3x)")
     args = parser.parse_args()
     results = {runtime: asyncio.run(measure(runtime, args)) for runtime in ("runc", "runsc")}
     progress("docker run --rm, and a bare process")
@@ -356,6 +404,10 @@ def main() -> None:
         print("   where python hello's time goes (medians, ms): " + ", ".join(
             f"{name} {ms:.1f}" for name, ms in r["stages"].items()) +
               f"; the platform's share {total - r['stages']['the program (its wall time)']:.1f} of {total:.1f}")
+        for name, target in (("create", "≤ 150 ms (runc)"), ("first run", ""), ("repeated run", "≤ 20 ms (runc)"),
+                             ("resume", "")):
+            label = f"sandbox {name}" + (" (1 + 1)" if "run" in name else " (then 1 + 1)" if name == "resume" else "")
+            print(row(f"{label} / python hello", r[f"sandbox {name}"], r["python wait"], target))
         print(row("python hello, Judge0 API / wait=30", r["python judge0"], r["python wait"], "≤ 1.1x"))
         print(row("python hello, polling / docker run", r["python poll"], docker_run[rt]))
         print(row("python over /ws, first output / wait", r["python live stdout"], r["python wait"]))

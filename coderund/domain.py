@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import fnmatch
 import json
 import re
 import uuid
@@ -27,6 +28,9 @@ MAX_WAIT_S = 30
 MAX_FILES = 32
 MAX_TESTS = 64
 MAX_STORED_FILE_BYTES = 1024 * 1024  # one file a client stores for later runs (Jobe's file cache)
+MAX_OUTPUTS = 16  # patterns of files a task asks back
+MAX_ARTIFACTS = 32  # files a result brings back
+MAX_ARTIFACT_BYTES = 8 * 1024 * 1024  # all of them together
 FILE_NAME_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 
 
@@ -116,6 +120,15 @@ class TaskRequest:
     callback_url: str | None = None
     compat: dict[str, Any] | None = None  # a foreign API's own details of the request (e.g. Judge0's)
     program: Program | None = None  # its own commands, in place of the plugin's
+    outputs: tuple[str, ...] = ()  # patterns of files in the work folder to bring back
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a run left that its task asked back."""
+
+    name: str
+    content: bytes
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,8 @@ class Result:
     memory_kb: int | None = None
     container: str | None = None  # the sandbox it ran in, for the operator
     tests: tuple[CaseResult, ...] | None = None  # with test cases: each one's, in order
+    artifacts: tuple[Artifact, ...] = ()  # the files asked back (outputs) that fit the caps
+    artifacts_truncated: bool = False  # more matched than the caps let through
 
     def spent(self) -> tuple[int, int]:
         """CPU and wall ms the task used: with test cases, all of them."""
@@ -188,6 +203,7 @@ class Task:
     live: bool = False  # submitted over /ws: output streamed, stdin fed as it comes
     compat: dict[str, Any] | None = None  # as TaskRequest.compat
     program: Program | None = None  # as TaskRequest.program
+    outputs: tuple[str, ...] = ()  # as TaskRequest.outputs
     cancel_requested: bool = False
     state: TaskState = TaskState.QUEUED
     attempts: int = 0
@@ -273,7 +289,43 @@ def parse_task_request(body: object) -> TaskRequest:
             raise ValidationFailed(f"'limits.{name}' is not a limit; use {', '.join(Limits.FIELDS)}.")
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValidationFailed(f"'limits.{name}' must be a positive integer.")
-    return TaskRequest(language, code, stdin, args, dict(limits), files, tests, checker, stop_on_failure, callback_url)
+    outputs = _outputs(body.get("outputs", []))
+    if outputs and tests:
+        raise ValidationFailed("'outputs' are for a single run: a task with test cases brings no files back.")
+    return TaskRequest(language, code, stdin, args, dict(limits), files, tests, checker, stop_on_failure, callback_url,
+                       outputs=outputs)
+
+
+def _outputs(outputs: Any) -> tuple[str, ...]:
+    """Patterns of files to bring back: paths in the work folder, each part a shell-style pattern."""
+    if not isinstance(outputs, list) or len(outputs) > MAX_OUTPUTS or not all(
+            isinstance(o, str) and 0 < len(o) <= 256 and not o.startswith("/") and ".." not in o.split("/")
+            and "" not in o.split("/") for o in outputs):
+        raise ValidationFailed(f"'outputs' must be a list of at most {MAX_OUTPUTS} relative paths or patterns "
+                               "('plot.png', 'out/*.csv'), with no '..'.")
+    return tuple(outputs)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    parts, wanted = name.split("/"), pattern.split("/")
+    return len(parts) == len(wanted) and all(map(fnmatch.fnmatchcase, parts, wanted))
+
+
+def select_artifacts(files: dict[str, bytes | None], patterns: tuple[str, ...]) -> tuple[tuple[Artifact, ...], bool]:
+    """The regular files whose paths match a pattern part by part (`*` stays within a folder), in
+    name order, up to MAX_ARTIFACTS files and MAX_ARTIFACT_BYTES in all; and whether any were left out."""
+    chosen: list[Artifact] = []
+    total, left_out = 0, False
+    for name in sorted(files):
+        content = files[name]
+        if content is None or not any(_matches(name, pattern) for pattern in patterns):
+            continue
+        if len(chosen) == MAX_ARTIFACTS or total + len(content) > MAX_ARTIFACT_BYTES:
+            left_out = True
+            continue
+        total += len(content)
+        chosen.append(Artifact(name, content))
+    return tuple(chosen), left_out
 
 
 def _check_callback_url(url: str) -> None:
@@ -531,7 +583,13 @@ def result_document(task: Task) -> dict[str, Any]:
         "started_at": iso(task.started_at),
         "finished_at": iso(task.finished_at),
         **(_cases(task, r) if task.tests else {}),
+        **(_artifacts(r) if task.outputs else {}),
     }
+
+
+def _artifacts(r: Result) -> dict[str, Any]:
+    return {"artifacts": [{"name": a.name, "size": len(a.content), "content_base64": base64.b64encode(a.content).decode()}
+                          for a in r.artifacts], "artifacts_truncated": r.artifacts_truncated}
 
 
 def _cases(task: Task, r: Result) -> dict[str, Any]:

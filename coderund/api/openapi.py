@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import __version__
 from ..sandbox_requests import CONTEXT_LANGUAGES, DEFAULT_RUN_S, LANGUAGES, MAX_RUN_S, STATES
-from ..domain import (HISTORY_STATES, MAX_ARG_CHARS, MAX_ARGS, MAX_BATCH, MAX_FILES, MAX_TESTS, MAX_WAIT_S, PASSWORD_LENGTH,
+from ..domain import (HISTORY_STATES, MAX_ARTIFACT_BYTES, MAX_ARTIFACTS, MAX_OUTPUTS, MAX_ARG_CHARS, MAX_ARGS, MAX_BATCH, MAX_FILES, MAX_TESTS, MAX_WAIT_S, PASSWORD_LENGTH,
                       Verdict)
 from .keys import SESSION_COOKIE
 
@@ -113,6 +113,9 @@ SCHEMAS: dict[str, Any] = {
             "callback_url": {"type": "string", "maxLength": 2048, "description":
                              "http(s) URL that gets the result (POST, signed: see /account/webhook-secret) when the task finishes;"
                              " refused if its host is or resolves to a loopback, private or other non-global address"},
+            "outputs": {"type": "array", "maxItems": MAX_OUTPUTS, "items": {"type": "string", "maxLength": 256},
+                        "description": "files the run writes to bring back in `artifacts`: paths in the work folder, each "
+                                       "part a shell pattern (`plot.png`, `out/*.csv`); a single run only, not with tests"},
         },
     },
     "Batch": {"type": "object", "required": ["tasks"],
@@ -161,6 +164,12 @@ SCHEMAS: dict[str, Any] = {
             "tests": {"type": "array", "items": _ref("CaseResult"),
                       "description": "with test cases: each one's run, in order (none after a compile error)"},
             "passed": {"type": "integer"}, "total": {"type": "integer"},
+            "artifacts": {"type": "array", "description": f"with `outputs`: the matching files the run wrote, in name "
+                          f"order, at most {MAX_ARTIFACTS} and {MAX_ARTIFACT_BYTES // 2**20} MiB in all",
+                          "items": {"type": "object", "required": ["name", "size", "content_base64"],
+                                    "properties": {"name": {"type": "string"}, "size": {"type": "integer"},
+                                                   "content_base64": {"type": "string"}}}},
+            "artifacts_truncated": {"type": "boolean", "description": "more files matched than the caps let through"},
         },
     },
     "Language": {

@@ -9,7 +9,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from ..checkers import parse_checker
-from ..domain import CaseResult, Limits, Program, Result, Task, TaskState, TestCase, Verdict
+from ..domain import Artifact, CaseResult, Limits, Program, Result, Task, TaskState, TestCase, Verdict
 from .db import Database
 from .notify import CANCEL, FINISHED
 from .outbox import ENQUEUE
@@ -20,7 +20,8 @@ RETENTION_BATCH = 500  # tasks deleted per sweep: a long backlog goes in steps, 
 COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
-    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, compat, program"
+    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, compat, program,"
+    " outputs, artifacts"
 )
 # What a result needs, without the submission's own texts: code, stdin and files come empty, and
 # the test cases only counted (a batch of large tasks once made the API hold every byte of them).
@@ -49,6 +50,13 @@ def _case_document(case: CaseResult) -> dict[str, Any]:
     return document
 
 
+def _artifacts_document(result: Result) -> Jsonb | None:
+    if not result.artifacts and not result.artifacts_truncated:
+        return None
+    return Jsonb({"files": [{"name": a.name, "content": base64.b64encode(a.content).decode()} for a in result.artifacts],
+                  "truncated": result.artifacts_truncated})
+
+
 def _case(document: dict[str, Any]) -> CaseResult:
     return CaseResult(**{**document, "verdict": Verdict(document["verdict"]),
                          **{name: base64.b64decode(document[name]) for name in OUTPUT_FIELDS}})
@@ -69,6 +77,8 @@ def _task(row: dict[str, Any]) -> Task:
             wall_ms=row["wall_ms"],
             memory_kb=row["memory_kb"],
             tests=None if row["case_results"] is None else tuple(_case(c) for c in row["case_results"]),
+            artifacts=tuple(Artifact(a["name"], base64.b64decode(a["content"])) for a in (row["artifacts"] or {}).get("files", [])),
+            artifacts_truncated=bool((row["artifacts"] or {}).get("truncated")),
         )
     return Task(
         id=row["id"],
@@ -87,6 +97,7 @@ def _task(row: dict[str, Any]) -> Task:
         live=row["live"],
         compat=row["compat"],
         program=None if row["program"] is None else Program.from_document(row["program"]),
+        outputs=tuple(row["outputs"]),
         state=TaskState(row["state"]),
         attempts=row["attempts"],
         created_at=row["created_at"],
@@ -117,15 +128,15 @@ class Tasks:
                 return False
             await conn.execute(
                 "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                " stop_on_failure, callback_url, live, compat, program)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " stop_on_failure, callback_url, live, compat, program, outputs)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                  task.limits.time_ms, task.limits.memory_mb,
                  Jsonb([{"name": name, "content": _b64(content)} for name, content in task.files]),
                  Jsonb([{"stdin": _b64(c.stdin), "args": list(c.args), "expected": _b64(c.expected)} for c in task.tests]),
                  Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live,
                  None if task.compat is None else Jsonb(task.compat),
-                 None if task.program is None else Jsonb(task.program.document())),
+                 None if task.program is None else Jsonb(task.program.document()), Jsonb(list(task.outputs))),
             )
             return True
 
@@ -266,12 +277,12 @@ class Tasks:
             cursor = await conn.execute(
                 "UPDATE tasks SET state = 'done', finished_at = now(), verdict = %s, exit_code = %s, signal = %s,"
                 " stdout = %s, stderr = %s, compile_output = %s, truncated = %s, cpu_ms = %s, wall_ms = %s,"
-                " memory_kb = %s, container = %s, case_results = %s WHERE id = %s AND state <> 'done'"
+                " memory_kb = %s, container = %s, case_results = %s, artifacts = %s WHERE id = %s AND state <> 'done'"
                 " RETURNING user_id, language, (finished_at AT TIME ZONE 'UTC')::date AS day",
                 (result.verdict.value, result.exit_code, result.signal, result.stdout, result.stderr,
                  result.compile_output, result.truncated, result.time_ms, result.wall_ms, result.memory_kb,
                  result.container, None if result.tests is None else Jsonb([_case_document(c) for c in result.tests]),
-                 task_id),
+                 _artifacts_document(result), task_id),
             )
             done = await cursor.fetchone()
             if done is None:

@@ -539,7 +539,6 @@ class Hub:
     def serve(self):
         buffer = bytearray()
         self.watch(0, lambda fd: self.on_requests(fd, buffer))
-        emit({"type": "ready"})
         while 0 in self.readers:
             ready, _, _ = select.select(list(self.readers), [], [], 0.05)
             for fd in ready:
@@ -588,7 +587,9 @@ class Hub:
 
     def handle(self, request):
         rid, op = request.get("id"), request.get("op")
-        if op == "run":
+        if op == "ping":  # the worker's first word: it is attached, so the answer cannot be lost
+            emit({"id": rid, "type": "end"})
+        elif op == "run":
             # A language's own context ("python", "bash") starts at its first run; others are made first.
             cid = request.get("context") or request.get("language") or "python"
             if cid not in self.contexts and cid in CONTEXTS:

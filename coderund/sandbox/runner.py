@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 
 from .. import metrics
-from ..domain import CaseResult, Limits, Program, Result, RunReport, Task, Verdict, case_result, judged, run_result
+from ..domain import (CaseResult, Limits, Program, Result, RunReport, Task, Verdict, case_result,
+                      judged, run_result, select_artifacts)
 from ..plugins import Plugin
 from . import supervisor
 from .box import Box, Died, Live
@@ -72,20 +73,29 @@ class Sandbox:
                 return build
             files, compile_output = build.files, build.compile_output
         if not task.tests:
-            report, container = await self._run(plugin, task.user_id, task.limits, labels, files, task.stdin, task.args, live,
-                                                pids=pids, rlimits=rlimits)
-            return run_result(report, task.limits.memory_mb, compile_output, container)
+            report, container, left = await self._run(plugin, task.user_id, task.limits, labels, files, task.stdin,
+                                                      task.args, live, pids=pids, rlimits=rlimits, collect=bool(task.outputs))
+            result = run_result(report, task.limits.memory_mb, compile_output, container)
+            if not task.outputs:
+                return result
+            # Only what the run itself left: the sources and the build's files are not brought back as its.
+            written = {name: content for name, content in (left.data if left else {}).items()
+                       if files.data.get(name, FOLDER) != content}
+            artifacts, truncated = select_artifacts(written, task.outputs)
+            return dataclasses.replace(result, artifacts=artifacts, artifacts_truncated=truncated)
         return await self._judge(plugin, task, labels, files, compile_output, case_parallel, pids, rlimits)
 
     async def _run(self, plugin: Plugin, who: int, limits: Limits, labels: dict[str, str], files: Files, stdin: str,
                    args: list[str] | tuple[str, ...], live: Live | None = None, lane: Lane | None = None,
-                   pids: int | None = None, rlimits: RunLimits = NO_LIMITS) -> tuple[RunReport, str]:
-        report, _, container = await self._step(run_shape(plugin, limits, pids), who, labels, files, stdin.encode(),
-                                                plugin.run_command(limits, args), limits, live=live, lane=lane,
-                                                rlimits=rlimits)
+                   pids: int | None = None, rlimits: RunLimits = NO_LIMITS,
+                   collect: bool = False) -> tuple[RunReport, str, Files | None]:
+        """The run, and with collect the work folder it left (its names still to be made safe)."""
+        report, left, container = await self._step(run_shape(plugin, limits, pids), who, labels, files, stdin.encode(),
+                                                   plugin.run_command(limits, args), limits, collect=collect, live=live,
+                                                   lane=lane, rlimits=rlimits)
         report = plugin.out_of_memory(report)
         metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
-        return report, container
+        return report, container, work_files(left, self.engine.isolation.tmpfs_mb * MB) if left else None
 
     async def _judge(self, plugin: Plugin, task: Task, labels: dict[str, str], files: Files, compile_output: bytes,
                      parallel: int, pids: int | None, rlimits: RunLimits) -> Result:
@@ -105,8 +115,8 @@ class Sandbox:
             try:
                 while todo and not failed:
                     i, case = todo.popleft()
-                    report, container = await self._run(plugin, task.user_id, task.limits, labels, files, case.stdin,
-                                                        case.args, lane=own, pids=pids, rlimits=rlimits)
+                    report, container, _ = await self._run(plugin, task.user_id, task.limits, labels, files, case.stdin,
+                                                           case.args, lane=own, pids=pids, rlimits=rlimits)
                     containers.append(container)
                     results[i] = case_result(report, task.limits.memory_mb, case.expected, task.checker)
                     failed = failed or (task.stop_on_failure and results[i].verdict is not Verdict.OK)

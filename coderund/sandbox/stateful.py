@@ -17,7 +17,7 @@ from .engine import Engine, SandboxError, Shape
 from .options import HUB, WORKDIR
 
 LINE_MAX = 96 * 1024 * 1024  # of one event: a file chunk or a figure, base64, is far smaller
-READY_S = 30  # for the hub's first word after the container starts
+READY_S = 30  # for the hub's answer to the first request
 # gVisor's sentry runs the sandbox's threads on host threads of its own, which the pids limit counts;
 # its own kernel counts the sandbox's processes, which nproc then limits. A fork bomb held at 64
 # processes still took 1024 host threads in 1 run of 3 (the sentry then ends the sandbox, exit 2).
@@ -43,7 +43,6 @@ class Hub:
         self.box = box
         self._ids = itertools.count(1)
         self._waiting: dict[str, asyncio.Queue[dict[str, Any] | None]] = {}
-        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reading = asyncio.ensure_future(self._read())
         self.diagnostics = b""
 
@@ -56,10 +55,11 @@ class Hub:
                                 cpus=spec.cpus, disk_mb=spec.disk_mb)
         hub = cls(box)
         try:
-            await asyncio.wait_for(asyncio.shield(hub._ready), READY_S)
+            await asyncio.wait_for(hub.ask({"op": "ping"}), READY_S)
         except (TimeoutError, HubGone) as e:
             engine.discard(box)
-            raise SandboxError(f"the sandbox's hub did not start: {e or 'no answer'} {hub.diagnostics[-300:]!r}") from None
+            raise SandboxError(f"the sandbox's hub did not answer: {e or f'not within {READY_S} s'}"
+                               f" {hub.diagnostics[-300:]!r}") from None
         return hub
 
     @property
@@ -113,16 +113,10 @@ class Hub:
             pass
         finally:
             self.diagnostics = bytes(err)
-            if not self._ready.done():
-                self._ready.set_exception(HubGone("the container ended"))
-                self._ready.exception()  # read, so that no one is told it was never retrieved
             for queue in self._waiting.values():
                 queue.put_nowait(None)
             self.box.close()
 
     def _route(self, event: dict[str, Any]) -> None:
-        if event.get("type") == "ready":
-            if not self._ready.done():
-                self._ready.set_result(None)
-        elif (queue := self._waiting.get(str(event.get("id")))) is not None:
+        if (queue := self._waiting.get(str(event.get("id")))) is not None:
             queue.put_nowait(event)

@@ -70,7 +70,7 @@ class TaskService:
         task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits,
                     request.files, request.tests, request.checker, request.stop_on_failure,
                     callback_url=request.callback_url, live=live, compat=request.compat,
-                    program=request.program)
+                    program=request.program, outputs=request.outputs)
         try:
             if not await self.tasks.add(task, max_pending or 1 << 31):
                 raise RateLimited(f"You have {max_pending} unfinished tasks; wait for some to finish.", BUSY_RETRY_S)
