@@ -204,7 +204,7 @@ class Client:
         out["sandbox repeated run"] = await self.series(runs * 3, gap, lambda i: self.sandbox_run(auth, sandbox))
         await self.sandbox_end(auth, sandbox)
         sandbox, _ = await self.sandbox(auth, idle_timeout_s=1)
-        await self.sandbox_run(auth, sandbox, "kept = 41", "None")
+        await self.sandbox_run(auth, sandbox, "kept = 41\nkept", "41")
         for _ in range(max(3, runs // 2)):
             while True:  # until the worker has paused it
                 async with self.session.get(f"{self.base}/sandboxes/{sandbox}", headers=auth) as r:

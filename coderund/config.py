@@ -75,6 +75,7 @@ class Settings:
                                          "memory-backed and counts in its memory")
     sandbox_max_disk_mb: int = _setting(2048, "most disk a stateful sandbox may ask for, in MiB")
     sandbox_max_cpus: float = _setting(2.0, "most CPUs a stateful sandbox may ask for (default 1)")
+    warm_sandboxes: int = _setting(1, "stateful sandboxes of the default size a worker keeps started ahead of creates (0: none)")
     worker_max_sandboxes: int = _setting(16, "stateful sandboxes a worker hosts at once; more wait for another worker")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 

@@ -44,7 +44,8 @@ from .sandbox.pool import WarmPool
 from .sandbox.runner import Sandbox
 from .repository.sandbox_channel import SandboxChannel
 from .repository.sandboxes import SandboxStore
-from .sandbox_requests import SandboxLimits
+from .sandbox.stateful import Hub, Spec
+from .sandbox_requests import LANGUAGES, SandboxLimits
 from .usecases import ApiKeys, Accounts, Executor, FileStore, LiveRuns, Sandboxes, SandboxHost, TaskService, Webhooks
 from .worker import Worker
 
@@ -73,6 +74,17 @@ def make_sandbox(settings: Settings, worker_id: str, deployment: str) -> Sandbox
                     idle_s=settings.warm_idle_s, fill_parallel=FILL_PARALLEL)
     cache = CompileCache(Path(settings.cache_dir) / "builds", settings.compile_cache_mb * 1024 * 1024)
     return Sandbox(engine, pool, cache, FairGate(settings.concurrency), output_limit=settings.output_limit)
+
+
+def warm_sandboxes(settings: Settings, engine: Engine, plugins: plugin_loader.Plugins) -> WarmPool:
+    """Stateful sandboxes of the default spec, started ahead: a create then costs no container start."""
+    pool = WarmPool(lambda spec: Hub.start(engine, spec, {f"{LABEL}.warm": "1"}), lambda hub: engine.discard(hub.box),
+                    max_total=settings.warm_sandboxes, per_shape=settings.warm_sandboxes, max_age_s=settings.warm_max_age_s,
+                    idle_s=settings.warm_idle_s, fill_parallel=1)
+    limits = sandbox_limits(settings)
+    for language in LANGUAGES:
+        pool.serve(Spec(plugins.get(language).image, limits.memory_mb, limits.cpus, limits.disk_mb))
+    return pool
 
 
 @contextlib.asynccontextmanager
@@ -136,7 +148,8 @@ async def start_worker(
     executor = Executor(Tasks(db), sandbox, plugins, cancels, live, worker_id=worker_id,
                         max_attempts=settings.max_attempts, case_parallel=settings.concurrency)
     host = SandboxHost(SandboxStore(db), SandboxChannel(redis), sandbox.engine, plugins, worker_id=worker_id,
-                       queue=settings.queue, max_sandboxes=settings.worker_max_sandboxes)
+                       queue=settings.queue, max_sandboxes=settings.worker_max_sandboxes,
+                       pool=warm_sandboxes(settings, sandbox.engine, plugins))
     worker = Worker(queue=queue, executor=executor, workers=workers, sandbox=sandbox, concurrency=settings.concurrency,
                     retention_days=settings.retention_days, host=host)
     running = asyncio.create_task(worker.run())

@@ -35,7 +35,7 @@ from .options import CREATE_KEYS, LABEL, TOOLS_DIR, Isolation, container_options
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-HUB_SOURCE = Path(__file__).with_name("hub.py")
+STATEFUL_TOOLS = ("hub.py", "kernel.py")  # a stateful sandbox's, beside the supervisor
 ATTACH = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
 _VERSION = re.compile(r"v[\d.]+")
 _COLLECTIONS = {"containers", "volumes", "images", "exec"}
@@ -80,7 +80,8 @@ class Engine:
         self.isolation = isolation
         self.supervisor = supervisor_binary.read_bytes()
         self.worker_id = worker_id
-        self.tools = {"supervise": (self.supervisor, 0o755), "hub.py": (HUB_SOURCE.read_bytes(), 0o644)}
+        self.tools = {"supervise": (self.supervisor, 0o755),
+                      **{name: (Path(__file__).with_name(name).read_bytes(), 0o644) for name in STATEFUL_TOOLS}}
         tools_digest = hashlib.sha256(b"".join(data for data, _ in self.tools.values())).hexdigest()[:16]
         self.tools_volume = f"coderund-tools-{tools_digest}"
         self._tools_ready = False

@@ -13,19 +13,14 @@ there is its own run's result, which is the user's own code's to shape anyway.
 
 Usage: hub.py WORK_FOLDER [NPROC]  (NPROC: nobody's process limit, where the runtime's kernel counts
 only this sandbox's processes, as gVisor's does; 0 leaves it to the container's pids limit)
-       hub.py kernel REQUEST_FD EVENT_FD  (a Python context, started by the hub)
+A Python context is kernel.py, beside this file.
 """
-import ast
 import base64
-import builtins
 import contextlib
 import errno
-import io
 import json
-import linecache
 import os
 import resource
-import secrets
 import select
 import shutil
 import signal
@@ -33,20 +28,14 @@ import stat
 import subprocess
 import sys
 import time
-import traceback
-import warnings
 
 UID = 65534  # nobody
+KERNEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel.py")  # a Python context's process
 CHUNK = 1 << 20  # bytes of a file per event
 OUTPUT_CAP = 1 << 20  # of a run's stdout and of its stderr, each; past it the rest is read and dropped
 EVENT_LINE_MAX = 64 << 20  # from a context: a longer line kills it (a figure's PNG is far smaller)
 GRACE_S = 2  # between the interrupt at a run's timeout and the kill of its interpreter
-SCRIPTS = "/tmp/.coderund-hub"
-MATPLOTLIB_BUILT = "/usr/share/coderund/matplotlib"  # the python image's font list (image_commands)
-MATPLOTLIB_DIR = "/tmp/.matplotlib"  # bash runs' code, root's: nobody reads, never changes them
-MIME_METHODS = (("_repr_html_", "text/html"), ("_repr_markdown_", "text/markdown"), ("_repr_svg_", "image/svg+xml"),
-                ("_repr_png_", "image/png"), ("_repr_jpeg_", "image/jpeg"), ("_repr_latex_", "text/latex"),
-                ("_repr_json_", "application/json"))
+SCRIPTS = "/tmp/.coderund-hub"  # bash runs' code, root's: nobody reads them, never changes them
 
 
 class Refused(Exception):
@@ -385,7 +374,7 @@ class PythonContext(Context):
         self.events, events_w = os.pipe()
         env = {**self.hub.env, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
         try:
-            self.process, out_fd, err_fd = spawn([sys.executable, __file__, "kernel", str(requests_r), str(events_w)], env,
+            self.process, out_fd, err_fd = spawn([sys.executable, KERNEL, str(requests_r), str(events_w)], env,
                                                  self.hub.work, pass_fds=(requests_r, events_w))
         finally:
             os.close(requests_r)
@@ -435,7 +424,7 @@ class BashContext(Context):
         self.status_fd = status_w
         os.close(status_w)
         self.output = Output(self.hub, out_fd, err_fd)
-        self.marker = secrets.token_hex(8)
+        self.marker = os.urandom(8).hex()
         self.buffer = bytearray()
         nonblocking(self.status)
         for fd in (out_fd, err_fd):
@@ -444,7 +433,7 @@ class BashContext(Context):
         self.script = None
 
     def send(self, code):
-        self.script = f"{SCRIPTS}/{secrets.token_hex(8)}.sh"
+        self.script = f"{SCRIPTS}/{os.urandom(8).hex()}.sh"
         with open(self.script, "w") as f:
             f.write(code)
         os.chmod(self.script, 0o644)
@@ -628,7 +617,7 @@ class Hub:
             language = request.get("language") or "python"
             if language not in CONTEXTS:
                 raise Refused("bad_language", f"contexts are {', '.join(CONTEXTS)}, not {language!r}")
-            cid = secrets.token_hex(6)
+            cid = os.urandom(6).hex()
             self.contexts[cid] = CONTEXTS[language](self, cid, language)
             emit({"id": rid, "type": "end", "context": {"id": cid, "language": language}})
         elif op == "context_list":
@@ -659,120 +648,5 @@ def serve(work, nproc):
     Hub(work).serve()
 
 
-# ---- the Python context's own process (as nobody) ----
-
-def kernel(requests_fd, events_fd):
-    events = os.fdopen(events_fd, "w", buffering=1, encoding="utf-8")
-    # Line by line, as a terminal shows them (a run's end flushes the rest).
-    sys.stdout, sys.stderr = (io.TextIOWrapper(io.BufferedWriter(io.FileIO(fd, "w", closefd=False)), encoding="utf-8",
-                                               errors="backslashreplace", line_buffering=True) for fd in (1, 2))
-    prepare_matplotlib()
-    sys.path.insert(0, os.getcwd())
-    sys.argv = [""]
-    warnings.filterwarnings("ignore", message=".*(non-GUI backend|non-interactive).*")
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
-
-    def send(event):
-        events.write(json.dumps(event, separators=(",", ":")) + "\n")
-
-    def display(*values):
-        for value in values:
-            send({"type": "result", "data": bundle(value)})
-
-    namespace["display"] = display
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for line in os.fdopen(requests_fd, encoding="utf-8"):
-        request = json.loads(line)
-        error = None
-        try:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            try:
-                value = execute(request["code"], f"<cell {request['count']}>", namespace)
-            finally:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-            if value is not None:
-                namespace["_"] = value
-                send({"type": "result", "data": bundle(value)})
-            for figure in figures():
-                send({"type": "result", "data": figure})
-        except BaseException as e:  # noqa: BLE001 - the user's error, told as the run's error
-            if isinstance(e, SystemExit) and e.code in (None, 0):
-                pass
-            else:
-                error = error_of(e)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        send({"type": "done", "error": error})
-
-
-def prepare_matplotlib():
-    """A writable copy of the font list the image built (else the first import builds it: 5 s)."""
-    if "MPLCONFIGDIR" in os.environ or not os.path.isdir(MATPLOTLIB_BUILT):
-        return
-    os.environ["MPLCONFIGDIR"] = MATPLOTLIB_DIR
-    with contextlib.suppress(OSError):
-        shutil.copytree(MATPLOTLIB_BUILT, MATPLOTLIB_DIR, dirs_exist_ok=True)
-
-
-def execute(code, filename, namespace):
-    """Runs the code; the value of its last statement when that is an expression."""
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    tree = ast.parse(code, filename)
-    last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
-    exec(compile(tree, filename, "exec"), namespace)
-    return eval(compile(last, filename, "eval"), namespace) if last is not None else None
-
-
-def bundle(value):
-    """A value as Jupyter's display data: text/plain, and whatever rich forms it offers."""
-    data = {"text/plain": repr(value)}
-    if isinstance(value, type):
-        return data
-    for method, mime in MIME_METHODS:
-        try:
-            shown = getattr(value, method, None)
-            shown = shown() if callable(shown) else None
-        except Exception:  # noqa: BLE001 - a broken rich form leaves the plain one
-            continue
-        if isinstance(shown, tuple):
-            shown = shown[0]
-        if isinstance(shown, bytes):
-            shown = base64.b64encode(shown).decode()
-        if shown is not None:
-            try:
-                json.dumps(shown)
-            except (TypeError, ValueError):
-                continue
-            data[mime] = shown
-    return data
-
-
-def figures():
-    """Every matplotlib figure shown or left open, as PNG; then they are closed."""
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is None:
-        return []
-    found = []
-    for number in pyplot.get_fignums():
-        figure = pyplot.figure(number)
-        png = io.BytesIO()
-        figure.savefig(png, format="png", bbox_inches="tight")
-        found.append({"image/png": base64.b64encode(png.getvalue()).decode(), "text/plain": repr(figure)})
-    pyplot.close("all")
-    return found
-
-
-def error_of(e):
-    tb = e.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next  # the user's frames only
-    return {"name": type(e).__name__, "value": str(e), "traceback": "".join(traceback.format_exception(type(e), e, tb))}
-
-
 if __name__ == "__main__":
-    if sys.argv[1] == "kernel":
-        kernel(int(sys.argv[2]), int(sys.argv[3]))
-    else:
-        serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)

@@ -16,11 +16,25 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+
+from typing import Protocol
 
 from .. import metrics
-from .box import Box
-from .engine import SandboxError, Shape
+from .engine import SandboxError
+
+
+class Warm(Protocol):
+    """What the pool keeps: a task's Box, or a stateful sandbox's Hub."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def created(self) -> float: ...
+
+
+Shape = Hashable  # what makes two of them interchangeable: engine.Shape, or stateful.Spec
 
 log = logging.getLogger(__name__)
 DEMAND_WINDOW_S = 10
@@ -30,7 +44,7 @@ ADOPTED_MAX = 16  # shapes kept warm because tasks asked for them, beside the se
 
 
 class WarmPool:
-    def __init__(self, make: Callable[[Shape], Awaitable[Box]], discard: Callable[[Box], None], *, max_total: int,
+    def __init__(self, make: Callable[[Shape], Awaitable[Warm]], discard: Callable[[Warm], None], *, max_total: int,
                  per_shape: int, max_age_s: float, idle_s: float, fill_parallel: int) -> None:
         self.make = make
         self.discard = discard
@@ -39,7 +53,7 @@ class WarmPool:
         self.max_age_s = max_age_s
         self.idle_s = idle_s
         self.fill_parallel = fill_parallel
-        self.ready: dict[Shape, deque[Box]] = {}
+        self.ready: dict[Shape, deque[Warm]] = {}
         self.filling: Counter[Shape] = Counter()
         self._takes: dict[Shape, deque[float]] = {}
         self._last_used: dict[Shape, float] = {}
@@ -56,7 +70,7 @@ class WarmPool:
             self._last_used[shape] = time.monotonic()
             self._wake.set()
 
-    def take(self, shape: Shape) -> Box | None:
+    def take(self, shape: Shape) -> Warm | None:
         """A ready container of this shape, or None (the caller makes one: the cold path)."""
         ready = self.ready.get(shape)
         if ready is None:

@@ -50,7 +50,7 @@ class Hub:
     async def start(cls, engine: Engine, spec: Spec, labels: dict[str, str]) -> Hub:
         runsc = engine.isolation.runtime == "runsc"
         shape = Shape(spec.image, spec.memory_mb, spec.env, GVISOR_PIDS if runsc else PIDS)
-        box = await engine.make(shape, labels, command=["/usr/bin/python3", "-I", HUB, WORKDIR,
+        box = await engine.make(shape, labels, command=["/usr/bin/python3", "-I", "-S", HUB, WORKDIR,
                                                         str(GVISOR_NPROC if runsc else 0)],
                                 cpus=spec.cpus, disk_mb=spec.disk_mb)
         hub = cls(box)
@@ -65,6 +65,10 @@ class Hub:
     @property
     def alive(self) -> bool:
         return not self._reading.done()
+
+    @property
+    def created(self) -> float:
+        return self.box.created
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._reading)

@@ -23,6 +23,7 @@ from ..repository.sandbox_channel import START, Message, SandboxChannel
 from ..repository.sandboxes import SandboxRow, SandboxStore
 from ..sandbox.engine import Engine, SandboxError
 from ..sandbox.options import LABEL
+from ..sandbox.pool import WarmPool
 from ..sandbox.stateful import Hub, HubGone, Spec
 from ..sandbox_requests import SandboxLimits, SandboxRequest
 
@@ -186,7 +187,8 @@ class SandboxHost:
     """The worker side: the sandboxes this worker hosts."""
 
     def __init__(self, store: SandboxStore, channel: SandboxChannel, engine: Engine, plugins: Plugins, *,
-                 worker_id: str, queue: str, max_sandboxes: int) -> None:
+                 worker_id: str, queue: str, max_sandboxes: int, pool: WarmPool) -> None:
+        self.pool = pool  # sandboxes started ahead of their creates, of the default spec (and those in demand)
         self.store = store
         self.channel = channel
         self.engine = engine
@@ -198,9 +200,10 @@ class SandboxHost:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        await asyncio.gather(self._placing(), self._serving(), self._sweeping())
+        await asyncio.gather(self._placing(), self._serving(), self._sweeping(), self.pool.run())
 
     async def close(self, reason: str = "worker_stopped") -> None:
+        await self.pool.close()
         for task in list(self._tasks):
             task.cancel()
         for hosted in list(self.hosted.values()):
@@ -241,7 +244,7 @@ class SandboxHost:
         try:
             plugin = self.plugins.get(row.language)
             spec = Spec(plugin.image, row.memory_mb, row.cpus, row.disk_mb, tuple(sorted(row.env.items())))
-            hub = await Hub.start(self.engine, spec, {f"{LABEL}.sandbox": str(row.id)})
+            hub = self.pool.take(spec) or await Hub.start(self.engine, spec, {f"{LABEL}.sandbox": str(row.id)})
         except (SandboxError, KeyError) as e:
             log.warning("sandbox %s: could not start: %s", row.id, e)
             await self.store.end(row.id, "start_failed")

@@ -1,0 +1,143 @@
+"""coderund-kernel: a stateful sandbox's Python context, started by its hub (hub.py) as nobody.
+
+Not imported by coderund: it runs inside the container, on the image's own python3. It reads runs
+as JSON lines {"code", "count"} on REQUEST_FD, and says what each gave on EVENT_FD: {"type": "result",
+"data": a MIME bundle} for the last expression's value, display() and each matplotlib figure, then
+{"type": "done", "error": null | {"name", "value", "traceback"}}. What the code prints goes to its
+stdout and stderr, pipes the hub reads.
+
+Usage: kernel.py REQUEST_FD EVENT_FD
+"""
+import ast
+import base64
+import builtins
+import contextlib
+import io
+import json
+import linecache
+import os
+import shutil
+import signal
+import sys
+import traceback
+import warnings
+
+MIME_METHODS = (("_repr_html_", "text/html"), ("_repr_markdown_", "text/markdown"), ("_repr_svg_", "image/svg+xml"),
+                ("_repr_png_", "image/png"), ("_repr_jpeg_", "image/jpeg"), ("_repr_latex_", "text/latex"),
+                ("_repr_json_", "application/json"))
+MATPLOTLIB_BUILT = "/usr/share/coderund/matplotlib"  # the python image's font list (image_commands)
+MATPLOTLIB_DIR = "/tmp/.matplotlib"
+
+
+def kernel(requests_fd, events_fd):
+    events = os.fdopen(events_fd, "w", buffering=1, encoding="utf-8")
+    # Line by line, as a terminal shows them (a run's end flushes the rest).
+    sys.stdout, sys.stderr = (io.TextIOWrapper(io.BufferedWriter(io.FileIO(fd, "w", closefd=False)), encoding="utf-8",
+                                               errors="backslashreplace", line_buffering=True) for fd in (1, 2))
+    prepare_matplotlib()
+    sys.path.insert(0, os.getcwd())
+    sys.argv = [""]
+    warnings.filterwarnings("ignore", message=".*(non-GUI backend|non-interactive).*")
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+
+    def send(event):
+        events.write(json.dumps(event, separators=(",", ":")) + "\n")
+
+    def display(*values):
+        for value in values:
+            send({"type": "result", "data": bundle(value)})
+
+    namespace["display"] = display
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for line in os.fdopen(requests_fd, encoding="utf-8"):
+        request = json.loads(line)
+        error = None
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                value = execute(request["code"], f"<cell {request['count']}>", namespace)
+            finally:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if value is not None:
+                namespace["_"] = value
+                send({"type": "result", "data": bundle(value)})
+            for figure in figures():
+                send({"type": "result", "data": figure})
+        except BaseException as e:  # noqa: BLE001 - the user's error, told as the run's error
+            if isinstance(e, SystemExit) and e.code in (None, 0):
+                pass
+            else:
+                error = error_of(e)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        send({"type": "done", "error": error})
+
+
+def prepare_matplotlib():
+    """A writable copy of the font list the image built (else the first import builds it: 5 s)."""
+    if "MPLCONFIGDIR" in os.environ or not os.path.isdir(MATPLOTLIB_BUILT):
+        return
+    os.environ["MPLCONFIGDIR"] = MATPLOTLIB_DIR
+    with contextlib.suppress(OSError):
+        shutil.copytree(MATPLOTLIB_BUILT, MATPLOTLIB_DIR, dirs_exist_ok=True)
+
+
+def execute(code, filename, namespace):
+    """Runs the code; the value of its last statement when that is an expression."""
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    tree = ast.parse(code, filename)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, filename, "exec"), namespace)
+    return eval(compile(last, filename, "eval"), namespace) if last is not None else None
+
+
+def bundle(value):
+    """A value as Jupyter's display data: text/plain, and whatever rich forms it offers."""
+    data = {"text/plain": repr(value)}
+    if isinstance(value, type):
+        return data
+    for method, mime in MIME_METHODS:
+        try:
+            shown = getattr(value, method, None)
+            shown = shown() if callable(shown) else None
+        except Exception:  # noqa: BLE001 - a broken rich form leaves the plain one
+            continue
+        if isinstance(shown, tuple):
+            shown = shown[0]
+        if isinstance(shown, bytes):
+            shown = base64.b64encode(shown).decode()
+        if shown is not None:
+            try:
+                json.dumps(shown)
+            except (TypeError, ValueError):
+                continue
+            data[mime] = shown
+    return data
+
+
+def figures():
+    """Every matplotlib figure shown or left open, as PNG; then they are closed."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return []
+    found = []
+    for number in pyplot.get_fignums():
+        figure = pyplot.figure(number)
+        png = io.BytesIO()
+        figure.savefig(png, format="png", bbox_inches="tight")
+        found.append({"image/png": base64.b64encode(png.getvalue()).decode(), "text/plain": repr(figure)})
+    pyplot.close("all")
+    return found
+
+
+def error_of(e):
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next  # the user's frames only
+    return {"name": type(e).__name__, "value": str(e), "traceback": "".join(traceback.format_exception(type(e), e, tb))}
+
+
+if __name__ == "__main__":
+    kernel(int(sys.argv[1]), int(sys.argv[2]))
