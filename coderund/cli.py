@@ -105,13 +105,13 @@ def languages_table(plugins: list[plugin_loader.Plugin]) -> str:
     def limits(given: Limits) -> str:
         return f"{given.time_ms / 1000:g} s, {given.memory_mb} MB"
 
-    lines = ["| language | version | aliases | entry file | compiled (compile limits) | default limits | maximum |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| language | version | aliases | entry file | compiled (compile limits) | default limits | maximum | image on |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in plugins:
         compiled = f"yes ({limits(p.compile_limits)})" if p.compile else "no"
         aliases = ", ".join(f"`{a}`" for a in p.aliases)
         lines.append(f"| `{p.name}` | {p.version} | {aliases} | `{p.source_file}` | {compiled} | {limits(p.limits)} |"
-                     f" {limits(p.max_limits)} |")
+                     f" {limits(p.max_limits)} | {f'`{p.image_from}`' if p.image_from else 'base'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -125,7 +125,7 @@ def build_images(settings: Settings, languages: list[str], force: bool) -> int:
 
     loaded = plugin_loader.load(settings.plugins_dir)
     try:
-        chosen = [loaded.get(name) for name in languages] if languages else loaded.all
+        chosen = [loaded.get(name) for name in languages] if languages else None
     except UnsupportedLanguage as e:
         raise ConfigError(e.message) from None
     try:
@@ -133,13 +133,20 @@ def build_images(settings: Settings, languages: list[str], force: bool) -> int:
         started = time.monotonic()
         base_id, built = images.build_base(client, mirror=settings.debian_mirror, source=settings.image_source)
         print(f"base: {'built' if built else 'exists'} {images.BASE} ({_size(client, images.BASE)})", flush=True)
-        for plugin in chosen:
-            step = time.monotonic()
-            built = images.build(client, plugin, base_id=base_id, force=force,
-                                 starting=lambda name=plugin.name: print(f"{name}: building ...", flush=True))
-            took = f" in {time.monotonic() - step:.0f} s" if built else ""
-            print(f"{plugin.name}: {'built' if built else 'current'} {plugin.image} ({_size(client, plugin.image)}){took}",
-                  flush=True)
+        steps: dict[str, float] = {}
+
+        def say(line: str) -> None:  # one write per line: builds report from two threads
+            print(line + "\n", end="", flush=True)
+
+        def starting(plugin: plugin_loader.Plugin) -> None:
+            steps[plugin.name] = time.monotonic()
+            say(f"{plugin.name}: building ...")
+
+        def done(plugin: plugin_loader.Plugin, built: bool) -> None:
+            took = f" in {time.monotonic() - steps[plugin.name]:.0f} s" if built else ""
+            say(f"{plugin.name}: {'built' if built else 'current'} {plugin.image} ({_size(client, plugin.image)}){took}")
+
+        images.build_all(client, loaded.image_order(chosen), base_id=base_id, force=force, starting=starting, done=done)
         print(f"images ready in {time.monotonic() - started:.0f} s")
     except docker.errors.DockerException as e:
         raise ConfigError(f"Docker: {e}") from None

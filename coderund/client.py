@@ -167,11 +167,13 @@ async def run(args: dict[str, Any]) -> int:
 
 async def _guess_language(session: aiohttp.ClientSession, server: str, source: Path) -> str:
     status, body = await call(session, "GET", f"{server}/languages")
-    matches = [lang["name"] for lang in body.get("languages", [])
+    matches = [lang for lang in body.get("languages", [])
                if source.suffix and Path(lang["entry_file"]).suffix == source.suffix]
+    if len(matches) > 1:  # main.py is python's and pypy3's: the one named by the suffix (py) wins
+        matches = [lang for lang in matches if source.suffix[1:].lower() in (lang["name"], *lang["aliases"])]
     if len(matches) != 1:
         raise ClientError(f"cannot tell the language of {source.name}: pass --language")
-    return matches[0]
+    return matches[0]["name"]
 
 
 async def _live_run(ws: aiohttp.ClientWebSocketResponse, task: dict[str, Any], *, live_stdin: bool,

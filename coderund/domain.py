@@ -145,6 +145,7 @@ class RunReport:
     oom: bool | None  # ran out of memory (the kernel's kill or the runtime's error); None where it cannot be told
     stdout: bytes
     stderr: bytes
+    error_reported: bool = False  # it exited 0, but its runtime said it failed (GNU Prolog's failed directive)
 
 
 @dataclass(frozen=True)
@@ -500,7 +501,7 @@ def classify(report: RunReport, memory_mb: int) -> Verdict:
         return Verdict.TIME_LIMIT
     if report.output_over:
         return Verdict.OUTPUT_LIMIT
-    if not (report.signal or report.exit_code):
+    if not (report.signal or report.exit_code or report.error_reported):
         return Verdict.OK
     # Without the kernel's OOM count, a SIGKILL near the limit is the OOM killer's.
     near_limit = report.signal == 9 and report.memory_kb >= memory_mb * 1024 * 0.9

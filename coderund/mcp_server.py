@@ -98,21 +98,24 @@ def make_server(coderund: Coderund) -> MCPServer:
     async def run_code(language: str, code: str, stdin: str = "", args: list[str] | None = None) -> dict[str, Any]:
         return await coderund.run({"language": language, "code": code, "stdin": stdin, "args": args or []})
 
-    @server.tool(description="Creates a stateful sandbox (Python, with numpy, pandas and matplotlib; bash beside it; "
-                             "no network) that keeps variables, imports and files between sandbox_run calls until "
-                             "sandbox_close or its timeout. Returns its id.")
-    async def sandbox_create(timeout_s: int = 3600, memory_mb: int | None = None, idle_timeout_s: int | None = None,
-                             metadata: dict[str, str] | None = None) -> dict[str, Any]:
-        body = {"timeout_s": timeout_s, "memory_mb": memory_mb, "idle_timeout_s": idle_timeout_s, "metadata": metadata}
+    @server.tool(description="Creates a stateful sandbox (language python, the default: with numpy, pandas and "
+                             "matplotlib; or javascript: Node 18; bash beside either; no network) that keeps variables, "
+                             "imports and files between sandbox_run calls until sandbox_close or its timeout. Returns its id.")
+    async def sandbox_create(language: str = "python", timeout_s: int = 3600, memory_mb: int | None = None,
+                             idle_timeout_s: int | None = None, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        body = {"language": language, "timeout_s": timeout_s, "memory_mb": memory_mb, "idle_timeout_s": idle_timeout_s,
+                "metadata": metadata}
         return await coderund.ask("POST", "/sandboxes", json={k: v for k, v in body.items() if v is not None})
 
-    @server.tool(description="Runs code in a sandbox's persistent interpreter: language python (the default: "
-                             "variables and imports persist, the last expression's value is returned, matplotlib "
-                             "figures come back as images) or bash (cwd and environment persist).",
+    @server.tool(description="Runs code in a sandbox's persistent interpreter: language python (variables and "
+                             "imports persist, the last expression's value is returned, matplotlib figures come back "
+                             "as images), javascript (globals and let/const persist, the completion value is returned, "
+                             "top-level await works) or bash (cwd and environment persist); by default the sandbox's own.",
                  structured_output=False)
-    async def sandbox_run(sandbox_id: str, code: str, language: str = "python", timeout_s: float = 60) -> list[Any]:
+    async def sandbox_run(sandbox_id: str, code: str, language: str | None = None, timeout_s: float = 60) -> list[Any]:
+        body = {"code": code, "language": language, "timeout_s": timeout_s}
         outcome = await coderund.ask("POST", f"/sandboxes/{quote(sandbox_id)}/run",
-                                     json={"code": code, "language": language, "timeout_s": timeout_s})
+                                     json={k: v for k, v in body.items() if v is not None})
         return run_content(outcome)
 
     @server.tool(description="Writes a file in the sandbox's work folder (relative path). content is text, or "

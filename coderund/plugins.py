@@ -12,13 +12,14 @@ from .domain import PLATFORM_MIN, Limits, Program, RunReport, TaskRequest, resol
 from .errors import UnsupportedLanguage, ValidationFailed
 
 REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
-OPTIONAL = {"aliases", "debian_packages", "image_files", "image_commands", "compile", "compile_limits", "env", "requires", "memory_errors"}
+OPTIONAL = {"aliases", "debian_packages", "image_from", "image_files", "image_commands", "compile", "compile_limits", "env",
+            "requires", "memory_errors", "error_messages", "takes_args"}
 DEFAULT_COMPILE_LIMITS = Limits(time_ms=30000, memory_mb=1024)
 SOURCES = "{sources}"  # in a compile command: the submitted source files
 # In commands and env: the step's memory limit, and the share of it a runtime's heap may take (the
 # rest is the runtime's own: code, metaspace, stacks), so a program that outgrows its heap gets the
 # runtime's out-of-memory error rather than the kernel's kill.
-MEMORY_MB, HEAP_MB = "{memory_mb}", "{heap_mb}"
+MEMORY_MB, HEAP_MB, HEAP_KB = "{memory_mb}", "{heap_mb}", "{heap_kb}"
 
 
 class PluginError(Exception):
@@ -39,11 +40,14 @@ class Plugin:
     compile_limits: Limits = DEFAULT_COMPILE_LIMITS
     aliases: tuple[str, ...] = ()
     debian_packages: tuple[str, ...] = ()
+    image_from: str | None = None  # the plugin whose image this one's is built on (a shared layer); None: the base
     image_files: tuple[tuple[str, str], ...] = ()  # (absolute path, content) written into the image after its packages
     image_commands: tuple[str, ...] = ()  # shell commands run in the image after its files (as root, at build)
     env: tuple[tuple[str, str], ...] = ()
     requires: tuple[str, str] | None = None  # (pattern the code must match, what to tell a user whose code does not)
     memory_errors: tuple[bytes, ...] = ()  # in stderr: the runtime ran out of the memory it was given
+    error_messages: tuple[bytes, ...] = ()  # in stderr of a run that exited 0: the runtime reported a failure
+    takes_args: bool = True  # False: the language has no command line (SQL), and a task's args are refused
 
     def compile_command(self, names: list[str]) -> tuple[str, ...]:
         """The compile command, its {sources} replaced by the entry file and every other submitted file
@@ -60,16 +64,27 @@ class Plugin:
     def environment(self, limits: Limits) -> tuple[tuple[str, str], ...]:
         return tuple((name, _sized(value, limits)) for name, value in self.env)
 
-    def out_of_memory(self, report: RunReport) -> RunReport:
-        """The report, marked as out of memory if the program failed with its runtime's memory error."""
+    def read_errors(self, report: RunReport) -> RunReport:
+        """The report, marked as out of memory if the program failed with its runtime's memory error,
+        or as failed if it exited 0 after one of its runtime's error messages."""
         if (report.exit_code or report.signal) and any(error in report.stderr for error in self.memory_errors):
             return dataclasses.replace(report, oom=True)
+        if not (report.exit_code or report.signal) and any(error in report.stderr for error in self.error_messages):
+            return dataclasses.replace(report, error_reported=True)
         return report
 
     def check_code(self, code: str) -> None:
         """Refuses code that cannot fit the language's entry convention (e.g. Java's class Main)."""
         if self.requires and not re.search(self.requires[0], code):
             raise ValidationFailed(self.requires[1])
+
+    def check_args(self, args: tuple[str, ...], where: str = "args") -> None:
+        if args and not self.takes_args:
+            raise ValidationFailed(f"{self.name} programs have no command line: '{where}' must be empty.")
+
+    def image_recipe(self) -> tuple[object, ...]:
+        """What the image is made of: plugins that share an image must agree on it."""
+        return self.image_from, self.debian_packages, self.image_files, self.image_commands
 
     def adapted(self, program: Program | None) -> Plugin:
         """The plugin with a request's own commands (its image, limits and memory errors stay); its
@@ -88,6 +103,7 @@ class Plugin:
             "version": self.version,
             "aliases": list(self.aliases),
             "compiled": self.compile is not None,
+            "takes_args": self.takes_args,
             "entry_file": self.source_file,
             "limits": vars(self.limits),
             "min_limits": vars(self.min_limits),
@@ -107,6 +123,53 @@ class Plugins:
                 if key in self._by_name:
                     raise PluginError(f"language name {key!r} is claimed by both {self._by_name[key].name} and {plugin.name}")
                 self._by_name[key] = plugin
+        self._check_images()
+
+    def _check_images(self) -> None:
+        """Plugins that build one image agree on how; one that builds none (no debian_packages) may use
+        another's. Each image has one builder: the first plugin that builds it, else the first that names it."""
+        self._builders: dict[str, Plugin] = {}
+        for plugin in sorted(self.all, key=lambda p: not p.debian_packages):
+            first = self._builders.setdefault(plugin.image, plugin)
+            if plugin.debian_packages and first.image_recipe() != plugin.image_recipe():
+                raise PluginError(f"{first.name} and {plugin.name} share the image {plugin.image} but not its packages, "
+                                  "files, commands or image_from")
+            seen = [plugin.name]
+            while (parent := self._image_parent(plugin)) is not None:
+                if parent.name in seen:
+                    raise PluginError(f"image_from makes a cycle: {' -> '.join([*seen, parent.name])}")
+                seen.append(parent.name)
+                plugin = parent
+
+    def _image_parent(self, plugin: Plugin) -> Plugin | None:
+        if plugin.image_from is None:
+            return None
+        parent = self._by_name.get(plugin.image_from)
+        if parent is None or parent.name != plugin.image_from:
+            raise PluginError(f"{plugin.name}: image_from {plugin.image_from!r} is not a plugin's name")
+        if not parent.debian_packages:
+            raise PluginError(f"{plugin.name}: image_from {parent.name!r} names a plugin whose image is made elsewhere")
+        return parent
+
+    def image_order(self, chosen: list[Plugin] | None = None) -> list[tuple[Plugin, Plugin | None]]:
+        """(plugin, the plugin its image is built on), one per image, every image after the one it is
+        built on; the parents of the chosen plugins come along."""
+        order: list[tuple[Plugin, Plugin | None]] = []
+        done: set[str] = set()
+
+        def visit(plugin: Plugin) -> None:
+            if plugin.image in done:
+                return
+            plugin = self._builders[plugin.image]
+            parent = self._image_parent(plugin)
+            if parent is not None:
+                visit(parent)
+            done.add(plugin.image)
+            order.append((plugin, parent))
+
+        for plugin in self.all if chosen is None else chosen:
+            visit(plugin)
+        return order
 
     def has(self, language: str) -> bool:
         return language.lower() in self._by_name
@@ -124,6 +187,9 @@ class Plugins:
         if any(name == entry.source_file or name.startswith(entry.source_file + "/") for name, _ in request.files):
             raise ValidationFailed(f"'files' holds {entry.source_file!r}, the entry file of {plugin.name}: send it as 'code'.")
         entry.check_code(request.code)
+        plugin.check_args(request.args)
+        for number, case in enumerate(request.tests):
+            plugin.check_args(case.args, f"tests[{number}].args")
         return plugin, plugin.resolve_limits(request.limits)
 
 
@@ -157,12 +223,16 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
             raise fail(name, "must be a non-empty string")
     if "/" in data["source_file"] or data["source_file"].startswith("."):
         raise fail("source_file", "must be a plain file name")
-    for name in ("run", "compile", "aliases", "debian_packages", "memory_errors", "image_commands"):
+    for name in ("run", "compile", "aliases", "debian_packages", "memory_errors", "error_messages", "image_commands"):
         value = data.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise fail(name, "must be a list of non-empty strings")
     if not data["run"]:
         raise fail("run", "must name a command")
+    if not isinstance(data.get("image_from", "-"), str) or not data.get("image_from", "-"):
+        raise fail("image_from", "must be a plugin's name")
+    if not isinstance(data.get("takes_args", True), bool):
+        raise fail("takes_args", "must be true or false")
     env = data.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise fail("env", "must be a table of strings")
@@ -205,16 +275,20 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         compile_limits=compile_limits,
         aliases=tuple(a.lower() for a in data.get("aliases", [])),
         debian_packages=tuple(data.get("debian_packages", [])),
+        image_from=data["image_from"].lower() if "image_from" in data else None,
         image_files=tuple(sorted(image_files.items())),
         image_commands=tuple(data.get("image_commands", [])),
         env=tuple(sorted(env.items())),
         requires=(requires["pattern"], requires["message"]) if requires else None,
         memory_errors=tuple(m.encode() for m in data.get("memory_errors", [])),
+        error_messages=tuple(m.encode() for m in data.get("error_messages", [])),
+        takes_args=data.get("takes_args", True),
     )
 
 
 def _sized(item: str, limits: Limits) -> str:
-    return item.replace(MEMORY_MB, str(limits.memory_mb)).replace(HEAP_MB, str(limits.memory_mb // 2))
+    heap_mb = limits.memory_mb // 2
+    return item.replace(MEMORY_MB, str(limits.memory_mb)).replace(HEAP_MB, str(heap_mb)).replace(HEAP_KB, str(heap_mb * 1024))
 
 
 def _limits(table: Any, where: str, fail: Any, *, extra: set[str] = frozenset(), fallback: Limits | None = None) -> Limits:

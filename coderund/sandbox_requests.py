@@ -8,8 +8,10 @@ from typing import Any
 from .domain import MAX_ARG_CHARS, MAX_ARGS, MAX_CODE_BYTES, MAX_STDIN_BYTES
 from .errors import PayloadTooLarge, ValidationFailed
 
-LANGUAGES = ("python",)  # the hub runs on the image's python3; bash contexts run beside it
-CONTEXT_LANGUAGES = ("python", "bash")
+# A sandbox's language names its image and its first context; the hub runs on the image's python3,
+# and bash contexts run in any sandbox, JavaScript ones where the image has node.
+LANGUAGES = ("python", "javascript")
+CONTEXT_LANGUAGES = ("python", "javascript", "bash")
 MAX_RUN_S = 3600
 DEFAULT_RUN_S = 60
 MAX_ENV = 64
@@ -129,9 +131,10 @@ def parse_run(body: object) -> RunRequest:
                       _number(body, "timeout_s", DEFAULT_RUN_S, 0.1, MAX_RUN_S, whole=False))
 
 
-def parse_context(body: object) -> str:
-    language = _object(body).get("language", "python")
-    if language not in CONTEXT_LANGUAGES:
+def parse_context(body: object) -> str | None:
+    """A new context's language; None: the sandbox's own."""
+    language = _object(body).get("language")
+    if language is not None and language not in CONTEXT_LANGUAGES:
         raise ValidationFailed(f"'language' must be one of {', '.join(CONTEXT_LANGUAGES)}.")
     return language
 

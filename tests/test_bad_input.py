@@ -150,6 +150,6 @@ async def test_per_user_submission_rate(settings):
         assert body["error"] == "rate_limited" and 1 <= int(headers["Retry-After"]) <= 12
         assert (await api.call("POST", "/task", token=other, json={"language": "python", "code": "1"}))[0] == 201
         # A rejected body takes no token.
-        assert (await api.call("POST", "/task", token=other, json={"language": "cobol", "code": "1"}))[0] == 400
+        assert (await api.call("POST", "/task", token=other, json={"language": "brainfuck", "code": "1"}))[0] == 400
         await asyncio.sleep(int(headers["Retry-After"]))
         assert (await api.call("POST", "/task", token=token, json={"language": "python", "code": "1"}))[0] == 201

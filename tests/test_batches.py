@@ -18,7 +18,7 @@ from tests.conftest import api_of, free_port
 
 async def test_a_batch_with_a_bad_item_in_the_middle(api, settings):
     token = await api.user("batch")
-    bodies = [{"language": "python", "code": "print(1)"}, {"language": "cobol", "code": "x"},
+    bodies = [{"language": "python", "code": "print(1)"}, {"language": "brainfuck", "code": "x"},
               {"language": "python", "code": "print(3)", "limits": {"memory_mb": 1}}, "not an object",
               {"language": "python", "code": "print(5)"}]
     status, body, _ = await api.call("POST", "/tasks", token=token, json={"tasks": bodies})
@@ -65,7 +65,7 @@ async def test_history_pages_stay_stable_while_tasks_are_added(api):
     assert len(done["tasks"]) == 9 and {t["verdict"] for t in done["tasks"]} == {"ok"}
     _, none, _ = await api.call("GET", "/tasks?state=queued", token=token)
     assert none["tasks"] == []
-    for bad in ("state=sleeping", "limit=0", "limit=101", "limit=x", "cursor=garbage", "language=cobol"):
+    for bad in ("state=sleeping", "limit=0", "limit=101", "limit=x", "cursor=garbage", "language=brainfuck"):
         status, body, _ = await api.call("GET", f"/tasks?{bad}", token=token)
         assert status == 400 and body["error"] in ("validation_failed", "unsupported_language"), bad
 

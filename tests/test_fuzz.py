@@ -32,7 +32,7 @@ def encoded(document: Any) -> bytes:
 
 
 def bodies(route: str) -> st.SearchStrategy[bytes]:
-    plausible = {"language": st.sampled_from(["python", "c", "PY", "cobol", ""]) | values,
+    plausible = {"language": st.sampled_from(["python", "c", "PY", "brainfuck", ""]) | values,
                  "username": st.from_regex(r"fuzz_[a-z0-9]{3,12}", fullmatch=True) | values,
                  "password": st.text(st.characters(exclude_categories=()), min_size=8, max_size=20) | values,
                  "code": texts | values, "stdin": texts | values,

@@ -156,7 +156,7 @@ async def test_refusals(api, settings):
         assert (await receive(ws))["error"] == "invalid_json"
         for message, code in [({"type": "dance"}, "bad_message"), ({"type": "stdin", "data": "x"}, "bad_message"),
                               ([1], "bad_message"), ({"type": "run"}, "bad_message"),
-                              ({"type": "run", "task": {"language": "cobol", "code": "x"}}, "unsupported_language"),
+                              ({"type": "run", "task": {"language": "brainfuck", "code": "x"}}, "unsupported_language"),
                               ({"type": "run", "task": {"language": "python"}}, "validation_failed")]:
             await ws.send_json(message)
             answer = await receive(ws)

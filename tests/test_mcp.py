@@ -112,3 +112,9 @@ async def test_the_sandbox_tools_keep_state_and_move_files_and_figures(api, serv
         assert structured(await session.call_tool("sandbox_close", {"sandbox_id": sid}))["closed"]
         ended = await session.call_tool("sandbox_run", {"sandbox_id": sid, "code": "x"})
         assert ended.is_error and "sandbox_ended" in ended.content[0].text and "deleted" in ended.content[0].text
+        js = structured(await session.call_tool("sandbox_create", {"language": "javascript", "timeout_s": 600}))
+        await session.call_tool("sandbox_run", {"sandbox_id": js["id"], "code": "let n = 41"})
+        kept = await session.call_tool("sandbox_run", {"sandbox_id": js["id"], "code": "console.log('n is', n); n + 1"})
+        assert json.loads(kept.content[0].text)["stdout"] == "n is 41\n"
+        assert json.loads(kept.content[0].text)["results"] == [{"text/plain": "42"}]
+        assert structured(await session.call_tool("sandbox_close", {"sandbox_id": js["id"]}))["closed"]

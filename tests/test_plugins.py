@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -19,20 +20,66 @@ GOOD = {
 
 def test_shipped_plugins_load():
     loaded = plugins.load(DEFAULT_PLUGINS_DIR)
-    assert [p.name for p in loaded.all] == ["bash", "c", "cpp", "csharp", "d", "erlang", "fortran", "go", "java",
-                                            "javascript", "kotlin", "lisp", "lua", "ocaml", "octave", "pascal", "perl", "php",
-                                            "python", "r", "ruby", "rust", "tcl", "typescript"]
+    assert [p.name for p in loaded.all] == [
+        "assembly", "bash", "c", "c-clang", "clojure", "cobol", "cpp", "cpp-clang", "csharp", "d", "elixir", "erlang",
+        "fortran", "go", "groovy", "haskell", "java", "javascript", "kotlin", "lisp", "lua", "nim", "objective-c", "ocaml",
+        "octave", "pascal", "perl", "php", "prolog", "pypy3", "python", "r", "racket", "ruby", "rust", "scala", "scheme",
+        "sql", "tcl", "typescript"]
     for alias, name in [("python3", "python"), ("GCC", "c"), ("c++", "cpp"), ("g++", "cpp"), ("js", "javascript"),
                         ("node", "javascript"), ("ts", "typescript"), ("rb", "ruby"), ("sh", "bash"), ("cs", "csharp"),
                         ("kt", "kotlin"), ("rs", "rust"), ("matlab", "octave"), ("fpc", "pascal"), ("pl", "perl"), ("f90", "fortran"),
                         ("ml", "ocaml"), ("sbcl", "lisp"), ("erl", "erlang"), ("rscript", "r"), ("gdc", "d"),
-                        ("tclsh", "tcl")]:
+                        ("tclsh", "tcl"), ("hs", "haskell"), ("lisp", "lisp"), ("asm", "assembly"), ("objc", "objective-c"),
+                        ("clj", "clojure"), ("ex", "elixir"), ("rkt", "racket"), ("clang", "c-clang"), ("clang++", "cpp-clang"),
+                        ("cob", "cobol"), ("guile", "scheme"), ("sqlite", "sql"), ("pypy", "pypy3"), ("gprolog", "prolog")]:
         assert loaded.get(alias).name == name
     for plugin in loaded.all:
         assert plugin.debian_packages and plugin.image.startswith("coderund/")
     assert loaded.get("go").compile and loaded.get("python").compile is None
-    with pytest.raises(UnsupportedLanguage, match="bash, c, cpp, .*, typescript"):
-        loaded.get("cobol")
+    with pytest.raises(UnsupportedLanguage, match="assembly, bash, c, .*, typescript"):
+        loaded.get("brainfuck")
+
+
+def test_image_families_are_built_parent_first_and_checked_at_load():
+    loaded = plugins.load(DEFAULT_PLUGINS_DIR)
+    order = loaded.image_order()
+    images = [plugin.image for plugin, _ in order]
+    assert len(images) == len(set(images)) == len({p.image for p in loaded.all})  # c-clang and cpp-clang: one image
+    for position, (plugin, parent) in enumerate(order):
+        assert parent is None or images.index(parent.image) < position, plugin.name
+    parents = {plugin.name: parent.name for plugin, parent in order if parent}
+    assert {parents[name] for name in ("cpp", "fortran", "d", "objective-c", "cobol")} == {"c"}
+    assert {parents[name] for name in ("kotlin", "scala", "clojure", "groovy")} == {"java"}
+    assert [plugin.name for plugin, _ in loaded.image_order([loaded.get("scala")])] == ["java", "scala"]
+
+    base = plugins.parse({**GOOD, "debian_packages": ["lua5.4"]}, "lua.toml")
+    child = plugins.parse({**GOOD, "name": "child", "image": "child", "image_from": "lua", "debian_packages": ["x"]}, "child.toml")
+    assert plugins.Plugins([base, child]).image_order() == [(base, None), (child, base)]
+    with pytest.raises(plugins.PluginError, match="child: image_from 'nothing' is not a plugin's name"):
+        plugins.Plugins([base, dataclasses.replace(child, image_from="nothing")])
+    with pytest.raises(plugins.PluginError, match="image_from makes a cycle"):
+        plugins.Plugins([dataclasses.replace(base, image_from="child"), child])
+    with pytest.raises(plugins.PluginError, match="share the image img but not its packages"):
+        plugins.Plugins([base, dataclasses.replace(child, name="twin", image="img")])
+    # One that builds no image may use another's, which its builder makes.
+    user = dataclasses.replace(base, name="awk", debian_packages=())
+    assert plugins.Plugins([base, user]).image_order([user]) == [(base, None)]
+    with pytest.raises(plugins.PluginError, match="'image_from' must be a plugin's name"):
+        plugins.parse({**GOOD, "image_from": ""}, "lua.toml")
+
+
+def test_a_language_without_a_command_line_refuses_args():
+    from coderund.domain import parse_task_request
+
+    sql = plugins.load(DEFAULT_PLUGINS_DIR).get("sql")
+    assert not sql.takes_args and sql.describe()["takes_args"] is False
+    loaded = plugins.Plugins([sql])
+    loaded.for_request(parse_task_request({"language": "sql", "code": "SELECT 1;"}))
+    for body, where in [({"args": ["a"]}, "'args'"), ({"tests": [{"args": ["a"], "expected": ""}]}, "'tests[0].args'")]:
+        with pytest.raises(ValidationFailed, match=f"sql programs have no command line: {re.escape(where)} must be empty"):
+            loaded.for_request(parse_task_request({"language": "sql", "code": "SELECT 1;", **body}))
+    with pytest.raises(plugins.PluginError, match="'takes_args' must be true or false"):
+        plugins.parse({**GOOD, "takes_args": "no"}, "lua.toml")
 
 
 def test_readme_language_table_is_the_plugins():
@@ -50,6 +97,7 @@ def test_runtimes_are_sized_from_the_step_limits():
     assert "-J-Xmx512m" in java.compile_command(["Main.java"])  # half the compile limit of 1024 MB
     sized = plugins.parse({**GOOD, "env": {"HEAP": "{heap_mb}m", "ALL": "{memory_mb}"}}, "lua.toml")
     assert sized.environment(Limits(1000, 200)) == (("ALL", "200"), ("HEAP", "100m"))
+    assert plugins.parse({**GOOD, "env": {"KB": "{heap_kb}"}}, "lua.toml").environment(Limits(1000, 200)) == (("KB", "102400"),)
     assert "--max-old-space-size=64" in loaded.get("node").run_command(Limits(1000, 128), [])
 
 
@@ -58,9 +106,20 @@ def test_runtime_memory_errors_are_memory_limit_only_when_the_program_failed():
     error = b'Exception in thread "main" java.lang.OutOfMemoryError: Java heap space\n'
     failed = RunReport(exit_code=1, signal=None, wall_ms=1, cpu_ms=1, memory_kb=1, timed_out=False, output_over=False,
                        oom=False, stdout=b"", stderr=error)
-    assert java.out_of_memory(failed).oom is True
-    assert java.out_of_memory(dataclasses.replace(failed, exit_code=0)).oom is False  # caught, and carried on
-    assert java.out_of_memory(dataclasses.replace(failed, stderr=b"NullPointerException")).oom is False
+    assert java.read_errors(failed).oom is True
+    assert java.read_errors(dataclasses.replace(failed, exit_code=0)).oom is False  # caught, and carried on
+    assert java.read_errors(dataclasses.replace(failed, stderr=b"NullPointerException")).oom is False
+
+
+def test_a_failure_the_runtime_reports_with_exit_status_0_is_a_runtime_error():
+    from coderund.domain import Verdict, classify
+
+    prolog = plugins.load(DEFAULT_PLUGINS_DIR).get("prolog")
+    ran = RunReport(exit_code=0, signal=None, wall_ms=1, cpu_ms=1, memory_kb=1, timed_out=False, output_over=False,
+                    oom=False, stdout=b"", stderr=b"warning: /box/main.pro:1: user directive failed\n")
+    assert classify(prolog.read_errors(ran), 256) is Verdict.RUNTIME_ERROR
+    assert classify(prolog.read_errors(dataclasses.replace(ran, stderr=b"")), 256) is Verdict.OK
+    assert classify(plugins.load(DEFAULT_PLUGINS_DIR).get("c").read_errors(ran), 256) is Verdict.OK  # prolog's words only
 
 
 def test_entry_conventions_are_checked_with_a_clear_message():
@@ -71,6 +130,15 @@ def test_entry_conventions_are_checked_with_a_clear_message():
     with pytest.raises(ValidationFailed, match="fun main"):
         loaded.get("kotlin").check_code("fun notMain() {}")
     loaded.get("python").check_code("anything")
+    for language, fits, does_not, says in [
+            ("scala", "object Main extends App { println(1) }", "@main def run(): Unit = println(1)", "object Main"),
+            ("cobol", "identification division.\nprogram-id. ok-test.", "DISPLAY 'x'.", "PROGRAM-ID."),
+            ("prolog", ":- initialization(main).\nmain :- write(x).", ":- write('OK'), nl.", ":- initialization(main)."),
+            ("assembly", "global _start\n_start:\n", "main: ret", "global _start"),
+            ("racket", "; a comment\n#lang racket\n(display 1)", "(display 1)", "#lang racket")]:
+        loaded.get(language).check_code(fits)
+        with pytest.raises(ValidationFailed, match=re.escape(says)):
+            loaded.get(language).check_code(does_not)
     with pytest.raises(plugins.PluginError, match="'requires.pattern'"):
         plugins.parse({**GOOD, "requires": {"pattern": "(", "message": "m"}}, "lua.toml")
     with pytest.raises(plugins.PluginError, match="'requires'"):

@@ -108,6 +108,38 @@ async def test_contexts_are_apart(runtime_api, owner, sandbox):
     assert status == 404 and body["error"] == "not_found"
 
 
+async def test_javascript_keeps_its_state_awaits_and_is_interrupted(runtime_api, owner, sandbox):
+    js = await create(runtime_api, owner, language="javascript")
+    try:
+        assert js["language"] == "javascript"
+        first = await run(runtime_api, owner, js, "let x = 41; function f(a) { return a + 1 }")
+        assert first["error"] is None and first["results"] == [] and first["context"] == "javascript"
+        second = await run(runtime_api, owner, js, "console.log('hi', x); f(x)")
+        assert second["stdout"] == "hi 41\n" and second["results"] == [{"text/plain": "42"}]
+        assert second["execution_count"] == first["execution_count"] + 1
+        awaited = await run(runtime_api, owner, js, "const v = await Promise.resolve(5); console.log(v * 2); globalThis.y = v")
+        assert awaited["stdout"] == "10\n" and awaited["error"] is None
+        shown = await run(runtime_api, owner, js, "display({a: [1, 2]}); Promise.resolve(y + 1)")
+        assert shown["results"] == [{"text/plain": "{ a: [ 1, 2 ] }"}, {"text/plain": "6"}]
+        who = await run(runtime_api, owner, js, "require('fs').writeFileSync('made.txt', 'A'); [process.getuid(), require('fs').readdirSync('.')]")
+        assert who["results"] == [{"text/plain": "[ 65534, [ 'made.txt' ] ]"}]
+        failed = await run(runtime_api, owner, js, "function g() { throw new TypeError('bad') }\ng()")
+        assert (failed["error"]["name"], failed["error"]["value"]) == ("TypeError", "bad")
+        assert "at g (<cell" in failed["error"]["traceback"] and "kernel.js" not in failed["error"]["traceback"]
+        started = time.monotonic()
+        stopped = await run(runtime_api, owner, js, "while (true) {}", timeout_s=1)
+        assert time.monotonic() - started < 5
+        assert stopped["error"]["name"] == "KeyboardInterrupt" and "timeout of 1 s" in stopped["error"]["value"]
+        assert (await run(runtime_api, owner, js, "x"))["results"] == [{"text/plain": "41"}]  # kept
+        # Python and bash contexts run beside it; a python sandbox's image has no node.
+        assert (await run(runtime_api, owner, js, "6 * 7", language="python"))["results"] == [{"text/plain": "42"}]
+        status, body, _ = await runtime_api.call("POST", f"/sandboxes/{sandbox['id']}/run", token=owner,
+                                                 json={"code": "1", "language": "javascript"})
+        assert status == 400 and "has no node" in body["message"], body
+    finally:
+        await runtime_api.call("DELETE", f"/sandboxes/{js['id']}", token=owner)
+
+
 async def test_ndjson_streams_events_as_they_happen(runtime_api, owner, sandbox):
     url = f"{runtime_api.base}/sandboxes/{sandbox['id']}/run"
     code = "import time\nfor i in range(3):\n    print(i)\n    time.sleep(0.4)\n'done'"

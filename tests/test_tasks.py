@@ -164,7 +164,7 @@ async def test_another_users_task_is_404(api, token):
 
 
 async def test_unsupported_language(api, token):
-    status, body, _ = await api.call("POST", "/task", token=token, json={"language": "cobol", "code": "x"})
+    status, body, _ = await api.call("POST", "/task", token=token, json={"language": "brainfuck", "code": "x"})
     assert status == 400 and body["error"] == "unsupported_language"
     for name in HELLO:
         assert name in body["message"]

@@ -174,10 +174,12 @@ SCHEMAS: dict[str, Any] = {
     },
     "Language": {
         "type": "object",
-        "required": ["name", "version", "aliases", "compiled", "entry_file", "limits", "min_limits", "max_limits"],
+        "required": ["name", "version", "aliases", "compiled", "takes_args", "entry_file", "limits", "min_limits",
+                     "max_limits"],
         "properties": {
             "name": {"type": "string"}, "version": {"type": "string"},
             "aliases": {"type": "array", "items": {"type": "string"}}, "compiled": {"type": "boolean"},
+            "takes_args": {"type": "boolean", "description": "false: the language has no command line (SQL); a task's `args` are refused"},
             "entry_file": {"type": "string", "description": "the file a task's `code` is saved as (e.g. Main.java)"},
             "limits": _ref("Limits"), "min_limits": _ref("Limits"), "max_limits": _ref("Limits"),
             "compile_limits": _ref("Limits"),  # compiled languages only: the compiler's limits
@@ -306,11 +308,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/tasks"): {
         "summary": "Submit up to 100 tasks at once; each is checked and queued on its own", "tags": ["tasks"],
         "security": AUTH,
-        "requestBody": _body("Batch", {"tasks": [{"language": "python", "code": "print(1)"}, {"language": "cobol", "code": "x"}]}),
+        "requestBody": _body("Batch", {"tasks": [{"language": "python", "code": "print(1)"}, {"language": "brainfuck", "code": "x"}]}),
         "responses": {"201": _json({"type": "object", "required": ["tasks"], "properties": {"tasks": {"type": "array", "items": {
             "oneOf": [_ref("TaskCreated"), _ref("Error")]}}}}, "In order: a task id, or why that one was refused",
             {"tasks": [{"task_id": "5c98dfd8-ebcc-4dad-b8fd-2e25aa42b93d"},
-                       {"error": "unsupported_language", "message": "Language 'cobol' is not supported."}]}),
+                       {"error": "unsupported_language", "message": "Language 'brainfuck' is not supported."}]}),
             **_errors(*BODY_ERRORS, "401")},
     },
     ("get", "/tasks"): {
@@ -502,7 +504,8 @@ SANDBOX_SCHEMAS = {
     "SandboxRequest": {
         "type": "object",
         "properties": {
-            "language": {"enum": list(LANGUAGES), "description": "the default context's; bash contexts run in any"},
+            "language": {"enum": list(LANGUAGES), "description": "the image (python: numpy, pandas, matplotlib; javascript: "
+                         "Node 18) and the default context's language; bash contexts run in any"},
             "memory_mb": {"type": "integer", "minimum": 64, "description": "default 1024; the operator sets the most"},
             "cpus": {"type": "number", "minimum": 0.1, "description": "default 1"},
             "disk_mb": {"type": "integer", "minimum": 16,
@@ -527,7 +530,7 @@ SANDBOX_SCHEMAS = {
         "type": "object", "required": ["code"],
         "properties": {"code": {"type": "string"},
                        "language": {"enum": list(CONTEXT_LANGUAGES),
-                                    "description": "that language's own context (python is the default)"},
+                                    "description": "that language's own context (default: the sandbox's language)"},
                        "context": {"type": "string", "description": "a context made by POST …/contexts"},
                        "timeout_s": {"type": "number", "minimum": 0.1, "maximum": MAX_RUN_S,
                                      "description": f"default {DEFAULT_RUN_S}; then KeyboardInterrupt, and after 2 s more "

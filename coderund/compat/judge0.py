@@ -32,10 +32,15 @@ SIGNAL_STATUS = {11: 7, 25: 8, 8: 9, 6: 10}  # Judge0's runtime errors by signal
 # Judge0 CE 1.13.1's ids of the languages coderund ships: id → (plugin, the name's label). Several ids
 # of one language (Judge0 keeps old compilers) run on coderund's one version of it.
 LANGUAGES: dict[int, tuple[str, str]] = {
-    46: ("bash", "Bash"), 48: ("c", "C"), 49: ("c", "C"), 50: ("c", "C"), 51: ("csharp", "C#"),
-    52: ("cpp", "C++"), 55: ("lisp", "Common Lisp"), 56: ("d", "D"), 58: ("erlang", "Erlang"), 59: ("fortran", "Fortran"), 65: ("ocaml", "OCaml"), 80: ("r", "R"), 85: ("perl", "Perl"), 53: ("cpp", "C++"), 54: ("cpp", "C++"), 60: ("go", "Go"), 62: ("java", "Java"),
-    63: ("javascript", "JavaScript"), 64: ("lua", "Lua"), 66: ("octave", "Octave"), 67: ("pascal", "Pascal"), 68: ("php", "PHP"), 71: ("python", "Python"),
-    72: ("ruby", "Ruby"), 73: ("rust", "Rust"), 74: ("typescript", "TypeScript"), 78: ("kotlin", "Kotlin"),
+    45: ("assembly", "Assembly"), 46: ("bash", "Bash"), 48: ("c", "C"), 49: ("c", "C"), 50: ("c", "C"),
+    51: ("csharp", "C#"), 52: ("cpp", "C++"), 53: ("cpp", "C++"), 54: ("cpp", "C++"), 55: ("lisp", "Common Lisp"),
+    56: ("d", "D"), 57: ("elixir", "Elixir"), 58: ("erlang", "Erlang"), 59: ("fortran", "Fortran"), 60: ("go", "Go"),
+    61: ("haskell", "Haskell"), 62: ("java", "Java"), 63: ("javascript", "JavaScript"), 64: ("lua", "Lua"),
+    65: ("ocaml", "OCaml"), 66: ("octave", "Octave"), 67: ("pascal", "Pascal"), 68: ("php", "PHP"),
+    69: ("prolog", "Prolog"), 71: ("python", "Python"), 72: ("ruby", "Ruby"), 73: ("rust", "Rust"),
+    74: ("typescript", "TypeScript"), 75: ("c-clang", "C"), 76: ("cpp-clang", "C++"), 77: ("cobol", "COBOL"),
+    78: ("kotlin", "Kotlin"), 79: ("objective-c", "Objective-C"), 80: ("r", "R"), 81: ("scala", "Scala"),
+    82: ("sql", "SQL"), 85: ("perl", "Perl"), 86: ("clojure", "Clojure"), 88: ("groovy", "Groovy"),
 }
 PLAIN_TEXT, EXECUTABLE, MULTI_FILE = 43, 44, 89  # run as bash: the text printed; the binary; the zip's scripts
 PLAIN_TEXT_FILE = "source.txt"

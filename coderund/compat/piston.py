@@ -18,8 +18,8 @@ from ..plugins import Plugin, Plugins
 
 # Piston's language names (and runtime) where they differ from coderund's plugin names.
 NAMES = {"cpp": ("c++", None), "javascript": ("javascript", "node"), "typescript": ("typescript", None),
-         "csharp": ("csharp", "mono")}
-EXTRA_ALIASES = {"cpp": ["cpp", "g++"], "javascript": ["node-javascript", "node-js", "javascript", "js"],
+         "csharp": ("csharp", "mono"), "assembly": ("nasm64", None), "sql": ("sqlite3", None)}
+EXTRA_ALIASES = {"cpp": ["g++"], "assembly": ["asm64"], "javascript": ["node-javascript", "node-js", "javascript", "js"],
                  "python": ["py", "py3", "python3"], "csharp": ["mono", "mono-csharp", "mono-c#", "mono-cs", "c#", "cs"]}
 JAVA_CLASS = re.compile(r"\bpublic\s+(?:final\s+)?class\s+([A-Za-z_$][\w$]*)")
 SEMVER = re.compile(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?")
@@ -41,7 +41,7 @@ def runtimes(plugins: Plugins) -> list[dict[str, Any]]:
     out = []
     for plugin in plugins.all:
         name, runtime = NAMES.get(plugin.name, (plugin.name, None))
-        aliases = sorted({*plugin.aliases, *EXTRA_ALIASES.get(plugin.name, [])} - {name})
+        aliases = sorted({plugin.name, *plugin.aliases, *EXTRA_ALIASES.get(plugin.name, [])} - {name})
         entry = {"language": name, "version": version(plugin), "aliases": aliases}
         if runtime:
             entry["runtime"] = runtime

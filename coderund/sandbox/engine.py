@@ -35,7 +35,7 @@ from .options import CREATE_KEYS, LABEL, TOOLS_DIR, Isolation, container_options
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-STATEFUL_TOOLS = ("hub.py", "kernel.py")  # a stateful sandbox's, beside the supervisor
+STATEFUL_TOOLS = ("hub.py", "kernel.py", "kernel.js")  # a stateful sandbox's, beside the supervisor
 ATTACH = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
 _VERSION = re.compile(r"v[\d.]+")
 _COLLECTIONS = {"containers", "volumes", "images", "exec"}

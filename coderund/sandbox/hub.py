@@ -1,11 +1,11 @@
-"""coderund-hub: the first process of a stateful sandbox (in the python image, from the tools volume).
+"""coderund-hub: the first process of a stateful sandbox (in its language's image, from the tools volume).
 
 Not imported by coderund: it runs inside the container, on the image's own python3.
 
 Requests arrive on stdin as JSON lines {"id", "op", ...}; events leave on stdout as JSON lines
 {"id", "type", ...}, the last one of a request of type "end". The hub runs as root with only the
 capabilities to change identity and signal; everything a user's code touches runs as nobody: the
-contexts (a persistent Python interpreter, or bash), commands, and file operations (the hub takes
+contexts (a persistent Python or JavaScript interpreter, or bash), commands, and file operations (the hub takes
 nobody's effective identity for them). So the user's code can neither write the hub's stdout (the
 channel to the worker) nor signal, ptrace or read the hub, and it sees what nobody may see in the
 work folder only. A context's interpreter speaks to the hub over pipes of its own; what it says
@@ -13,7 +13,7 @@ there is its own run's result, which is the user's own code's to shape anyway.
 
 Usage: hub.py WORK_FOLDER [NPROC]  (NPROC: nobody's process limit, where the runtime's kernel counts
 only this sandbox's processes, as gVisor's does; 0 leaves it to the container's pids limit)
-A Python context is kernel.py, beside this file.
+A Python context is kernel.py, a JavaScript one kernel.js (on the image's node), beside this file.
 """
 import base64
 import contextlib
@@ -30,7 +30,8 @@ import sys
 import time
 
 UID = 65534  # nobody
-KERNEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel.py")  # a Python context's process
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNEL, KERNEL_JS = os.path.join(HERE, "kernel.py"), os.path.join(HERE, "kernel.js")  # Python's and JavaScript's contexts
 CHUNK = 1 << 20  # bytes of a file per event
 OUTPUT_CAP = 1 << 20  # of a run's stdout and of its stderr, each; past it the rest is read and dropped
 EVENT_LINE_MAX = 64 << 20  # from a context: a longer line kills it (a figure's PNG is far smaller)
@@ -368,13 +369,19 @@ class Context:
         self.close_channel()
 
 
-class PythonContext(Context):
+class KernelContext(Context):
+    """A kernel process (kernel.py, kernel.js) that takes runs and tells results on pipes of its own."""
+
+    env = {}
+
+    def argv(self, requests_fd, events_fd):
+        raise NotImplementedError
+
     def start(self):
         requests_r, self.requests = os.pipe()
         self.events, events_w = os.pipe()
-        env = {**self.hub.env, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
         try:
-            self.process, out_fd, err_fd = spawn([sys.executable, KERNEL, str(requests_r), str(events_w)], env,
+            self.process, out_fd, err_fd = spawn(self.argv(requests_r, events_w), {**self.hub.env, **self.env},
                                                  self.hub.work, pass_fds=(requests_r, events_w))
         finally:
             os.close(requests_r)
@@ -407,6 +414,24 @@ class PythonContext(Context):
         self.hub.unwatch(self.events)
         os.close(self.events)
         os.close(self.requests)
+
+
+class PythonContext(KernelContext):
+    env = {"MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+
+    def argv(self, requests_fd, events_fd):
+        return [sys.executable, KERNEL, str(requests_fd), str(events_fd)]
+
+
+class JavaScriptContext(KernelContext):
+    def start(self):
+        if not shutil.which("node", path=self.hub.env.get("PATH")):
+            raise Refused("bad_language", "this sandbox's image has no node: create the sandbox with "
+                                          "\"language\": \"javascript\" for JavaScript contexts")
+        super().start()
+
+    def argv(self, requests_fd, events_fd):
+        return ["node", KERNEL_JS, str(requests_fd), str(events_fd)]
 
 
 class BashContext(Context):
@@ -460,7 +485,7 @@ class BashContext(Context):
         os.close(self.commands)
 
 
-CONTEXTS = {"python": PythonContext, "bash": BashContext}
+CONTEXTS = {"python": PythonContext, "javascript": JavaScriptContext, "bash": BashContext}
 
 
 class Command:

@@ -1,8 +1,11 @@
 """Sandbox images from Debian packages, no container registry needed: one shared base made once
-(debootstrap), then a thin layer per language (a local `docker build FROM` the base, apt-get inside).
+(debootstrap), then a thin layer per language (a local `docker build FROM` the base, apt-get inside),
+or per family: a plugin's `image_from` builds its layer on another's image (scala on java's JVM,
+fortran on c's GCC), so what they share is stored and installed once.
 
-Each language image is labelled with what it was built from (its packages and the base's id), so a
-build skips what is current and rebuilds what a plugin's packages or a new base changed.
+Each language image is labelled with what it was built from (its packages and the id of the image
+under it), so a build skips what is current and rebuilds what a plugin's packages or a new image
+under it changed.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import docker
 
@@ -36,17 +40,17 @@ def exists(client: docker.DockerClient, image: str) -> bool:
     return _labels(client, image) is not None
 
 
-def wanted_labels(plugin: Plugin, base_id: str) -> dict[str, str]:
-    """What an image must carry to be current for this plugin."""
+def wanted_labels(plugin: Plugin, under_id: str) -> dict[str, str]:
+    """What an image must carry to be current for this plugin, built on the image whose id is under_id."""
     packages = (" ".join(sorted(plugin.debian_packages)) + "".join(f"\0{path}\0{text}" for path, text in plugin.image_files)
                 + "".join(f"\0{command}" for command in plugin.image_commands))
     return {f"{LABEL}.language": plugin.name, f"{LABEL}.packages": hashlib.sha256(packages.encode()).hexdigest()[:16],
-            f"{LABEL}.base": base_id}
+            f"{LABEL}.base": under_id}
 
 
-def is_current(client: docker.DockerClient, plugin: Plugin, base_id: str) -> bool:
+def is_current(client: docker.DockerClient, plugin: Plugin, under_id: str) -> bool:
     labels = _labels(client, plugin.image)
-    return labels is not None and all(labels.get(k) == v for k, v in wanted_labels(plugin, base_id).items())
+    return labels is not None and all(labels.get(k) == v for k, v in wanted_labels(plugin, under_id).items())
 
 
 def build_base(client: docker.DockerClient, *, mirror: str, source: str = "debootstrap") -> tuple[str, bool]:
@@ -65,20 +69,53 @@ def build_base(client: docker.DockerClient, *, mirror: str, source: str = "deboo
     return client.api.inspect_image(BASE)["Id"], True
 
 
-def build(client: docker.DockerClient, plugin: Plugin, *, base_id: str, force: bool = False,
+def build_all(client: docker.DockerClient, order: list[tuple[Plugin, Plugin | None]], *, base_id: str,
+              force: bool = False, at_once: int = 2, starting: Callable[[Plugin], None] = lambda plugin: None,
+              done: Callable[[Plugin, bool], None] = lambda plugin, built: None) -> None:
+    """Builds the images of `order` ((plugin, the plugin its image is built on), parents first, as
+    Plugins.image_order gives them), `at_once` at a time: an image starts once the one under it is
+    ready. The first failure stops new builds and is raised once the running ones end."""
+    pending = list(order)
+    running: dict[Future[bool], Plugin] = {}
+    finished: set[str] = set()
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(at_once) as pool:
+        while pending or running:
+            for plugin, parent in list(pending):
+                if failure is None and len(running) < at_once and (parent is None or parent.image in finished):
+                    pending.remove((plugin, parent))
+                    under = parent.image if parent else BASE
+                    under_id = client.api.inspect_image(under)["Id"] if parent else base_id
+                    running[pool.submit(build, client, plugin, under=under, under_id=under_id, force=force,
+                                        starting=lambda plugin=plugin: starting(plugin))] = plugin
+            if not running:
+                break
+            for future in wait(running, return_when=FIRST_COMPLETED).done:
+                plugin = running.pop(future)
+                if future.exception() is not None:
+                    failure = failure or future.exception()
+                    continue
+                finished.add(plugin.image)
+                done(plugin, future.result())
+    if failure is not None:
+        raise failure
+
+
+def build(client: docker.DockerClient, plugin: Plugin, *, under: str = BASE, under_id: str, force: bool = False,
           starting: Callable[[], None] = lambda: None) -> bool:
-    """Builds the plugin's image unless it is current (calling starting() first); returns whether it
-    built one. The build's own lines go to the debug log."""
+    """Builds the plugin's image on `under` (the base, or the image of its image_from, whose id is
+    under_id) unless it is current, calling starting() first; returns whether it built one. The
+    build's own lines go to the debug log."""
     if not plugin.debian_packages:  # an image made elsewhere
         if exists(client, plugin.image):
             return False
         raise ImageBuildError(f"{plugin.name}: image {plugin.image} is missing and the plugin names no debian_packages")
-    if not force and is_current(client, plugin, base_id):
+    if not force and is_current(client, plugin, under_id):
         return False
     starting()
-    labels = " ".join(f'{k}="{v}"' for k, v in wanted_labels(plugin, base_id).items())
+    labels = " ".join(f'{k}="{v}"' for k, v in wanted_labels(plugin, under_id).items())
     dockerfile = (
-        f"FROM {BASE}\n"
+        f"FROM {under}\n"
         "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
         f"{' '.join(plugin.debian_packages)} && apt-get clean && rm -rf /var/lib/apt/lists/*\n"
         + "".join(f"RUN echo {base64.b64encode(text.encode()).decode()} | base64 -d > {shlex.quote(path)}\n"

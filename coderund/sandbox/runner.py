@@ -51,10 +51,11 @@ class Sandbox:
 
     def serve(self, plugins: list[Plugin]) -> None:
         """Keeps warm containers for every plugin's default shapes."""
+        pids, _ = self.program_limits(None)
         for plugin in plugins:
-            self.pool.serve(run_shape(plugin, plugin.limits))
+            self.pool.serve(run_shape(plugin, plugin.limits, pids))
             if plugin.compile:
-                self.pool.serve(run_shape(plugin, plugin.compile_limits))
+                self.pool.serve(run_shape(plugin, plugin.compile_limits, pids))
 
     async def execute(self, plugin: Plugin, task: Task, labels: dict[str, str], case_parallel: int = 1,
                       live: Live | None = None) -> Result:
@@ -93,7 +94,7 @@ class Sandbox:
         report, left, container = await self._step(run_shape(plugin, limits, pids), who, labels, files, stdin.encode(),
                                                    plugin.run_command(limits, args), limits, collect=collect, live=live,
                                                    lane=lane, rlimits=rlimits)
-        report = plugin.out_of_memory(report)
+        report = plugin.read_errors(report)
         metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
         return report, container, work_files(left, self.engine.isolation.tmpfs_mb * MB) if left else None
 
@@ -141,8 +142,9 @@ class Sandbox:
             return cached
         # Live, the compiler's stdout and stderr are both compile output, and it gets no stdin.
         compiling = Live(lambda _, data: live.output("compile", data)) if live else None
-        report, files, container = await self._step(run_shape(plugin, limits), who, labels, sources, b"", command, limits,
-                                                     collect=True, live=compiling)
+        pids, rlimits = self.program_limits(None)
+        report, files, container = await self._step(run_shape(plugin, limits, pids), who, labels, sources, b"", command,
+                                                     limits, collect=True, live=compiling, rlimits=rlimits)
         metrics.COMPILE_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
         compile_output = report.stdout + report.stderr
         problem = _compile_problem(report, limits)
@@ -212,19 +214,20 @@ class Sandbox:
                          stdout=b"", stderr=note)
 
     def program_limits(self, program: Program | None) -> tuple[int | None, RunLimits]:
-        """A Program's process limits: its container's pids limit, and its process's rlimits. Processes
-        are counted by the container's pids cgroup under runc (RLIMIT_NPROC would count every sandbox's
-        programs: one uid on the host), by RLIMIT_NPROC under gVisor, whose own kernel counts only the
-        sandbox's; there the cgroup counts the sandbox kernel's host threads, which it must not run out of."""
-        if program is None:
-            return None, NO_LIMITS
-        limits = RunLimits(address_space=program.address_space_mb * MB, file_size=program.file_size_mb * MB)
-        if not program.processes:
-            return None, limits
+        """A step's process limits (a Program's own, else the isolation's): its container's pids limit
+        (None: the isolation's), and its process's rlimits. Processes are counted by the container's
+        pids cgroup under runc (RLIMIT_NPROC would count every sandbox's programs: one uid on the
+        host), by RLIMIT_NPROC under gVisor, whose own kernel counts only the sandbox's; there the
+        cgroup counts the sandbox kernel's host threads, and a runtime of many threads (the BEAM, a
+        JVM) that ran them out would end the whole sandbox."""
+        limits = NO_LIMITS if program is None else RunLimits(address_space=program.address_space_mb * MB,
+                                                             file_size=program.file_size_mb * MB)
+        processes = program.processes if program is not None and program.processes else None
         if self.engine.isolation.runtime == "runsc":
-            host = max(self.engine.isolation.pids_limit, GVISOR_HOST_THREADS * program.processes + GVISOR_BASE_THREADS)
-            return host, dataclasses.replace(limits, processes=program.processes)
-        return program.processes + SUPERVISOR_PIDS, limits
+            processes = processes or self.engine.isolation.pids_limit
+            host = max(self.engine.isolation.pids_limit, GVISOR_HOST_THREADS * processes + GVISOR_BASE_THREADS)
+            return host, dataclasses.replace(limits, processes=processes)
+        return (None if processes is None else processes + SUPERVISOR_PIDS), limits
 
     async def _image_id(self, image: str) -> str:
         found = self._image_ids.get(image)

@@ -113,6 +113,8 @@ class Sandboxes:
         row = row or await self.find(user_id, sandbox_id)
         if row.worker_id is None or row.state == "starting":
             raise Conflict("The sandbox is still starting.")
+        if op["op"] in ("run", "context_create") and not op.get("context") and not op.get("language"):
+            op = {**op, "language": row.language}  # the sandbox's own language's context
         reply = self.channel.new_reply()
         await self.channel.call(row.worker_id, {"sandbox": str(row.id), "reply": reply, "op": op}, data)
         try:

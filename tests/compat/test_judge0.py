@@ -30,7 +30,7 @@ def task(result: Result | None, state=TaskState.DONE, **compat) -> Task:
                 created_at=datetime(2026, 1, 2, 3, 4, 5, 678900, tzinfo=UTC), compat={"language_id": 71, **compat})
 
 
-NOT_IN_JUDGE0 = {"tcl"}  # languages Judge0 CE 1.13.1 does not have
+NOT_IN_JUDGE0 = {"tcl", "pypy3", "nim", "racket", "scheme"}  # languages Judge0 CE 1.13.1 does not have
 
 
 def test_every_shipped_language_has_a_judge0_id_and_the_table_names_only_plugins():

@@ -23,6 +23,7 @@ def test_runtimes_are_the_plugins_with_semver_versions():
     assert len(listed) == len(PLUGINS.all) and listed["python"]["version"] == "3.11.0"
     assert listed["c++"]["aliases"] == ["cpp", "cxx", "g++"] and listed["javascript"]["runtime"] == "node"
     assert "py" in listed["python"]["aliases"] and listed["csharp"]["runtime"] == "mono"
+    assert listed["sqlite3"]["aliases"] == ["sql", "sqlite"] and "asm64" in listed["nasm64"]["aliases"]
 
 
 @pytest.mark.parametrize("wanted, have, ok", [
@@ -53,7 +54,7 @@ def test_an_execute_body_becomes_a_task_request():
     ({}, "language is required as a string"), ({"language": "python"}, "version is required as a string"),
     ({"language": "python", "version": "*"}, "files is required as an array"),
     ({"language": "python", "version": "*", "files": [{}]}, "files[0].content is required as a string"),
-    ({"language": "cobol", "version": "*", "files": [{"content": "x"}]}, "cobol-* runtime is unknown"),
+    ({"language": "brainfuck", "version": "*", "files": [{"content": "x"}]}, "brainfuck-* runtime is unknown"),
     ({"language": "python", "version": "2", "files": [{"content": "x"}]}, "python-2 runtime is unknown"),
     ({"language": "python", "version": "*", "files": [{"content": "x"}], "run_timeout": "1"}, "If specified, run_timeout must be a number"),
     ({"language": "python", "version": "*", "files": [{"content": "!!", "encoding": "base64"}]}, "files[0].content is not valid base64"),

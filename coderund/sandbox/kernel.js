@@ -1,0 +1,87 @@
+// coderund-kernel.js: a stateful sandbox's JavaScript context, started by its hub (hub.py) as nobody,
+// on the image's node. The same protocol as kernel.py: runs arrive as JSON lines {"code", "count"} on
+// REQUEST_FD; each gives {"type": "result", "data": a MIME bundle} for its value and each display(),
+// then {"type": "done", "error": null | {"name", "value", "traceback"}} on EVENT_FD. What the code
+// prints goes to stdout and stderr, pipes the hub reads.
+//
+// Each run is a script in one vm context, so globals, functions and top-level let/const persist from
+// run to run; the script's completion value is the run's value, awaited when it is a promise (as
+// Node's REPL does). Code with a top-level await runs as the body of an async function: its
+// declarations stay its own (globalThis.name = ... keeps a value). The hub's SIGINT (a timeout) stops
+// a running script and is ignored between runs.
+//
+// Usage: node kernel.js REQUEST_FD EVENT_FD
+'use strict';
+const fs = require('fs');
+const path = require('path');
+const readline = require('readline');
+const util = require('util');
+const vm = require('vm');
+const { createRequire } = require('module');
+
+const [requestFd, eventFd] = process.argv.slice(2).map(Number);
+const send = (event) => fs.writeSync(eventFd, JSON.stringify(event) + '\n');
+const bundle = (value) => ({ 'text/plain': typeof value === 'string' ? util.inspect(value) : util.inspect(value, { depth: 4 }) });
+
+const sandbox = {
+  console, process, Buffer, URL, URLSearchParams, TextEncoder, TextDecoder, setTimeout, clearTimeout, setInterval,
+  clearInterval, setImmediate, clearImmediate, queueMicrotask, structuredClone,
+  require: createRequire(path.join(process.cwd(), 'main.js')),
+  display: (...values) => values.forEach((value) => send({ type: 'result', data: bundle(value) })),
+};
+const context = vm.createContext(sandbox);
+process.on('SIGINT', () => {}); // between runs; during one, breakOnSigint ends the script
+
+// The user's frames only: the stack up to where vm and this file begin.
+const ours = (line) => line.includes('node:vm') || line.includes(__filename);
+const userStack = (stack) => {
+  const lines = String(stack || '').split('\n');
+  const end = lines.findIndex(ours);
+  return (end < 0 ? lines : lines.slice(0, end)).join('\n');
+};
+
+function errorOf(e) {
+  if (e && typeof e === 'object' && 'stack' in e) {
+    return { name: e.name || 'Error', value: e.message || '', traceback: userStack(e.stack) };
+  }
+  return { name: 'Error', value: `thrown: ${util.inspect(e)}`, traceback: '' };
+}
+
+function compile(code, filename) {
+  try {
+    return new vm.Script(code, { filename });
+  } catch (e) {
+    if (!(e instanceof SyntaxError) || !/await is only valid/.test(e.message)) throw e;
+    return new vm.Script(`(async () => {\n${code}\n})()`, { filename, lineOffset: -1 });
+  }
+}
+
+async function execute(request) {
+  const script = compile(request.code, `<cell ${request.count}>`);
+  let value = script.runInContext(context, { breakOnSigint: true, displayErrors: false });
+  if (value && typeof value.then === 'function') value = await value;
+  return value;
+}
+
+async function serve() {
+  const lines = readline.createInterface({ input: fs.createReadStream(null, { fd: requestFd }), crlfDelay: Infinity });
+  for await (const line of lines) {
+    const request = JSON.parse(line);
+    let error = null;
+    try {
+      const value = await execute(request);
+      if (value !== undefined) {
+        sandbox._ = value;
+        send({ type: 'result', data: bundle(value) });
+      }
+    } catch (e) {
+      error = errorOf(e);
+    }
+    send({ type: 'done', error });
+  }
+}
+
+serve().catch((e) => {
+  process.stderr.write(`coderund kernel.js: ${e.stack}\n`);
+  process.exit(70);
+});
