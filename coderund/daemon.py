@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import docker
+from docker.transport.unixconn import UnixHTTPAdapter
 import psycopg
 from aiohttp import web
 
@@ -58,8 +59,18 @@ FILL_PARALLEL = 6  # warm containers being made at once: with the cold starts, e
 
 def docker_client(settings: Settings, pool: int = 10) -> docker.DockerClient:
     if settings.docker_url:
-        return docker.DockerClient(base_url=settings.docker_url, timeout=DOCKER_TIMEOUT_S, max_pool_size=pool)
-    return docker.from_env(timeout=DOCKER_TIMEOUT_S, max_pool_size=pool)
+        client = docker.DockerClient(base_url=settings.docker_url, timeout=DOCKER_TIMEOUT_S, max_pool_size=pool)
+    else:
+        client = docker.from_env(timeout=DOCKER_TIMEOUT_S, max_pool_size=pool)
+    api = client.api
+    api.trust_env = False  # no proxy, netrc or CA bundle of the environment is looked up at every call
+    adapter = api.get_adapter(api.base_url)
+    if isinstance(adapter, UnixHTTPAdapter):
+        # It keys its connection pools by the whole URL: each container's calls would open, and soon
+        # close, connections of their own. One pool serves every call instead.
+        adapter.get_connection_with_tls_context = lambda request, verify, proxies=None, cert=None: \
+            adapter.get_connection(api.base_url, proxies)
+    return client
 
 
 def make_sandbox(settings: Settings, worker_id: str, deployment: str) -> Sandbox:

@@ -20,11 +20,11 @@ async def test_a_waiting_user_with_fewer_slots_goes_first():
     await asyncio.sleep(0)
     steps.append(asyncio.create_task(step(2, "b")))
     await asyncio.sleep(0)
-    assert order == ["a0", "a1"] and gate.free == 0
+    assert order == ["a0", "a1"] and gate.free == 0 and gate.waiting
     release.set()
     await asyncio.gather(*steps)
     assert order[2] == "b", order  # the first free slot went to the user holding none
-    assert gate.free == 2 and not gate.holding
+    assert gate.free == 2 and not gate.holding and not gate.waiting
 
 
 async def test_one_user_alone_gets_every_slot_and_cancelled_waiters_give_theirs_back():

@@ -247,3 +247,22 @@ async def test_a_shape_tasks_ask_for_is_adopted_while_in_demand_then_forgotten()
     assert jobe_run not in pool.ready and len(discarded) == 0
     off = WarmPool(make, discarded.append, max_total=0, per_shape=4, max_age_s=300, idle_s=1, fill_parallel=4)
     assert off.take(jobe_run) is None and not off.ready  # a pool that is off adopts nothing
+
+
+async def test_a_taken_containers_replacement_starts_once_its_task_is_done(settings, monkeypatch):
+    """Not while the task runs: a refill beside the program took the CPU from it (python hello's wall
+    time doubled). The pool's own tick, which would refill anyway, is set far off here."""
+    from coderund.sandbox import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "TICK_S", 60)
+    plugin = python_plugin(settings)
+    async with sandbox_of(settings, warm_max=2) as sandbox:
+        sandbox.serve([plugin])
+        shape = run_shape(plugin, plugin.limits)
+        await ready(sandbox, shape)
+        box = sandbox.pool.take(shape)
+        await asyncio.sleep(0.5)
+        assert not sandbox.pool.ready[shape] and not sandbox.pool.filling[shape]
+        sandbox.refill()  # the worker has finished the task
+        await ready(sandbox, shape)
+        sandbox.engine.discard(box)

@@ -170,3 +170,48 @@ def test_a_requests_rlimits_hold_for_the_program_alone(tmp_path: Path):
     assert malloc.exit_code == 1 and b"MemoryError" in malloc.stderr
     unlimited, _ = serve(binary, tmp_path, supervisor.Files(), show)
     assert unlimited.stdout.split()[0] == b"%d" % resource.RLIM_INFINITY
+
+
+def test_a_multi_supervisor_takes_runs_sent_ahead_and_lays_the_folder_anew_for_each(tmp_path: Path):
+    """Three runs in one write, as a lane sends the next case before the last report: three reports
+    in order, and each run finds the work folder as the request laid it, whatever the last one left
+    (here a folder it made unreadable)."""
+    binary = supervisor.build(tmp_path / "bin")
+    work = tmp_path / "box"
+    work.mkdir()
+    work.chmod(0o1777)
+    script = b"ls; read n; echo $((n * n)); mkdir locked; touch locked/x left; chmod 000 locked"
+    request = supervisor.request(supervisor.Files({"run.sh": script}, {"run.sh": 0o755}), b"2\n", ("sh", "run.sh"),
+                                 wall_ms=5000, output_cap=1000, collect=False, multi=True)
+    request += supervisor.next_run(b"3\n", ("sh", "run.sh")) + supervisor.next_run(b"4\n", ("sh", "run.sh"))
+    out = subprocess.run([str(binary), str(work)], input=request, capture_output=True, check=True).stdout
+    reports = []
+    while out:
+        size = supervisor.report_size(out[:out.index(b"\n") + 1])
+        reports.append(supervisor.parse_report(out[:size])[0])
+        out = out[size:]
+    assert [r.stdout for r in reports] == [b"run.sh\n4\n", b"run.sh\n9\n", b"run.sh\n16\n"], reports
+
+
+async def test_reports_that_arrive_in_one_frame_are_read_one_at_a_time():
+    """The engine may pass on two reports in one frame once runs are sent ahead: each receive takes
+    its own and leaves the next one's bytes for the next."""
+    import asyncio
+
+    from coderund.sandbox.box import FRAME, STDOUT, Box, Died
+
+    def report(text: bytes) -> bytes:
+        return (b"coderund-report exit=0 signal=0 wall_us=1 cpu_us=1 maxrss_kb=1 timed_out=0 output_over=0 oom=0"
+                b" stdout=%d stderr=0 files=0\n%s" % (len(text), text))
+
+    stream = report(b"first\n") + report(b"second\n")
+    reader = asyncio.StreamReader()
+    cut = len(stream) // 2 + 7  # the second frame starts inside the second report's header
+    for piece in (stream[:cut], stream[cut:]):
+        reader.feed_data(FRAME.pack(STDOUT, len(piece)) + piece)
+    reader.feed_eof()
+    box = Box("container", reader, None)  # receiving writes nothing
+    assert (await box.receive(1 << 20))[0].stdout == b"first\n"
+    assert (await box.receive(1 << 20))[0].stdout == b"second\n"
+    with pytest.raises(Died):
+        await box.receive(1 << 20)

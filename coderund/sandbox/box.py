@@ -43,7 +43,8 @@ class Box:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     created: float = field(default_factory=time.monotonic)
-    max_bytes: int = 0  # of the exchange under way
+    max_bytes: int = 0  # of the report under way
+    unread: bytearray = field(default_factory=bytearray)  # the supervisor's stdout, past the last report
 
     @classmethod
     async def attach(cls, container_id: str, sock: socket.socket) -> Box:
@@ -56,24 +57,37 @@ class Box:
         return not self.reader.at_eof() and not self.writer.is_closing()
 
     async def exchange(self, request: bytes, max_bytes: int, live: Live | None = None) -> tuple[RunReport, supervisor.Files | None]:
-        """Sends the one request and reads the report; Died if the stream ends first, or if it brings
-        more than max_bytes (what the caps allow: nothing makes us hold more, however it is framed).
-        A live request is followed by its stdin as it comes, and its output goes to live.output
-        before the report."""
-        out, err = bytearray(), bytearray()
-        self.max_bytes = max_bytes
-        feeding = None
+        """Sends the one request and reads the report (send, then receive)."""
+        await self.send(request)
+        return await self.receive(max_bytes, live)
+
+    async def send(self, request: bytes) -> None:
+        """A request; its report comes from receive, reports in the order of their requests (a multi
+        supervisor takes the next request only once it has reported on the last)."""
         try:
             self.writer.write(request)
             await self.writer.drain()
+        except ConnectionError:
+            # A warm container that died while it waited fails the write: the same as one that died
+            # under its program, so the runner asks the engine what happened rather than crash.
+            raise Died(b"") from None
+
+    async def receive(self, max_bytes: int, live: Live | None = None) -> tuple[RunReport, supervisor.Files | None]:
+        """The next report; Died if the stream ends first, or if it brings more than max_bytes (what
+        the caps allow: nothing makes us hold more, however it is framed). A live request is followed
+        by its stdin as it comes, and its output goes to live.output before the report."""
+        out, err = self.unread, bytearray()
+        self.max_bytes = max_bytes
+        feeding = None
+        try:
             if live:
                 feeding = asyncio.ensure_future(self._feed(live.stdin))
                 await self._read_live(out, err, live)
-            await self._read(out, err)
-            return supervisor.parse_report(bytes(out))
+            size = await self._read(out, err)
+            report = bytes(out[:size])
+            del out[:size]  # what is left is the next report's start
+            return supervisor.parse_report(report)
         except (supervisor.SupervisorError, ConnectionError):
-            # A warm container that died while it waited fails the write: the same as one that died
-            # under its program, so the runner asks the engine what happened rather than crash.
             raise Died(bytes(err)) from None
         finally:
             if feeding:
@@ -113,9 +127,9 @@ class Box:
             err += payload[: max(0, DIAGNOSTICS_MAX - len(err))]
         return True
 
-    async def _read(self, out: bytearray, err: bytearray) -> None:
-        """Until the report is whole (its header tells its length), or the stream ends: a report
-        that carries files ends with the container."""
+    async def _read(self, out: bytearray, err: bytearray) -> int:
+        """Until the report is whole (its header tells its length), or the stream ends (a report
+        that carries files ends with the container): how long it is in out."""
         expected: int | None = None
         while expected is None or len(out) < expected:
             if expected is None and (newline := out.find(b"\n")) >= 0:
@@ -123,7 +137,8 @@ class Box:
                 if expected is not None:
                     continue
             if not await self.frame(out, err):
-                return
+                break
+        return len(out) if expected is None else expected
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

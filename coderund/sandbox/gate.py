@@ -29,6 +29,11 @@ class FairGate:
         self._waiting: list[_Waiter] = []
         self._seq = itertools.count()
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a step waits for a slot."""
+        return bool(self._waiting)
+
     @contextlib.asynccontextmanager
     async def slot(self, who: int) -> AsyncIterator[None]:
         if self.free and not self._waiting:

@@ -71,7 +71,9 @@ class WarmPool:
             self._wake.set()
 
     def take(self, shape: Shape) -> Warm | None:
-        """A ready container of this shape, or None (the caller makes one: the cold path)."""
+        """A ready container of this shape, or None (the caller makes one: the cold path). Its
+        replacement waits for wake, or the next tick: started at once, it would take the CPU from the
+        program that just took this one (measured: python hello's wall time doubles)."""
         ready = self.ready.get(shape)
         if ready is None:
             metrics.WARM_TAKES.labels("cold").inc()
@@ -83,7 +85,6 @@ class WarmPool:
         now = time.monotonic()
         self._last_used[shape] = now
         self._takes[shape].append(now)
-        self._wake.set()
         while ready:
             box = ready.popleft()
             if box.alive:
@@ -92,6 +93,15 @@ class WarmPool:
             self.discard(box)
         metrics.WARM_TAKES.labels("miss").inc()
         return None
+
+    def has(self, shape: Shape) -> bool:
+        """Whether take would find a ready container of this shape now."""
+        return any(warm.alive for warm in self.ready.get(shape, ()))
+
+    def wake(self) -> None:
+        """Refills now: a step that took a container has ended, or a container was taken for a
+        client that will not run a program in it at once."""
+        self._wake.set()
 
     def target(self, shape: Shape, now: float) -> int:
         if now - self._last_used[shape] > self.idle_s:
@@ -124,16 +134,25 @@ class WarmPool:
             target = self.target(shape, now)
             while ready and (len(ready) > target or now - ready[0].created > self.max_age_s or not ready[0].alive):
                 self.discard(ready.popleft())  # the oldest first: surplus, too old, or dead
-        # The most recently used shapes fill first when the total cap binds.
+        self._refill(now)
+        metrics.WARM_READY.set(sum(len(r) for r in self.ready.values()))
+
+    def _refill(self, now: float) -> None:
+        """The most recently used shapes fill first when the total cap binds. Once no shape used
+        longer ago has a container to give up for one, none has for the shapes after it either:
+        a tick is linear in the shapes served (it runs after every task)."""
         newest_first = sorted(self.ready, key=self._last_used.__getitem__, reverse=True)
+        size = self.size
         for shape in newest_first:
             missing = self.target(shape, now) - len(self.ready[shape]) - self.filling[shape]
             while missing > 0 and len(self._fills) < self.fill_parallel and self._paused_until.get(shape, (0, 0))[0] <= now:
-                if self.size >= self.max_total and not self._evict_for(shape, newest_first):
-                    break
+                if size >= self.max_total:
+                    if not self._evict_for(shape, newest_first):
+                        return
+                    size -= 1
                 self._fill(shape)
+                size += 1
                 missing -= 1
-        metrics.WARM_READY.set(sum(len(r) for r in self.ready.values()))
 
     def _evict_for(self, shape: Shape, newest_first: list[Shape]) -> bool:
         """Makes room for shape by discarding a ready container of the shape used longest before it."""

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 from .. import metrics
-from ..domain import (CaseResult, Limits, Program, Result, RunReport, Task, Verdict, case_result,
+from ..domain import (CaseResult, Limits, Program, Result, RunReport, Task, TestCase, Verdict, case_result,
                       judged, run_result, select_artifacts)
 from ..plugins import Plugin
 from . import supervisor
@@ -38,6 +38,10 @@ SUPERVISOR_PIDS = 1  # in a container's pids count beside the program's: the sup
 # gVisor's sentry (runsc 20221219) runs a busy sandbox task on about 8 host threads (measured: 21 busy
 # processes need 256 host pids, 128 need 1024), beside its own few dozen.
 GVISOR_HOST_THREADS, GVISOR_BASE_THREADS = 10, 64
+# What another lane of test cases costs before its first case: a warm sandbox's hand-off, or the start
+# of a fresh one (the engine's CPU for it: 2 cores over a churn ceiling of about 15 a second, make bench).
+WARM_LANE_S, COLD_LANE_S = 0.01, 0.13
+REFILL_AFTER_S = 0.05  # after a task: its result takes a few ms to reach the client
 
 
 class Sandbox:
@@ -56,6 +60,11 @@ class Sandbox:
             self.pool.serve(run_shape(plugin, plugin.limits, pids))
             if plugin.compile:
                 self.pool.serve(run_shape(plugin, plugin.compile_limits, pids))
+
+    def refill(self) -> None:
+        """A task is done: the warm containers it took are replaced, not while it ran, nor while its
+        result is on its way to the client (measured: both take twice as long beside a refill)."""
+        asyncio.get_running_loop().call_later(REFILL_AFTER_S, self.pool.wake)
 
     async def execute(self, plugin: Plugin, task: Task, labels: dict[str, str], case_parallel: int = 1,
                       live: Live | None = None) -> Result:
@@ -87,16 +96,13 @@ class Sandbox:
         return await self._judge(plugin, task, labels, files, compile_output, case_parallel, pids, rlimits)
 
     async def _run(self, plugin: Plugin, who: int, limits: Limits, labels: dict[str, str], files: Files, stdin: str,
-                   args: list[str] | tuple[str, ...], live: Live | None = None, lane: Lane | None = None,
-                   pids: int | None = None, rlimits: RunLimits = NO_LIMITS,
-                   collect: bool = False) -> tuple[RunReport, str, Files | None]:
+                   args: list[str] | tuple[str, ...], live: Live | None = None, pids: int | None = None,
+                   rlimits: RunLimits = NO_LIMITS, collect: bool = False) -> tuple[RunReport, str, Files | None]:
         """The run, and with collect the work folder it left (its names still to be made safe)."""
         report, left, container = await self._step(run_shape(plugin, limits, pids), who, labels, files, stdin.encode(),
                                                    plugin.run_command(limits, args), limits, collect=collect, live=live,
-                                                   lane=lane, rlimits=rlimits)
-        report = plugin.read_errors(report)
-        metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
-        return report, container, work_files(left, self.engine.isolation.tmpfs_mb * MB) if left else None
+                                                   rlimits=rlimits)
+        return _ran(plugin, report), container, work_files(left, self.engine.isolation.tmpfs_mb * MB) if left else None
 
     async def _judge(self, plugin: Plugin, task: Task, labels: dict[str, str], files: Files, compile_output: bytes,
                      parallel: int, pids: int | None, rlimits: RunLimits) -> Result:
@@ -108,25 +114,78 @@ class Sandbox:
         results: list[CaseResult | None] = [None] * len(task.tests)
         containers: list[str] = []
         todo = collections.deque(enumerate(task.tests))
+        shape = run_shape(plugin, task.limits, pids)
+        max_bytes = 4 * self.output_limit + REPORT_SLACK
         failed = False
+
+        def run_of(case: TestCase) -> tuple[bytes, tuple[str, ...]]:
+            return case.stdin.encode(), plugin.run_command(task.limits, case.args)
+
+        async def send(box: Box | None, case: TestCase) -> Box:
+            """The case's request into the lane's sandbox, or into a fresh one (laid by its first request)."""
+            if box is not None and box.alive:
+                await box.send(supervisor.next_run(*run_of(case)))
+                return box
+            if box is not None:
+                self.engine.discard(box)
+            box = self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
+            await box.send(supervisor.request(files, *run_of(case), wall_ms=task.limits.time_ms, output_cap=self.output_limit,
+                                              collect=False, multi=True, limits=rlimits))
+            return box
 
         async def lane() -> None:
             nonlocal failed
-            own = Lane()
+            box: Box | None = None
             try:
                 while todo and not failed:
-                    i, case = todo.popleft()
-                    report, container, _ = await self._run(plugin, task.user_id, task.limits, labels, files, case.stdin,
-                                                           case.args, lane=own, pids=pids, rlimits=rlimits)
-                    containers.append(container)
-                    results[i] = case_result(report, task.limits.memory_mb, case.expected, task.checker)
-                    failed = failed or (task.stop_on_failure and results[i].verdict is not Verdict.OK)
+                    async with self.gate.slot(task.user_id):
+                        # One case goes in ahead of the report awaited (the supervisor takes it as soon as
+                        # it has wiped), until the lane's share is done or another step waits for a slot.
+                        sent = collections.deque([todo.popleft()])
+                        box = await send(box, sent[0][1])
+                        while sent and not failed:
+                            if todo and len(sent) == 1 and not self.gate.waiting:
+                                sent.append(todo.popleft())
+                                with contextlib.suppress(Died):  # the receive below finds out
+                                    await box.send(supervisor.next_run(*run_of(sent[1][1])))
+                            i, case = sent.popleft()
+                            started, report_of = time.monotonic(), box.id
+                            try:
+                                report, _ = await asyncio.wait_for(box.receive(max_bytes), task.limits.time_ms / 1000 + GRACE_S)
+                            except TimeoutError:
+                                raise SandboxError(f"a {task.limits.time_ms} ms case did not finish") from None
+                            except Died as died:
+                                report = await self._died(box.id, died, task.limits, started)
+                                todo.extendleft(reversed(sent))  # lost with the sandbox, not run: they go again
+                                sent.clear()
+                                self.engine.discard(box)
+                                box = None
+                            containers.append(report_of)
+                            results[i] = case_result(_ran(plugin, report), task.limits.memory_mb, case.expected, task.checker)
+                            failed = failed or (task.stop_on_failure and results[i].verdict is not Verdict.OK)
+                            widen(time.monotonic() - started)
             finally:
-                if own.box is not None:
-                    self.engine.discard(own.box)
+                if box is not None:
+                    self.engine.discard(box)
 
-        lanes = 1 if task.stop_on_failure else max(1, min(parallel, len(task.tests)))
-        await asyncio.gather(*(lane() for _ in range(lanes)))
+        lanes: list[asyncio.Future[None]] = []
+        most = 1 if task.stop_on_failure else max(1, min(parallel, len(task.tests)))
+
+        def widen(took_s: float) -> None:
+            """Another lane, while no other step waits for a slot, once the cases left would keep the
+            lanes busy longer than starting it takes: a warm sandbox's hand-off, or a fresh one's start."""
+            if len(lanes) < most and not self.gate.waiting and \
+                    len(todo) * took_s / len(lanes) > (WARM_LANE_S if self.pool.has(shape) else COLD_LANE_S):
+                lanes.append(asyncio.ensure_future(lane()))
+
+        lanes.append(asyncio.ensure_future(lane()))
+        try:
+            for running in lanes:  # it grows as lanes are added
+                await running
+        finally:
+            for running in lanes:
+                running.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
         return judged([r or CaseResult(Verdict.SKIPPED) for r in results], compile_output,
                       containers[-1] if containers else None)
 
@@ -161,41 +220,28 @@ class Sandbox:
 
     async def _step(self, shape: Shape, who: int, labels: dict[str, str], files: Files, stdin: bytes,
                     program: tuple[str, ...], limits: Limits, *, collect: bool = False, live: Live | None = None,
-                    lane: Lane | None = None, rlimits: RunLimits = NO_LIMITS) -> tuple[RunReport, Files | None, str]:
-        """One program in a slot of the worker's: in a container of its own, which goes away afterwards
-        whatever happened; or, in a lane, in the lane's container while it lives."""
+                    rlimits: RunLimits = NO_LIMITS) -> tuple[RunReport, Files | None, str]:
+        """One program in a slot of the worker's, in a container of its own, which goes away afterwards
+        whatever happened."""
         async with self.gate.slot(who):
-            return await self._contained(shape, labels, files, stdin, program, limits, collect, live, lane, rlimits)
-
-    async def _contained(self, shape: Shape, labels: dict[str, str], files: Files, stdin: bytes, program: tuple[str, ...],
-                         limits: Limits, collect: bool, live: Live | None, lane: Lane | None,
-                         rlimits: RunLimits) -> tuple[RunReport, Files | None, str]:
-        if lane is not None and lane.box is not None and lane.box.alive:
-            box, request = lane.box, supervisor.next_run(stdin, program)
-        else:
             box = self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
+            log.debug("task %s: container %s", labels[f"{LABEL}.task"], box.id[:12])
             request = supervisor.request(files, stdin, program, wall_ms=limits.time_ms, output_cap=self.output_limit,
-                                         collect=collect, live=live is not None, multi=lane is not None, limits=rlimits)
-        log.debug("task %s: container %s", labels[f"{LABEL}.task"], box.id[:12])
-        kept = False
-        # Live pieces and the report each carry at most the caps; a build's files at most the work folder.
-        max_bytes = 4 * self.output_limit + REPORT_SLACK + (2 * self.engine.isolation.tmpfs_mb * MB if collect else 0)
-        started = time.monotonic()
-        try:
-            report, collected = await asyncio.wait_for(box.exchange(request, max_bytes, live), limits.time_ms / 1000 + GRACE_S)
-            kept = lane is not None
-        except TimeoutError:
-            raise SandboxError(f"a {limits.time_ms} ms step did not finish") from None
-        except Died as died:
-            report, collected = await self._died(box.id, died, limits, started), None
-            if live and report.stderr:  # our note on how it died: a live client sees it too
-                await live.output("stderr", report.stderr)
-        finally:
-            if lane is not None:
-                lane.box = box if kept else None
-            if not kept:
+                                         collect=collect, live=live is not None, limits=rlimits)
+            # Live pieces and the report each carry at most the caps; a build's files at most the work folder.
+            max_bytes = 4 * self.output_limit + REPORT_SLACK + (2 * self.engine.isolation.tmpfs_mb * MB if collect else 0)
+            started = time.monotonic()
+            try:
+                return *await asyncio.wait_for(box.exchange(request, max_bytes, live), limits.time_ms / 1000 + GRACE_S), box.id
+            except TimeoutError:
+                raise SandboxError(f"a {limits.time_ms} ms step did not finish") from None
+            except Died as died:
+                report = await self._died(box.id, died, limits, started)
+                if live and report.stderr:  # our note on how it died: a live client sees it too
+                    await live.output("stderr", report.stderr)
+                return report, None, box.id
+            finally:
                 self.engine.discard(box)
-        return report, collected, box.id
 
     async def _died(self, container: str, died: Died, limits: Limits, started: float) -> RunReport:
         """The stream ended without a report. If the container died under the program (gVisor ends
@@ -237,11 +283,9 @@ class Sandbox:
         return found[0]
 
 
-@dataclass
-class Lane:
-    """A sandbox that runs a task's test cases one after another, kept between them."""
-
-    box: Box | None = None
+def _ran(plugin: Plugin, report: RunReport) -> RunReport:
+    metrics.RUN_TIME.labels(plugin.name).observe(report.wall_ms / 1000)
+    return plugin.read_errors(report)
 
 
 def run_shape(plugin: Plugin, limits: Limits, pids: int | None = None) -> Shape:

@@ -26,7 +26,8 @@
  * container's settings); the program runs as SANDBOX_UID with no capabilities. So the program can
  * neither signal us, nor open our descriptors through /proc/1/fd (the report stream), nor ptrace us,
  * under any runtime. It also runs under a seccomp filter of ours on top of the engine's, which denies
- * io_uring whatever the engine's own profile allows.
+ * io_uring whatever the engine's own profile allows. Between runs (MULTI) we take its effective ids
+ * for a moment, to empty what it wrote, once no process of its is left.
  *
  * LIVE: stdin is a pipe that STDIN starts and later items on our stdin feed, as they come (an empty
  * item closes it); every kept piece of output is also sent at once as an item, "1" or "2" then the
@@ -57,6 +58,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -282,6 +284,21 @@ static void write_all(const char *p, size_t n) {
         }
         p += w;
         n -= (size_t)w;
+    }
+}
+
+static void write_vector(struct iovec *parts, int count) {
+    while (count > 0) {
+        ssize_t w = writev(1, parts, count);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            exit(125);
+        }
+        for (; count > 0 && (size_t)w >= parts->iov_len; parts++, count--) w -= (ssize_t)parts->iov_len;
+        if (count > 0) {
+            parts->iov_base = (char *)parts->iov_base + w;
+            parts->iov_len -= (size_t)w;
+        }
     }
 }
 
@@ -558,9 +575,8 @@ static void run_program(long wall_ms, size_t output_cap, int collect, int in, ch
                      wall_us, cpu_us, usage.ru_maxrss, timed_out, streams[0].over || streams[1].over,
                      oom_before < 0 ? -1 : (int)(oom_after > oom_before), streams[0].len, streams[1].len, collect);
     if (live) write_all("0:", 2);
-    write_all(header, (size_t)n);
-    write_all(streams[0].data, streams[0].len);
-    write_all(streams[1].data, streams[1].len);
+    struct iovec report[3] = {{header, (size_t)n}, {streams[0].data, streams[0].len}, {streams[1].data, streams[1].len}};
+    write_vector(report, 3); /* one write: one frame for the engine and the worker to pass on, not three */
     if (collect) {
         nftw(".", send_entry, 16, FTW_PHYS);
         send_item("", 0);
@@ -649,7 +665,7 @@ static int ipc_probe(int kind) {
 
 static int ipc_last[3] = {-1, -1, -1}; /* the last probe's id of each kind */
 
-/* In the wiper (the program's identity, which owns what the run made); leaves the new probes in ipc_last. */
+/* As the program's identity, which owns what the run made; leaves the new probes in ipc_last. */
 static void remove_ipc(void) {
     const char *lists[] = {"/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg"};
     for (int kind = 0; kind < 3; kind++) {
@@ -669,8 +685,11 @@ static void remove_ipc(void) {
     }
 }
 
-/* Kills what the run left, then empties what it could write, as the program's own identity (which
- * owns every file it made, whatever their modes), and lays the work folder anew. */
+/* Kills what the run left, then empties what it could write as the program's own identity (which
+ * owns every file and IPC object the run made, whatever their modes), and lays the work folder anew.
+ * Only our effective ids change, and back, without a fork: nothing of the run is left to act on us
+ * meanwhile (every other process in the container is gone, or dying of SIGKILL, which it cannot
+ * outlive to run again). */
 static void wipe(void) {
     /* Only the container's own: as its first process, kill(-1) reaches every other process in it,
      * and /tmp, /dev/shm and the IPC namespace are the container's. (Anywhere else, the work folder.) */
@@ -679,26 +698,15 @@ static void wipe(void) {
         kill(-1, SIGKILL);
         reap_all();
     }
-    int probes[2];
-    if (pipe2(probes, O_CLOEXEC)) fail("pipe");
-    pid_t pid = fork();
-    if (pid < 0) fail("fork");
-    if (pid == 0) {
-        become_program();
-        const char *writable[] = {".", "/tmp", "/dev/shm"};
-        for (int i = 0; i < (contained ? 3 : 1); i++) {
-            int fd = open(writable[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (fd >= 0) empty(fd);
-        }
-        if (contained) remove_ipc();
-        _exit(write(probes[1], ipc_last, sizeof ipc_last) == sizeof ipc_last ? 0 : 1);
+    if (setegid(SANDBOX_UID) < 0 || seteuid(SANDBOX_UID) < 0) fail("taking the program's identity to empty the sandbox");
+    const char *writable[] = {".", "/tmp", "/dev/shm"};
+    for (int i = 0; i < (contained ? 3 : 1); i++) {
+        int fd = open(writable[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) empty(fd);
     }
-    close(probes[1]);
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-    if (read(probes[0], ipc_last, sizeof ipc_last) != sizeof ipc_last) fail("emptying the sandbox between runs");
-    close(probes[0]);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail("emptying the sandbox between runs");
+    if (contained) remove_ipc();
+    if (seteuid(0) < 0 || setegid(0) < 0) fail("taking back our identity");
+    prctl(PR_SET_DUMPABLE, 0); /* a change of effective ids resets it: not dumpable, as before */
     lay_again();
 }
 

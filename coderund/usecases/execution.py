@@ -21,8 +21,6 @@ from .live import LiveBridge
 log = logging.getLogger(__name__)
 
 
-
-
 class Executor:
     """The worker side: claim a task, run it in the sandbox, store the result, then ack."""
 
@@ -38,8 +36,11 @@ class Executor:
         self.max_attempts = max_attempts
 
     async def handle(self, task_id: uuid.UUID, delivery: Delivery) -> Result | None:
-        with self.cancels.watch(task_id) as cancelled:  # before the claim: a cancel after it is not missed
-            return await self._handle(task_id, delivery, cancelled)
+        try:
+            with self.cancels.watch(task_id) as cancelled:  # before the claim: a cancel after it is not missed
+                return await self._handle(task_id, delivery, cancelled)
+        finally:
+            self.sandbox.refill()
 
     async def _handle(self, task_id: uuid.UUID, delivery: Delivery, cancelled: asyncio.Event) -> Result | None:
         task = await self.tasks.claim(task_id, self.worker_id)

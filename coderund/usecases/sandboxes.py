@@ -247,6 +247,7 @@ class SandboxHost:
             plugin = self.plugins.get(row.language)
             spec = Spec(plugin.image, row.memory_mb, row.cpus, row.disk_mb, tuple(sorted(row.env.items())))
             hub = self.pool.take(spec) or await Hub.start(self.engine, spec, {f"{LABEL}.sandbox": str(row.id)})
+            self.pool.wake()  # a sandbox runs nothing until asked: its replacement may start at once
         except (SandboxError, KeyError) as e:
             log.warning("sandbox %s: could not start: %s", row.id, e)
             await self.store.end(row.id, "start_failed")
