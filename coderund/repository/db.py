@@ -29,7 +29,9 @@ class Database:
             max_size=max_size,
             timeout=CONNECT_TIMEOUT_S,
             open=False,
-            kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT_S},
+            # Autocommit: a single statement is its own transaction, without a BEGIN and a COMMIT
+            # of two round trips more (transaction() makes them where several statements are one).
+            kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True},
             check=AsyncConnectionPool.check_connection,  # a restarted server's dead connections are replaced
         )
 
@@ -41,6 +43,13 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection whose statements are one transaction, committed at the end."""
+        async with self.statement() as conn, conn.transaction():
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def statement(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection for one statement, its own transaction (with CTEs, one may do several things)."""
         try:
             async with self.pool.connection() as conn:
                 yield conn
@@ -49,7 +58,7 @@ class Database:
             raise Unavailable("The database is not answering; try again shortly.") from e
 
     async def ping(self) -> None:
-        async with self.transaction() as conn:
+        async with self.statement() as conn:
             await conn.execute("SELECT 1")
 
 

@@ -1,4 +1,4 @@
-"""Webhook deliveries in PostgreSQL: written in a task's finishing transaction (tasks.py), taken by
+"""Webhook deliveries in PostgreSQL: written by the statement that finishes a task (tasks.py), taken by
 dispatchers under a lease, so that a crash anywhere loses none and several dispatchers share them."""
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from datetime import datetime
 from .db import Database
 
 LEASE_S = 60  # a delivery taken by a dispatcher that died is taken again after this
-# Inside a transaction that has just finished the task (%s: delivery id, task id).
-ENQUEUE = ("INSERT INTO webhook_deliveries (id, task_id, url)"
-           " SELECT %s, id, callback_url FROM tasks WHERE id = %s AND callback_url IS NOT NULL")
+# In the statement that finishes a task (tasks.py), from its finished row: %(hook)s, the delivery's id.
+ENQUEUE = "INSERT INTO webhook_deliveries (id, task_id, url) SELECT %(hook)s, id, callback_url"
 
 
 @dataclass(frozen=True)

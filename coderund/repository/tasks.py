@@ -107,10 +107,13 @@ def _task(row: dict[str, Any]) -> Task:
     )
 
 
-async def _finished(conn: Any, task_id: uuid.UUID) -> None:
-    """In the transaction that finished the task: its webhook, if any, and the news for API processes."""
-    await conn.execute(ENQUEUE, (uuid.uuid4(), task_id))
-    await conn.execute("SELECT pg_notify(%s, %s)", (FINISHED, str(task_id)))
+def _finishing(done: str, returning: str, also: str = "") -> str:
+    """One statement that finishes a task: `done`, an UPDATE returning the finished row's id and
+    callback_url, then (`also`, more CTEs on done), its webhook queued and the news for API processes
+    (a NOTIFY, sent at the commit), returning `returning` of the row. Parameters: %(hook)s, the
+    webhook delivery's id, beside done's own."""
+    return (f"WITH done AS ({done}){also}, hook AS ({ENQUEUE} FROM done WHERE callback_url IS NOT NULL)"
+            f" SELECT {returning}, pg_notify('{FINISHED}', id::text) FROM done")
 
 
 class Tasks:
@@ -141,7 +144,7 @@ class Tasks:
             return True
 
     async def mark_published(self, task_id: uuid.UUID) -> None:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             await conn.execute("UPDATE tasks SET published_at = now() WHERE id = %s", (task_id,))
 
     async def requeue_orphans(self, lease_s: int, unpublished_after_s: int) -> list[uuid.UUID]:
@@ -174,26 +177,26 @@ class Tasks:
 
     async def delete_unstarted(self, task_id: uuid.UUID) -> None:
         """Takes back a task whose hand-off to the queue failed."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             await conn.execute("DELETE FROM tasks WHERE id = %s AND state = 'queued' AND attempts = 0", (task_id,))
 
     async def get(self, task_id: uuid.UUID, user_id: int) -> Task | None:
         """The task, if it exists and belongs to that user."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = %s AND user_id = %s", (task_id, user_id))
             row = await cursor.fetchone()
             return _task(row) if row else None
 
     async def state(self, task_id: uuid.UUID, user_id: int) -> TaskState | None:
         """Only the state: status polling is the hottest call, and a full row carries code and output."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute("SELECT state FROM tasks WHERE id = %s AND user_id = %s", (task_id, user_id))
             row = await cursor.fetchone()
             return TaskState(row["state"]) if row else None
 
     async def get_many(self, task_ids: list[uuid.UUID], user_id: int, *, whole: bool = False) -> dict[uuid.UUID, Task]:
         """The user's tasks among task_ids; their code, stdin and files only when whole."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(f"SELECT {COLUMNS if whole else RESULT_COLUMNS} FROM tasks"
                                         " WHERE id = ANY(%s) AND user_id = %s", (task_ids, user_id))
             return {row["id"]: _task(row) for row in await cursor.fetchall()}
@@ -230,14 +233,12 @@ class Tasks:
     async def cancel_queued(self, task_id: uuid.UUID, user_id: int) -> str | None:
         """Ends a task that no worker has taken: it never runs (a claim skips finished tasks). Returns
         its language, or None when it was not queued."""
-        async with self.db.transaction() as conn:
-            row = await (await conn.execute(
+        async with self.db.statement() as conn:
+            row = await (await conn.execute(_finishing(
                 "UPDATE tasks SET state = 'done', verdict = 'cancelled', finished_at = now()"
-                " WHERE id = %s AND user_id = %s AND state = 'queued' RETURNING language", (task_id, user_id))).fetchone()
-            if row is None:
-                return None
-            await _finished(conn, task_id)
-            return row["language"]
+                " WHERE id = %(id)s AND user_id = %(user)s AND state = 'queued' RETURNING id, callback_url, language",
+                "language"), {"id": task_id, "user": user_id, "hook": uuid.uuid4()})).fetchone()
+            return None if row is None else row["language"]
 
     async def request_cancel(self, task_id: uuid.UUID, user_id: int) -> bool:
         """Asks the worker running the task to stop it; it is told at once (NOTIFY) and can read it here."""
@@ -250,13 +251,13 @@ class Tasks:
             return True
 
     async def cancel_requested(self, task_id: uuid.UUID) -> bool:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             row = await (await conn.execute("SELECT cancel_requested FROM tasks WHERE id = %s", (task_id,))).fetchone()
             return bool(row and row["cancel_requested"])
 
     async def claim(self, task_id: uuid.UUID, worker: str) -> Task | None:
         """Marks an unfinished task as running on this worker and counts the attempt."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(
                 "UPDATE tasks SET state = 'running', attempts = attempts + 1, worker = %s, started_at = now()"
                 f" WHERE id = %s AND state <> 'done' RETURNING {COLUMNS}",
@@ -267,31 +268,29 @@ class Tasks:
 
     async def release(self, task_id: uuid.UUID) -> None:
         """Puts a running task back in the queue's hands (the worker is stopping or the platform failed)."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             await conn.execute("UPDATE tasks SET state = 'queued', worker = NULL WHERE id = %s AND state = 'running'", (task_id,))
 
     async def finish(self, task_id: uuid.UUID, result: Result) -> bool:
-        """Writes the result once; a duplicate delivery finds the task done and changes nothing.
-        Its commit tells every API process listening (finished.py) that the task is done."""
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "UPDATE tasks SET state = 'done', finished_at = now(), verdict = %s, exit_code = %s, signal = %s,"
-                " stdout = %s, stderr = %s, compile_output = %s, truncated = %s, cpu_ms = %s, wall_ms = %s,"
-                " memory_kb = %s, container = %s, case_results = %s, artifacts = %s WHERE id = %s AND state <> 'done'"
-                " RETURNING user_id, language, (finished_at AT TIME ZONE 'UTC')::date AS day",
-                (result.verdict.value, result.exit_code, result.signal, result.stdout, result.stderr,
-                 result.compile_output, result.truncated, result.time_ms, result.wall_ms, result.memory_kb,
-                 result.container, None if result.tests is None else Jsonb([_case_document(c) for c in result.tests]),
-                 _artifacts_document(result), task_id),
-            )
-            done = await cursor.fetchone()
-            if done is None:
-                return False
-            cpu_ms, wall_ms = result.spent()
-            await conn.execute(
-                "INSERT INTO usage_daily (user_id, day, language, tasks, cpu_ms, wall_ms) VALUES (%s, %s, %s, 1, %s, %s)"
+        """Writes the result once, in one statement; a duplicate delivery finds the task done and
+        changes nothing. Its commit tells every API process listening (finished.py) that the task is done."""
+        cpu_ms, wall_ms = result.spent()
+        async with self.db.statement() as conn:
+            cursor = await conn.execute(_finishing(
+                "UPDATE tasks SET state = 'done', finished_at = now(), verdict = %(verdict)s, exit_code = %(exit)s,"
+                " signal = %(signal)s, stdout = %(stdout)s, stderr = %(stderr)s, compile_output = %(compile)s,"
+                " truncated = %(truncated)s, cpu_ms = %(cpu)s, wall_ms = %(wall)s, memory_kb = %(memory)s,"
+                " container = %(container)s, case_results = %(cases)s, artifacts = %(artifacts)s"
+                " WHERE id = %(id)s AND state <> 'done'"
+                " RETURNING id, callback_url, user_id, language, (finished_at AT TIME ZONE 'UTC')::date AS day",
+                "id", also=", usage AS (INSERT INTO usage_daily (user_id, day, language, tasks, cpu_ms, wall_ms)"
+                " SELECT user_id, day, language, 1, %(spent_cpu)s, %(spent_wall)s FROM done"
                 " ON CONFLICT (user_id, day, language) DO UPDATE SET tasks = usage_daily.tasks + 1,"
-                " cpu_ms = usage_daily.cpu_ms + EXCLUDED.cpu_ms, wall_ms = usage_daily.wall_ms + EXCLUDED.wall_ms",
-                (done["user_id"], done["day"], done["language"], cpu_ms, wall_ms))
-            await _finished(conn, task_id)
-            return True
+                " cpu_ms = usage_daily.cpu_ms + EXCLUDED.cpu_ms, wall_ms = usage_daily.wall_ms + EXCLUDED.wall_ms)"),
+                {"verdict": result.verdict.value, "exit": result.exit_code, "signal": result.signal, "stdout": result.stdout,
+                 "stderr": result.stderr, "compile": result.compile_output, "truncated": result.truncated,
+                 "cpu": result.time_ms, "wall": result.wall_ms, "memory": result.memory_kb, "container": result.container,
+                 "cases": None if result.tests is None else Jsonb([_case_document(c) for c in result.tests]),
+                 "artifacts": _artifacts_document(result), "id": task_id, "spent_cpu": cpu_ms, "spent_wall": wall_ms,
+                 "hook": uuid.uuid4()})
+            return await cursor.fetchone() is not None

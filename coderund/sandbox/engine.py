@@ -40,6 +40,7 @@ ATTACH = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
 _VERSION = re.compile(r"v[\d.]+")
 _COLLECTIONS = {"containers", "volumes", "images", "exec"}
 _ACTIONS = {"create", "json", "prune"}
+REMOVE_AFTER_S = 0.05  # a used container's removal waits for its task's result to be out
 
 
 class SandboxError(Exception):
@@ -145,12 +146,18 @@ class Engine:
         await self.call(self.client.api.unpause, container)
 
     def discard(self, box: Box) -> None:
-        """Closes the box and removes its container, off the task's critical path. (Not the engine's
-        auto_remove: it can cut the attached stream before the report's last bytes are through.)"""
+        """Closes the box and removes its container, off the task's critical path: a moment later, as
+        the removal's work (the engine's, and the SDK's in our threads) would slow the task's finish
+        and answer. (Not the engine's auto_remove: it can cut the attached stream before the report's
+        last bytes are through.)"""
         box.close()
-        removal = asyncio.ensure_future(self.call(self._remove, box.id))
+        removal = asyncio.ensure_future(self._remove_later(box.id))
         self._removals.add(removal)
         removal.add_done_callback(self._removals.discard)
+
+    async def _remove_later(self, container: str) -> None:
+        await asyncio.sleep(REMOVE_AFTER_S)
+        await self.call(self._remove, container)
 
     def _remove(self, container: str) -> None:
         """Cleanup never raises: a container that cannot be removed now is swept later."""

@@ -172,10 +172,7 @@ class Sandbox:
         most = 1 if task.stop_on_failure else max(1, min(parallel, len(task.tests)))
 
         def widen(took_s: float) -> None:
-            """Another lane, while no other step waits for a slot, once the cases left would keep the
-            lanes busy longer than starting it takes: a warm sandbox's hand-off, or a fresh one's start."""
-            if len(lanes) < most and not self.gate.waiting and \
-                    len(todo) * took_s / len(lanes) > (WARM_LANE_S if self.pool.has(shape) else COLD_LANE_S):
+            if len(lanes) < most and not self.gate.waiting and pays(len(lanes), len(todo), took_s, self.pool.has(shape)):
                 lanes.append(asyncio.ensure_future(lane()))
 
         lanes.append(asyncio.ensure_future(lane()))
@@ -281,6 +278,12 @@ class Sandbox:
             found = (await self.engine.call(self.engine.image_id, image), time.monotonic())
             self._image_ids[image] = found
         return found[0]
+
+
+def pays(lanes: int, left: int, took_s: float, warm: bool) -> bool:
+    """Whether another lane pays, after a case that took took_s: when the cases left would keep the
+    lanes busy longer than starting it takes (a warm sandbox's hand-off, or a fresh one's start)."""
+    return left * took_s / lanes > (WARM_LANE_S if warm else COLD_LANE_S)
 
 
 def _ran(plugin: Plugin, report: RunReport) -> RunReport:
