@@ -36,7 +36,7 @@ class Keys:
 
     async def add(self, user_id: int, name: str, key_hash: bytes, prefix: str, scopes: tuple[str, ...],
                   expires_in_days: int | None) -> KeyRow:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             try:
                 cursor = await conn.execute(
                     "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, scopes, expires_at) VALUES (%s, %s, %s, %s,"
@@ -49,14 +49,14 @@ class Keys:
 
     async def by_hash(self, key_hash: bytes) -> KeyRow | None:
         """The key, unless revoked (expiry is the caller's to judge: a cached key expires too)."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(f"SELECT {COLUMNS} FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
                                         (key_hash,))
             row = await cursor.fetchone()
             return _row(row) if row else None
 
     async def of_user(self, user_id: int) -> list[KeyRow]:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(f"SELECT {COLUMNS} FROM api_keys WHERE user_id = %s AND revoked_at IS NULL"
                                         " ORDER BY created_at, id", (user_id,))
             return [_row(row) for row in await cursor.fetchall()]
@@ -73,5 +73,5 @@ class Keys:
             return True
 
     async def touch(self, key_id: uuid.UUID) -> None:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             await conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = %s", (key_id,))

@@ -28,7 +28,7 @@ class Outbox:
         self.db = db
 
     async def take(self, limit: int) -> list[PendingWebhook]:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(
                 "UPDATE webhook_deliveries d SET next_at = now() + make_interval(secs => %s) FROM tasks t"
                 " WHERE t.id = d.task_id AND d.id IN (SELECT id FROM webhook_deliveries WHERE delivered_at IS NULL"
@@ -38,20 +38,20 @@ class Outbox:
             return [PendingWebhook(**row) for row in await cursor.fetchall()]
 
     async def delivered(self, delivery_id: uuid.UUID) -> None:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             await conn.execute("UPDATE webhook_deliveries SET delivered_at = now(), attempts = attempts + 1, last_error = NULL"
                                " WHERE id = %s", (delivery_id,))
 
     async def failed(self, delivery_id: uuid.UUID, error: str, retry_in_s: float | None) -> None:
         """Counts the attempt; tries again after retry_in_s, or never (None)."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             await conn.execute(
                 "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = %s,"
                 " next_at = now() + make_interval(secs => %s), gave_up_at = CASE WHEN %s THEN now() END WHERE id = %s",
                 (error[:500], retry_in_s or 0, retry_in_s is None, delivery_id))
 
     async def oldest_pending_s(self) -> float:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             row = await (await conn.execute(
                 "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age FROM webhook_deliveries"
                 " WHERE delivered_at IS NULL AND gave_up_at IS NULL")).fetchone()

@@ -63,7 +63,7 @@ class SandboxStore:
         return await self._one(f"SELECT {COLUMNS} FROM sandboxes WHERE id = %s", (sandbox_id,))
 
     async def of_user(self, user_id: int, metadata: dict[str, str]) -> list[SandboxRow]:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(f"SELECT {COLUMNS} FROM sandboxes WHERE user_id = %s AND {LIVE}"
                                         " AND metadata @> %s ORDER BY created_at", (user_id, Jsonb(metadata)))
             return [_row(row) for row in await cursor.fetchall()]
@@ -80,7 +80,7 @@ class SandboxStore:
 
     async def set_state(self, sandbox_id: uuid.UUID, state: str) -> None:
         """running ⇄ paused, never out of ended."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             await conn.execute(f"UPDATE sandboxes SET state = %s WHERE id = %s AND {LIVE}", (state, sandbox_id))
 
     async def extend(self, sandbox_id: uuid.UUID, timeout_s: int) -> SandboxRow | None:
@@ -94,7 +94,7 @@ class SandboxStore:
 
     async def end_lost(self, live_workers: set[str], unplaced_s: int) -> list[uuid.UUID]:
         """Ends the sandboxes of workers that are gone, and those no worker took in time."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(
                 "UPDATE sandboxes SET state = 'ended', ended_at = now(), end_reason = CASE WHEN worker_id IS NULL"
                 " THEN 'not_placed' ELSE 'worker_lost' END"
@@ -105,12 +105,12 @@ class SandboxStore:
 
     async def rows(self, ids: list[uuid.UUID]) -> list[SandboxRow]:
         """These sandboxes as they are now (another process may have ended or extended them)."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(f"SELECT {COLUMNS} FROM sandboxes WHERE id = ANY(%s)", (ids,))
             return [_row(row) for row in await cursor.fetchall()]
 
     async def _one(self, query: str, params: tuple[Any, ...]) -> SandboxRow | None:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             row = await (await conn.execute(query, params)).fetchone()
             return _row(row) if row else None
 

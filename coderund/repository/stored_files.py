@@ -26,14 +26,14 @@ class StoredFiles:
                 "  WHERE user_id = %s) AS newest_first WHERE total > %s)", (user_id, user_id, self.max_bytes))
 
     async def exists(self, user_id: int, file_id: str) -> bool:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             row = await (await conn.execute("SELECT 1 FROM stored_files WHERE user_id = %s AND file_id = %s",
                                             (user_id, file_id))).fetchone()
         return row is not None
 
     async def take(self, user_id: int, file_ids: list[str]) -> dict[str, bytes]:
         """The named files that are there (marked used); the caller tells which are missing."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             rows = await (await conn.execute(
                 "UPDATE stored_files SET used_at = now() WHERE user_id = %s AND file_id = ANY(%s) RETURNING file_id, content",
                 (user_id, file_ids))).fetchall()

@@ -169,7 +169,7 @@ class Tasks:
 
     async def delete_expired(self, days: int, batch: int = RETENTION_BATCH) -> int:
         """Deletes up to `batch` tasks finished more than `days` ago (their webhooks go with them)."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(
                 "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state = 'done'"
                 " AND finished_at < now() - make_interval(days => %s) LIMIT %s)", (days, batch))
@@ -211,7 +211,7 @@ class Tasks:
 
     async def delete_finished(self, task_id: uuid.UUID, user_id: int) -> Task | None:
         """Deletes the user's finished task and returns it as it was; None if there is no such finished task."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(f"DELETE FROM tasks WHERE id = %s AND user_id = %s AND state = 'done'"
                                         f" RETURNING {COLUMNS}", (task_id, user_id))
             row = await cursor.fetchone()
@@ -221,7 +221,7 @@ class Tasks:
                       before: tuple[datetime, uuid.UUID] | None, limit: int) -> list[dict[str, Any]]:
         """The user's tasks, newest first, older than `before` (the last of the previous page): pages do
         not shift when tasks are added meanwhile."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(
                 f"SELECT {SUMMARY} FROM tasks WHERE user_id = %s AND (%s::text IS NULL OR state = %s)"
                 " AND (%s::text IS NULL OR language = %s)"

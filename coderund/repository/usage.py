@@ -25,7 +25,7 @@ class Usage:
 
     async def quota(self, user_id: int, day: date) -> tuple[Quota, int]:
         """The user's quotas and the CPU ms their tasks used that day: one query, on every submission."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             row = await (await conn.execute(
                 "SELECT quota_cpu_s_per_day, quota_max_pending, quota_per_minute, (SELECT coalesce(sum(cpu_ms), 0)"
                 " FROM usage_daily WHERE user_id = users.id AND day = %s) AS used FROM users WHERE id = %s",
@@ -37,13 +37,13 @@ class Usage:
     async def set_quota(self, username: str, changes: dict[str, int | None]) -> bool:
         """Sets the named quotas of the user (None: back to the default); False if there is no such user."""
         sets = ", ".join(f"quota_{name} = %s" for name in changes if name in QUOTA_FIELDS)
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(f"UPDATE users SET {sets or 'id = id'} WHERE username = %s",
                                         (*(changes[n] for n in changes if n in QUOTA_FIELDS), username))
             return cursor.rowcount == 1
 
     async def days(self, user_id: int, since: date) -> list[dict[str, Any]]:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(
                 "SELECT day, language, tasks, cpu_ms, wall_ms FROM usage_daily WHERE user_id = %s AND day >= %s"
                 " ORDER BY day, language", (user_id, since))

@@ -22,7 +22,7 @@ class Users:
         self.db = db
 
     async def create(self, username: str, password_hash: str) -> UserRow:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             try:
                 cursor = await conn.execute(
                     "INSERT INTO users (username, password_hash) VALUES (%s, %s) RETURNING id, username, password_hash",
@@ -34,14 +34,14 @@ class Users:
 
     async def webhook_secret(self, user_id: int, new: str | None = None) -> str:
         """The user's webhook signing secret; `new` replaces it, or is set when there is none yet."""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             row = await (await conn.execute(
                 "UPDATE users SET webhook_secret = CASE WHEN %s OR webhook_secret IS NULL THEN %s ELSE webhook_secret END"
                 " WHERE id = %s RETURNING webhook_secret", (new is not None, new or secrets.token_hex(32), user_id))).fetchone()
             return row["webhook_secret"]
 
     async def by_username(self, username: str) -> UserRow | None:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cursor = await conn.execute(
                 "SELECT id, username, password_hash FROM users WHERE username = %s", (username,)
             )
