@@ -40,7 +40,9 @@ ATTACH = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
 _VERSION = re.compile(r"v[\d.]+")
 _COLLECTIONS = {"containers", "volumes", "images", "exec"}
 _ACTIONS = {"create", "json", "prune"}
-REMOVE_AFTER_S = 0.05  # a used container's removal waits for its task's result to be out
+# A task's result takes a few ms to be out: a used container's removal, and the warm pool's refill
+# after a task, wait that long rather than slow it.
+SETTLE_S = 0.05
 
 
 class SandboxError(Exception):
@@ -156,7 +158,7 @@ class Engine:
         removal.add_done_callback(self._removals.discard)
 
     async def _remove_later(self, container: str) -> None:
-        await asyncio.sleep(REMOVE_AFTER_S)
+        await asyncio.sleep(SETTLE_S)
         await self.call(self._remove, container)
 
     def _remove(self, container: str) -> None:

@@ -22,7 +22,7 @@ from ..plugins import Plugin
 from . import supervisor
 from .box import Box, Died, Live
 from .compile_cache import Build, CompileCache, key
-from .engine import Engine, SandboxError, Shape
+from .engine import SETTLE_S, Engine, SandboxError, Shape
 from .gate import FairGate
 from .options import LABEL, MB
 from .pool import WarmPool
@@ -41,7 +41,6 @@ GVISOR_HOST_THREADS, GVISOR_BASE_THREADS = 10, 64
 # What another lane of test cases costs before its first case: a warm sandbox's hand-off, or the start
 # of a fresh one (the engine's CPU for it: 2 cores over a churn ceiling of about 15 a second, make bench).
 WARM_LANE_S, COLD_LANE_S = 0.01, 0.13
-REFILL_AFTER_S = 0.05  # after a task: its result takes a few ms to reach the client
 
 
 class Sandbox:
@@ -64,7 +63,7 @@ class Sandbox:
     def refill(self) -> None:
         """A task is done: the warm containers it took are replaced, not while it ran, nor while its
         result is on its way to the client (measured: both take twice as long beside a refill)."""
-        asyncio.get_running_loop().call_later(REFILL_AFTER_S, self.pool.wake)
+        asyncio.get_running_loop().call_later(SETTLE_S, self.pool.wake)
 
     async def execute(self, plugin: Plugin, task: Task, labels: dict[str, str], case_parallel: int = 1,
                       live: Live | None = None) -> Result:
@@ -128,7 +127,7 @@ class Sandbox:
                 return box
             if box is not None:
                 self.engine.discard(box)
-            box = self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
+            box = await self._box(shape, labels)
             await box.send(supervisor.request(files, *run_of(case), wall_ms=task.limits.time_ms, output_cap=self.output_limit,
                                               collect=False, multi=True, limits=rlimits))
             return box
@@ -215,13 +214,17 @@ class Sandbox:
         await asyncio.to_thread(self.cache.put, cache_key, build)
         return build
 
+    async def _box(self, shape: Shape, labels: dict[str, str]) -> Box:
+        """A warm container of that shape, or one made now."""
+        return self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
+
     async def _step(self, shape: Shape, who: int, labels: dict[str, str], files: Files, stdin: bytes,
                     program: tuple[str, ...], limits: Limits, *, collect: bool = False, live: Live | None = None,
                     rlimits: RunLimits = NO_LIMITS) -> tuple[RunReport, Files | None, str]:
         """One program in a slot of the worker's, in a container of its own, which goes away afterwards
         whatever happened."""
         async with self.gate.slot(who):
-            box = self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
+            box = await self._box(shape, labels)
             log.debug("task %s: container %s", labels[f"{LABEL}.task"], box.id[:12])
             request = supervisor.request(files, stdin, program, wall_ms=limits.time_ms, output_cap=self.output_limit,
                                          collect=collect, live=live is not None, limits=rlimits)
