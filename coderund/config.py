@@ -36,7 +36,7 @@ class Settings:
     plugins_dir: str = _setting(str(DEFAULT_PLUGINS_DIR), "folder of language plugin TOML files")
     concurrency: int = _setting(os.cpu_count() or 1, "tasks a worker runs at once (default: CPU count)")
     runtime: str = _setting("runc", "OCI runtime of sandbox containers: runc, or runsc for gVisor")
-    docker_url: str = _setting("", "Docker engine URL (default: DOCKER_HOST or the local socket)")
+    docker_url: str = _setting("", "Docker engine URL, a unix socket or plain tcp:// (default: DOCKER_HOST or the local socket)")
     output_limit_kb: int = _setting(64, "cap of a task's stdout and of its stderr, each, in KiB")
     tmpfs_mb: int = _setting(64, "size of a task's writable work folder, in MiB")
     pids_limit: int = _setting(128, "processes and threads a task may have at once")

@@ -135,7 +135,7 @@ class Worker:
         # worker that started a moment ago is never taken for dead.
         live = await self.workers.live_workers(LEASE_S) | {self.id}
         if dead := [container for container, worker in owners.items() if worker not in live]:
-            await engine.call(engine.remove_all, dead)
+            await engine.remove_all(dead)
             log.info("removed %d container(s) left by dead workers", len(dead))
 
     async def _recover(self) -> None:

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from coderund.daemon import make_sandbox
-from coderund.sandbox.engine import SandboxRefused, Shape
+from coderund.sandbox.engine import SandboxError, SandboxRefused, Shape
+from coderund.sandbox.engine_http import EngineCallFailed
 from tests.conftest import env_of, own_server
 
 NESTED = b"[" * 100_000 + b"]" * 100_000
@@ -62,6 +63,19 @@ async def test_an_engine_refusal_is_final_not_a_platform_failure(settings):
     finally:
         await sandbox.engine.close()
     assert not docker.from_env().api.containers(all=True, filters={"label": "coderund.worker=refusal-test"})
+
+
+async def test_engine_calls_on_a_missing_container_fail_as_the_platform_and_removal_stays_quiet(settings):
+    sandbox = make_sandbox(settings, "missing-test", "missing-test-deployment")
+    try:
+        with pytest.raises(SandboxError, match="404"):
+            await sandbox.engine.state("coderund-no-such-container")
+        with pytest.raises(EngineCallFailed) as failed:
+            await sandbox.engine.http.attach("coderund-no-such-container")
+        assert failed.value.status == 404
+        await sandbox.engine.remove_all(["coderund-no-such-container"])  # cleanup never raises
+    finally:
+        await sandbox.engine.close()
 
 
 async def test_the_queue_cap_is_hard_within_one_api_process(settings):

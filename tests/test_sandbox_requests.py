@@ -89,7 +89,7 @@ def test_figures_become_mcp_images():
 
 
 def test_a_stateful_sandboxs_container_has_its_hub_disk_and_cpus_and_the_same_locks():
-    options = container_options(image="img", name="n", memory_mb=512, isolation=Isolation(), env={}, labels={},
+    options = container_options(image="img", memory_mb=512, isolation=Isolation(), env={}, labels={},
                                 tools_volume="tools", command=["/usr/bin/python3", "-I", "/.coderund/hub.py", "/box", "0"],
                                 cpus=1.5, disk_mb=300)
     assert options["command"][2] == "/.coderund/hub.py" and options["nano_cpus"] == 1_500_000_000

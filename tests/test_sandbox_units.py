@@ -5,14 +5,16 @@ import resource
 import subprocess
 from pathlib import Path
 
+import docker
 import pytest
 
 from coderund.sandbox import supervisor
+from coderund.sandbox.engine import http_of
 from coderund.sandbox.options import Isolation, container_options
 
 
 def test_container_options_lock_the_container_down():
-    options = container_options(image="img", name="coderund-x", memory_mb=128, isolation=Isolation(runtime="runsc"),
+    options = container_options(image="img", memory_mb=128, isolation=Isolation(runtime="runsc"),
                                 env={"GOCACHE": "/tmp/c"}, labels={"coderund": "1", "coderund.task": "x"}, tools_volume="tools")
     assert options["network_mode"] == "none" and options["network_disabled"] is True and options["read_only"] is True
     assert options["cap_drop"] == ["ALL"] and options["security_opt"] == ["no-new-privileges"]
@@ -225,3 +227,12 @@ def test_another_lane_of_cases_opens_only_when_it_pays():
     assert pays(1, 19, 0.010, warm=False)  # 20 python cases of 10 ms: even a fresh one is
     assert not pays(1, 1, 0.002, warm=True)  # one quick case left: never
     assert not pays(2, 3, 0.005, warm=True)  # what is left, shared by two lanes already
+
+
+def test_our_engine_calls_go_where_the_sdks_do_and_never_over_tls():
+    unix = http_of(docker.APIClient(base_url="unix:///run/x.sock", version="1.41"), 4)
+    assert unix.socket_path == "/run/x.sock" and unix.base == "http://docker/v1.41"
+    tcp = http_of(docker.APIClient(base_url="tcp://127.0.0.1:2375", version="1.41"), 4)
+    assert tcp.socket_path is None and tcp.base == "http://127.0.0.1:2375/v1.41"
+    with pytest.raises(docker.errors.DockerException, match="TLS"):
+        http_of(docker.APIClient(base_url="https://127.0.0.1:2376", version="1.41"), 4)

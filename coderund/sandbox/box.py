@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,11 +44,6 @@ class Box:
     created: float = field(default_factory=time.monotonic)
     max_bytes: int = 0  # of the report under way
     unread: bytearray = field(default_factory=bytearray)  # the supervisor's stdout, past the last report
-
-    @classmethod
-    async def attach(cls, container_id: str, sock: socket.socket) -> Box:
-        reader, writer = await asyncio.open_connection(sock=sock)
-        return cls(container_id, reader, writer)
 
     @property
     def alive(self) -> bool:

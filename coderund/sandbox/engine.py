@@ -1,7 +1,8 @@
 """The Docker side of sandboxes: make a container and attach to it, remove it, sweep leftovers.
 
-The Docker SDK is synchronous, so every call runs on a thread pool of our own and the event loop
-never blocks on the engine. Every engine API call is counted in /metrics by its route.
+A container's own calls go over the engine's connection on the event loop (engine_http.py); the
+Docker SDK, which is synchronous, serves the rest on a thread pool of our own, so the event loop never
+blocks on the engine. Every engine API call is counted in /metrics by its route.
 """
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import functools
 import hashlib
 import io
 import logging
-import os
 import re
-import socket
 import tarfile
 import time
 import uuid
@@ -27,16 +26,17 @@ import docker
 import docker.errors
 import requests
 import requests.exceptions
+from docker.transport.unixconn import UnixHTTPAdapter
 from docker.types import Mount
 
 from .. import metrics
 from .box import Box
+from .engine_http import EngineCallFailed, EngineHTTP
 from .options import CREATE_KEYS, LABEL, TOOLS_DIR, Isolation, container_options
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STATEFUL_TOOLS = ("hub.py", "kernel.py", "kernel.js")  # a stateful sandbox's, beside the supervisor
-ATTACH = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
 _VERSION = re.compile(r"v[\d.]+")
 _COLLECTIONS = {"containers", "volumes", "images", "exec"}
 _ACTIONS = {"create", "json", "prune"}
@@ -90,6 +90,7 @@ class Engine:
         self._tools_ready = False
         self._tools_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="docker")
+        self.http = http_of(client.api, threads)
         self._removals: set[asyncio.Future[None]] = set()
         client.api.hooks["response"].append(_count_call)
 
@@ -100,52 +101,49 @@ class Engine:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise SandboxError(f"docker: {e}") from e
 
+    async def container_call(self, method: str, route: str, container: str = "", **kwargs: Any) -> Any:
+        try:
+            return await self.http.call(method, route, container, **kwargs)
+        except EngineCallFailed as e:
+            raise SandboxError(f"docker: {e}") from e
+
     async def close(self) -> None:
         if self._removals:
             await asyncio.wait(self._removals, timeout=30)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.http.close()
 
     async def make(self, shape: Shape, labels: dict[str, str], **stateful: Any) -> Box:
         """A started container of that shape, attached, its supervisor waiting for a request; with
         container_options' command, cpus and disk_mb, a stateful sandbox's."""
         await self._install_tools(shape.image)
         name = f"coderund-{uuid.uuid4().hex[:12]}"
-        options = container_options(image=shape.image, name=name, memory_mb=shape.memory_mb, isolation=self.isolation,
+        options = container_options(image=shape.image, memory_mb=shape.memory_mb, isolation=self.isolation,
                                     env=dict(shape.env), labels={**self.labels, **labels}, pids_limit=shape.pids_limit,
                                     tools_volume=self.tools_volume, **stateful)
+        api = self.client.api
+        body = api.create_container_config(host_config=api.create_host_config(
+            **{k: v for k, v in options.items() if k not in CREATE_KEYS}), **{k: v for k, v in options.items() if k in CREATE_KEYS})
         started = time.monotonic()
         try:
-            container_id, sock = await self.call(self._start, options)
-        except SandboxError as e:
-            await self.call(self._remove, name)  # a half-made container must not linger
-            if isinstance(e.__cause__, docker.errors.APIError) and e.__cause__.status_code == 400:
-                raise SandboxRefused(e.__cause__.explanation or str(e)) from e
-            raise
+            container_id = (await self.http.call("POST", "/containers/create", params={"name": name}, body=body))["Id"]
+            await self.http.call("POST", "/containers/{id}/start", container_id)
+            # Nothing is lost by attaching after the start: the supervisor is silent until it is asked.
+            reader, writer = await self.http.attach(container_id)
+        except EngineCallFailed as e:
+            await self._remove(name)  # a half-made container must not linger
+            if e.status == 400:
+                raise SandboxRefused(e.explanation or str(e)) from e
+            raise SandboxError(f"docker: {e}") from e
         metrics.CONTAINER_START.observe(time.monotonic() - started)
-        return await Box.attach(container_id, sock)
-
-    def _start(self, options: dict[str, Any]) -> tuple[str, socket.socket]:
-        api = self.client.api
-        host_config = api.create_host_config(**{k: v for k, v in options.items() if k not in CREATE_KEYS})
-        container_id = api.create_container(host_config=host_config,
-                                            **{k: v for k, v in options.items() if k in CREATE_KEYS})["Id"]
-        api.start(container_id)
-        # Nothing is lost by attaching after the start: the supervisor is silent until it is asked.
-        attached = api.attach_socket(container_id, params=ATTACH)
-        raw = getattr(attached, "_sock", attached)
-        if not isinstance(raw, socket.socket) or hasattr(raw, "do_handshake"):
-            raise SandboxError("the engine connection is not a plain socket (TLS engines are not supported)")
-        sock = socket.socket(fileno=os.dup(raw.fileno()))  # ours, apart from the SDK's response object
-        attached.close()
-        sock.setblocking(False)
-        return container_id, sock
+        return Box(container_id, reader, writer)
 
     async def pause(self, container: str) -> None:
         """Freezes every process of the container (the engine's pause): no CPU, memory kept."""
-        await self.call(self.client.api.pause, container)
+        await self.container_call("POST", "/containers/{id}/pause", container)
 
     async def unpause(self, container: str) -> None:
-        await self.call(self.client.api.unpause, container)
+        await self.container_call("POST", "/containers/{id}/unpause", container)
 
     def discard(self, box: Box) -> None:
         """Closes the box and removes its container, off the task's critical path: a moment later, as
@@ -159,23 +157,22 @@ class Engine:
 
     async def _remove_later(self, container: str) -> None:
         await asyncio.sleep(SETTLE_S)
-        await self.call(self._remove, container)
+        await self._remove(container)
 
-    def _remove(self, container: str) -> None:
+    async def _remove(self, container: str) -> None:
         """Cleanup never raises: a container that cannot be removed now is swept later."""
         try:
-            self.client.api.remove_container(container, force=True)
-        except docker.errors.NotFound:
-            pass
-        except Exception as e:  # noqa: BLE001 - logged, and the leftover sweep retries
-            log.warning("could not remove container %s: %s", container[:12], e)
+            await self.http.call("DELETE", "/containers/{id}", container, params={"force": "1"})
+        except EngineCallFailed as e:
+            if e.status != 404:
+                log.warning("could not remove container %s: %s", container[:12], e)
 
     async def state(self, container: str, settle_s: float = 2) -> dict[str, Any]:
         """The container's state once the engine has seen it end (it may learn of an OOM kill a
         moment after the stream closed), or as it is after settle_s."""
         deadline = time.monotonic() + settle_s
         while True:
-            state = (await self.call(self.client.api.inspect_container, container))["State"]
+            state = (await self.container_call("GET", "/containers/{id}/json", container))["State"]
             if not state.get("Running") or time.monotonic() > deadline:
                 return state
             await asyncio.sleep(0.1)
@@ -187,9 +184,9 @@ class Engine:
         return {c["Id"]: c["Labels"].get(f"{LABEL}.worker", "")
                 for c in self.client.api.containers(all=True, filters={"label": mine})}
 
-    def remove_all(self, containers: list[str]) -> None:
+    async def remove_all(self, containers: list[str]) -> None:
         for container in containers:
-            self._remove(container)
+            await self._remove(container)
 
     def image_id(self, image: str) -> str:
         return self.client.api.inspect_image(image)["Id"]
@@ -216,7 +213,21 @@ class Engine:
                    for name, (data, _) in self.tools.items()):
                 api.put_archive(helper["Id"], TOOLS_DIR, _tar(self.tools))
         finally:
-            self._remove(helper["Id"])
+            with contextlib.suppress(docker.errors.DockerException):  # else swept as a leftover
+                api.remove_container(helper["Id"], force=True)
+
+
+def http_of(api: docker.APIClient, connections: int) -> EngineHTTP:
+    """The SDK's engine, for our own calls: its unix socket, or a plain TCP address."""
+    adapter = api.get_adapter(api.base_url)
+    if isinstance(adapter, UnixHTTPAdapter):
+        return EngineHTTP(socket_path=adapter.socket_path, base_url="", version=api.api_version,
+                          connections=connections, timeout_s=api.timeout)
+    if api.base_url.startswith("http://"):
+        return EngineHTTP(socket_path=None, base_url=api.base_url, version=api.api_version,
+                          connections=connections, timeout_s=api.timeout)
+    raise docker.errors.DockerException(f"{api.base_url}: only a unix socket or plain TCP engine is supported"
+                                        " (sandboxes' streams are not relayed over TLS or SSH)")
 
 
 def _archive_size(api: Any, container: str, path: str) -> int | None:

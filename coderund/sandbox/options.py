@@ -18,7 +18,7 @@ LABEL = "coderund"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 MB = 1024 * 1024
 # Options of the container itself; the rest of container_options() is host configuration.
-CREATE_KEYS = frozenset({"image", "name", "command", "user", "environment", "labels", "hostname", "stdin_open",
+CREATE_KEYS = frozenset({"image", "command", "user", "environment", "labels", "hostname", "stdin_open",
                          "network_disabled"})
 
 
@@ -33,7 +33,7 @@ class Isolation:
 
 
 def container_options(
-    *, image: str, name: str, memory_mb: int, isolation: Isolation, env: dict[str, str], labels: dict[str, str],
+    *, image: str, memory_mb: int, isolation: Isolation, env: dict[str, str], labels: dict[str, str],
     tools_volume: str, pids_limit: int | None = None, command: list[str] | None = None, cpus: float = 1.0,
     disk_mb: int | None = None,
 ) -> dict[str, Any]:
@@ -44,7 +44,6 @@ def container_options(
     fsize = max(isolation.tmpfs_mb, disk_mb or 0) * MB
     return {
         "image": image,
-        "name": name,
         # The supervisor is the first process: it waits on the attached stdin for its one task.
         # (Not Docker's working_dir: Docker would make that folder root's, over the tmpfs's mode.)
         "command": command or [SUPERVISOR, WORKDIR],
