@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from coderund import plugins as plugin_loader
 from coderund.daemon import make_sandbox
 from coderund.domain import Limits, Task
+from coderund.domain import TestCase as Case
 from coderund.repository.db import Database
 from coderund.repository.workers import Workers
 from coderund.sandbox import supervisor
@@ -266,3 +267,40 @@ async def test_a_taken_containers_replacement_starts_once_its_task_is_done(setti
         sandbox.refill()  # the worker has finished the task
         await ready(sandbox, shape)
         sandbox.engine.discard(box)
+
+
+async def test_a_task_never_waits_for_a_lane_of_cases_it_no_longer_needs(settings):
+    """A second lane opens (its fresh start taken for cheap here), but its start is held back until
+    the first lane has run every case: the task's result comes without it, and the container it then
+    gets is removed unused."""
+    plugin = python_plugin(settings)
+    cases = tuple(Case(str(n), (), str(n * n)) for n in range(6))
+    async with sandbox_of(settings, warm_max=0) as sandbox:
+        made: list[str] = []
+        release = asyncio.Event()
+        real_make = sandbox.engine.make
+
+        async def make(shape, labels, **stateful):
+            if made:  # the first lane's sandbox goes through; any other waits for the task's result
+                await release.wait()
+            box = await real_make(shape, labels, **stateful)
+            made.append(box.id)
+            return box
+
+        sandbox.engine.make = make
+        sandbox.engine.start_s = 0.0
+        judged = dataclasses.replace(task("print(int(input()) ** 2)", plugin.limits), tests=cases)
+        result = await asyncio.wait_for(sandbox.execute(plugin, judged, {"coderund.task": "lanes"}, case_parallel=2), 30)
+        assert [case.verdict.value for case in result.tests] == ["ok"] * len(cases)
+        assert len(made) == 1  # the second lane's start is still held back
+        release.set()
+        for _ in range(100):
+            if len(made) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(made) == 2
+        for _ in range(100):  # the second sandbox is removed, having run nothing
+            if not exists(made[1]):
+                break
+            await asyncio.sleep(0.05)
+        assert not exists(made[1])

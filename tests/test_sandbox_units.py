@@ -220,13 +220,15 @@ async def test_reports_that_arrive_in_one_frame_are_read_one_at_a_time():
 
 
 def test_another_lane_of_cases_opens_only_when_it_pays():
-    from coderund.sandbox.runner import pays
+    from coderund.sandbox.engine import START_S
+    from coderund.sandbox.runner import WARM_LANE_S, pays
 
-    assert pays(1, 62, 0.0015, warm=True)  # 64 quick C cases: a warm sandbox's hand-off is worth it
-    assert not pays(1, 62, 0.0015, warm=False)  # a fresh one's start is not
-    assert pays(1, 19, 0.010, warm=False)  # 20 python cases of 10 ms: even a fresh one is
-    assert not pays(1, 1, 0.002, warm=True)  # one quick case left: never
-    assert not pays(2, 3, 0.005, warm=True)  # what is left, shared by two lanes already
+    assert pays(1, 62, 0.0015, WARM_LANE_S)  # 64 quick C cases: a warm sandbox's hand-off is worth it
+    assert not pays(1, 62, 0.0015, START_S)  # a fresh one's start is not
+    assert pays(1, 19, 0.010, START_S)  # 20 python cases of 10 ms: even a fresh one is
+    assert not pays(1, 19, 0.010, 0.3)  # unless the engine's starts have been slow
+    assert not pays(1, 1, 0.002, WARM_LANE_S)  # one quick case left: never
+    assert not pays(2, 3, 0.005, WARM_LANE_S)  # what is left, shared by two lanes already
 
 
 def test_our_engine_calls_go_where_the_sdks_do_and_never_over_tls():

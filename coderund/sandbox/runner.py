@@ -38,9 +38,9 @@ SUPERVISOR_PIDS = 1  # in a container's pids count beside the program's: the sup
 # gVisor's sentry (runsc 20221219) runs a busy sandbox task on about 8 host threads (measured: 21 busy
 # processes need 256 host pids, 128 need 1024), beside its own few dozen.
 GVISOR_HOST_THREADS, GVISOR_BASE_THREADS = 10, 64
-# What another lane of test cases costs before its first case: a warm sandbox's hand-off, or the start
-# of a fresh one (the engine's CPU for it: 2 cores over a churn ceiling of about 15 a second, make bench).
-WARM_LANE_S, COLD_LANE_S = 0.01, 0.13
+# What another lane of test cases costs before its first case when a warm sandbox is ready: its
+# hand-off (a fresh one costs what the engine's recent starts took: Engine.start_s).
+WARM_LANE_S = 0.01
 
 
 class Sandbox:
@@ -117,36 +117,49 @@ class Sandbox:
         max_bytes = 4 * self.output_limit + REPORT_SLACK
         failed = False
 
-        def run_of(case: TestCase) -> tuple[bytes, tuple[str, ...]]:
-            return case.stdin.encode(), plugin.run_command(task.limits, case.args)
+        closed = False  # the task has its result: a lane still getting its sandbox takes no case
 
-        async def send(box: Box | None, case: TestCase) -> Box:
-            """The case's request into the lane's sandbox, or into a fresh one (laid by its first request)."""
-            if box is not None and box.alive:
-                await box.send(supervisor.next_run(*run_of(case)))
-                return box
-            if box is not None:
-                self.engine.discard(box)
-            box = await self._box(shape, labels)
-            await box.send(supervisor.request(files, *run_of(case), wall_ms=task.limits.time_ms, output_cap=self.output_limit,
-                                              collect=False, multi=True, limits=rlimits))
-            return box
+        def wanted() -> bool:
+            return bool(todo) and not failed and not closed
+
+        def request(case: TestCase, first: bool) -> bytes:
+            """A case's request: a sandbox's first lays the work folder, the next ones run in it anew."""
+            stdin, command = case.stdin.encode(), plugin.run_command(task.limits, case.args)
+            if first:
+                return supervisor.request(files, stdin, command, wall_ms=task.limits.time_ms, output_cap=self.output_limit,
+                                          collect=False, multi=True, limits=rlimits)
+            return supervisor.next_run(stdin, command)
 
         async def lane() -> None:
+            """Runs cases while any is left. A lane opened beside the first joins the task, which then
+            waits for it, only once its sandbox is ready and cases are still left: a task never waits
+            for a sandbox it no longer needs (a fresh one's start may outlast the cases)."""
             nonlocal failed
             box: Box | None = None
             try:
-                while todo and not failed:
+                while wanted():
                     async with self.gate.slot(task.user_id):
+                        first = box is None or not box.alive
+                        if first and wanted():
+                            if box is not None:
+                                self.engine.discard(box)
+                            box = await self._box(shape, labels)
+                        if box is None or not wanted():
+                            break  # the other lanes took what was left while this one waited
+                        joined = asyncio.current_task()
+                        if joined in opening:
+                            opening.discard(joined)
+                            lanes.append(joined)
                         # One case goes in ahead of the report awaited (the supervisor takes it as soon as
                         # it has wiped), until the lane's share is done or another step waits for a slot.
                         sent = collections.deque([todo.popleft()])
-                        box = await send(box, sent[0][1])
+                        with contextlib.suppress(Died):  # the receive below finds out
+                            await box.send(request(sent[0][1], first))
                         while sent and not failed:
                             if todo and len(sent) == 1 and not self.gate.waiting:
                                 sent.append(todo.popleft())
-                                with contextlib.suppress(Died):  # the receive below finds out
-                                    await box.send(supervisor.next_run(*run_of(sent[1][1])))
+                                with contextlib.suppress(Died):
+                                    await box.send(request(sent[1][1], False))
                             i, case = sent.popleft()
                             started, report_of = time.monotonic(), box.id
                             try:
@@ -167,18 +180,32 @@ class Sandbox:
                 if box is not None:
                     self.engine.discard(box)
 
-        lanes: list[asyncio.Future[None]] = []
+        lanes: list[asyncio.Future[None]] = []  # the ones the task waits for
+        opening: set[asyncio.Future[None]] = set()  # opened beside the first, not joined yet
         most = 1 if task.stop_on_failure else max(1, min(parallel, len(task.tests)))
 
         def widen(took_s: float) -> None:
-            if len(lanes) < most and not self.gate.waiting and pays(len(lanes), len(todo), took_s, self.pool.has(shape)):
-                lanes.append(asyncio.ensure_future(lane()))
+            count = len(lanes) + len(opening)
+            start_s = WARM_LANE_S if self.pool.has(shape) else self.engine.start_s
+            if count < most and not self.gate.waiting and pays(count, len(todo), took_s, start_s):
+                added = asyncio.ensure_future(lane())
+                opening.add(added)
+                added.add_done_callback(ended)
+
+        def ended(lane_: asyncio.Future[None]) -> None:
+            """A lane that never joined ends unawaited: its failure (its sandbox would not start) is
+            only logged, as the other lanes run the cases."""
+            if lane_ in opening:
+                opening.discard(lane_)
+                if not lane_.cancelled() and (e := lane_.exception()) is not None:
+                    log.warning("task %s: a lane of test cases did not open: %s", labels[f"{LABEL}.task"], e)
 
         lanes.append(asyncio.ensure_future(lane()))
         try:
-            for running in lanes:  # it grows as lanes are added
+            for running in lanes:  # it grows as lanes join
                 await running
         finally:
+            closed = True
             for running in lanes:
                 running.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
@@ -283,10 +310,10 @@ class Sandbox:
         return found[0]
 
 
-def pays(lanes: int, left: int, took_s: float, warm: bool) -> bool:
+def pays(lanes: int, left: int, took_s: float, start_s: float) -> bool:
     """Whether another lane pays, after a case that took took_s: when the cases left would keep the
-    lanes busy longer than starting it takes (a warm sandbox's hand-off, or a fresh one's start)."""
-    return left * took_s / lanes > (WARM_LANE_S if warm else COLD_LANE_S)
+    lanes busy longer than starting it takes (start_s: a warm sandbox's hand-off, or a fresh one's start)."""
+    return left * took_s / lanes > start_s
 
 
 def _ran(plugin: Plugin, report: RunReport) -> RunReport:
