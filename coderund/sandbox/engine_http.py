@@ -63,6 +63,7 @@ class EngineHTTP:
         """The container's stdin, stdout and stderr as one raw stream: the engine takes the
         connection over (101 Upgrade), so it is a connection of its own, not a pooled one."""
         name = "POST /containers/{id}/attach"
+        writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.timeout.total):
                 if self.socket_path:
@@ -77,6 +78,8 @@ class EngineHTTP:
                 # unasked, but nothing would be lost if it did).
                 head = await reader.readuntil(b"\r\n\r\n")
         except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+            if writer is not None:
+                writer.close()
             raise EngineCallFailed(name, None, str(e) or type(e).__name__) from e
         metrics.DOCKER_CALLS.labels(name).inc()
         status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
