@@ -109,7 +109,7 @@ class Engine:
         try:
             return await self.http.call(method, route, container, **kwargs)
         except EngineCallFailed as e:
-            raise SandboxError(f"docker: {e}") from e
+            raise _sandbox_error(e) from e
 
     async def close(self) -> None:
         if self._removals:
@@ -136,9 +136,7 @@ class Engine:
             reader, writer = await self.http.attach(container_id)
         except EngineCallFailed as e:
             await self._remove(name)  # a half-made container must not linger
-            if e.status == 400:
-                raise SandboxRefused(e.explanation or str(e)) from e
-            raise SandboxError(f"docker: {e}") from e
+            raise _sandbox_error(e) from e
         took = time.monotonic() - started
         metrics.CONTAINER_START.observe(took)
         self.start_s += (took - self.start_s) / START_AVERAGED
@@ -221,6 +219,11 @@ class Engine:
         finally:
             with contextlib.suppress(docker.errors.DockerException):  # else swept as a leftover
                 api.remove_container(helper["Id"], force=True)
+
+
+def _sandbox_error(e: EngineCallFailed) -> SandboxError:
+    """A refusal of the request itself (400) is final; anything else is the platform failing."""
+    return SandboxRefused(e.explanation or str(e)) if e.status == 400 else SandboxError(f"docker: {e}")
 
 
 def http_of(api: docker.APIClient, connections: int) -> EngineHTTP:
