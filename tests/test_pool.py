@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -304,3 +306,29 @@ async def test_a_task_never_waits_for_a_lane_of_cases_it_no_longer_needs(setting
                 break
             await asyncio.sleep(0.05)
         assert not exists(made[1])
+
+
+async def test_a_removal_the_engine_fails_is_tried_again(settings, monkeypatch):
+    """The engine cannot remove the container at first (a file of it that may not be deleted, as a
+    sandbox slow to die under gVisor also fails it); once it can, the retry removes it."""
+    from coderund.sandbox import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "REMOVE_RETRY_S", (1.0, 1.0, 1.0))
+    plugin = python_plugin(settings)
+    async with sandbox_of(settings, warm_max=0) as sandbox:
+        box = await sandbox.engine.make(run_shape(plugin, plugin.limits), {})
+        upper = docker.from_env().api.inspect_container(box.id)["GraphDriver"]["Data"]["UpperDir"]
+        stuck = Path(upper, "stuck")
+        stuck.touch()
+        subprocess.run(["chattr", "+i", str(stuck)], check=True)
+        try:
+            sandbox.engine.discard(box)
+            await asyncio.sleep(1.5)  # the first try and the first retry have failed
+            assert exists(box.id)
+        finally:
+            subprocess.run(["chattr", "-i", str(stuck)], check=True)
+        for _ in range(60):
+            if not exists(box.id):
+                break
+            await asyncio.sleep(0.1)
+        assert not exists(box.id)

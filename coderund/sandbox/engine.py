@@ -43,6 +43,10 @@ _ACTIONS = {"create", "json", "prune"}
 # A task's result takes a few ms to be out: a used container's removal, and the warm pool's refill
 # after a task, wait that long rather than slow it.
 SETTLE_S = 0.05
+# A removal the engine fails is tried again after these pauses: a sandbox full of processes can take
+# longer to die than the engine waits for its kill (gVisor under load), and a live worker's own
+# containers are never swept.
+REMOVE_RETRY_S = (1.0, 3.0, 10.0)
 # A fresh sandbox's start before any is measured: create, start and attach with the engine busy (make
 # bench, 2 cores); then a moving average of the last few, as a slower engine takes longer.
 START_S, START_AVERAGED = 0.13, 8
@@ -164,12 +168,20 @@ class Engine:
         await self._remove(container)
 
     async def _remove(self, container: str) -> None:
-        """Cleanup never raises: a container that cannot be removed now is swept later."""
-        try:
-            await self.http.call("DELETE", "/containers/{id}", container, params={"force": "1"})
-        except EngineCallFailed as e:
-            if e.status != 404:
-                log.warning("could not remove container %s: %s", container[:12], e)
+        """Cleanup never raises: a container that cannot be removed after the retries is left for
+        the leftover sweep, which removes a dead worker's containers."""
+        for pause in (*REMOVE_RETRY_S, None):
+            try:
+                await self.http.call("DELETE", "/containers/{id}", container, params={"force": "1"})
+                return
+            except EngineCallFailed as e:
+                if e.status == 404:
+                    return
+                if pause is None:
+                    log.warning("could not remove container %s: %s", container[:12], e)
+                    return
+                log.info("could not remove container %s, trying again in %g s: %s", container[:12], pause, e)
+            await asyncio.sleep(pause)
 
     async def state(self, container: str, settle_s: float = 2) -> dict[str, Any]:
         """The container's state once the engine has seen it end (it may learn of an OOM kill a
@@ -189,8 +201,7 @@ class Engine:
                 for c in self.client.api.containers(all=True, filters={"label": mine})}
 
     async def remove_all(self, containers: list[str]) -> None:
-        for container in containers:
-            await self._remove(container)
+        await asyncio.gather(*(self._remove(container) for container in containers))
 
     def image_id(self, image: str) -> str:
         return self.client.api.inspect_image(image)["Id"]
