@@ -122,26 +122,27 @@ class Tasks:
 
     async def add(self, task: Task, max_unfinished: int) -> bool:
         """Stores the task, unless its user has max_unfinished already (False): the count and the
-        insert are one step for concurrent submissions of a user's."""
-        async with self.db.transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USER_LOCK, task.user_id))
-            cursor = await conn.execute("SELECT count(*) AS n FROM tasks WHERE user_id = %s AND state <> 'done'",
-                                        (task.user_id,))
-            if (await cursor.fetchone())["n"] >= max_unfinished:
-                return False
-            await conn.execute(
-                "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                " stop_on_failure, callback_url, live, compat, program, outputs)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
-                 task.limits.time_ms, task.limits.memory_mb,
-                 Jsonb([{"name": name, "content": _b64(content)} for name, content in task.files]),
-                 Jsonb([{"stdin": _b64(c.stdin), "args": list(c.args), "expected": _b64(c.expected)} for c in task.tests]),
-                 Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live,
-                 None if task.compat is None else Jsonb(task.compat),
-                 None if task.program is None else Jsonb(task.program.document()), Jsonb(list(task.outputs))),
-            )
-            return True
+        insert are one step for concurrent submissions of a user's. Sent as one pipeline, BEGIN to
+        COMMIT: one round trip. The count is the insert's condition: in READ COMMITTED its statement
+        sees every submission committed before the lock was ours."""
+        async with self.db.statement() as conn:
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USER_LOCK, task.user_id))
+                cursor = await conn.execute(
+                    "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
+                    " stop_on_failure, callback_url, live, compat, program, outputs)"
+                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+                    " WHERE (SELECT count(*) FROM tasks WHERE user_id = %s AND state <> 'done') < %s RETURNING id",
+                    (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
+                     task.limits.time_ms, task.limits.memory_mb,
+                     Jsonb([{"name": name, "content": _b64(content)} for name, content in task.files]),
+                     Jsonb([{"stdin": _b64(c.stdin), "args": list(c.args), "expected": _b64(c.expected)} for c in task.tests]),
+                     Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live,
+                     None if task.compat is None else Jsonb(task.compat),
+                     None if task.program is None else Jsonb(task.program.document()), Jsonb(list(task.outputs)),
+                     task.user_id, max_unfinished),
+                )
+            return await cursor.fetchone() is not None
 
     async def mark_published(self, task_id: uuid.UUID) -> None:
         async with self.db.statement() as conn:
