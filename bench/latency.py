@@ -4,7 +4,8 @@ Not a test: it prints numbers. It starts its own `coderund --role all` per runti
 on free ports, against the local services (run `make test-env` first), and in the same run times
 the baselines: `docker run --rm` of the same image with the same isolation flags, a bare process,
 and the engine's churn ceiling (create, start, wait, remove with 8 threads: python hello under the
-sandbox's flags, and bare containers running `true`).
+sandbox's flags, and bare containers running `true`), and the floor of a 64-case python task: its
+interpreter starts timed inside such a container, shared by two lanes.
 
 Latency runs are spaced (--gap) so that each meets the system at rest, as a single user would; the
 burst measures what happens when it is not.
@@ -65,6 +66,18 @@ def timed(command: list[str], runs: int, gap: float) -> list[float]:
         times.append((time.perf_counter() - started) * 1000)
         time.sleep(gap)
     return times
+
+
+def interpreter_floor(cases: int, lanes: int = 2, runs: int = 3) -> list[float]:
+    """The least a python task of `cases` test cases can take on `lanes` cores: its cases' fresh
+    interpreter starts (the square program, timed inside a container with the sandbox's flags), shared
+    among the lanes, with no platform at all; ms, once per run."""
+    loop = (f'echo 7 > /box/in; n=0; s=$(date +%s%N); while [ $n -lt {cases} ]; do python3 -B /box/main.py < /box/in'
+            ' >/dev/null; n=$((n+1)); done; echo $(( ($(date +%s%N) - s) / 1000 ))')
+    command = ["docker", "run", "--rm", *FLAGS, "-e", f"CODE={SQUARE['python']}", PYTHON_IMAGE,
+               "sh", "-c", f'printf "%s" "$CODE" > /box/main.py && {loop}']
+    return [int(subprocess.run(command, capture_output=True, text=True, check=True).stdout) / 1000 / lanes
+            for _ in range(runs)]
 
 
 def churn_ceiling(sandboxed: bool, count: int = 60, threads: int = 8) -> float:
@@ -398,6 +411,7 @@ def main() -> None:
     docker_run = {rt: timed(["docker", "run", "--rm", f"--runtime={rt}", *FLAGS, PYTHON_IMAGE, "python3", "-c", HELLO["python"]],
                             args.runs, args.gap) for rt in ("runc", "runsc")}
     bare = timed([BARE_PYTHON, "-c", HELLO["python"]], args.runs, 0)
+    floor = interpreter_floor(64)
     progress("the memory of idle warm containers")
     idle = {rt: idle_cost(rt) for rt in ("runc", "runsc")}
 
@@ -426,6 +440,8 @@ def main() -> None:
             for cases in (20, 64):
                 print(row(f"{language}, {cases} cases / one plain run", r[f"{language} {cases} cases"], r[f"{language} 0 cases"],
                           target if cases == 64 else ""))
+        if rt == "runc":
+            print(row("python, 64 cases' floor / one plain run", floor, r["python 0 cases"], "(64 bare starts, 2 lanes)"))
         for language in ("c", "go"):
             print(row(f"{language} hello, first / python", r[f"{language} first"], r["python wait"]))
             print(row(f"{language} hello, repeated / python", r[f"{language} repeated"], r["python wait"], "≤ 1.5x"))
