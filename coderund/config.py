@@ -50,6 +50,9 @@ class Settings:
     user_cpu_s_per_day: int = _setting(0, "CPU seconds a user's tasks may use a UTC day (0 = no quota); per user: coderund users set-quota")
     max_case_seconds: int = _setting(320, "a task's test cases times its time limit, at most (64 cases at 5 s)")
     judge0_batch_max: int = _setting(20, "submissions in one Judge0 batch (POST/GET /judge0/submissions/batch)")
+    judge0_anonymous_user: str = _setting("", "a user's name: /judge0 requests with no credential run as that user, within "
+                                           "their quotas, as Judge0 CE's default of no authentication (empty: a "
+                                           "credential is needed)")
     jobe_queue_wait_s: int = _setting(10, "seconds a Jobe run may wait in the queue before it is answered as an overload (outcome 21), as Jobe waits for a free user")
     stored_files_mb: int = _setting(64, "disk a user's stored files (Jobe's file cache) may use, in MiB; the least recently used go first")
     login_per_address: int = _setting(30, "logins and registrations a minute per client address (0 = no limit)")

@@ -18,6 +18,7 @@ from . import plugins as plugin_loader
 from .api.app import make_app
 from .compat import judge0
 from .api.keys import Services
+from .admission import Ceiling
 from .api.server import Runner
 from .config import ConfigError, Settings, env_name
 from .domain import MAX_STORED_FILE_BYTES
@@ -47,7 +48,7 @@ from .repository.sandbox_channel import SandboxChannel
 from .repository.sandboxes import SandboxStore
 from .sandbox.stateful import Hub, Spec
 from .sandbox_requests import LANGUAGES, SandboxLimits
-from .usecases import ApiKeys, Accounts, Executor, FileStore, LiveRuns, Sandboxes, SandboxHost, TaskService, Webhooks
+from .usecases import Admission, ApiKeys, Accounts, Executor, FileStore, LiveRuns, Sandboxes, SandboxHost, TaskService, Webhooks
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,9 @@ async def start_worker(
     await warn_if_down("Redis", live.ping)
     executor = Executor(Tasks(db), sandbox, plugins, cancels, live, worker_id=worker_id,
                         max_attempts=settings.max_attempts, case_parallel=settings.concurrency)
-    host = SandboxHost(SandboxStore(db), SandboxChannel(redis), sandbox.engine, plugins, worker_id=worker_id,
+    host = SandboxHost(SandboxStore(db), SandboxChannel(redis), sandbox.engine, plugins, Usage(db), worker_id=worker_id,
                        queue=settings.queue, max_sandboxes=settings.worker_max_sandboxes,
-                       pool=warm_sandboxes(settings, sandbox.engine, plugins))
+                       pool=warm_sandboxes(settings, sandbox.engine, plugins), cpu_s_per_day=settings.user_cpu_s_per_day)
     worker = Worker(queue=queue, executor=executor, workers=workers, sandbox=sandbox, concurrency=settings.concurrency,
                     retention_days=settings.retention_days, host=host)
     running = asyncio.create_task(worker.run())
@@ -191,7 +192,12 @@ def sandbox_limits(s: Settings) -> SandboxLimits:
     return SandboxLimits(memory_mb=s.sandbox_memory_mb, max_memory_mb=s.sandbox_max_memory_mb,
                          cpus=min(1.0, s.sandbox_max_cpus), max_cpus=s.sandbox_max_cpus, disk_mb=s.sandbox_disk_mb,
                          max_disk_mb=s.sandbox_max_disk_mb, lifetime_s=min(3600, s.sandbox_max_lifetime_s),
-                         max_lifetime_s=s.sandbox_max_lifetime_s)
+                         max_lifetime_s=s.sandbox_max_lifetime_s,
+                         idle_timeout_s=min(SandboxLimits.idle_timeout_s, s.sandbox_max_lifetime_s))
+
+
+def ceiling(s: Settings) -> Ceiling:
+    return Ceiling(pids_limit=s.pids_limit, disk_mb=s.tmpfs_mb, max_case_ms=s.max_case_seconds * 1000)
 
 
 def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions,
@@ -200,13 +206,13 @@ def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugi
     accounts = Accounts(Users(db), sessions, api_keys, Rates(sessions.redis, settings.login_per_address, "hashes"),
                         max_failures=settings.login_max_failures,
                         failure_window=settings.login_failure_window)
-    tasks = TaskService(Tasks(db), queue, plugins, finished, Rates(sessions.redis, settings.user_rate), Usage(db),
-                        cpu_s_per_day=settings.user_cpu_s_per_day,
-                        max_queue=settings.max_queue, user_max_pending=settings.user_max_pending,
-                        allow_private_callbacks=settings.webhook_allow_private, max_case_seconds=settings.max_case_seconds)
+    admission = Admission(plugins, Rates(sessions.redis, settings.user_rate), Usage(db), ceiling(settings),
+                          cpu_s_per_day=settings.user_cpu_s_per_day, allow_private_callbacks=settings.webhook_allow_private)
+    tasks = TaskService(Tasks(db), queue, admission, finished, max_queue=settings.max_queue,
+                        user_max_pending=settings.user_max_pending)
     files = FileStore(StoredFiles(db, max_bytes_per_owner=settings.stored_files_mb * 1024 * 1024),
                       max_file_bytes=MAX_STORED_FILE_BYTES)
-    sandboxes = Sandboxes(SandboxStore(db), SandboxChannel(sessions.redis), queue=settings.queue,
+    sandboxes = Sandboxes(SandboxStore(db), SandboxChannel(sessions.redis), admission, queue=settings.queue,
                           cap=settings.sandbox_max_per_user, limits=sandbox_limits(settings))
     return Services(accounts=accounts, tasks=tasks, plugins=plugins, keys=api_keys, files=files,
                     live=LiveRuns(tasks, LiveChannel(sessions.redis), finished), sandboxes=sandboxes)
@@ -252,7 +258,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             services = make_services(settings, db, queue, plugins, sessions, finished, revocations)
             services.checks = checks
             judge0_limits = judge0.Limits(max_submission_batch_size=settings.judge0_batch_max)
-            await listen(stack, make_app(services, judge0_limits, settings.jobe_queue_wait_s), settings, "port")
+            await listen(stack, make_app(services, judge0_limits, settings.jobe_queue_wait_s, settings.judge0_anonymous_user),
+                         settings, "port")
             await start_webhooks(settings, db, plugins, stack)  # once serving: a start that fails leaves nothing half-done
         else:
             await listen(stack, metrics.metrics_app(), settings, "metrics_port")

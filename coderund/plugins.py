@@ -13,7 +13,7 @@ from .errors import UnsupportedLanguage, ValidationFailed
 
 REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
 OPTIONAL = {"aliases", "debian_packages", "image_from", "image_files", "image_commands", "compile", "compile_limits", "env",
-            "requires", "memory_errors", "error_messages", "takes_args"}
+            "requires", "memory_errors", "error_messages", "takes_args", "rewrites"}
 DEFAULT_COMPILE_LIMITS = Limits(time_ms=30000, memory_mb=1024)
 SOURCES = "{sources}"  # in a compile command: the submitted source files
 # In commands and env: the step's memory limit, and the share of it a runtime's heap may take (the
@@ -48,6 +48,9 @@ class Plugin:
     memory_errors: tuple[bytes, ...] = ()  # in stderr: the runtime ran out of the memory it was given
     error_messages: tuple[bytes, ...] = ()  # in stderr of a run that exited 0: the runtime reported a failure
     takes_args: bool = True  # False: the language has no command line (SQL), and a task's args are refused
+    # (pattern, replacement) applied to submitted code, whatever API sent it: code written for other
+    # judges' set-ups that this image's would refuse (a declaration of what is already in scope)
+    rewrites: tuple[tuple[re.Pattern[str], str], ...] = ()
 
     def compile_command(self, names: list[str]) -> tuple[str, ...]:
         """The compile command, its {sources} replaced by the entry file and every other submitted file
@@ -77,6 +80,11 @@ class Plugin:
         """Refuses code that cannot fit the language's entry convention (e.g. Java's class Main)."""
         if self.requires and not re.search(self.requires[0], code):
             raise ValidationFailed(self.requires[1])
+
+    def prepared(self, code: str) -> str:
+        for pattern, replacement in self.rewrites:
+            code = pattern.sub(replacement, code)
+        return code
 
     def check_args(self, args: tuple[str, ...], where: str = "args") -> None:
         if args and not self.takes_args:
@@ -262,6 +270,15 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
             re.compile(requires["pattern"])
         except re.error as e:
             raise fail("requires.pattern", f"is not a regular expression: {e}") from None
+    rewrites = []
+    for i, rewrite in enumerate(data.get("rewrites", [])):
+        if not isinstance(rewrite, dict) or set(rewrite) != {"pattern", "replace"} or not all(
+                isinstance(v, str) for v in rewrite.values()):
+            raise fail(f"rewrites[{i}]", "must be a table of a pattern and its replacement (replace)")
+        try:
+            rewrites.append((re.compile(rewrite["pattern"], re.M), rewrite["replace"]))
+        except re.error as e:
+            raise fail(f"rewrites[{i}].pattern", f"is not a regular expression: {e}") from None
     return Plugin(
         name=data["name"].lower(),
         version=data["version"],
@@ -283,6 +300,7 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         memory_errors=tuple(m.encode() for m in data.get("memory_errors", [])),
         error_messages=tuple(m.encode() for m in data.get("error_messages", [])),
         takes_args=data.get("takes_args", True),
+        rewrites=tuple(rewrites),
     )
 
 

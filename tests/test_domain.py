@@ -6,7 +6,7 @@ import pytest
 from coderund.domain import (
     Limits, RunReport, TaskState, Verdict, classify, parse_credentials, parse_task_request, resolve_limits,
 )
-from coderund.errors import PayloadTooLarge, ValidationFailed
+from coderund.errors import ValidationFailed
 
 
 def report(**changes) -> RunReport:
@@ -26,14 +26,17 @@ def test_task_request_dialects_and_limits():
     assert request.language == "python3" and request.stdin == "" and request.args == () and request.limits == {"time_ms": 100}
     with pytest.raises(ValidationFailed, match="limits.time_ms"):
         parse_task_request({"language": "c", "code": "x", "limits": {"time_ms": True}})
-    with pytest.raises(PayloadTooLarge):
-        parse_task_request({"language": "c", "code": "x", "stdin": "é" * (600 * 1024)})
-    with pytest.raises(ValidationFailed, match="Unicode"):
-        parse_task_request({"language": "c", "code": "\ud800"})
     with pytest.raises(ValidationFailed, match="args"):
-        parse_task_request({"language": "c", "code": "x", "args": ["a\0b"]})
+        parse_task_request({"language": "c", "code": "x", "args": ["a", 1]})
     with pytest.raises(ValidationFailed, match="'password' is not valid Unicode"):
         parse_credentials({"username": "alice", "password": "\ud800password"})
+
+
+@pytest.mark.parametrize("field", ["expected_output", "test_cases", "source_code"])
+def test_a_field_no_task_has_is_refused_by_name(field):
+    # Judge0's expected_output, silently ignored, would pass every program.
+    with pytest.raises(ValidationFailed, match=f"'{field}' is not a task field"):
+        parse_task_request({"language": "python", "code": "print(5)", field: "4"})
 
 
 def test_limits_lower_raise_and_refuse():

@@ -107,3 +107,45 @@ async def test_no_wait_or_task_id_gets_a_5xx(api):
             assert status < 500, (path, text, answer)
             if status >= 400:
                 assert documented_error(status, answer), (path, text, answer)
+
+
+JOBE_RUNS = "/jobe/index.php/restapi/runs"
+ADAPTERS = {
+    # route: (a valid body, where its fields are, the fields)
+    JOBE_RUNS: ({"run_spec": {"language_id": "python3", "sourcecode": "print(1)"}}, "run_spec",
+                ["language_id", "sourcecode", "sourcefilename", "input", "file_list", "parameters"]),
+    "/piston/api/v2/execute": ({"language": "python", "version": "*", "files": [{"content": "print(1)"}]}, None,
+                               ["language", "version", "files", "stdin", "args", "run_timeout", "compile_timeout",
+                                "run_memory_limit", "run_cpu_time"]),
+    "/judge0/submissions": ({"language_id": 71, "source_code": "print(1)"}, None,
+                            ["language_id", "source_code", "stdin", "cpu_time_limit", "memory_limit", "additional_files",
+                             "command_line_arguments", "max_processes_and_or_threads", "callback_url", "wall_time_limit"]),
+}
+PARAMETERS = ["cputime", "numprocs", "memorylimit", "disklimit", "main_class", "compileargs", "runargs", "interpreterargs"]
+NUMBERS = st.sampled_from(["nan", "-inf", "1e400", "inf", "-1", "0", "1e9", "4194300", "", "x"]) | values
+
+
+def adapter_bodies(route: str) -> st.SearchStrategy[bytes]:
+    valid, nested, fields = ADAPTERS[route]
+
+    def spoil(changes: dict[str, Any], parameters: dict[str, Any]) -> bytes:
+        if nested:
+            spec = {**valid[nested], **changes}
+            if parameters:
+                spec["parameters"] = parameters
+            return encoded({nested: spec})
+        return encoded({**valid, **changes})
+
+    changes = st.dictionaries(st.sampled_from(fields), NUMBERS, max_size=3)
+    parameters = st.dictionaries(st.sampled_from(PARAMETERS), NUMBERS, max_size=3) if nested else st.just({})
+    return st.one_of(st.builds(spoil, changes, parameters), values.map(encoded), st.binary(max_size=200))
+
+
+async def test_no_adapter_body_gets_a_5xx(api, settings):
+    # Every foreign API's way in, with numbers that are none, types no API expects and deep or odd JSON.
+    token = await api.user("fuzzadapters")
+    for route in ADAPTERS:
+        for body in draw(adapter_bodies(route), 40):
+            status, answer, _ = await api.call("POST", route, token=token, data=body,
+                                               headers={"Content-Type": "application/json"})
+            assert status < 500, (route, body[:300], answer)

@@ -14,8 +14,8 @@ from .sandbox_routes import SANDBOX_ROUTES
 
 
 def make_app(services: Services, judge0_limits: judge0.Limits | None = None,
-             jobe_queue_wait_s: float = jobe_routes.QUEUE_WAIT_S) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[metrics.http_metrics, middlewares.errors, middlewares.auth])
+             jobe_queue_wait_s: float = jobe_routes.QUEUE_WAIT_S, judge0_anonymous_user: str = "") -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[metrics.http_metrics, middlewares.errors, middlewares.same_site, middlewares.auth])
     app[SERVICES] = services
     protected = app[PROTECTED] = {}
     for route in ROUTES + SANDBOX_ROUTES:
@@ -23,7 +23,7 @@ def make_app(services: Services, judge0_limits: judge0.Limits | None = None,
         if route.protected:  # by the path as the router names it: "{path:.+}" is "{path}" to it
             protected[(route.method, added.resource.canonical)] = route.scope
     docs.add_static(app)
-    app.add_subapp("/judge0", judge0_routes.make_app(services, judge0_limits or judge0.Limits()))
+    app.add_subapp("/judge0", judge0_routes.make_app(services, judge0_limits or judge0.Limits(), judge0_anonymous_user))
     app.add_subapp("/piston", piston_routes.make_app(services))
     app.add_subapp(jobe_routes.PREFIX, jobe_routes.make_app(services, jobe_queue_wait_s))
     return app

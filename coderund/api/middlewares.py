@@ -64,14 +64,14 @@ def credential(value: str) -> str | None:
     return value if value and value.isascii() and value.isprintable() else None
 
 
-def request_token(request: web.Request) -> tuple[str | None, bool]:
-    """The token the request carries, and whether it came in the session cookie. A header or cookie
+def request_token(request: web.Request) -> str | None:
+    """The token the request carries, as a Bearer token or in the session cookie. A header or cookie
     that holds no valid token counts as none."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
-        return credential(token), False
+        return credential(token)
     cookie = request.cookies.get(SESSION_COOKIE)
-    return (credential(cookie), True) if cookie else (None, False)
+    return credential(cookie) if cookie else None
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -85,16 +85,23 @@ def _same_origin(request: web.Request) -> bool:
 
 
 @web.middleware
+async def same_site(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The cookie goes along whatever page sends the request, a header only with its client: a request
+    that carries the session cookie and changes something (or opens a WebSocket) must come from this
+    server's own pages. One rule for every app and sub-app (Judge0's, Jobe's, Piston's too)."""
+    if SESSION_COOKIE in request.cookies and (request.method not in ("GET", "HEAD", "OPTIONS") or _is_websocket(request)) \
+            and not _same_origin(request):
+        raise Forbidden("A request with the session cookie must come from this server's own pages, not another site's.")
+    return await handler(request)
+
+
+@web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Protected routes answer 401 before anything looks at the body."""
     route = request.match_info.route.resource
     scope = request.app[PROTECTED].get((request.method, route.canonical)) if route is not None else None
     if scope is not None:
-        token, from_cookie = request_token(request)
-        # The cookie goes along whatever page sends the request; a Bearer token only with its client.
-        if token and from_cookie and (request.method not in ("GET", "HEAD") or _is_websocket(request)) \
-                and not _same_origin(request):
-            raise Forbidden("A request with the session cookie must come from this server's own pages, not another site's.")
+        token = request_token(request)
         await authorize(request, token, scope)
         request[TOKEN] = token
     return await handler(request)

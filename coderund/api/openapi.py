@@ -485,7 +485,7 @@ def _jobe_operations() -> dict[tuple[str, str], dict[str, Any]]:
         ("429", ""), ("503", ""))}
     operations = {}
     for method, path, _ in JOBE_ROUTES:
-        params = [{"name": "file_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9]+$"}}
+        params = [{"name": "file_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9]+$", "maxLength": 128}}
                   ] if "{file_id}" in path else []
         success = {"200": JUDGE0_ANY} if method in ("GET", "POST") else {
             "204": {"description": "stored" if method == "PUT" else "it is stored"}}
@@ -617,19 +617,20 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("get", ONE): _sandbox_op("A sandbox", {"200": _json(_ref("Sandbox"), "The sandbox")}),
     ("delete", ONE): _sandbox_op("End a sandbox now", {"204": {"description": "Ended"}}),
-    ("post", f"{ONE}/timeout"): _sandbox_op("Set its lifetime's end to timeout_s from now",
+    ("post", f"{ONE}/timeout"): _sandbox_op("Set its lifetime's end to timeout_s from now, never past the operator's"
+                                            " longest lifetime after its creation",
                                             {"200": _json(_ref("Sandbox"), "Extended")}, body="SandboxTimeout",
                                             errors=(*CALL_ERRORS, "400", "408", "413")),
     ("post", f"{ONE}/run"): _sandbox_op(
         "Run code in a persistent context (Python keeps variables, imports, definitions; bash keeps cwd and env)",
         {"200": _streamed("RunOutcome", "The run's outcome; with Accept: application/x-ndjson, events as they happen")},
-        body="SandboxRun", errors=(*CALL_ERRORS, "400", "408", "413"),
+        body="SandboxRun", errors=(*CALL_ERRORS, "400", "408", "413", "429"),
         description="NDJSON events: `stdout` and `stderr` (`text`), `result` (`data`, a MIME bundle), `error` (`name`, "
                     "`value`, `traceback`), `execution_count`, then `end`. One run at a time per context (else 409); a "
                     "client that disconnects interrupts its run."),
     ("post", f"{ONE}/commands"): _sandbox_op(
         "Run a program beside the interpreters", {"200": _streamed("CommandOutcome", "Its outcome; NDJSON when asked")},
-        body="SandboxCommand", errors=(*CALL_ERRORS, "400", "408", "413")),
+        body="SandboxCommand", errors=(*CALL_ERRORS, "400", "408", "413", "429")),
     ("post", f"{ONE}/contexts"): _sandbox_op(
         "A new context (its own interpreter)", {"201": _json(_ref("Context"), "Made")}, body="ContextRequest",
         errors=(*CALL_ERRORS, "400", "408", "413")),

@@ -8,17 +8,19 @@ sandbox and the worker are coderund's. Errors are Jobe's messages, in Jobe's ord
 from __future__ import annotations
 
 import base64
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..domain import MAX_CODE_BYTES, MAX_FILES, MAX_STDIN_BYTES, Program, Task, TaskRequest, Verdict
+from ..domain import Program, Task, TaskRequest, Verdict
 from ..plugins import Plugin, Plugins
 
 MAX_CPUTIME_S = 120  # Jobe's cputime_upper_limit_secs
 OVERLOAD_PROBE = "!** TESTING OVERLOAD EXCEPTION **!"  # Jobe's own test of its overload answer
 MIN_FILE_ID = 8
+MAX_FILE_ID = 128  # Jobe's clients name files by a hash (CodeRunner: 32 hex digits)
 COMPILATION_ERROR, RUNTIME_ERROR, TIME_LIMIT, SUCCESS, INTERNAL_ERROR, SERVER_OVERLOAD = 11, 12, 13, 15, 20, 21
 DEFAULTS: dict[str, Any] = {"disklimit": 20, "streamsize": 2, "cputime": 5, "memorylimit": 400, "numprocs": 30,
                             "compileargs": [], "linkargs": [], "interpreterargs": [], "runargs": []}
@@ -110,19 +112,17 @@ def _print_r(value: Any) -> str:
 
 def _valid_file_spec(spec: Any) -> bool:
     return (isinstance(spec, list) and len(spec) in (2, 3) and isinstance(spec[0], str) and isinstance(spec[1], str)
-            and len(spec[0]) >= MIN_FILE_ID and spec[0].isascii() and spec[0].isalnum() and len(spec[1]) > 0
+            and MIN_FILE_ID <= len(spec[0]) <= MAX_FILE_ID and spec[0].isascii() and spec[0].isalnum() and len(spec[1]) > 0
             and re.sub(r"[-_.]", "", spec[1]).isascii() and re.sub(r"[-_.]", "", spec[1]).isalnum())
 
 
 def _numeric(value: Any) -> bool:
+    """A finite number, or text that reads as one: Jobe's parameters may come as either."""
     if isinstance(value, bool):
         return False
-    if isinstance(value, (int, float)):
-        return True
     try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
+        return math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):
         return False
 
 
@@ -165,10 +165,8 @@ def parse_run(body: Any, plugins: Plugins) -> RunSpec:
         value = parameters.get(arg_list, [])
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise JobeError(400, f"parameter '{arg_list}' must be a list of strings")
-    if len(specs) > MAX_FILES:
-        raise JobeError(400, f"file_list may name at most {MAX_FILES} files")
-    if len(run["sourcecode"].encode()) > MAX_CODE_BYTES or len(stdin.encode()) > MAX_STDIN_BYTES:
-        raise JobeError(413, "sourcecode or input is too large")
+    if not isinstance(parameters.get("main_class", ""), str):
+        raise JobeError(400, "parameter 'main_class' must be a string")
     return RunSpec(language_id, run["sourcecode"], name, stdin, parameters,
                    tuple((spec[0], spec[1]) for spec in specs))
 

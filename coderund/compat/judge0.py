@@ -12,14 +12,13 @@ import dataclasses
 import io
 import json
 import math
-import re
 import shlex
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..domain import MAX_CODE_BYTES, MAX_FILES, MAX_STDIN_BYTES, Task, TaskRequest, TaskState, Verdict
+from ..domain import MAX_FILES, Task, TaskRequest, TaskState, Verdict
 from ..plugins import Plugin, Plugins
 
 VERSION = "1.13.1"
@@ -48,10 +47,6 @@ FOREIGN_NAMES = {43: "Plain Text", 44: "Executable", 89: "Multi-file program"}
 EXECUTABLE_FILE = "a.out.b64"  # the binary as base64 text (a task's files are text), decoded in the sandbox
 RUN_EXECUTABLE = f'base64 -d {EXECUTABLE_FILE} > a.out && chmod +x a.out && exec ./a.out "$@"\n'
 SHELL = "bash"
-
-# Judge0 compiles TypeScript without Node's types, so its programs declare what they use of Node;
-# coderund's plugin has them in scope, where such a declaration would clash: it becomes a comment.
-NODE_DECLARATION = re.compile(r"^[ \t]*declare[ \t]+var[ \t]+(require|process|module|__dirname)[ \t]*:[ \t]*any[ \t]*;?", re.M)
 
 DEFAULT_FIELDS = ("token", "time", "memory", "stdout", "stderr", "compile_output", "message", "status")
 ALL_FIELDS = ("source_code", "language_id", "stdin", "expected_output", "stdout", "status_id", "created_at",
@@ -270,8 +265,6 @@ def parse_submission(body: Any, plugins: Plugins, limits: Limits, *, base64_enco
     if errors or language_id is None:
         return errors
     stdin = texts.get("stdin") or ""
-    if len((source or "").encode()) > MAX_CODE_BYTES or len(stdin.encode()) > MAX_STDIN_BYTES:
-        return {"source_code" if len(stdin.encode()) <= MAX_STDIN_BYTES else "stdin": ["is too long"]}
     time_s = cpu if cpu is not None else (wall if wall is not None else limits.cpu_time_limit)
     time_s += extra if extra is not None else limits.cpu_extra_time
     requested = {"time_ms": max(1, int(time_s * 1000))}
@@ -284,8 +277,6 @@ def parse_submission(body: Any, plugins: Plugins, limits: Limits, *, base64_enco
                                                              "memory_limit", "stack_limit", "max_processes_and_or_threads",
                                                              "max_file_size", "number_of_runs")}}
     name, code = LANGUAGES.get(language_id, (SHELL, ""))[0], source or ""
-    if name == "typescript":
-        code = NODE_DECLARATION.sub(r"// \g<0> (Node's own types are in scope here)", code)
     if language_id == PLAIN_TEXT:
         files, code = ((PLAIN_TEXT_FILE, code),), f"cat {PLAIN_TEXT_FILE}"
     elif language_id == EXECUTABLE:

@@ -8,12 +8,13 @@ in test.java), the only rewrite; what cannot be said in coderund's terms is a 40
 from __future__ import annotations
 
 import base64
+import math
 import binascii
 import re
 import signal as signals
 from typing import Any
 
-from ..domain import MAX_ARG_CHARS, MAX_ARGS, MAX_CODE_BYTES, MAX_FILES, MAX_STDIN_BYTES, Task, TaskRequest, Verdict
+from ..domain import Task, TaskRequest, Verdict
 from ..plugins import Plugin, Plugins
 
 # Piston's language names (and runtime) where they differ from coderund's plugin names.
@@ -125,8 +126,6 @@ def parse_execute(body: Any, plugins: Plugins, *, interactive: bool = False) -> 
     plugin = find(plugins, language, wanted)
     if plugin is None:
         return f"{language}-{wanted} runtime is unknown"
-    if len(files) > MAX_FILES + 1:
-        return f"files may hold at most {MAX_FILES + 1} files"
     try:
         texts = [_content(file, i) for i, file in enumerate(files)]
     except ValueError as e:
@@ -136,7 +135,7 @@ def parse_execute(body: Any, plugins: Plugins, *, interactive: bool = False) -> 
         value = body.get(name)
         if value is None or value == 0:
             continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             return f"If specified, {name} must be a number"
         if value < 0 and not name.endswith("memory_limit"):
             return f"{name} must be non-negative"
@@ -151,9 +150,8 @@ def parse_execute(body: Any, plugins: Plugins, *, interactive: bool = False) -> 
         stdin = ""
     elif not stdin.endswith("\n"):
         stdin += "\n"  # as Piston does
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args) or len(args) > MAX_ARGS \
-            or any(len(a) > MAX_ARG_CHARS for a in args):
-        return f"args must be at most {MAX_ARGS} strings"
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        return "args must be a list of strings"
     code = texts[0]
     if plugin.name == "java" and (found := JAVA_CLASS.search(code)) and found.group(1) != "Main":
         code = re.sub(rf"\b{re.escape(found.group(1))}\b", "Main", code)
@@ -163,8 +161,6 @@ def parse_execute(body: Any, plugins: Plugins, *, interactive: bool = False) -> 
         if not isinstance(name, str) or name == plugin.source_file:
             return f"files[{i}].name must be a string other than the entry file"
         others.append((name, text))
-    if len(code.encode()) + sum(len(t.encode()) for _, t in others) > MAX_CODE_BYTES or len(stdin.encode()) > MAX_STDIN_BYTES:
-        return "files or stdin are too large"
     compat = {"api": "piston", "language": language_name(plugin), "version": version(plugin)}
     return TaskRequest(plugin.name, code, stdin, tuple(args), limits, tuple(others), compat=compat)
 

@@ -83,9 +83,12 @@ class SandboxStore:
         async with self.db.statement() as conn:
             await conn.execute(f"UPDATE sandboxes SET state = %s WHERE id = %s AND {LIVE}", (state, sandbox_id))
 
-    async def extend(self, sandbox_id: uuid.UUID, timeout_s: int) -> SandboxRow | None:
-        return await self._one(f"UPDATE sandboxes SET expires_at = now() + make_interval(secs => %s) WHERE id = %s"
-                               f" AND {LIVE} AND expires_at > now() RETURNING {COLUMNS}", (timeout_s, sandbox_id))
+    async def extend(self, sandbox_id: uuid.UUID, timeout_s: int, max_lifetime_s: int) -> SandboxRow | None:
+        """Ends it timeout_s from now, but never later than max_lifetime_s after its creation."""
+        return await self._one(f"UPDATE sandboxes SET expires_at = LEAST(now() + make_interval(secs => %s),"
+                               f" created_at + make_interval(secs => %s)) WHERE id = %s"
+                               f" AND {LIVE} AND expires_at > now() RETURNING {COLUMNS}",
+                               (timeout_s, max_lifetime_s, sandbox_id))
 
     async def end(self, sandbox_id: uuid.UUID, reason: str) -> SandboxRow | None:
         """Ends it, with the reason; None if it had ended already (its first reason stays)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .db import Database
 
 OWNER_LOCK = 0x66696c65  # with a user's id: one writer of that user's files at a time keeps the bound
+ROW_BYTES = 256  # what a file costs beside its content (its id, its row): an empty file counts too
 
 
 class StoredFiles:
@@ -22,8 +23,8 @@ class StoredFiles:
                 " used_at = now()", (user_id, file_id, content, len(content)))
             await conn.execute(
                 "DELETE FROM stored_files WHERE user_id = %s AND file_id IN (SELECT file_id FROM"
-                " (SELECT file_id, sum(size) OVER (ORDER BY used_at DESC, file_id) AS total FROM stored_files"
-                "  WHERE user_id = %s) AS newest_first WHERE total > %s)", (user_id, user_id, self.max_bytes))
+                " (SELECT file_id, sum(size + %s) OVER (ORDER BY used_at DESC, file_id) AS total FROM stored_files"
+                "  WHERE user_id = %s) AS newest_first WHERE total > %s)", (user_id, ROW_BYTES, user_id, self.max_bytes))
 
     async def exists(self, user_id: int, file_id: str) -> bool:
         async with self.db.statement() as conn:

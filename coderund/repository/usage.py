@@ -42,6 +42,15 @@ class Usage:
                                         (*(changes[n] for n in changes if n in QUOTA_FIELDS), username))
             return cursor.rowcount == 1
 
+    async def add(self, user_id: int, language: str, cpu_ms: int, wall_ms: int) -> None:
+        """CPU and wall time spent outside a task (a stateful sandbox's), counted in today's usage."""
+        async with self.db.statement() as conn:
+            await conn.execute(
+                "INSERT INTO usage_daily (user_id, day, language, cpu_ms, wall_ms)"
+                " VALUES (%s, (now() AT TIME ZONE 'UTC')::date, %s, %s, %s) ON CONFLICT (user_id, day, language)"
+                " DO UPDATE SET cpu_ms = usage_daily.cpu_ms + EXCLUDED.cpu_ms, wall_ms = usage_daily.wall_ms + EXCLUDED.wall_ms",
+                (user_id, language, cpu_ms, wall_ms))
+
     async def days(self, user_id: int, since: date) -> list[dict[str, Any]]:
         async with self.db.statement() as conn:
             cursor = await conn.execute(

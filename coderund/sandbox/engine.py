@@ -153,6 +153,12 @@ class Engine:
     async def unpause(self, container: str) -> None:
         await self.container_call("POST", "/containers/{id}/unpause", container)
 
+    async def cpu_ms(self, container: str) -> int:
+        """The CPU time every process of the container has used so far (the engine's one-shot stats)."""
+        stats = await self.container_call("GET", "/containers/{id}/stats", container,
+                                          params={"stream": "false", "one-shot": "true"})
+        return int(stats["cpu_stats"]["cpu_usage"]["total_usage"]) // 1_000_000
+
     def discard(self, box: Box) -> None:
         """Closes the box and removes its container, off the task's critical path: a moment later, as
         the removal's work (the engine's, and the SDK's in our threads) would slow the task's finish

@@ -1,5 +1,6 @@
 """What coderund does, one module per concern; storage and Docker come in as objects."""
 from .accounts import Accounts, Login
+from .admission import Admission
 from .execution import Executor
 from .keys import ApiKeys
 from .live import LiveBridge, LiveRuns
@@ -8,5 +9,5 @@ from .stored_files import FileStore
 from .tasks import TaskService
 from .webhooks import Webhooks
 
-__all__ = ["Accounts", "ApiKeys", "Executor", "FileStore", "LiveBridge", "LiveRuns", "Login", "SandboxHost", "Sandboxes",
+__all__ = ["Accounts", "Admission", "ApiKeys", "Executor", "FileStore", "LiveBridge", "LiveRuns", "Login", "SandboxHost", "Sandboxes",
            "TaskService", "Webhooks"]

@@ -75,6 +75,13 @@ class Accounts:
         """The key that signs the user's webhooks; made on first use, replaced by a rotation."""
         return await self.users.webhook_secret(user_id, secrets.token_hex(32) if rotate else None)
 
+    async def named(self, username: str) -> Principal:
+        """The user an operator named to serve requests that carry no credential (Judge0's keyless clients)."""
+        user = await self.users.by_username(username)
+        if user is None:
+            raise Unauthorized(f"The user {username!r} that serves requests without a credential does not exist.")
+        return Principal(user.id)
+
     async def authenticate(self, token: str) -> Principal:
         """A login session's user, with every scope, or an API key's principal."""
         if not looks_like_key(token) and (user_id := await self.sessions.user_id(token)) is not None:

@@ -17,15 +17,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from typing import Any
 
+from ..access import cpu_quota_left
 from ..errors import AppError, Conflict, NotFound, PayloadTooLarge, SandboxEnded, Unavailable, ValidationFailed
 from ..plugins import Plugins
 from ..repository.sandbox_channel import START, Message, SandboxChannel
 from ..repository.sandboxes import SandboxRow, SandboxStore
+from ..repository.usage import Usage
 from ..sandbox.engine import Engine, SandboxError
 from ..sandbox.options import LABEL
 from ..sandbox.pool import WarmPool
 from ..sandbox.stateful import Hub, HubGone, Spec
 from ..sandbox_requests import SandboxLimits, SandboxRequest
+from .admission import Admission
 
 log = logging.getLogger(__name__)
 PLACE_TIMEOUT_S = 60  # for a worker to take a new sandbox and start it
@@ -35,13 +38,16 @@ SWEEP_S = 1  # the worker's look at its sandboxes' idleness
 REFRESH_S = 2  # and at their rows (ended or extended elsewhere)
 KILLED = 128 + 9
 GONE_WAIT_S = 5  # for the reason a sandbox whose container is gone ended
+METER_S = 10  # a running sandbox's CPU is counted in its owner's usage this often, and as it pauses or ends
+CHARGED_OPS = ("run", "command")  # calls that start work: charged to the owner's rate, refused once the quota is spent
 
 
 class Sandboxes:
     """The API side."""
 
-    def __init__(self, store: SandboxStore, channel: SandboxChannel, *, queue: str, cap: int,
+    def __init__(self, store: SandboxStore, channel: SandboxChannel, admission: Admission, *, queue: str, cap: int,
                  limits: SandboxLimits) -> None:
+        self.admission = admission
         self.limits = limits
         self.store = store
         self.channel = channel
@@ -49,6 +55,7 @@ class Sandboxes:
         self.cap = cap
 
     async def create(self, user_id: int, request: SandboxRequest) -> SandboxRow:
+        await self.admission.charge(user_id)
         row = await self.store.add(user_id, request, self.cap)
         reply = self.channel.new_reply()
         await self.channel.place(self.queue, {"sandbox": str(row.id), "reply": reply})
@@ -85,7 +92,7 @@ class Sandboxes:
 
     async def extend(self, user_id: int, sandbox_id: str, timeout_s: int) -> SandboxRow:
         row = await self.find(user_id, sandbox_id)
-        extended = await self.store.extend(row.id, timeout_s)
+        extended = await self.store.extend(row.id, timeout_s, self.limits.max_lifetime_s)
         if extended is None:
             raise SandboxEnded("expired")
         return extended
@@ -113,6 +120,8 @@ class Sandboxes:
         row = row or await self.find(user_id, sandbox_id)
         if row.worker_id is None or row.state == "starting":
             raise Conflict("The sandbox is still starting.")
+        if op["op"] in CHARGED_OPS:
+            await self.admission.charge(user_id)
         if op["op"] in ("run", "context_create") and not op.get("context") and not op.get("language"):
             op = {**op, "language": row.language}  # the sandbox's own language's context
         reply = self.channel.new_reply()
@@ -181,6 +190,8 @@ class Hosted:
     last_used: float = field(default_factory=time.monotonic)
     busy: int = 0
     paused: bool = False
+    metered_cpu_ms: int = 0  # the container's CPU time at the last count
+    metered_at: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     runs: dict[str, str] = field(default_factory=dict)  # a run's reply key → the hub's request id
 
@@ -188,8 +199,10 @@ class Hosted:
 class SandboxHost:
     """The worker side: the sandboxes this worker hosts."""
 
-    def __init__(self, store: SandboxStore, channel: SandboxChannel, engine: Engine, plugins: Plugins, *,
-                 worker_id: str, queue: str, max_sandboxes: int, pool: WarmPool) -> None:
+    def __init__(self, store: SandboxStore, channel: SandboxChannel, engine: Engine, plugins: Plugins, usage: Usage, *,
+                 worker_id: str, queue: str, max_sandboxes: int, pool: WarmPool, cpu_s_per_day: int = 0) -> None:
+        self.usage = usage
+        self.cpu_s_per_day = cpu_s_per_day  # the default daily quota; a user's own replaces it
         self.pool = pool  # sandboxes started ahead of their creates, of the default spec (and those in demand)
         self.store = store
         self.channel = channel
@@ -279,6 +292,8 @@ class SandboxHost:
         """Removes its container; records the reason (None: recorded already, elsewhere)."""
         if self.hosted.pop(hosted.row.id, None) is None:
             return
+        with contextlib.suppress(Unavailable):
+            await self._meter(hosted)
         self.engine.discard(hosted.hub.box)
         if reason is not None:
             with contextlib.suppress(Unavailable):
@@ -341,7 +356,9 @@ class SandboxHost:
             await asyncio.sleep(SWEEP_S)
             now = time.monotonic()
             for hosted in list(self.hosted.values()):
-                if not hosted.paused and not hosted.busy and now - hosted.last_used >= hosted.row.idle_timeout_s:
+                if not hosted.paused and now - hosted.metered_at >= METER_S and not await self._meter(hosted):
+                    await self._pause(hosted)
+                elif not hosted.paused and not hosted.busy and now - hosted.last_used >= hosted.row.idle_timeout_s:
                     await self._pause(hosted)
             if now - refreshed >= REFRESH_S and self.hosted:
                 refreshed = now
@@ -349,10 +366,28 @@ class SandboxHost:
 
         await self._forever(step, SWEEP_S)
 
+    async def _meter(self, hosted: Hosted) -> bool:
+        """Counts what the sandbox spent since the last count in its owner's usage; False once the
+        owner's daily CPU quota is spent (the sandbox is then paused: background work stops, and a
+        call to it is refused until the quota renews)."""
+        now = time.monotonic()
+        try:
+            cpu_ms = await self.engine.cpu_ms(hosted.hub.box.id)
+        except SandboxError:
+            return True  # its container is gone: its watch ends it
+        spent, hosted.metered_cpu_ms = max(cpu_ms - hosted.metered_cpu_ms, 0), cpu_ms
+        wall_ms, hosted.metered_at = (0 if hosted.paused else int((now - hosted.metered_at) * 1000)), now
+        user_id = hosted.row.user_id
+        if spent or wall_ms:
+            await self.usage.add(user_id, hosted.row.language, spent, wall_ms)
+        quota, used_ms = await self.usage.quota(user_id, datetime.now(UTC).date())
+        return cpu_quota_left(used_ms, self.cpu_s_per_day if quota.cpu_s_per_day is None else quota.cpu_s_per_day)
+
     async def _pause(self, hosted: Hosted) -> None:
         async with hosted.lock:
             if hosted.paused or hosted.busy or self.hosted.get(hosted.row.id) is not hosted:
                 return
+            await self._meter(hosted)
             try:
                 await self.engine.pause(hosted.hub.box.id)
             except SandboxError as e:

@@ -1,8 +1,11 @@
 """Files a client stores ahead of the runs that name them (Jobe's file cache)."""
 from __future__ import annotations
 
-from ..errors import PayloadTooLarge
+from ..errors import PayloadTooLarge, ValidationFailed
 from ..repository.stored_files import StoredFiles
+
+
+MAX_FILE_ID = 128
 
 
 class FileStore:
@@ -11,6 +14,8 @@ class FileStore:
         self.max_file_bytes = max_file_bytes
 
     async def put(self, user_id: int, file_id: str, content: bytes) -> None:
+        if len(file_id) > MAX_FILE_ID:
+            raise ValidationFailed(f"A file id may be at most {MAX_FILE_ID} characters long.")
         if len(content) > self.max_file_bytes:
             raise PayloadTooLarge(f"A stored file may hold at most {self.max_file_bytes // 1024} KiB.")
         await self.files.put(user_id, file_id, content)

@@ -6,22 +6,17 @@ import contextlib
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable
+from datetime import UTC, timedelta
 from typing import Any, TypeVar
 
 from .. import metrics
-from ..access import cpu_quota_left, seconds_to_next_day
 from ..domain import HistoryQuery, Task, TaskRequest, TaskState, Verdict
-from ..errors import AppError, Conflict, NotFound, QueueFull, QuotaExceeded, RateLimited, ValidationFailed
-from ..plugins import Plugins
-from ..repository.callbacks import AddressRefused, check
+from ..errors import AppError, Conflict, NotFound, QueueFull, RateLimited
 from ..repository.notify import TaskListener
 from ..repository.queue import Queue
-from ..repository.rates import Rates
 from ..repository.tasks import Tasks
-from ..repository.usage import Quota, Usage
-from .keys import utcnow
+from .admission import Admission
 
 BUSY_RETRY_S = 5
 DONE_REMEMBERED = 100_000  # finished tasks whose owner an API process keeps in memory (~100 bytes each)
@@ -32,19 +27,13 @@ T = TypeVar("T")
 class TaskService:
     """The API side of tasks."""
 
-    def __init__(self, tasks: Tasks, queue: Queue, plugins: Plugins, finished: TaskListener, rates: Rates, usage: Usage, *,
-                 max_queue: int, user_max_pending: int, cpu_s_per_day: int = 0, allow_private_callbacks: bool = False,
-                 max_case_seconds: int = 320, clock: Callable[[], datetime] = utcnow) -> None:
-        self.usage = usage
-        self.cpu_s_per_day = cpu_s_per_day  # the default quota; a user's own replaces it
-        self.clock = clock
-        self.max_case_ms = max_case_seconds * 1000
-        self.allow_private_callbacks = allow_private_callbacks
+    def __init__(self, tasks: Tasks, queue: Queue, admission: Admission, finished: TaskListener, *,
+                 max_queue: int, user_max_pending: int) -> None:
+        self.admission = admission
         self.tasks = tasks
         self.queue = queue
-        self.plugins = plugins
+        self.plugins = admission.plugins
         self.finished = finished
-        self.rates = rates
         self.max_queue = max_queue
         self.user_max_pending = user_max_pending
         self._depth = (0.0, 0)  # (when, depth): a burst of submissions asks the broker once a second
@@ -53,16 +42,8 @@ class TaskService:
         self._done: OrderedDict[uuid.UUID, tuple[int, float]] = OrderedDict()  # task: (owner, when seen done)
 
     async def submit(self, user_id: int, request: TaskRequest, *, live: bool = False) -> uuid.UUID:
-        plugin, limits = self.plugins.for_request(request)
-        if len(request.tests) * limits.time_ms > self.max_case_ms:
-            raise ValidationFailed(f"{len(request.tests)} test cases at {limits.time_ms} ms each could hold a sandbox for"
-                                   f" longer than {self.max_case_ms // 1000} s; lower 'limits.time_ms' or send fewer cases.")
-        if request.callback_url:
-            await self._check_callback(request.callback_url)
-        quota = await self._within_quota(user_id)
-        per_minute = self.rates.per_minute if quota.per_minute is None else quota.per_minute
-        if wait_s := await self.rates.take(user_id, per_minute):
-            raise RateLimited(f"More than {per_minute} submissions a minute; try again in {wait_s} s.", wait_s)
+        admitted, quota = await self.admission.task(user_id, request)
+        request, plugin, limits = admitted.request, admitted.plugin, admitted.limits
         max_pending = self.user_max_pending if quota.max_pending is None else quota.max_pending
         if await self.queue_depth() >= self.max_queue:
             raise QueueFull("The task queue is full; try again shortly.", BUSY_RETRY_S)
@@ -87,21 +68,12 @@ class TaskService:
         metrics.TASKS_SUBMITTED.labels(plugin.name).inc()
         return task.id
 
-    async def _within_quota(self, user_id: int) -> Quota:
-        """The user's quotas; QuotaExceeded once the day's CPU quota is spent, until the next UTC day."""
-        now = self.clock()
-        quota, used_ms = await self.usage.quota(user_id, now.astimezone(UTC).date())
-        cpu_s = self.cpu_s_per_day if quota.cpu_s_per_day is None else quota.cpu_s_per_day
-        if not cpu_quota_left(used_ms, cpu_s):
-            raise QuotaExceeded(f"Your quota of {cpu_s} CPU seconds a day is spent ({used_ms / 1000:.1f} s used today);"
-                                " it renews at 00:00 UTC.", seconds_to_next_day(now))
-        return quota
-
     async def usage_report(self, user_id: int, days: int) -> dict[str, Any]:
         """Per UTC day of the last `days`, what the user's tasks spent, in all and by language, with the quotas."""
-        now = self.clock().astimezone(UTC)
-        rows = await self.usage.days(user_id, now.date() - timedelta(days=days - 1))
-        quota, used_ms = await self.usage.quota(user_id, now.date())
+        admission = self.admission
+        now = admission.clock().astimezone(UTC)
+        rows = await admission.usage.days(user_id, now.date() - timedelta(days=days - 1))
+        quota, used_ms = await admission.usage.quota(user_id, now.date())
         by_day: dict[str, dict[str, Any]] = {}
         for row in rows:
             day = by_day.setdefault(row["day"].isoformat(), {"day": row["day"].isoformat(), "tasks": 0, "cpu_ms": 0,
@@ -111,18 +83,10 @@ class TaskService:
             for name, value in figures.items():
                 day[name] += value
         return {"days": list(by_day.values()), "quota": {
-            "cpu_s_per_day": self.cpu_s_per_day if quota.cpu_s_per_day is None else quota.cpu_s_per_day,
+            "cpu_s_per_day": admission.cpu_s_per_day if quota.cpu_s_per_day is None else quota.cpu_s_per_day,
             "cpu_ms_today": used_ms,
             "max_pending": self.user_max_pending if quota.max_pending is None else quota.max_pending,
-            "per_minute": self.rates.per_minute if quota.per_minute is None else quota.per_minute}}
-
-    async def _check_callback(self, url: str) -> None:
-        try:
-            await check(url, self.allow_private_callbacks)
-        except AddressRefused as e:
-            raise ValidationFailed(f"'callback_url' may not point there: {e}.") from None
-        except OSError:
-            raise ValidationFailed("'callback_url' names a host that does not resolve.") from None
+            "per_minute": admission.rates.per_minute if quota.per_minute is None else quota.per_minute}}
 
     async def queue_depth(self) -> int:
         """The broker's last count (at most a second old) and what this process accepted since."""

@@ -31,7 +31,7 @@ def _message(message: str, status: int, headers: dict[str, str] | None = None) -
 async def jobe_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The key in X-API-KEY (or as a Bearer token); Jobe's 403s without a valid one."""
     given = request.headers.get("X-API-KEY")
-    token = credential(given) if given is not None else request_token(request)[0]
+    token = credential(given) if given is not None else request_token(request)
     return await foreign(request, handler, token, _message,
                          lambda: _message("Unknown API key" if token else "Missing API key", 403))
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from ... import domain
 from ...access import TASKS_READ, TASKS_WRITE
 from ...domain import MAX_WAIT_S, Task
-from ...errors import AppError, Conflict, NotFound, QueueFull, RateLimited, Unauthorized, ValidationFailed
+from ...errors import AppError, Conflict, NotFound, PayloadTooLarge, QueueFull, RateLimited, Unauthorized, ValidationFailed
 from ..keys import SERVICES, USER_ID
 from ..middlewares import authorize, credential, request_token
 from ..routes import read_json
@@ -19,9 +19,11 @@ from ...compat import judge0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LIMITS = web.AppKey("judge0_limits", judge0.Limits)
+ANONYMOUS = web.AppKey("judge0_anonymous_user", str)  # the user keyless requests act as; "": none may
 TOKEN_HEADER = "X-Auth-Token"
 KEY_HEADERS = (TOKEN_HEADER, "X-RapidAPI-Key", "X-Apihub-Key")
 PER_PAGE = 20
+MAX_PAGE = 1 << 40
 
 
 def _error(message: str, status: int) -> web.Response:
@@ -42,9 +44,12 @@ async def judge0_api(request: web.Request, handler: Handler) -> web.StreamRespon
     # Judge0's own header (or query parameter), and the key headers of the hosted Judge0s
     # (RapidAPI, AllThingsDev), so that the SDK's hosted clients work pointed here with a coderund key.
     given = next((request.headers[h] for h in KEY_HEADERS if h in request.headers), None) or request.query.get(TOKEN_HEADER)
-    token = (credential(given) if given else None) or request_token(request)[0]
+    token = (credential(given) if given else None) or request_token(request)
     try:
-        await authorize(request, token, TASKS_READ if request.method in ("GET", "HEAD") else TASKS_WRITE)
+        if token is None and request.app[ANONYMOUS]:  # as Judge0 CE by default: no credential needed
+            request[USER_ID] = (await request.app[SERVICES].accounts.named(request.app[ANONYMOUS])).user_id
+        else:
+            await authorize(request, token, TASKS_READ if request.method in ("GET", "HEAD") else TASKS_WRITE)
         return await handler(request)
     except Unauthorized:
         return web.Response(status=401)
@@ -103,7 +108,7 @@ async def _submit(request: web.Request, body: Any) -> str | dict[str, list[str]]
     parsed = judge0.fit_limits(parsed, services.plugins.get(parsed.language))
     try:
         return str(await services.tasks.submit(request[USER_ID], parsed))
-    except ValidationFailed as e:
+    except (ValidationFailed, PayloadTooLarge) as e:  # the admission step's refusals are Judge0's 422s
         field = "callback_url" if "callback_url" in e.message else "submission"
         return {field: [e.message]}
 
@@ -134,7 +139,7 @@ async def index(request: web.Request) -> web.Response:
         page, per_page = int(request.query.get("page", "1")), int(request.query.get("per_page", str(PER_PAGE)))
     except ValueError:
         return _error("invalid page or per_page", 400)
-    if page <= 0:
+    if not 0 < page <= MAX_PAGE:  # past it, the offset would overflow the database's
         return _error(f"invalid page: {page}", 400)
     if per_page < 0:
         return _error(f"invalid per_page: {per_page}", 400)
@@ -242,10 +247,11 @@ ROUTES = [
 ]
 
 
-def make_app(services: Any, limits: judge0.Limits) -> web.Application:
+def make_app(services: Any, limits: judge0.Limits, anonymous_user: str = "") -> web.Application:
     app = web.Application(middlewares=[judge0_api])
     app[SERVICES] = services
     app[LIMITS] = limits
+    app[ANONYMOUS] = anonymous_user
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app

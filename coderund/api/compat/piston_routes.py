@@ -30,7 +30,7 @@ def _message(message: str, status: int, headers: dict[str, str] | None = None) -
 async def piston_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A key as a Bearer token or as the path's first segment (never logged); errors as Piston's {"message"}."""
     key = request.match_info.get("key")
-    return await foreign(request, handler, credential(key) if key else request_token(request)[0], _message)
+    return await foreign(request, handler, credential(key) if key else request_token(request), _message)
 
 
 async def runtimes(request: web.Request) -> web.Response:
