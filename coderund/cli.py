@@ -18,31 +18,45 @@ from .errors import UnsupportedLanguage
 
 
 
+# The settings each command uses: its --help shows those, not the daemon's every setting.
+DATABASE = ("database_url", "log_level")
+IMAGES = ("plugins_dir", "docker_url", "image_source", "debian_mirror", "log_level")
+
+
+def settings_flags(names: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """A parent parser of the settings' flags: all of them, or the named ones."""
+    flags = argparse.ArgumentParser(add_help=False)
+    config.add_arguments(flags, names)
+    return flags
+
+
 def parser() -> argparse.ArgumentParser:
-    settings = argparse.ArgumentParser(add_help=False)
-    config.add_arguments(settings)
     main = argparse.ArgumentParser(
         prog="coderund",
         allow_abbrev=False,  # the operator commands take --user beside the settings --user-*
-        parents=[settings],
+        parents=[settings_flags()],
         description="Run untrusted code over a REST API. Without a command, runs the daemon in --role api, worker or all.",
         epilog="Every option can also be set by the CODERUND_* environment variable shown with it.",
     )
     main.add_argument("--version", action="version", version=f"coderund {__version__}")
     commands = main.add_subparsers(dest="command", metavar="{run,login,logout,mcp,migrate,images,languages,keys,users}")
     client.add_commands(commands)
-    admin.add_commands(commands, settings)
+    admin.add_commands(commands, settings_flags(DATABASE))
     mcp = commands.add_parser("mcp", help="serve the Model Context Protocol over stdio, as a client of a coderund server "
                                           "(CODERUND_SERVER, CODERUND_TOKEN: an API key)")
     mcp.add_argument("--server", help="server URL (CODERUND_SERVER; default: the one logged in to)")
-    commands.add_parser("migrate", parents=[settings], help="apply sql/*.sql migrations and exit")
-    images = commands.add_parser("images", parents=[settings], help="sandbox images of the language plugins")
+    mcp.add_argument("--sandbox-idle-s", type=int, metavar="S", help="seconds without a call after which a sandbox it "
+                     f"made ends (CODERUND_MCP_SANDBOX_IDLE_S; default {client.MCP_SANDBOX_IDLE_S})")
+    commands.add_parser("migrate", parents=[settings_flags(DATABASE)], help="apply sql/*.sql migrations and exit")
+    images = commands.add_parser("images", help="sandbox images of the language plugins")
     image_commands = images.add_subparsers(dest="images_command", required=True)
-    build = image_commands.add_parser("build", parents=[settings], help="build missing images from Debian packages")
+    build = image_commands.add_parser("build", parents=[settings_flags(IMAGES)],
+                                      help="build missing images from Debian packages")
     build.add_argument("languages", nargs="*", metavar="LANG", help="languages to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild images that exist")
-    languages = commands.add_parser("languages", parents=[settings], help="print the loaded language plugins")
-    languages.add_argument("--markdown", action="store_true", help="as the README's table")
+    languages = commands.add_parser("languages", parents=[settings_flags(("plugins_dir",))],
+                                    help="print the loaded language plugins")
+    languages.add_argument("--markdown", action="store_true", help="as the table of the documentation's languages page")
     return main
 
 

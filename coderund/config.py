@@ -105,9 +105,12 @@ def env_name(name: str) -> str:
     return "CODERUND_" + name.upper()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; defaults are filled later so the environment can stand between."""
-    for f in dataclasses.fields(Settings):
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] = ()) -> None:
+    """One flag per setting (or per setting named); defaults are filled later so the environment can stand between."""
+    fields = [f for f in dataclasses.fields(Settings) if not names or f.name in names]
+    if names and len(fields) != len(set(names)):
+        raise ValueError(f"not all settings: {names}")
+    for f in fields:
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
