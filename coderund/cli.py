@@ -10,10 +10,9 @@ import time
 
 import docker
 
-from . import __version__, admin, client, config
+from . import __version__, admin, client, config, docs_tables
 from . import plugins as plugin_loader
 from .config import ConfigError, Settings
-from .domain import Limits
 from .errors import UnsupportedLanguage
 
 
@@ -86,7 +85,7 @@ def run(args: dict[str, object], settings: Settings) -> int:
     command = args.get("command")
     if command == "languages":
         if args.get("markdown"):
-            print(languages_table(plugin_loader.load(settings.plugins_dir).all), end="")
+            print(docs_tables.languages_table(plugin_loader.load(settings.plugins_dir).all), end="")
             return 0
         for plugin in plugin_loader.load(settings.plugins_dir).all:
             aliases = f" (aliases: {', '.join(plugin.aliases)})" if plugin.aliases else ""
@@ -112,21 +111,6 @@ def run(args: dict[str, object], settings: Settings) -> int:
 
     asyncio.run(serve(settings))
     return 0
-
-
-def languages_table(plugins: list[plugin_loader.Plugin]) -> str:
-    """The README's language table, so a test can hold the README to the plugins."""
-    def limits(given: Limits) -> str:
-        return f"{given.time_ms / 1000:g} s, {given.memory_mb} MB"
-
-    lines = ["| language | version | aliases | entry file | compiled (compile limits) | default limits | maximum | image on |",
-             "|---|---|---|---|---|---|---|---|"]
-    for p in plugins:
-        compiled = f"yes ({limits(p.compile_limits)})" if p.compile else "no"
-        aliases = ", ".join(f"`{a}`" for a in p.aliases)
-        lines.append(f"| `{p.name}` | {p.version} | {aliases} | `{p.source_file}` | {compiled} | {limits(p.limits)} |"
-                     f" {limits(p.max_limits)} | {f'`{p.image_from}`' if p.image_from else 'base'} |")
-    return "\n".join(lines) + "\n"
 
 
 def _size(client: docker.DockerClient, image: str) -> str:
