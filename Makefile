@@ -2,7 +2,7 @@ VENV ?= .venv
 COMPOSE ?= docker compose
 PYTEST_ARGS ?=
 
-.PHONY: run_tests test-env images build_and_run stop bench lint
+.PHONY: run_tests test-env images build_and_run stop bench lint docs
 
 ## Bring up everything the tests need (services, Docker, images), then run them all.
 run_tests: test-env
@@ -29,3 +29,8 @@ bench: test-env
 
 lint:
 	$(VENV)/bin/ruff check coderund tests bench
+
+## The documentation site: its generated parts (tables, counts) written from the code, then built into site/.
+docs:
+	$(VENV)/bin/python -m coderund.docs_tables
+	$(VENV)/bin/mkdocs build --strict

@@ -17,7 +17,7 @@ COMMANDS = ("keys", "users")
 
 
 def add_commands(commands: Any, settings: argparse.ArgumentParser) -> None:
-    keys = commands.add_parser("keys", parents=[settings], allow_abbrev=False, help="API keys of a user (an operator's command)")
+    keys = commands.add_parser("keys", allow_abbrev=False, help="API keys of a user (an operator's command)")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     add = key_commands.add_parser("add", parents=[settings], allow_abbrev=False, help="make a key (printed once), or register a given one")
     add.add_argument("--user", required=True, help="the username")
@@ -29,7 +29,7 @@ def add_commands(commands: Any, settings: argparse.ArgumentParser) -> None:
     listing.add_argument("--user", required=True)
     revoke = key_commands.add_parser("revoke", parents=[settings], allow_abbrev=False, help="revoke a key by its id")
     revoke.add_argument("key_id", metavar="ID")
-    users = commands.add_parser("users", parents=[settings], allow_abbrev=False, help="users' quotas (an operator's command)")
+    users = commands.add_parser("users", allow_abbrev=False, help="users' quotas (an operator's command)")
     user_commands = users.add_subparsers(dest="users_command", required=True)
     quota = user_commands.add_parser("set-quota", parents=[settings], allow_abbrev=False, help="set a user's quotas (0 = unlimited)")
     quota.add_argument("username", metavar="NAME")

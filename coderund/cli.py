@@ -10,39 +10,52 @@ import time
 
 import docker
 
-from . import __version__, admin, client, config
+from . import __version__, admin, client, config, docs_tables
 from . import plugins as plugin_loader
 from .config import ConfigError, Settings
-from .domain import Limits
 from .errors import UnsupportedLanguage
 
 
 
+# The settings each command uses: its --help shows those, not the daemon's every setting.
+DATABASE = ("database_url", "log_level")
+IMAGES = ("plugins_dir", "docker_url", "image_source", "debian_mirror", "log_level")
+
+
+def settings_flags(names: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """A parent parser of the settings' flags: all of them, or the named ones."""
+    flags = argparse.ArgumentParser(add_help=False)
+    config.add_arguments(flags, names)
+    return flags
+
+
 def parser() -> argparse.ArgumentParser:
-    settings = argparse.ArgumentParser(add_help=False)
-    config.add_arguments(settings)
     main = argparse.ArgumentParser(
         prog="coderund",
         allow_abbrev=False,  # the operator commands take --user beside the settings --user-*
-        parents=[settings],
+        parents=[settings_flags()],
         description="Run untrusted code over a REST API. Without a command, runs the daemon in --role api, worker or all.",
         epilog="Every option can also be set by the CODERUND_* environment variable shown with it.",
     )
     main.add_argument("--version", action="version", version=f"coderund {__version__}")
     commands = main.add_subparsers(dest="command", metavar="{run,login,logout,mcp,migrate,images,languages,keys,users}")
     client.add_commands(commands)
-    admin.add_commands(commands, settings)
+    admin.add_commands(commands, settings_flags(DATABASE))
     mcp = commands.add_parser("mcp", help="serve the Model Context Protocol over stdio, as a client of a coderund server "
                                           "(CODERUND_SERVER, CODERUND_TOKEN: an API key)")
     mcp.add_argument("--server", help="server URL (CODERUND_SERVER; default: the one logged in to)")
-    commands.add_parser("migrate", parents=[settings], help="apply sql/*.sql migrations and exit")
-    images = commands.add_parser("images", parents=[settings], help="sandbox images of the language plugins")
+    mcp.add_argument("--sandbox-idle-s", type=int, metavar="S", help="seconds without a call after which a sandbox it "
+                     f"made ends (CODERUND_MCP_SANDBOX_IDLE_S; default {client.MCP_SANDBOX_IDLE_S})")
+    commands.add_parser("migrate", parents=[settings_flags(DATABASE)], help="apply sql/*.sql migrations and exit")
+    images = commands.add_parser("images", help="sandbox images of the language plugins")
     image_commands = images.add_subparsers(dest="images_command", required=True)
-    build = image_commands.add_parser("build", parents=[settings], help="build missing images from Debian packages")
+    build = image_commands.add_parser("build", parents=[settings_flags(IMAGES)],
+                                      help="build missing images from Debian packages")
     build.add_argument("languages", nargs="*", metavar="LANG", help="languages to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild images that exist")
-    languages = commands.add_parser("languages", parents=[settings], help="print the loaded language plugins")
-    languages.add_argument("--markdown", action="store_true", help="as the README's table")
+    languages = commands.add_parser("languages", parents=[settings_flags(("plugins_dir",))],
+                                    help="print the loaded language plugins")
+    languages.add_argument("--markdown", action="store_true", help="as the table of the documentation's languages page")
     return main
 
 
@@ -72,7 +85,7 @@ def run(args: dict[str, object], settings: Settings) -> int:
     command = args.get("command")
     if command == "languages":
         if args.get("markdown"):
-            print(languages_table(plugin_loader.load(settings.plugins_dir).all), end="")
+            print(docs_tables.languages_table(plugin_loader.load(settings.plugins_dir).all), end="")
             return 0
         for plugin in plugin_loader.load(settings.plugins_dir).all:
             aliases = f" (aliases: {', '.join(plugin.aliases)})" if plugin.aliases else ""
@@ -98,21 +111,6 @@ def run(args: dict[str, object], settings: Settings) -> int:
 
     asyncio.run(serve(settings))
     return 0
-
-
-def languages_table(plugins: list[plugin_loader.Plugin]) -> str:
-    """The README's language table, so a test can hold the README to the plugins."""
-    def limits(given: Limits) -> str:
-        return f"{given.time_ms / 1000:g} s, {given.memory_mb} MB"
-
-    lines = ["| language | version | aliases | entry file | compiled (compile limits) | default limits | maximum | image on |",
-             "|---|---|---|---|---|---|---|---|"]
-    for p in plugins:
-        compiled = f"yes ({limits(p.compile_limits)})" if p.compile else "no"
-        aliases = ", ".join(f"`{a}`" for a in p.aliases)
-        lines.append(f"| `{p.name}` | {p.version} | {aliases} | `{p.source_file}` | {compiled} | {limits(p.limits)} |"
-                     f" {limits(p.max_limits)} | {f'`{p.image_from}`' if p.image_from else 'base'} |")
-    return "\n".join(lines) + "\n"
 
 
 def _size(client: docker.DockerClient, image: str) -> str:

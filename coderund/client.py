@@ -14,12 +14,15 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import aiohttp
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+# `coderund mcp`: a sandbox it made ends this long after its last call, so an agent host that goes away
+# leaves nothing running for long.
+MCP_SANDBOX_IDLE_S = 600
 # Exit codes of `run` beyond the program's own (and 128 + N for a program killed by signal N).
 EXIT_CODES = {"compile_error": 100, "time_limit": 101, "memory_limit": 102, "output_limit": 103, "cancelled": 104,
               "internal_error": 105}
@@ -167,13 +170,20 @@ async def run(args: dict[str, Any]) -> int:
 
 async def _guess_language(session: aiohttp.ClientSession, server: str, source: Path) -> str:
     status, body = await call(session, "GET", f"{server}/languages")
-    matches = [lang for lang in body.get("languages", [])
-               if source.suffix and Path(lang["entry_file"]).suffix == source.suffix]
-    if len(matches) > 1:  # main.py is python's and pypy3's: the one named by the suffix (py) wins
-        matches = [lang for lang in matches if source.suffix[1:].lower() in (lang["name"], *lang["aliases"])]
-    if len(matches) != 1:
-        raise ClientError(f"cannot tell the language of {source.name}: pass --language")
-    return matches[0]["name"]
+    return language_of(source.name, body.get("languages", []))
+
+
+def language_of(file_name: str, languages: list[dict[str, Any]]) -> str:
+    """The language a file's extension names, case-insensitively: one whose extensions, name or aliases
+    it is (x.cc, x.R, x.hs); a ClientError when none is, or several are (x.m: octave or objective-c)."""
+    suffix = PurePosixPath(file_name).suffix.lower()
+    matches = [lang["name"] for lang in languages
+               if suffix and (suffix in lang["extensions"] or suffix[1:] in (lang["name"], *lang["aliases"]))]
+    if len(matches) > 1:
+        raise ClientError(f"{file_name} could be {', '.join(matches[:-1])} or {matches[-1]}: pass --language")
+    if not matches:
+        raise ClientError(f"cannot tell the language of {file_name}: pass --language")
+    return matches[0]
 
 
 async def _live_run(ws: aiohttp.ClientWebSocketResponse, task: dict[str, Any], *, live_stdin: bool,

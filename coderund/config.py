@@ -33,10 +33,11 @@ class Settings:
     redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis URL (sessions, login limits)")
     amqp_url: str = _setting("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ URL")
     queue: str = _setting("coderund.tasks", "name of the durable RabbitMQ task queue")
-    plugins_dir: str = _setting(str(DEFAULT_PLUGINS_DIR), "folder of language plugin TOML files")
-    concurrency: int = _setting(os.cpu_count() or 1, "tasks a worker runs at once (default: CPU count)")
+    plugins_dir: str = _setting(str(DEFAULT_PLUGINS_DIR), "folder of language plugin TOML files", shown="the checkout's plugins/")
+    concurrency: int = _setting(os.cpu_count() or 1, "tasks a worker runs at once", shown="CPU count")
     runtime: str = _setting("runc", "OCI runtime of sandbox containers: runc, or runsc for gVisor")
-    docker_url: str = _setting("", "Docker engine URL, a unix socket or plain tcp:// (default: DOCKER_HOST or the local socket)")
+    docker_url: str = _setting("", "Docker engine URL, a unix socket or plain tcp:// (not TLS or SSH: the sandboxes' "
+                                   "streams run over it)", shown="DOCKER_HOST or the local socket")
     output_limit_kb: int = _setting(64, "cap of a task's stdout and of its stderr, each, in KiB")
     tmpfs_mb: int = _setting(64, "size of a task's writable work folder, in MiB")
     pids_limit: int = _setting(128, "processes and threads a task may have at once")
@@ -61,7 +62,8 @@ class Settings:
     warm_idle_s: int = _setting(600, "seconds without a task after which a language keeps no warm container")
     compile_cache_mb: int = _setting(512, "disk the worker's compile cache may use, in MiB (0: no cache)")
     cache_dir: str = _setting(str(Path.home() / ".cache" / "coderund"),
-                              "where the worker keeps the built sandbox supervisor and the compile cache")
+                              "where the worker keeps the built sandbox supervisor and the compile cache",
+                              shown="~/.cache/coderund")
     image_source: str = _setting("debootstrap", "how `images build` makes images: debootstrap (no registry) or registry",
                                  choices=("debootstrap", "registry"))
     debian_mirror: str = _setting("http://deb.debian.org/debian", "Debian mirror that `images build` installs from")
@@ -104,20 +106,28 @@ def _parser(default: object) -> Any:
     return _boolean if isinstance(default, bool) else type(default)
 
 
+def shown_default(f: dataclasses.Field[Any]) -> str:
+    """A setting's default as a reader should see it: not this machine's CPU count or home folder."""
+    return str(f.metadata.get("shown", f.default))
+
+
 def env_name(name: str) -> str:
     return "CODERUND_" + name.upper()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; defaults are filled later so the environment can stand between."""
-    for f in dataclasses.fields(Settings):
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] = ()) -> None:
+    """One flag per setting (or per setting named); defaults are filled later so the environment can stand between."""
+    fields = [f for f in dataclasses.fields(Settings) if not names or f.name in names]
+    if names and len(fields) != len(set(names)):
+        raise ValueError(f"not all settings: {names}")
+    for f in fields:
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=_parser(f.default),
             choices=f.metadata.get("choices"),
             default=argparse.SUPPRESS,
-            help=f"{f.metadata['help']} [{env_name(f.name)}, default: {f.default}]",
+            help=f"{f.metadata['help']} [{env_name(f.name)}, default: {shown_default(f)}]",
         )
 
 

@@ -1,11 +1,16 @@
 """`coderund mcp`: a Model Context Protocol server over stdio, so that an agent host adds coderund with one
 command line. It is a client of a coderund server, as `coderund run` is: it talks HTTP to CODERUND_SERVER
-with the API key in CODERUND_TOKEN (or the stored login), and holds no state of its own.
+with the API key in CODERUND_TOKEN (or the stored login). All it keeps is the ids of the sandboxes it made:
+each lives until a short idle time after its last call, a lifetime the server holds, so a host that goes
+away without closing them leaves them to end on their own.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import math
+import os
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -15,7 +20,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
 
 from . import __version__
-from .client import ClientError, Credentials, call, load_credentials
+from .client import MCP_SANDBOX_IDLE_S, ClientError, Credentials, call, load_credentials
 
 RESULT_WAIT_S = 30  # per request: the server holds the answer this long, then we ask again
 MAX_POLLS = 20  # a task still unfinished after about ten minutes is the server's trouble, said as such
@@ -26,9 +31,23 @@ RESULT_KEYS = ("verdict", "exit_code", "signal", "stdout", "stderr", "compile_ou
 class Coderund:
     """The few HTTP calls the tools make, each failure a ToolError that names the server's reason."""
 
-    def __init__(self, credentials: Credentials) -> None:
+    def __init__(self, credentials: Credentials, sandbox_idle_s: int = MCP_SANDBOX_IDLE_S) -> None:
         self.server = credentials.server
         self.headers = {"Authorization": f"Bearer {credentials.token}"} if credentials.token else {}
+        self.sandbox_idle_s = sandbox_idle_s
+        self.made: set[str] = set()  # the sandboxes this server made, whose lifetime it keeps short
+
+    async def create_sandbox(self, body: dict[str, Any]) -> dict[str, Any]:
+        sandbox = await self.ask("POST", "/sandboxes", json={**body, "timeout_s": self.sandbox_idle_s})
+        self.made.add(sandbox["id"])
+        return sandbox
+
+    async def keep(self, sandbox_id: str, busy_s: float = 0) -> None:
+        """Moves a sandbox this server made to end its idle time after this call (and busy_s, a run's
+        longest); a sandbox made elsewhere keeps the lifetime it was given."""
+        if sandbox_id in self.made:
+            await self.ask("POST", f"/sandboxes/{quote(sandbox_id)}/timeout",
+                           json={"timeout_s": self.sandbox_idle_s + math.ceil(busy_s)})
 
     async def ask(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -88,10 +107,10 @@ def make_server(coderund: Coderund) -> MCPServer:
                        instructions="Runs untrusted code in locked-down sandboxes on a coderund server.")
 
     @server.tool(description="The languages the server runs: name, version, aliases, entry file.")
-    async def languages() -> list[dict[str, Any]]:
+    async def languages() -> dict[str, list[dict[str, Any]]]:
         found = await coderund.ask("GET", "/languages")
-        return [{key: plugin.get(key) for key in ("name", "version", "aliases", "compiled", "entry_file")}
-                for plugin in found["languages"]]
+        return {"languages": [{key: plugin.get(key) for key in ("name", "version", "aliases", "compiled", "entry_file")}
+                              for plugin in found["languages"]]}
 
     @server.tool(description="Runs a program once in a fresh sandbox (no network) and returns its verdict, exit "
                              "code, stdout, stderr and compiler output. language is a name or alias from languages.")
@@ -100,12 +119,12 @@ def make_server(coderund: Coderund) -> MCPServer:
 
     @server.tool(description="Creates a stateful sandbox (language python, the default: with numpy, pandas and "
                              "matplotlib; or javascript: Node 18; bash beside either; no network) that keeps variables, "
-                             "imports and files between sandbox_run calls until sandbox_close or its timeout. Returns its id.")
-    async def sandbox_create(language: str = "python", timeout_s: int = 3600, memory_mb: int | None = None,
-                             idle_timeout_s: int | None = None, metadata: dict[str, str] | None = None) -> dict[str, Any]:
-        body = {"language": language, "timeout_s": timeout_s, "memory_mb": memory_mb, "idle_timeout_s": idle_timeout_s,
-                "metadata": metadata}
-        return await coderund.ask("POST", "/sandboxes", json={k: v for k, v in body.items() if v is not None})
+                             "imports and files between sandbox_run calls until sandbox_close, or until it has had no "
+                             f"call for {coderund.sandbox_idle_s} s. Returns its id.")
+    async def sandbox_create(language: str = "python", memory_mb: int | None = None,
+                             metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        body = {"language": language, "memory_mb": memory_mb, "metadata": metadata}
+        return await coderund.create_sandbox({k: v for k, v in body.items() if v is not None})
 
     @server.tool(description="Runs code in a sandbox's persistent interpreter: language python (variables and "
                              "imports persist, the last expression's value is returned, matplotlib figures come back "
@@ -114,6 +133,7 @@ def make_server(coderund: Coderund) -> MCPServer:
                  structured_output=False)
     async def sandbox_run(sandbox_id: str, code: str, language: str | None = None, timeout_s: float = 60) -> list[Any]:
         body = {"code": code, "language": language, "timeout_s": timeout_s}
+        await coderund.keep(sandbox_id, timeout_s)
         outcome = await coderund.ask("POST", f"/sandboxes/{quote(sandbox_id)}/run",
                                      json={k: v for k, v in body.items() if v is not None})
         return run_content(outcome)
@@ -125,11 +145,13 @@ def make_server(coderund: Coderund) -> MCPServer:
             data = base64.b64decode(content, validate=True) if is_base64 else content.encode()
         except binascii.Error:
             raise ToolError("validation_failed: content is not base64") from None
+        await coderund.keep(sandbox_id)
         return await coderund.ask("PUT", f"/sandboxes/{quote(sandbox_id)}/files/{quote(path)}", data=data)
 
     @server.tool(description="Reads a file from the sandbox's work folder: text as text, a PNG or JPEG as an image, "
                              "other bytes as base64.", structured_output=False)
     async def sandbox_read_file(sandbox_id: str, path: str) -> Any:
+        await coderund.keep(sandbox_id)
         data = await coderund.read(f"/sandboxes/{quote(sandbox_id)}/files/{quote(path)}")
         kind = next((name for signature, name in SIGNATURES.items() if data.startswith(signature)), None)
         if kind:
@@ -141,11 +163,13 @@ def make_server(coderund: Coderund) -> MCPServer:
 
     @server.tool(description="Lists a folder of the sandbox's work folder: names, kinds, sizes.")
     async def sandbox_list_files(sandbox_id: str, path: str = ".") -> dict[str, Any]:
+        await coderund.keep(sandbox_id)
         return await coderund.ask("GET", f"/sandboxes/{quote(sandbox_id)}/files", params={"path": path})
 
     @server.tool(description="Ends a sandbox now; its state and files are gone.")
     async def sandbox_close(sandbox_id: str) -> dict[str, Any]:
         await coderund.ask("DELETE", f"/sandboxes/{quote(sandbox_id)}")
+        coderund.made.discard(sandbox_id)
         return {"sandbox_id": sandbox_id, "closed": True}
 
     return server
@@ -154,7 +178,20 @@ def make_server(coderund: Coderund) -> MCPServer:
 def main(args: dict[str, Any]) -> int:
     try:
         credentials = load_credentials(args.get("server"))
+        idle_s = sandbox_idle_s(args.get("sandbox_idle_s"), os.environ)
     except ClientError as e:
         raise SystemExit(f"coderund: {e}") from None
-    make_server(Coderund(credentials)).run("stdio")
+    make_server(Coderund(credentials, idle_s)).run("stdio")
     return 0
+
+
+def sandbox_idle_s(flag: int | None, environ: Mapping[str, str]) -> int:
+    """--sandbox-idle-s over CODERUND_MCP_SANDBOX_IDLE_S over the default: a whole number of seconds, at least 1."""
+    raw = flag if flag is not None else environ.get("CODERUND_MCP_SANDBOX_IDLE_S", MCP_SANDBOX_IDLE_S)
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise ClientError(f"the sandboxes' idle time {raw!r} is not a number of seconds (1 or more)")
+    return seconds

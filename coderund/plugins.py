@@ -12,9 +12,10 @@ from .domain import PLATFORM_MIN, Limits, Program, RunReport, TaskRequest, resol
 from .errors import UnsupportedLanguage, ValidationFailed
 
 REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
-OPTIONAL = {"aliases", "debian_packages", "image_from", "image_files", "image_commands", "compile", "compile_limits", "env",
-            "requires", "memory_errors", "error_messages", "takes_args", "rewrites"}
+OPTIONAL = {"aliases", "extensions", "debian_packages", "image_from", "image_files", "image_commands", "compile",
+            "compile_limits", "env", "requires", "memory_errors", "error_messages", "takes_args", "rewrites"}
 DEFAULT_COMPILE_LIMITS = Limits(time_ms=30000, memory_mb=1024)
+EXTENSION = re.compile(r"\.[a-z0-9_+#-]+")  # lower case: a file's extension is matched case-insensitively
 SOURCES = "{sources}"  # in a compile command: the submitted source files
 # In commands and env: the step's memory limit, and the share of it a runtime's heap may take (the
 # rest is the runtime's own: code, metaspace, stacks), so a program that outgrows its heap gets the
@@ -39,6 +40,7 @@ class Plugin:
     compile: tuple[str, ...] | None = None
     compile_limits: Limits = DEFAULT_COMPILE_LIMITS
     aliases: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()  # a file with one of these is this language's (`coderund run FILE`)
     debian_packages: tuple[str, ...] = ()
     image_from: str | None = None  # the plugin whose image this one's is built on (a shared layer); None: the base
     image_files: tuple[tuple[str, str], ...] = ()  # (absolute path, content) written into the image after its packages
@@ -110,6 +112,7 @@ class Plugin:
             "name": self.name,
             "version": self.version,
             "aliases": list(self.aliases),
+            "extensions": list(self.extensions),
             "compiled": self.compile is not None,
             "takes_args": self.takes_args,
             "entry_file": self.source_file,
@@ -231,7 +234,7 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
             raise fail(name, "must be a non-empty string")
     if "/" in data["source_file"] or data["source_file"].startswith("."):
         raise fail("source_file", "must be a plain file name")
-    for name in ("run", "compile", "aliases", "debian_packages", "memory_errors", "error_messages", "image_commands"):
+    for name in ("run", "compile", "aliases", "extensions", "debian_packages", "memory_errors", "error_messages", "image_commands"):
         value = data.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise fail(name, "must be a list of non-empty strings")
@@ -239,6 +242,12 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         raise fail("run", "must name a command")
     if not isinstance(data.get("image_from", "-"), str) or not data.get("image_from", "-"):
         raise fail("image_from", "must be a plugin's name")
+    # By default a language's files are its entry file's kind; a variant that shares its entry file with
+    # another language (pypy3's main.py) says `extensions = []`, so that files of that kind stay the other's.
+    entry_suffix = PurePosixPath(data["source_file"]).suffix
+    extensions = [e.lower() for e in data.get("extensions", [entry_suffix] if entry_suffix else [])]
+    if not all(EXTENSION.fullmatch(e) for e in extensions):
+        raise fail("extensions", "must be a list of file extensions such as \".cc\"")
     if not isinstance(data.get("takes_args", True), bool):
         raise fail("takes_args", "must be true or false")
     env = data.get("env", {})
@@ -291,6 +300,7 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         min_limits=min_limits,
         compile_limits=compile_limits,
         aliases=tuple(a.lower() for a in data.get("aliases", [])),
+        extensions=tuple(extensions),
         debian_packages=tuple(data.get("debian_packages", [])),
         image_from=data["image_from"].lower() if "image_from" in data else None,
         image_files=tuple(sorted(image_files.items())),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import stat
 import sys
 import uuid
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from coderund.client import EXIT_CODES, exit_code
+from coderund import plugins
+from coderund.cli import parser
+from coderund.client import EXIT_CODES, ClientError, exit_code, language_of
+from coderund.config import DEFAULT_PLUGINS_DIR
 
 
 async def coderund(*args: str, env: dict[str, str], stdin: bytes = b"") -> tuple[int, str, str]:
@@ -70,11 +74,55 @@ async def test_run_streams_output_with_stdin_from_a_file_a_pipe_and_live(logged_
     ("hog.py", "x = [b'x' * 2**20 + bytes([i % 256]) for i in range(4096)]", ["--memory-mb", "64"], EXIT_CODES["memory_limit"]),
     ("loud.py", "print('x' * 300000)", [], EXIT_CODES["output_limit"]),
     ("script.txt", "echo hi", ["--language", "bash"], 0),
+    ("Exit.R", "quit(status = 3)", [], 3),
+    ("exit.CC", "int main() { return 4; }", [], 4),
 ])
 async def test_exit_codes_mirror_the_program_and_the_verdict(logged_in, tmp_path, name, source, options, expected):
     (tmp_path / name).write_text(source)
     code, _, err = await coderund("run", str(tmp_path / name), *options, env=logged_in)
     assert code == expected, err
+
+
+@pytest.mark.parametrize("name, language", [
+    ("hello.R", "r"), ("x.r", "r"), ("x.cc", "cpp"), ("x.cxx", "cpp"), ("X.CPP", "cpp"), ("x.c++", "cpp"),
+    ("x.hs", "haskell"), ("x.ml", "ocaml"), ("x.py", "python"), ("x.c", "c"), ("x.pl", "perl"), ("x.pro", "prolog"),
+    ("x.ts", "typescript"), ("x.mjs", "javascript"), ("x.kt", "kotlin"), ("x.exs", "elixir"), ("x.f", "fortran"),
+    ("Main.java", "java"), ("x.rkt", "racket"), ("x.sh", "bash"),
+])
+def test_a_file_extension_names_its_language(name, language):
+    languages = [plugin.describe() for plugin in plugins.load(DEFAULT_PLUGINS_DIR).all]
+    assert language_of(name, languages) == language
+
+
+def test_an_extension_of_several_languages_or_none_asks_for_language():
+    languages = [plugin.describe() for plugin in plugins.load(DEFAULT_PLUGINS_DIR).all]
+    with pytest.raises(ClientError) as asked:
+        language_of("solve.m", languages)
+    assert str(asked.value) == "solve.m could be objective-c or octave: pass --language"
+    for name in ("x.unknown", "Makefile", "x."):
+        with pytest.raises(ClientError, match=f"cannot tell the language of {re.escape(name)}: pass --language"):
+            language_of(name, languages)
+
+
+def test_each_command_shows_only_its_own_options(capsys):
+    def help_of(*command: str) -> str:
+        with pytest.raises(SystemExit):
+            parser().parse_args([*command, "--help"])
+        return capsys.readouterr().out
+
+    assert "--warm-max" in help_of() and "--database-url" in help_of()  # the daemon's: every setting
+    for command in (["keys"], ["users"], ["images"], ["run"], ["login"], ["logout"], ["mcp"]):
+        assert "--warm-max" not in help_of(*command) and "--database-url" not in help_of(*command), command
+    assert len(help_of("keys").splitlines()) < 15
+    for command in (["keys", "add"], ["keys", "list"], ["keys", "revoke"], ["users", "set-quota"], ["migrate"]):
+        shown = help_of(*command)
+        assert "--database-url" in shown and "--warm-max" not in shown and "--runtime" not in shown, command
+    assert "--plugins-dir" in help_of("images", "build") and "--docker-url" in help_of("images", "build")
+    assert "--sandbox-idle-s" in help_of("mcp")
+    # A setting still goes before the command, or after it where the command uses it.
+    for argv in (["--database-url", "postgresql://h/d", "keys", "list", "--user", "a"],
+                 ["keys", "list", "--user", "a", "--database-url", "postgresql://h/d"]):
+        assert vars(parser().parse_args(argv))["database_url"] == "postgresql://h/d"
 
 
 def test_exit_codes_of_the_platform():

@@ -1,6 +1,8 @@
 """Settings: flag over environment over default, and clear errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from coderund import config
@@ -37,9 +39,10 @@ def test_bad_values_name_the_setting(environ, needle):
         config.load({}, environ=environ)
 
 
-def test_readme_documents_every_setting():
-    import dataclasses
+def test_help_shows_defaults_as_a_reader_should_see_them(capsys):
+    from coderund.cli import parser
 
-    readme = (config.PACKAGE_DIR.parent / "README.md").read_text()
-    for f in dataclasses.fields(config.Settings):
-        assert f"`{config.env_name(f.name)}`" in readme, f.name
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # as one line: argparse wraps its help
+    assert "default: CPU count" in shown and "default: ~/.cache/coderund" in shown and str(Path.home()) not in shown

@@ -2,10 +2,12 @@
 server with an API key: it lists its tools and calls each; failures come back as tool errors naming why."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import sys
+from datetime import UTC, datetime
 
 import pytest
 from mcp import ClientSession, StdioServerParameters
@@ -19,9 +21,9 @@ async def api_key(api, prefix: str) -> str:
     return body["key"]
 
 
-def server_params(server: str, token: str) -> StdioServerParameters:
+def server_params(server: str, token: str, *options: str) -> StdioServerParameters:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODERUND_")}
-    return StdioServerParameters(command=sys.executable, args=["-m", "coderund", "mcp"],
+    return StdioServerParameters(command=sys.executable, args=["-m", "coderund", "mcp", *options],
                                  env=env | {"CODERUND_SERVER": server, "CODERUND_TOKEN": token, "XDG_CONFIG_HOME": "/nonexistent"})
 
 
@@ -47,9 +49,10 @@ async def test_the_tools_are_listed_with_their_arguments(api, server):
     assert {"stdin", "args"} <= tools["run_code"].input_schema["properties"].keys()
 
 
-async def test_languages_come_from_the_server(api, server):
-    found = structured(await call(server, await api_key(api, "mcp"), "languages"))
-    names = {language["name"] for language in found["result"]}
+async def test_languages_come_from_the_server_as_one_result(api, server):
+    result = await call(server, await api_key(api, "mcp"), "languages")
+    assert len(result.content) == 1 and json.loads(result.content[0].text) == result.structured_content
+    names = {language["name"] for language in structured(result)["languages"]}
     status, body, _ = await api.call("GET", "/languages")
     assert names == {plugin["name"] for plugin in body["languages"]}
 
@@ -82,7 +85,7 @@ async def test_the_sandbox_tools_keep_state_and_move_files_and_figures(api, serv
         names = {tool.name for tool in (await session.list_tools()).tools}
         assert {"sandbox_create", "sandbox_run", "sandbox_write_file", "sandbox_read_file", "sandbox_list_files",
                 "sandbox_close"} <= names
-        sandbox = structured(await session.call_tool("sandbox_create", {"timeout_s": 600}))
+        sandbox = structured(await session.call_tool("sandbox_create", {}))
         sid = sandbox["id"]
         first = await session.call_tool("sandbox_run", {"sandbox_id": sid, "code": "x = 20\nprint('set')"})
         assert not first.is_error and json.loads(first.content[0].text)["stdout"] == "set\n"
@@ -112,9 +115,59 @@ async def test_the_sandbox_tools_keep_state_and_move_files_and_figures(api, serv
         assert structured(await session.call_tool("sandbox_close", {"sandbox_id": sid}))["closed"]
         ended = await session.call_tool("sandbox_run", {"sandbox_id": sid, "code": "x"})
         assert ended.is_error and "sandbox_ended" in ended.content[0].text and "deleted" in ended.content[0].text
-        js = structured(await session.call_tool("sandbox_create", {"language": "javascript", "timeout_s": 600}))
+        js = structured(await session.call_tool("sandbox_create", {"language": "javascript"}))
         await session.call_tool("sandbox_run", {"sandbox_id": js["id"], "code": "let n = 41"})
         kept = await session.call_tool("sandbox_run", {"sandbox_id": js["id"], "code": "console.log('n is', n); n + 1"})
         assert json.loads(kept.content[0].text)["stdout"] == "n is 41\n"
         assert json.loads(kept.content[0].text)["results"] == [{"text/plain": "42"}]
         assert structured(await session.call_tool("sandbox_close", {"sandbox_id": js["id"]}))["closed"]
+
+
+def seconds_left(document: dict) -> float:
+    return (datetime.fromisoformat(document["expires_at"]) - datetime.now(UTC)).total_seconds()
+
+
+async def test_a_sandbox_it_made_ends_after_its_idle_time_and_each_call_moves_that_end(api, server):
+    """An agent host that goes away leaves its sandboxes to the server's clock: they end idle_s after the last call."""
+    token = await api.user("mcp-idle")
+    status, body, _ = await api.call("POST", "/account/api-keys", token=token, json={"name": "agent"})
+    key = body["key"]
+    status, elsewhere, _ = await api.call("POST", "/sandboxes", token=token, json={"timeout_s": 3600})
+    assert status == 201, elsewhere
+    async with stdio_client(server_params(server, key, "--sandbox-idle-s", "40")) as (read, write), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        made = structured(await session.call_tool("sandbox_create", {}))
+        assert 30 < seconds_left(made) <= 40
+        ran = await session.call_tool("sandbox_run", {"sandbox_id": made["id"], "code": "1 + 1", "timeout_s": 30})
+        assert not ran.is_error, ran.content
+        status, now, _ = await api.call("GET", f"/sandboxes/{made['id']}", token=token)
+        assert 60 < seconds_left(now) <= 70  # the idle time after this call, and the run's longest
+        await session.call_tool("sandbox_list_files", {"sandbox_id": elsewhere["id"]})
+        status, kept, _ = await api.call("GET", f"/sandboxes/{elsewhere['id']}", token=token)
+        assert seconds_left(kept) > 3000  # one it did not make keeps the lifetime it was given
+    async with stdio_client(server_params(server, key, "--sandbox-idle-s", "1")) as (read, write), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        short = structured(await session.call_tool("sandbox_create", {}))
+    # The host is gone: the sandbox ends on its own, within the worker's next looks at its rows.
+    for _ in range(300):
+        status, gone, _ = await api.call("GET", f"/sandboxes/{short['id']}", token=token)
+        if status == 410:
+            break
+        await asyncio.sleep(0.1)
+    assert (status, gone["error"]) == (410, "sandbox_ended") and "expired" in gone["message"]
+    await api.call("DELETE", f"/sandboxes/{elsewhere['id']}", token=token)
+    await api.call("DELETE", f"/sandboxes/{made['id']}", token=token)
+
+
+def test_the_idle_time_is_a_setting_with_a_default():
+    from coderund.client import ClientError
+    from coderund.mcp_server import MCP_SANDBOX_IDLE_S, sandbox_idle_s
+
+    assert sandbox_idle_s(None, {}) == MCP_SANDBOX_IDLE_S == 600
+    assert sandbox_idle_s(None, {"CODERUND_MCP_SANDBOX_IDLE_S": "120"}) == 120
+    assert sandbox_idle_s(30, {"CODERUND_MCP_SANDBOX_IDLE_S": "120"}) == 30
+    for flag, environ in ((0, {}), (None, {"CODERUND_MCP_SANDBOX_IDLE_S": "ten"}), (None, {"CODERUND_MCP_SANDBOX_IDLE_S": "-1"})):
+        with pytest.raises(ClientError, match="is not a number of seconds"):
+            sandbox_idle_s(flag, environ)

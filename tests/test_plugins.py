@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 
@@ -82,12 +81,19 @@ def test_a_language_without_a_command_line_refuses_args():
         plugins.parse({**GOOD, "takes_args": "no"}, "lua.toml")
 
 
-def test_readme_language_table_is_the_plugins():
-    from coderund.cli import languages_table
-
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    table = languages_table(plugins.load(DEFAULT_PLUGINS_DIR).all)
-    assert table in readme, "README's language table is stale: paste `coderund languages --markdown`"
+def test_a_language_names_the_extensions_of_its_files():
+    assert plugins.parse(GOOD, "lua.toml").extensions == (".lua",)  # its entry file's, by default
+    assert plugins.parse({**GOOD, "source_file": "Main.LUA"}, "lua.toml").describe()["extensions"] == [".lua"]
+    assert plugins.parse({**GOOD, "extensions": [".Lua", ".luac"]}, "lua.toml").extensions == (".lua", ".luac")
+    assert plugins.parse({**GOOD, "extensions": []}, "lua.toml").extensions == ()  # a variant leaves them to another
+    for bad in ([".a b"], ["lua"], [".lu/a"], [""], ".lua", [1]):
+        with pytest.raises(plugins.PluginError, match="lua.toml: 'extensions' must be a list of"):
+            plugins.parse({**GOOD, "extensions": bad}, "lua.toml")
+    with pytest.raises(plugins.PluginError, match="'extension' is not a plugin field"):
+        plugins.parse({**GOOD, "extension": [".lua"]}, "lua.toml")
+    loaded = plugins.load(DEFAULT_PLUGINS_DIR)
+    assert {".cpp", ".cc", ".cxx"} <= set(loaded.get("cpp").extensions) and loaded.get("cpp-clang").extensions == ()
+    assert loaded.get("pypy3").extensions == () and loaded.get("python").extensions == (".py",)
 
 
 def test_runtimes_are_sized_from_the_step_limits():

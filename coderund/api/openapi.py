@@ -174,11 +174,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "Language": {
         "type": "object",
-        "required": ["name", "version", "aliases", "compiled", "takes_args", "entry_file", "limits", "min_limits",
-                     "max_limits"],
+        "required": ["name", "version", "aliases", "extensions", "compiled", "takes_args", "entry_file", "limits",
+                     "min_limits", "max_limits"],
         "properties": {
             "name": {"type": "string"}, "version": {"type": "string"},
             "aliases": {"type": "array", "items": {"type": "string"}}, "compiled": {"type": "boolean"},
+            "extensions": {"type": "array", "items": {"type": "string"},
+                           "description": "file extensions of the language's source files, lower case (e.g. .cc)"},
             "takes_args": {"type": "boolean", "description": "false: the language has no command line (SQL); a task's `args` are refused"},
             "entry_file": {"type": "string", "description": "the file a task's `code` is saved as (e.g. Main.java)"},
             "limits": _ref("Limits"), "min_limits": _ref("Limits"), "max_limits": _ref("Limits"),
