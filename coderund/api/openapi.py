@@ -193,7 +193,9 @@ SCHEMAS: dict[str, Any] = {
                        "scopes": {"type": "array", "minItems": 1,
                                   "items": {"enum": ["tasks:write", "tasks:read", "account"]},
                                   "description": "default: tasks:write, tasks:read"},
-                       "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650}},
+                       "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+                       "form": {"enum": ["coderund", "e2b"], "default": "coderund",
+                                "description": "crd_… (default), or e2b_ and 64 hex digits, the form E2B's SDKs accept"}},
     },
     "ApiKey": {
         "type": "object", "required": ["id", "name", "prefix", "scopes", "created_at"],
@@ -222,7 +224,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 SCHEMAS["NewApiKey"] = {**SCHEMAS["ApiKey"], "required": [*SCHEMAS["ApiKey"]["required"], "key"],
-                        "properties": {**SCHEMAS["ApiKey"]["properties"], "key": {"type": "string", "description": "crd_…"}}}
+                        "properties": {**SCHEMAS["ApiKey"]["properties"], "key": {"type": "string", "description": "crd_… or e2b_…"}}}
 
 SCHEMAS["TaskCreated"] = {
     "type": "object", "required": ["task_id"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -129,10 +130,7 @@ def _command_document(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def _ask(request: web.Request, op: dict[str, Any]) -> dict[str, Any]:
     """A call answered by its end event alone."""
-    async for message in _sandboxes(request).call(request[USER_ID], _id(request), op):
-        if message.body.get("type") == "end":
-            return message.body
-    return {}
+    return await drain(_sandboxes(request).call(request[USER_ID], _id(request), op))
 
 
 async def create_context(request: web.Request) -> web.Response:
@@ -155,30 +153,48 @@ async def put_file(request: web.Request) -> web.Response:
     sandboxes = _sandboxes(request)
     path = file_path(request.match_info["path"])
     row = await sandboxes.find(request[USER_ID], _id(request))
-    quota = row.disk_mb * MB
-    if (request.content_length or 0) > quota:
+    if (request.content_length or 0) > row.disk_mb * MB:
         raise PayloadTooLarge(f"The file is over the sandbox's disk quota of {row.disk_mb} MiB.")
-    size, append = 0, False
-    while True:
-        chunk = await request.content.read(CHUNK)
-        size += len(chunk)
-        if size > quota:
-            await _ask(request, {"op": "delete", "path": path})
-            raise PayloadTooLarge(f"The file is over the sandbox's disk quota of {row.disk_mb} MiB.")
-        if chunk or not append:
-            async for _ in sandboxes.call(request[USER_ID], _id(request), {"op": "write", "path": path, "append": append},
-                                          chunk, row=row):
-                pass
-        append = True
-        if not chunk:
-            break
+    size = await write_file(sandboxes, row, path, request.content.read)
     return web.json_response({"path": path, "size": size}, status=201)
 
 
+async def write_file(sandboxes: Any, row: Any, path: str, read: Callable[[int], Awaitable[bytes]]) -> int:
+    """What read() gives, to its end, to the file at path in the sandbox (its folders made as needed),
+    a chunk per call; past the sandbox's disk quota the file is removed and the answer is 413.
+    Its size."""
+    quota = row.disk_mb * MB
+    size, append = 0, False
+    while True:
+        chunk = await read(CHUNK)
+        size += len(chunk)
+        if size > quota:
+            await drain(sandboxes.call(row.user_id, str(row.id), {"op": "delete", "path": path}, row=row))
+            raise PayloadTooLarge(f"The file is over the sandbox's disk quota of {row.disk_mb} MiB.")
+        if chunk or not append:
+            await drain(sandboxes.call(row.user_id, str(row.id), {"op": "write", "path": path, "append": append},
+                                       chunk, row=row))
+        append = True
+        if not chunk:
+            return size
+
+
+async def drain(events: AsyncIterator[Any]) -> dict[str, Any]:
+    """A call answered by its end event alone: that event."""
+    async for message in events:
+        if message.body.get("type") == "end":
+            return message.body
+    return {}
+
+
 async def get_file(request: web.Request) -> web.StreamResponse:
-    events = _sandboxes(request).call(request[USER_ID], _id(request),
-                                      {"op": "read", "path": file_path(request.match_info["path"])})
-    first = await anext(events)  # not found and the like answer as errors, before any byte is sent
+    return await send_file(request, _sandboxes(request).call(request[USER_ID], _id(request),
+                                                             {"op": "read", "path": file_path(request.match_info["path"])}))
+
+
+async def send_file(request: web.Request, events: AsyncIterator[Any]) -> web.StreamResponse:
+    """A read's chunks as the answer's body; not found and the like answer as errors, before any byte is sent."""
+    first = await anext(events)
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     await response.prepare(request)
     async for message in _with_first(first, events):

@@ -37,6 +37,8 @@ OUTPUT_CAP = 1 << 20  # of a run's stdout and of its stderr, each; past it the r
 EVENT_LINE_MAX = 64 << 20  # from a context: a longer line kills it (a figure's PNG is far smaller)
 GRACE_S = 2  # between the interrupt at a run's timeout and the kill of its interpreter
 SCRIPTS = "/tmp/.coderund-hub"  # bash runs' code, root's: nobody reads them, never changes them
+LIST_MAX = 10000  # entries of one listing, however deep
+STDIN_MAX = 1 << 20  # bytes sent to a command's stdin that it has not read yet
 
 
 class Refused(Exception):
@@ -147,6 +149,25 @@ def path_error(e, name):
     return Refused("file_error", f"{name!r}: {e.strerror}")
 
 
+def kind_of(info):
+    return ("folder" if stat.S_ISDIR(info.st_mode) else "file" if stat.S_ISREG(info.st_mode)
+            else "symlink" if stat.S_ISLNK(info.st_mode) else "other")
+
+
+def describe(name, path, info, folder):
+    """An entry as stat() tells it; a symlink's target read, never followed."""
+    target = None
+    if stat.S_ISLNK(info.st_mode) and folder is not None:
+        with contextlib.suppress(OSError):
+            target = os.readlink(name, dir_fd=folder)
+    return {"name": name, "path": path, "kind": kind_of(info), "size": info.st_size, "mode": info.st_mode,
+            "uid": info.st_uid, "gid": info.st_gid, "mtime": info.st_mtime, "target": target}
+
+
+def entry_at(folder, name, path):
+    return describe(name, "/".join(parts_of(path)), os.stat(name, dir_fd=folder, follow_symlinks=False), folder)
+
+
 class Files:
     def __init__(self, work):
         self.work = work
@@ -188,20 +209,87 @@ class Files:
         finally:
             os.close(fd)
 
-    def list(self, path):
+    def list(self, path, depth=1, detail=False):
+        """The folder's entries, and with depth > 1 those of its folders below (never through a
+        symlink), at most LIST_MAX in all; with detail, each as stat() tells it."""
         with as_nobody():
             folder = open_folder(self.work, parts_of(path))
             try:
                 entries = []
-                with os.scandir(folder) as found:
-                    for entry in found:
-                        info = entry.stat(follow_symlinks=False)
-                        kind = ("folder" if stat.S_ISDIR(info.st_mode) else "file" if stat.S_ISREG(info.st_mode)
-                                else "symlink" if stat.S_ISLNK(info.st_mode) else "other")
-                        entries.append({"name": entry.name, "kind": kind, "size": info.st_size if kind == "file" else 0})
-                return sorted(entries, key=lambda e: e["name"])
+                self._walk(folder, "/".join(parts_of(path)), depth, detail, entries)
+                return sorted(entries, key=lambda e: e["path" if detail else "name"])
             finally:
                 os.close(folder)
+
+    def _walk(self, folder, prefix, depth, detail, entries):
+        with os.scandir(folder) as found:
+            for entry in found:
+                if len(entries) >= LIST_MAX:
+                    return
+                info = entry.stat(follow_symlinks=False)
+                path = f"{prefix}/{entry.name}" if prefix else entry.name
+                entries.append(describe(entry.name, path, info, folder) if detail else
+                               {"name": entry.name, "kind": kind_of(info), "size": info.st_size if stat.S_ISREG(info.st_mode) else 0})
+                if depth > 1 and stat.S_ISDIR(info.st_mode):
+                    try:
+                        inner = open_entry(folder, entry.name, os.O_RDONLY | os.O_DIRECTORY)
+                    except Refused:
+                        continue  # gone, or unreadable, meanwhile
+                    try:
+                        self._walk(inner, path, depth - 1, detail, entries)
+                    finally:
+                        os.close(inner)
+
+    def stat(self, path):
+        *folders, name = parts_of(path) or [""]
+        with as_nobody():
+            if not name:
+                return describe("", "", os.stat(self.work), None)
+            folder = open_folder(self.work, folders)
+            try:
+                return entry_at(folder, name, path)
+            except OSError as e:
+                raise path_error(e, path) from None
+            finally:
+                os.close(folder)
+
+    def mkdir(self, path):
+        """The folder and those above it; Refused("exists") if it is there already."""
+        *folders, name = parts_of(path) or [""]
+        if not name:
+            raise Refused("exists", "the work folder exists")
+        with as_nobody():
+            folder = open_folder(self.work, folders, create=True)
+            try:
+                os.mkdir(name, 0o755, dir_fd=folder)
+                return entry_at(folder, name, path)
+            except FileExistsError:
+                raise Refused("exists", f"{path!r} exists") from None
+            except OSError as e:
+                raise path_error(e, path) from None
+            finally:
+                os.close(folder)
+
+    def move(self, source, destination):
+        """Renames source (a symlink itself, never what it points at) to destination, whose folders
+        are made as needed."""
+        *from_folders, from_name = parts_of(source) or [""]
+        *to_folders, to_name = parts_of(destination) or [""]
+        if not from_name or not to_name:
+            raise Refused("bad_path", "the work folder itself cannot be moved, nor replaced")
+        with as_nobody():
+            origin = open_folder(self.work, from_folders)
+            try:
+                target = open_folder(self.work, to_folders, create=True)
+                try:
+                    os.rename(from_name, to_name, src_dir_fd=origin, dst_dir_fd=target)
+                    return entry_at(target, to_name, destination)
+                except OSError as e:
+                    raise path_error(e, source) from None
+                finally:
+                    os.close(target)
+            finally:
+                os.close(origin)
 
     def delete(self, path):
         *folders, name = parts_of(path) or [""]
@@ -489,20 +577,32 @@ CONTEXTS = {"python": PythonContext, "javascript": JavaScriptContext, "bash": Ba
 
 
 class Command:
-    """A program run beside the contexts, to its end or its timeout."""
+    """A program run beside the contexts, to its end or its timeout. Its stdin is what the request
+    gave, or with open_stdin a pipe that takes input while it runs (send, close_stdin); with
+    announce, its pid is the first event."""
 
-    def __init__(self, hub, request, argv, cwd, env, stdin, timeout_s):
-        self.hub, self.request = hub, request
-        feed = os.memfd_create("stdin")
-        try:
+    def __init__(self, hub, request, argv, cwd, env, stdin, timeout_s, open_stdin=False, tag=None, announce=False):
+        self.hub, self.request, self.argv, self.cwd, self.env, self.tag = hub, request, argv, cwd, env, tag
+        self.stdin, self.pending, self.closing = None, bytearray(), False
+        if open_stdin:
+            feed, self.stdin = os.pipe()
+        else:
+            feed = os.memfd_create("stdin")
             os.write(feed, stdin)
             os.lseek(feed, 0, os.SEEK_SET)
+        try:
             try:
                 self.process, out_fd, err_fd = spawn(argv, env, cwd, stdin=feed)
             except OSError as e:
+                if self.stdin is not None:
+                    os.close(self.stdin)
                 raise Refused("bad_command", f"{argv[0]!r}: {e.strerror}") from None
         finally:
             os.close(feed)
+        if self.stdin is not None:
+            nonblocking(self.stdin)
+        if announce:
+            emit({"id": request, "type": "start", "pid": self.process.pid})
         self.output = Output(hub, out_fd, err_fd)
         self.output.start(request)
         self.open = 2
@@ -511,6 +611,44 @@ class Command:
         self.deadline = time.monotonic() + timeout_s
         self.timed_out = False
 
+    def send(self, data):
+        """Input for its stdin, written as the command reads it: never blocks the hub."""
+        if self.stdin is None or self.closing:
+            raise Refused("no_stdin", f"process {self.process.pid} takes no input (start it with stdin, and before closing it)")
+        if len(self.pending) + len(data) > STDIN_MAX:
+            raise Refused("busy", f"process {self.process.pid} has not read the last {len(self.pending)} bytes sent to it")
+        self.pending += data
+        self.flush()
+
+    def close_stdin(self):
+        if self.stdin is None:
+            raise Refused("no_stdin", f"process {self.process.pid} has no open stdin")
+        self.closing = True
+        self.flush()
+
+    def flush(self):
+        if self.stdin is None:
+            return
+        try:
+            while self.pending:
+                del self.pending[:os.write(self.stdin, self.pending)]
+        except BlockingIOError:
+            return
+        except OSError:  # it closed its stdin, or ended: what it did not read is dropped
+            self.pending.clear()
+            self.closing = True
+        if self.closing and not self.pending:
+            os.close(self.stdin)
+            self.stdin = None
+
+    def signal(self, number):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, number)
+
+    def describe(self):
+        return {"pid": self.process.pid, "cmd": self.argv, "cwd": self.cwd, "tag": self.tag,
+                "env": {key: value for key, value in self.env.items() if key not in self.hub.env}}
+
     def on_output(self, fd):
         if self.output.on_ready(fd):
             return True
@@ -518,6 +656,7 @@ class Command:
         return False
 
     def tick(self, now):
+        self.flush()
         if now >= self.deadline and not self.timed_out:
             self.timed_out = True
             kill_group(self.process)
@@ -527,6 +666,9 @@ class Command:
             kill_group(self.process)  # whatever it left in the background goes with it
             self.output.drain()
             self.output.close()
+            self.pending.clear()
+            self.closing = True
+            self.flush()
             code = self.process.returncode
             emit({"id": self.request, "type": "end", "exit_code": code if code >= 0 else None,
                   "signal": -code if code < 0 else None, "timed_out": self.timed_out, "truncated": self.output.truncated})
@@ -623,7 +765,25 @@ class Hub:
             cwd = self.folder_path(request.get("cwd") or ".")
             self.commands.append(Command(self, rid, [str(a) for a in request["cmd"]], cwd,
                                          {**self.env, **request.get("env", {})}, request.get("stdin", "").encode(),
-                                         float(request.get("timeout_s") or 60)))
+                                         float(request.get("timeout_s") or 60), bool(request.get("open_stdin")),
+                                         request.get("tag"), bool(request.get("announce"))))
+        elif op == "commands":
+            emit({"id": rid, "type": "end", "commands": [c.describe() for c in self.commands]})
+        elif op in ("input", "close_stdin", "signal"):
+            command = self.command(request)
+            if op == "input":
+                command.send(base64.b64decode(request.get("data", "")))
+            elif op == "close_stdin":
+                command.close_stdin()
+            else:
+                command.signal(signal.SIGTERM if request.get("signal") == signal.SIGTERM else signal.SIGKILL)
+            emit({"id": rid, "type": "end"})
+        elif op == "stat":
+            emit({"id": rid, "type": "end", "entry": self.files.stat(request.get("path") or ".")})
+        elif op == "mkdir":
+            emit({"id": rid, "type": "end", "entry": self.files.mkdir(request.get("path") or ".")})
+        elif op == "move":
+            emit({"id": rid, "type": "end", "entry": self.files.move(request.get("source") or "", request.get("destination") or "")})
         elif op == "write":
             self.files.write(request["path"], base64.b64decode(request["data"]), bool(request.get("append")))
             emit({"id": rid, "type": "end"})
@@ -634,7 +794,9 @@ class Hub:
                 emit({"id": rid, "type": "chunk", "data": base64.b64encode(chunk).decode()})
             emit({"id": rid, "type": "end", "size": size})
         elif op == "list":
-            emit({"id": rid, "type": "end", "entries": self.files.list(request.get("path") or ".")})
+            depth = max(1, min(int(request.get("depth") or 1), 64))
+            emit({"id": rid, "type": "end", "entries": self.files.list(request.get("path") or ".", depth,
+                                                                      bool(request.get("detail")))})
         elif op == "delete":
             self.files.delete(request["path"])
             emit({"id": rid, "type": "end"})
@@ -656,6 +818,14 @@ class Hub:
             emit({"id": rid, "type": "end"})
         else:
             raise Refused("bad_op", f"no operation {op!r}")
+
+    def command(self, request):
+        """The running command a request names by its pid or its tag."""
+        for command in self.commands:
+            if command.process.returncode is None and (command.process.pid == request.get("pid")
+                                                       or (request.get("tag") and command.tag == request.get("tag"))):
+                return command
+        raise Refused("not_found", f"no running process {request.get('pid') or request.get('tag')!r}")
 
     def folder_path(self, path):
         """A command's working folder: a real folder inside the work folder."""
