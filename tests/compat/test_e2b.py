@@ -4,11 +4,15 @@ coderund it talks to, in this process, keeps serving."""
 from __future__ import annotations
 
 import asyncio
-import uuid
+import base64
+import json
+import struct
 
 import pytest
-from e2b import CommandExitException, NotFoundException, Sandbox
-from e2b.exceptions import AuthenticationException, SandboxException
+from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
+from e2b.envd.process import process_pb
+from e2b.exceptions import AuthenticationException, SandboxException, TimeoutException
+from protobuf import Oneof
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -73,3 +77,124 @@ async def test_files_write_read_list_and_remove(e2b, sandbox):
     assert not await call(sandbox.files.exists, "notes/a.txt")
     with pytest.raises(NotFoundException):
         await call(sandbox.files.read, "notes/a.txt")
+
+
+async def test_background_commands_take_input_are_listed_and_killed(e2b, sandbox):
+    handle = await call(sandbox.commands.run, "read line; echo got $line; sleep 600", background=True, stdin=True)
+    listed = await call(sandbox.commands.list)
+    assert [(p.pid, p.cmd, p.args[-1], p.cwd) for p in listed if p.pid == handle.pid] == [
+        (handle.pid, "/bin/bash", "read line; echo got $line; sleep 600", "/home/user")]
+    await call(sandbox.commands.send_stdin, handle.pid, "ping\n")
+    assert await call(sandbox.commands.kill, handle.pid)
+    with pytest.raises(CommandExitException) as killed:
+        await call(handle.wait)
+    assert killed.value.stdout == "got ping\n" and killed.value.exit_code == -1
+    assert handle.pid not in [p.pid for p in await call(sandbox.commands.list)]
+    assert not await call(sandbox.commands.kill, handle.pid)  # gone: False, as E2B's SDK says
+
+
+async def test_folders_rename_and_info(e2b, sandbox):
+    assert await call(sandbox.files.make_dir, "/home/user/deep/er")
+    assert not await call(sandbox.files.make_dir, "deep/er")  # there already
+    await call(sandbox.files.write, "deep/er/x.py", "print(1)\n")
+    moved = await call(sandbox.files.rename, "deep/er/x.py", "/home/user/deep/y.py")
+    assert moved.path == "/home/user/deep/y.py" and moved.type.value == "file"
+    info = await call(sandbox.files.get_info, "~/deep")
+    assert info.type.value == "dir" and info.name == "deep" and info.owner == "user"
+    deep = await call(sandbox.files.list, "deep", depth=2)
+    assert [e.path for e in deep] == ["/home/user/deep/er", "/home/user/deep/y.py"]
+    with pytest.raises(SandboxException, match="outside /home/user"):
+        await call(sandbox.files.read, "/etc/passwd")
+
+
+async def test_info_list_timeout_pause_connect_and_kill(e2b, runtime_api):
+    box = await call(Sandbox.create, "base", timeout=120, metadata={"case": "lifecycle"})
+    info = await call(box.get_info)
+    assert info.template_id == "base" and info.metadata == {"case": "lifecycle"} and info.state.value == "running"
+    found = (await call(Sandbox.list, query=SandboxQuery(metadata={"case": "lifecycle"}))).next_items
+    assert [s.sandbox_id for s in await call(found)] == [box.sandbox_id]
+    await call(box.set_timeout, 600)
+    later = await call(box.get_info)
+    assert (later.end_at - later.started_at).total_seconds() >= 590
+    await call(box.commands.run, "echo kept > state.txt")
+    assert await call(box.pause)
+    paused = SandboxQuery(metadata={"case": "lifecycle"}, state=[SandboxState.PAUSED])
+    assert [s.sandbox_id for s in await call((await call(Sandbox.list, query=paused)).next_items)] == [box.sandbox_id]
+    again = await call(Sandbox.connect, box.sandbox_id)
+    assert (await call(again.commands.run, "cat state.txt")).stdout == "kept\n"
+    assert (await call(again.get_info)).state.value == "running"
+    assert await call(box.kill)
+    assert not await call(box.is_running)
+    assert not await call(Sandbox.kill, box.sandbox_id)
+    with pytest.raises(SandboxException):
+        await call(box.commands.run, "echo late")
+
+
+def envd_headers(box, **extra):
+    return {"E2b-Sandbox-Id": box.sandbox_id, "E2b-Sandbox-Port": "49983", "X-Access-Token": box._envd_access_token,
+            **extra}
+
+
+def envelopes(body: bytes) -> list[tuple[int, bytes]]:
+    found = []
+    while body:
+        flags, size = struct.unpack(">BI", body[:5])
+        found.append((flags, body[5:5 + size]))
+        body = body[5 + size:]
+    return found
+
+
+async def test_the_binary_codec_unary_and_streaming(runtime_api, e2b, sandbox):
+    """What the SDK sends as JSON works as binary protobuf too (as other Connect clients send it)."""
+    base = f"{runtime_api.base}/e2b/sandbox"
+    start = process_pb.StartRequest(process=process_pb.ProcessConfig(cmd="/bin/sh", args=["-c", "echo bin; exit 4"]))
+    async with runtime_api.session.post(f"{base}/process.Process/Start", data=struct.pack(">BI", 0, len(start.to_binary()))
+                                        + start.to_binary(), headers=envd_headers(
+                                            sandbox, **{"Content-Type": "application/connect+proto"})) as response:
+        assert response.status == 200 and response.content_type == "application/connect+proto"
+        found = envelopes(await response.read())
+    events = [process_pb.StartResponse.from_binary(data).event.event for flags, data in found[:-1]]
+    assert [e.field for e in events] == ["start", "data", "end"] and found[-1] == (2, b"{}")
+    assert events[1].value.output == Oneof("stdout", b"bin\n") and events[2].value.exit_code == 4
+    async with runtime_api.session.post(f"{base}/process.Process/List", data=b"", headers=envd_headers(
+            sandbox, **{"Content-Type": "application/proto"})) as response:
+        assert response.status == 200 and response.content_type == "application/proto"
+        process_pb.ListResponse.from_binary(await response.read())
+    async with runtime_api.session.post(f"{base}/filesystem.Filesystem/Stat", data=b"\x0a\x07/nowhere",
+                                        headers=envd_headers(sandbox, **{"Content-Type": "application/proto"})) as response:
+        assert response.status == 400 and (await response.json())["code"] == "invalid_argument"
+
+
+async def test_anothers_sandbox_is_404_and_no_envd_call_passes_without_its_token(runtime_api, e2b, sandbox):
+    other = await e2b_key(runtime_api, await runtime_api.user("e2b_other"))
+    api = f"{runtime_api.base}/e2b"
+    for method, path, body in (("GET", "", None), ("DELETE", "", None), ("POST", "/timeout", {"timeout": 60}),
+                               ("POST", "/connect", {"timeout": 60}), ("POST", "/pause", None)):
+        async with runtime_api.session.request(method, f"{api}/sandboxes/{sandbox.sandbox_id}{path}", json=body,
+                                               headers={"X-API-Key": other}) as response:
+            assert response.status == 404, (method, path)
+            assert (await response.json())["code"] == 404
+    async with runtime_api.session.get(f"{api}/v2/sandboxes", headers={"X-API-Key": other}) as response:
+        assert await response.json() == []
+    for wrong in ("e2b_" + "0" * 64, sandbox._envd_access_token):  # no one's key; a sandbox's token is no key
+        async with runtime_api.session.get(f"{api}/v2/sandboxes", headers={"X-API-Key": wrong}) as response:
+            assert response.status == 401 and (await response.json())["code"] == 401
+    theirs = await call(Sandbox.create, api_key=other)
+    try:
+        start = json.dumps({"process": {"cmd": "/bin/sh", "args": ["-c", "touch pwned"]}}).encode()
+        body = struct.pack(">BI", 0, len(start)) + start
+        for headers in ({"X-Access-Token": ""}, {"X-Access-Token": "wrong"}, {"X-Access-Token": theirs._envd_access_token}):
+            async with runtime_api.session.post(f"{api}/sandbox/process.Process/Start", data=body, headers={
+                    **envd_headers(sandbox), **headers, "Content-Type": "application/connect+json"}) as response:
+                assert response.status == 401 and (await response.json())["code"] == 401
+        async with runtime_api.session.get(f"{api}/sandbox/files", params={"path": "notes/b.bin"},
+                                           headers={**envd_headers(sandbox), "X-Access-Token": "x" * 64}) as response:
+            assert response.status == 401
+        async with runtime_api.session.get(f"{api}/sandbox/health", headers=envd_headers(sandbox, **{
+                "E2b-Sandbox-Port": "49999"})) as response:
+            assert response.status == 502
+        assert not await call(sandbox.files.exists, "pwned")
+        with pytest.raises(AuthenticationException):
+            await call(Sandbox.connect, sandbox.sandbox_id, api_key="e2b_" + "1" * 64)
+    finally:
+        await call(theirs.kill)
