@@ -4,14 +4,13 @@ coderund it talks to, in this process, keeps serving."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import struct
 
 import pytest
 from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
 from e2b.envd.process import process_pb
-from e2b.exceptions import AuthenticationException, SandboxException, TimeoutException
+from e2b.exceptions import AuthenticationException, SandboxException
 from protobuf import Oneof
 
 pytestmark = pytest.mark.timeout(600)
