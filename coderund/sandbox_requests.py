@@ -19,6 +19,8 @@ MAX_METADATA = 32
 MAX_PATH_CHARS = 4096
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 STATES = ("starting", "running", "paused", "ended")
+WORK_FOLDER = "/box"  # a sandbox's files and its commands' working folder: its HOME
+E2B_HOME = "/home/user"  # the work folder of a sandbox made through E2B's API, where E2B's SDKs expect it
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class SandboxRequest:
     idle_timeout_s: int
     env: dict[str, str]
     metadata: dict[str, str]
+    work_folder: str = WORK_FOLDER
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,9 @@ def _strings(body: dict[str, Any], name: str, most: int, keys: re.Pattern[str] |
     value = body.get(name, {})
     if not isinstance(value, dict) or len(value) > most or not all(
             isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= MAX_ARG_CHARS
-            and (keys is None or keys.fullmatch(k)) for k, v in value.items()):
+            and "\0" not in k + v and (keys is None or keys.fullmatch(k)) for k, v in value.items()):
         rule = "names of letters, digits and _" if keys else "keys of up to 128 characters"
-        raise ValidationFailed(f"'{name}' must be an object of at most {most} strings, {rule}.")
+        raise ValidationFailed(f"'{name}' must be an object of at most {most} strings without NUL, {rule}.")
     return dict(value)
 
 
@@ -139,14 +142,17 @@ def parse_context(body: object) -> str | None:
     return language
 
 
-def parse_command(body: object) -> CommandRequest:
+def parse_command(body: object, word_chars: int = MAX_ARG_CHARS) -> CommandRequest:
+    """A command; each of its words at most word_chars long (a foreign API's shell command line may be
+    one long word)."""
     body = _object(body)
     cmd = body.get("cmd")
     if isinstance(cmd, str):
         cmd = ["bash", "-c", cmd]
     if (not isinstance(cmd, list) or not cmd or len(cmd) > MAX_ARGS
-            or not all(isinstance(a, str) and len(a) <= MAX_ARG_CHARS for a in cmd)):
-        raise ValidationFailed(f"'cmd' must be a list of 1 to {MAX_ARGS} strings (or one string, run by bash -c).")
+            or not all(isinstance(a, str) and len(a) <= word_chars and "\0" not in a for a in cmd)):
+        raise ValidationFailed(f"'cmd' must be a list of 1 to {MAX_ARGS} strings of at most {word_chars} characters,"
+                               " no NUL (or one string, run by bash -c).")
     return CommandRequest(tuple(cmd), file_path(_text(body, "cwd", MAX_PATH_CHARS) or "."), _strings(body, "env", MAX_ENV, ENV_NAME),
                           _text(body, "stdin", MAX_STDIN_BYTES) or "",
                           _number(body, "timeout_s", DEFAULT_RUN_S, 0.1, MAX_RUN_S, whole=False))

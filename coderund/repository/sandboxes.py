@@ -11,11 +11,11 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from ..errors import RateLimited
-from ..sandbox_requests import SandboxRequest
+from ..sandbox_requests import WORK_FOLDER, SandboxRequest
 from .db import Database
 
 COLUMNS = ("id, user_id, language, memory_mb, cpus, disk_mb, idle_timeout_s, env, metadata, state, worker_id, container_id,"
-           " created_at, expires_at, ended_at, end_reason, access_token")
+           " created_at, expires_at, ended_at, end_reason, access_token, work_folder")
 USER_LOCK = 0x73627831  # with a user's id: one create of that user's at a time passes the cap check
 LIVE = "state <> 'ended'"
 
@@ -39,6 +39,7 @@ class SandboxRow:
     ended_at: datetime | None
     end_reason: str | None
     access_token: str = field(default="", repr=False)  # E2B's envd calls' credential: never in a log line
+    work_folder: str = WORK_FOLDER
 
 
 class SandboxStore:
@@ -55,11 +56,11 @@ class SandboxStore:
                 raise RateLimited(f"You have {live['n']} live sandboxes, the most you may have; delete one first.", 10)
             cursor = await conn.execute(
                 "INSERT INTO sandboxes (id, user_id, language, memory_mb, cpus, disk_mb, idle_timeout_s, env, metadata,"
-                " expires_at, access_token) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s),"
-                f" %s) RETURNING {COLUMNS}",
+                " expires_at, access_token, work_folder) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                f" now() + make_interval(secs => %s), %s, %s) RETURNING {COLUMNS}",
                 (uuid.uuid4(), user_id, request.language, request.memory_mb, request.cpus, request.disk_mb,
                  request.idle_timeout_s, Jsonb(request.env), Jsonb(request.metadata), request.timeout_s,
-                 secrets.token_hex(32)))
+                 secrets.token_hex(32), request.work_folder))
             return _row(await cursor.fetchone())
 
     async def get(self, sandbox_id: uuid.UUID) -> SandboxRow | None:

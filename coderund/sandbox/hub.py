@@ -155,13 +155,15 @@ def kind_of(info):
 
 
 def describe(name, path, info, folder):
-    """An entry as stat() tells it; a symlink's target read, never followed."""
-    target = None
+    """An entry as stat() tells it; a symlink's target and what it is (a stat through it, as nobody:
+    what any command could learn), never opened."""
+    entry = {"name": name, "path": path, "kind": kind_of(info), "size": info.st_size, "mode": info.st_mode,
+             "uid": info.st_uid, "gid": info.st_gid, "mtime": info.st_mtime, "target": None, "target_kind": None}
     if stat.S_ISLNK(info.st_mode) and folder is not None:
         with contextlib.suppress(OSError):
-            target = os.readlink(name, dir_fd=folder)
-    return {"name": name, "path": path, "kind": kind_of(info), "size": info.st_size, "mode": info.st_mode,
-            "uid": info.st_uid, "gid": info.st_gid, "mtime": info.st_mtime, "target": target}
+            entry["target"] = os.readlink(name, dir_fd=folder)
+            entry["target_kind"] = kind_of(os.stat(name, dir_fd=folder))
+    return entry
 
 
 def entry_at(folder, name, path):

@@ -36,6 +36,7 @@ class Spec:
     cpus: float
     disk_mb: int
     env: tuple[tuple[str, str], ...] = ()
+    work_folder: str = WORKDIR
 
 
 class Hub:
@@ -50,9 +51,9 @@ class Hub:
     async def start(cls, engine: Engine, spec: Spec, labels: dict[str, str]) -> Hub:
         runsc = engine.isolation.runtime == "runsc"
         shape = Shape(spec.image, spec.memory_mb, spec.env, GVISOR_PIDS if runsc else PIDS)
-        box = await engine.make(shape, labels, command=["/usr/bin/python3", "-I", "-S", HUB, WORKDIR,
+        box = await engine.make(shape, labels, command=["/usr/bin/python3", "-I", "-S", HUB, spec.work_folder,
                                                         str(GVISOR_NPROC if runsc else 0)],
-                                cpus=spec.cpus, disk_mb=spec.disk_mb)
+                                cpus=spec.cpus, disk_mb=spec.disk_mb, work_folder=spec.work_folder)
         hub = cls(box)
         try:
             await asyncio.wait_for(hub.ask({"op": "ping"}), READY_S)

@@ -291,7 +291,7 @@ class SandboxHost:
             return  # it ended before any worker took it: its creator has given up
         try:
             plugin = self.plugins.get(row.language)
-            spec = Spec(plugin.image, row.memory_mb, row.cpus, row.disk_mb, tuple(sorted(row.env.items())))
+            spec = Spec(plugin.image, row.memory_mb, row.cpus, row.disk_mb, tuple(sorted(row.env.items())), row.work_folder)
             hub = self.pool.take(spec) or await Hub.start(self.engine, spec, {f"{LABEL}.sandbox": str(row.id)})
             self.pool.wake()  # a sandbox runs nothing until asked: its replacement may start at once
         except (SandboxError, KeyError) as e:

@@ -69,8 +69,8 @@ async def test_files_write_read_list_and_remove(e2b, sandbox):
     entries = await call(sandbox.files.list, "/home/user/notes")
     assert [(e.name, e.path, e.size) for e in entries] == [("a.txt", "/home/user/notes/a.txt", 11),
                                                          ("b.bin", "/home/user/notes/b.bin", 256)]
-    result = await call(sandbox.commands.run, "cat notes/a.txt", cwd="/home/user")
-    assert result.stdout == "first line\n"
+    result = await call(sandbox.commands.run, "pwd; echo $HOME; cat /home/user/notes/a.txt", cwd="/home/user")
+    assert result.stdout == "/home/user\n/home/user\nfirst line\n"
     assert await call(sandbox.files.exists, "notes/a.txt")
     await call(sandbox.files.remove, "notes/a.txt")
     assert not await call(sandbox.files.exists, "notes/a.txt")

@@ -192,10 +192,11 @@ def test_hub_events_as_process_events():
 
 def test_entries_and_processes_as_envd_tells_them():
     entry = {"name": "x", "path": "a/x", "kind": "symlink", "size": 3, "mode": 0o120777, "uid": 65534, "gid": 0,
-             "mtime": 10.0, "target": "y"}
-    assert envd.entry_info(entry) == {"name": "x", "type": 3, "path": "/home/user/a/x", "size": 3, "mode": 0o777,
+             "mtime": 10.0, "target": "../y", "target_kind": "file"}
+    assert envd.entry_info(entry) == {"name": "x", "type": 1, "path": "/home/user/a/x", "size": 3, "mode": 0o777,
                                       "permissions": "lrwxrwxrwx", "owner": "user", "group": "root",
-                                      "modified_time": 10.0, "symlink_target": "y"}
+                                      "modified_time": 10.0, "symlink_target": "/home/user/y"}
+    assert envd.entry_info({**entry, "target": "/etc", "target_kind": None})["type"] == 3  # dangling, or unreadable
     assert envd.entry_info({**entry, "name": "", "path": "", "kind": "folder", "target": None})["name"] == "user"
     listed = envd.process_list([{"pid": 3, "cmd": ["sh", "-c", "x"], "cwd": "/box/src", "env": {"A": "1"}, "tag": None}])
     assert listed == {"processes": [{"pid": 3, "config": {"cmd": "sh", "args": ["-c", "x"], "envs": {"A": "1"},
@@ -260,3 +261,12 @@ def test_keys_in_e2b_form():
     assert parse_key_request({"name": "x", "form": "e2b"}).form == "e2b"
     with pytest.raises(ValidationFailed, match="form"):
         parse_key_request({"name": "x", "form": "aws"})
+
+
+def test_long_shell_commands_pass_and_nul_is_refused():
+    long = {"process": {"cmd": "/bin/bash", "args": ["-l", "-c", "printf '" + "a" * 20000 + "'"]}}
+    assert len(envd.command_op(long, None)["cmd"][-1]) > 20000
+    for bad in ({"process": {"cmd": "/bin/bash", "args": ["-c", "x" * (65 * 1024)]}},
+                {"process": {"cmd": "/bin/ba\0sh"}}, {"process": {"cmd": "sh", "envs": {"A": "x\0y"}}}):
+        with pytest.raises(connect.ConnectError):
+            envd.command_op(bad, None)

@@ -22,7 +22,7 @@ from ...compat.e2b import api as e2b
 from ...compat.e2b import connect, envd
 from ...compat.e2b import messages as m
 from ...domain import MAX_BODY_BYTES
-from ...errors import AppError, PayloadTooLarge, SandboxEnded, Unauthorized
+from ...errors import AppError, NotFound, PayloadTooLarge, SandboxEnded, Unauthorized
 from ...repository.sandboxes import SandboxRow
 from ..keys import SERVICES, USER_ID
 from ..middlewares import authorize, credential, request_token
@@ -259,7 +259,11 @@ async def list_dir(request: web.Request, message: dict[str, Any]) -> dict[str, A
 
 
 async def remove(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
-    await drain(_call(request, {"op": "delete", "path": envd.work_path(message.get("path") or "")}))
+    """Removing what is not there is no error, as envd's."""
+    try:
+        await drain(_call(request, {"op": "delete", "path": envd.work_path(message.get("path") or "")}))
+    except NotFound:
+        pass
     return {}
 
 

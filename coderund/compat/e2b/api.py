@@ -3,10 +3,12 @@ sandbox rows into its documents, its list filters and pages. Pure: no I/O.
 
 E2B's templates are coderund's sandbox languages: "base" is the JavaScript image (bash, python3 and
 node), "code-interpreter-v1" the Python one (numpy, pandas, matplotlib); "python" and "javascript"
-name them too. Everything else a create asks goes through the same rules as coderund's own creates.
+name them too. Everything else a create asks goes through the same rules as coderund's own creates;
+the sandbox's work folder, its HOME and its commands' first working folder, is /home/user, as E2B's.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import urllib.parse
 from datetime import datetime
@@ -14,7 +16,7 @@ from typing import Any
 
 from ...domain import iso
 from ...errors import PayloadTooLarge, ValidationFailed
-from ...sandbox_requests import LANGUAGES, SandboxLimits, SandboxRequest, parse_sandbox_request
+from ...sandbox_requests import E2B_HOME, LANGUAGES, SandboxLimits, SandboxRequest, parse_sandbox_request
 
 TEMPLATES = {"base": "javascript", "code-interpreter-v1": "python"}  # E2B's template → coderund's sandbox language
 ALIASES = {**TEMPLATES, **{language: language for language in LANGUAGES}, "code-interpreter": "python"}
@@ -60,7 +62,7 @@ def parse_new_sandbox(body: Any, limits: SandboxLimits) -> SandboxRequest:
     native = {"language": ALIASES[template], "timeout_s": max(1, min(timeout, limits.max_lifetime_s)),
               "env": body.get("envVars") or {}, "metadata": body.get("metadata") or {}}
     try:
-        return parse_sandbox_request(native, limits)
+        return dataclasses.replace(parse_sandbox_request(native, limits), work_folder=E2B_HOME)
     except (ValidationFailed, PayloadTooLarge) as e:
         raise E2bError(400, e.message.replace("'env'", "'envVars'")) from None
 

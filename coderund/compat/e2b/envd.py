@@ -2,23 +2,25 @@
 hub's answers as envd's messages. Pure: no I/O.
 
 E2B's sandboxes have a user `user` whose home, /home/user, is the default working folder. A coderund
-sandbox's files live in its work folder, where its user (nobody) may write: E2B's paths under
-/home/user (and relative ones, and ~) name the work folder, and an answer names the work folder
-/home/user again. Other absolute paths (/tmp, /etc) cannot be reached by the file calls, and a
-command's working folder is the work folder or one below it. Every call runs as the sandbox's
-unprivileged user, whichever `user` it asks for: no call gets root.
+sandbox's files live in its work folder, where its user (nobody) may write; a sandbox made through
+E2B's API has it at /home/user, and is HOME there too. E2B's paths under /home/user (and relative
+ones, and ~) name the work folder whatever its place (a sandbox made through coderund's own API has
+it at /box), and an answer names it /home/user. Other absolute paths (/tmp, /etc) cannot be reached
+by the file calls, and a command's working folder is the work folder or one below it. Every call
+runs as the sandbox's unprivileged user, whichever `user` it asks for: no call gets root.
 """
 from __future__ import annotations
 
+import posixpath
 import stat as stats
 from typing import Any
 
+from ...admission import MAX_COMMAND_CHARS
 from ...errors import ValidationFailed
-from ...sandbox_requests import MAX_RUN_S, file_path, parse_command
+from ...sandbox_requests import E2B_HOME as HOME
+from ...sandbox_requests import MAX_RUN_S, WORK_FOLDER, file_path, parse_command
 from .connect import ConnectError
 
-HOME = "/home/user"
-WORK = "/box"  # the work folder inside the container, as the hub names a command's cwd
 ENVD_PORT = 49983
 OWNERS = {0: "root", 65534: "user"}  # the sandbox's user is nobody, which E2B's conventions call user
 KINDS = {"file": 1, "folder": 2, "symlink": 3}  # FileType's numbers
@@ -33,7 +35,7 @@ def work_path(path: str) -> str:
     if path == "~" or path.startswith("~/"):
         path = HOME + path[1:]
     if path.startswith("/"):
-        root = next((root for root in (HOME, WORK) if path == root or path.startswith(root + "/")), None)
+        root = _root_of(path)
         if root is None:
             raise ConnectError("invalid_argument", f"{path[:200]!r} is outside {HOME}: a coderund sandbox's files live"
                                                    f" in its work folder, which E2B's paths under {HOME} name.")
@@ -44,10 +46,15 @@ def work_path(path: str) -> str:
         raise ConnectError("invalid_argument", e.message) from None
 
 
+def _root_of(path: str) -> str | None:
+    """The work folder's place that an absolute path lies in, if any."""
+    return next((root for root in (HOME, WORK_FOLDER) if path == root or path.startswith(root + "/")), None)
+
+
 def e2b_path(path: str) -> str:
-    """A work folder's path (relative, or the hub's absolute /box/...) as E2B names it."""
-    if path == WORK or path.startswith(WORK + "/"):
-        path = path[len(WORK):]
+    """A work folder's path (relative, or absolute as the hub names a command's cwd) as E2B names it."""
+    if root := _root_of(path):
+        path = path[len(root):]
     path = path.strip("/")
     return f"{HOME}/{path}" if path and path != "." else HOME
 
@@ -61,9 +68,12 @@ def command_op(request: dict[str, Any], timeout_s: float | None) -> dict[str, An
     if not config.get("cmd"):
         raise ConnectError("invalid_argument", "'process.cmd' names the program to run.")
     limit = MAX_RUN_S if not timeout_s else min(timeout_s, MAX_RUN_S)
+    words = [config["cmd"], *config.get("args", [])]
+    if sum(map(len, words)) > MAX_COMMAND_CHARS:
+        raise ConnectError("invalid_argument", f"The command line is over {MAX_COMMAND_CHARS // 1024} KiB.")
     try:
-        parsed = parse_command({"cmd": [config["cmd"], *config.get("args", [])], "env": config.get("envs", {}),
-                                "timeout_s": max(limit, 0.1)})
+        parsed = parse_command({"cmd": words, "env": config.get("envs", {}), "timeout_s": max(limit, 0.1)},
+                               word_chars=MAX_COMMAND_CHARS)
     except ValidationFailed as e:
         raise ConnectError("invalid_argument", e.message.replace("'cmd'", "'process.cmd' and 'args'")
                            .replace("'env'", "'process.envs'")) from None
@@ -125,7 +135,7 @@ def process_list(commands: list[dict[str, Any]]) -> dict[str, Any]:
         cmd, *args = command["cmd"] or [""]
         info: dict[str, Any] = {"pid": command["pid"],
                                 "config": {"cmd": cmd, "args": args, "envs": command.get("env") or {},
-                                           "cwd": e2b_path(command.get("cwd") or WORK)}}
+                                           "cwd": e2b_path(command.get("cwd") or HOME)}}
         if command.get("tag"):
             info["tag"] = command["tag"]
         processes.append(info)
@@ -133,14 +143,16 @@ def process_list(commands: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def entry_info(entry: dict[str, Any]) -> dict[str, Any]:
-    """The hub's detailed entry as an EntryInfo."""
+    """The hub's detailed entry as an EntryInfo: a symlink as what it points at, its target as an
+    absolute path, as envd tells them."""
     path = e2b_path(entry["path"])
-    info = {"name": entry["name"] or path.rsplit("/", 1)[-1], "type": KINDS.get(entry["kind"], 0), "path": path,
+    kind = entry.get("target_kind") or entry["kind"]
+    info = {"name": entry["name"] or path.rsplit("/", 1)[-1], "type": KINDS.get(kind, 0), "path": path,
             "size": entry["size"], "mode": entry["mode"] & 0o7777, "permissions": stats.filemode(entry["mode"]),
             "owner": OWNERS.get(entry["uid"], str(entry["uid"])), "group": OWNERS.get(entry["gid"], str(entry["gid"])),
             "modified_time": entry["mtime"]}
     if entry.get("target") is not None:
-        info["symlink_target"] = entry["target"]
+        info["symlink_target"] = posixpath.normpath(posixpath.join(posixpath.dirname(path), entry["target"]))
     return info
 
 
