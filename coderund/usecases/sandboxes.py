@@ -41,6 +41,7 @@ REFRESH_S = 2  # and at their rows (ended or extended elsewhere)
 KILLED = 128 + 9
 GONE_WAIT_S = 5  # for the reason a sandbox whose container is gone ended
 METER_S = 10  # a running sandbox's CPU is counted in its owner's usage this often, and as it pauses or ends
+PAUSE_TRIES, PAUSE_RETRY_S = 3, 0.5  # an asked-for pause whose freeze fails
 CHARGED_OPS = ("run", "command")  # calls that start work: charged to the owner's rate, refused once the quota is spent
 
 
@@ -203,7 +204,7 @@ class Sandboxes:
 
 REFUSALS: dict[str, type[AppError]] = {"busy": Conflict, "no_context": NotFound, "not_found": NotFound,
                                        "is_folder": Conflict, "disk_quota": PayloadTooLarge, "exists": Conflict,
-                                       "no_stdin": Conflict}
+                                       "no_stdin": Conflict, "pause_failed": Unavailable}
 
 
 def refusal(code: str, message: str, row: SandboxRow) -> AppError:
@@ -356,9 +357,18 @@ class SandboxHost:
             await self._end(hosted, None)
             return
         if op["op"] == "pause":
+            end: dict[str, Any] = {"type": "end"}
+            for _ in range(PAUSE_TRIES):  # a freeze may fail while a process is in the kernel's hands
+                if await self._pause(hosted):
+                    break
+                if hosted.busy:
+                    end["error"] = {"code": "busy", "message": "the sandbox is busy with a call; pause it once that ends"}
+                    break
+                await asyncio.sleep(PAUSE_RETRY_S)
+            else:
+                end["error"] = {"code": "pause_failed", "message": "the sandbox could not be paused; try again"}
             if reply:
-                busy = {"code": "busy", "message": "the sandbox is busy with a call; pause it once that ends"}
-                await self.channel.reply(reply, {"type": "end"} if await self._pause(hosted) else {"type": "end", "error": busy})
+                await self.channel.reply(reply, end)
             return
         if op["op"] == "interrupt":
             op = {**op, "target": hosted.runs.get(body.get("target", ""), "")}

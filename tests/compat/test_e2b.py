@@ -117,6 +117,7 @@ async def test_info_list_timeout_pause_connect_and_kill(e2b, runtime_api):
     assert (later.end_at - later.started_at).total_seconds() >= 590
     await call(box.commands.run, "echo kept > state.txt")
     assert await call(box.pause)
+    assert not await call(box.is_running)  # paused, as E2B's SDK tells it
     paused = SandboxQuery(metadata={"case": "lifecycle"}, state=[SandboxState.PAUSED])
     assert [s.sandbox_id for s in await call((await call(Sandbox.list, query=paused)).next_items)] == [box.sandbox_id]
     again = await call(Sandbox.connect, box.sandbox_id)

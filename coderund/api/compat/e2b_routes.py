@@ -182,6 +182,9 @@ def _call(request: web.Request, op: dict[str, Any], data: bytes = b"") -> Any:
 
 
 async def envd_health(request: web.Request) -> web.Response:
+    """204 while it runs; 502 while paused (any other call resumes it), as E2B's SDKs tell is_running()."""
+    if request[ROW].state == "paused":
+        return _json(e2b.error(502, "The sandbox is paused; connect to it, or call it, to resume it."), 502)
     return web.Response(status=204)
 
 

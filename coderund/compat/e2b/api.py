@@ -106,8 +106,6 @@ def parse_list(query: dict[str, str], default_states: tuple[str, ...]) -> dict[s
     if any(s not in STATES for s in states):
         raise E2bError(400, f"'state' takes {', '.join(STATES)}, comma separated.")
     template = query.get("template")
-    if template is not None and template not in ALIASES:
-        raise E2bError(400, f"'template' must be one of {', '.join(ALIASES)}.")
     after = None
     if "startedAfter" in query:
         try:
@@ -124,14 +122,14 @@ def parse_list(query: dict[str, str], default_states: tuple[str, ...]) -> dict[s
         raise E2bError(400, f"'limit' must be a whole number from 1 to {PAGE_MAX}.")
     if not start.isdigit() or len(start) > 9:
         raise E2bError(400, "'nextToken' is not one this server gave.")
-    return {"metadata": metadata, "states": states, "language": ALIASES.get(template or ""), "after": after,
+    return {"metadata": metadata, "states": states, "template": template, "after": after,
             "descending": order == "desc", "limit": int(limit), "start": int(start)}
 
 
 def page(rows: list[Any], asked: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     """The sandboxes that pass the filters, one page of them, and the token of the next page if any."""
     chosen = [row for row in rows if state_of(row) in asked["states"]
-              and (asked["language"] is None or row.language == asked["language"])
+              and (asked["template"] is None or ALIASES.get(asked["template"]) == row.language)
               and (asked["after"] is None or row.created_at >= asked["after"])]
     chosen.sort(key=lambda row: row.created_at, reverse=asked["descending"])
     start, end = asked["start"], asked["start"] + asked["limit"]
