@@ -198,3 +198,38 @@ async def test_anothers_sandbox_is_404_and_no_envd_call_passes_without_its_token
             await call(Sandbox.connect, sandbox.sandbox_id, api_key="e2b_" + "1" * 64)
     finally:
         await call(theirs.kill)
+
+
+async def test_no_input_makes_envd_answer_a_5xx(runtime_api, e2b, sandbox):
+    """Garbage to every served call, in every codec: a 4xx (or a stream's error), never a 5xx, and
+    the sandbox still answers."""
+    base = f"{runtime_api.base}/e2b/sandbox"
+    methods = ["process.Process/Start", "process.Process/List", "process.Process/SendInput",
+               "process.Process/SendSignal", "process.Process/CloseStdin", "process.Process/Connect",
+               "filesystem.Filesystem/Stat", "filesystem.Filesystem/MakeDir", "filesystem.Filesystem/Move",
+               "filesystem.Filesystem/ListDir", "filesystem.Filesystem/Remove", "nope.Nope/Nope"]
+    bodies = [b"", b"{", b"[]", b'{"path": 7}', b'{"process": {"pid": -1}}', b'{"path": "/home/user/' + b"x" * 5000 + b'"}',
+              b"\x0a\xff\xff\xff\xff\x0f", b"\x00\x00\x00\x00\x02{}", b"\x00\xff\xff\xff\xff", b'{"depth": 1e400}',
+              b'{"process": {"cmd": "sh", "args": ["-c", "exit 0"], "cwd": "/proc"}}']
+    for method in methods:
+        for content_type in ("application/json", "application/proto", "application/connect+json",
+                             "application/connect+proto", "text/plain"):
+            for body in bodies:
+                async with runtime_api.session.post(f"{base}/{method}", data=body, headers=envd_headers(
+                        sandbox, **{"Content-Type": content_type})) as response:
+                    assert response.status < 500, (method, content_type, body[:40], await response.text())
+    cut = b'--x\r\nContent-Disposition: form-data; name="file"; filename="cut.txt"\r\n\r\nabc'
+    for content_type, body in (("multipart/form-data; boundary=x", b"--x\r\nnonsense"), ("multipart/form-data", b""),
+                               ("multipart/form-data; boundary=x", cut), ("application/octet-stream", b"x")):
+        async with runtime_api.session.post(f"{base}/files", data=body, params={"path": "../x"} if body == b"x" else {},
+                                            headers=envd_headers(sandbox, **{"Content-Type": content_type})) as response:
+            assert 400 <= response.status < 500, (content_type, await response.text())
+    assert (await call(sandbox.commands.run, "echo still")).stdout == "still\n"
+
+
+async def test_health_is_public_and_the_rest_needs_a_key(runtime_api):
+    async with runtime_api.session.get(f"{runtime_api.base}/e2b/health") as response:
+        assert response.status == 200
+    for method, path in (("GET", "/templates"), ("POST", "/sandboxes"), ("GET", "/sandboxes/x")):
+        async with runtime_api.session.request(method, f"{runtime_api.base}/e2b{path}") as response:
+            assert response.status == 401 and (await response.json())["code"] == 401

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ...access import TASKS_READ, TASKS_WRITE
 from ...compat.e2b import api as e2b
@@ -53,7 +54,7 @@ async def e2b_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         if inside:
             request[ROW] = await _sandbox(request)
-        else:
+        elif request.path != PREFIX + "/health":
             token = credential(request.headers.get("X-API-Key", "")) or request_token(request)
             await authorize(request, token, TASKS_READ if request.method in ("GET", "HEAD") else TASKS_WRITE)
         return await handler(request)
@@ -204,16 +205,20 @@ async def upload(request: web.Request) -> web.Response:
         path = envd.work_path(request.query["path"])
         await write_file(sandboxes, row, path, request.content.read)
         return _json([envd.written(path)])
-    reader, written = await request.multipart(), []
-    while (part := await reader.next()) is not None:
-        if len(written) >= MAX_UPLOAD_FILES:
-            raise e2b.E2bError(400, f"An upload takes at most {MAX_UPLOAD_FILES} files.")
-        name = request.query.get("path") if "path" in request.query else getattr(part, "filename", None)
-        if not name:
-            raise e2b.E2bError(400, "Each file of a multipart upload names its path as its file name.")
-        path = envd.work_path(name)
-        await write_file(sandboxes, row, path, part.read_chunk)
-        written.append(envd.written(path))
+    written: list[dict[str, Any]] = []
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if len(written) >= MAX_UPLOAD_FILES:
+                raise e2b.E2bError(400, f"An upload takes at most {MAX_UPLOAD_FILES} files.")
+            name = request.query.get("path") if "path" in request.query else getattr(part, "filename", None)
+            if not name:
+                raise e2b.E2bError(400, "Each file of a multipart upload names its path as its file name.")
+            path = envd.work_path(name)
+            await write_file(sandboxes, row, path, part.read_chunk)
+            written.append(envd.written(path))
+    except (ValueError, HttpProcessingError) as e:  # a body that is not multipart, or cut short
+        raise e2b.E2bError(400, f"The multipart body does not parse: {e}") from None
     return _json(written)
 
 

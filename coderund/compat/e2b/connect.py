@@ -14,10 +14,11 @@ from . import proto
 
 END_STREAM = 0x02
 COMPRESSED = 0x01
-# Connect's codes, and the HTTP status a unary call answers each with.
+# Connect's codes, and the HTTP status a unary call answers each with: a method not served is a
+# route not found (404), as Connect's own servers answer it, never a 5xx that input could cause.
 STATUS = {"canceled": 499, "unknown": 500, "invalid_argument": 400, "deadline_exceeded": 504, "not_found": 404,
           "already_exists": 409, "permission_denied": 403, "resource_exhausted": 429, "failed_precondition": 400,
-          "aborted": 409, "out_of_range": 400, "unimplemented": 501, "internal": 500, "unavailable": 503,
+          "aborted": 409, "out_of_range": 400, "unimplemented": 404, "internal": 500, "unavailable": 503,
           "data_loss": 500, "unauthenticated": 401}
 MAX_TIMEOUT_DIGITS = 10  # Connect-Timeout-Ms: at most 10 digits
 
@@ -82,7 +83,7 @@ def _one_envelope(body: bytes) -> bytes:
         raise ConnectError("invalid_argument", "A streaming request carries one enveloped message.")
     flags, size = struct.unpack(">BI", body[:5])
     if flags & COMPRESSED:
-        raise ConnectError("unimplemented", "Compressed messages are not accepted; send them uncompressed.")
+        raise ConnectError("invalid_argument", "Compressed messages are not accepted; send them uncompressed.")
     if size != len(body) - 5:
         raise ConnectError("invalid_argument", "A streaming request carries exactly one enveloped message.")
     return body[5:]
