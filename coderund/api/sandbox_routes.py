@@ -60,7 +60,7 @@ async def extend(request: web.Request) -> web.Response:
     return web.json_response(document(await sandboxes.extend(request[USER_ID], _id(request), timeout_s)))
 
 
-def _gone(request: web.Request) -> Any:
+def client_gone(request: web.Request) -> Any:
     """Whether the client has hung up: its run is then interrupted."""
     return lambda: request.transport is None or request.transport.is_closing()
 
@@ -81,22 +81,33 @@ async def command(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, op: dict[str, Any], shape: Any) -> web.StreamResponse:
     """The call's events as one JSON answer, or with Accept: application/x-ndjson one line each as they come."""
-    events = _sandboxes(request).call(request[USER_ID], _id(request), op, client_gone=_gone(request))
+    events = _sandboxes(request).call(request[USER_ID], _id(request), op, client_gone=client_gone(request))
     if NDJSON not in request.headers.get("Accept", ""):
         return web.json_response(shape([message.body async for message in events]))
-    first = await anext(events)  # a refusal is still an error answer, before any line is sent
+    return await stream_lines(request, events, lambda event: ndjson(_lines(event)))
+
+
+async def stream_lines(request: web.Request, events: AsyncIterator[Any],
+                       lines: Callable[[dict[str, Any]], bytes]) -> web.StreamResponse:
+    """A call's events as NDJSON, lines(event) each, as they come; a refusal is still an error
+    answer, before any line is sent."""
+    first = await anext(events)
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
     await response.prepare(request)
     try:
         async for message in _with_first(first, events):
-            await response.write(_lines(message.body))
+            await response.write(lines(message.body))
     except ConnectionError:
         pass  # the client went: its run is interrupted (client_gone)
     await response.write_eof()
     return response
 
 
-def _lines(event: dict[str, Any]) -> bytes:
+def ndjson(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def _lines(event: dict[str, Any]) -> list[dict[str, Any]]:
     """One event as NDJSON lines: a run's end as its error (if any), its execution count, then the end."""
     event = {key: value for key, value in event.items() if key != "id"}
     lines = []
@@ -106,7 +117,7 @@ def _lines(event: dict[str, Any]) -> bytes:
         if "execution_count" in event:
             lines.append({"type": "execution_count", "execution_count": event.pop("execution_count")})
     lines.append(event)
-    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    return lines
 
 
 def _collected(events: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:

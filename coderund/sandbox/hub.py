@@ -418,6 +418,15 @@ class Context:
             how = f"signal {-code}" if code < 0 else f"exit {code}"
             self.died(f"the interpreter ended ({how}: out of memory, killed or exited); a new one starts: its state is lost")
 
+    def restart(self):
+        """A fresh interpreter, its state and count gone; a run in it ends, saying so."""
+        if self.request is not None:
+            self.died("the context was restarted: its state is lost")
+        else:
+            self.stop()
+            self.start()
+        self.count = 0
+
     def died(self, why):
         request, self.note = self.request, None
         self.stop()
@@ -496,7 +505,7 @@ class KernelContext(Context):
             return
         if event.get("type") == "result" and isinstance(event.get("data"), dict):
             self.output.drain()  # what was printed before the value comes first
-            emit({"id": self.request, "type": "result", "data": event["data"]})
+            emit({"id": self.request, "type": "result", "data": event["data"], "main": event.get("main") is True})
         elif event.get("type") == "done":
             self.finish(self.request, event.get("error") if isinstance(event.get("error"), dict) else None)
 
@@ -812,11 +821,14 @@ class Hub:
         elif op == "context_list":
             emit({"id": rid, "type": "end", "contexts": [{"id": c.id, "language": c.language, "execution_count": c.count,
                                                            "busy": c.request is not None} for c in self.contexts.values()]})
-        elif op == "context_delete":
+        elif op in ("context_delete", "context_restart"):
             cid = request.get("context")
             if cid not in self.contexts:
                 raise Refused("no_context", f"no context {cid!r}")
-            self.contexts.pop(cid).stop()
+            if op == "context_delete":
+                self.contexts.pop(cid).stop()
+            else:
+                self.contexts[cid].restart()
             emit({"id": rid, "type": "end"})
         else:
             raise Refused("bad_op", f"no operation {op!r}")

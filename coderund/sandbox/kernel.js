@@ -72,7 +72,7 @@ async function serve() {
       const value = await execute(request);
       if (value !== undefined) {
         sandbox._ = value;
-        send({ type: 'result', data: bundle(value) });
+        send({ type: 'result', data: bundle(value), main: true }); // the cell's value, not a display()
       }
     } catch (e) {
       error = errorOf(e);

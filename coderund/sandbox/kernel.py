@@ -60,7 +60,7 @@ def kernel(requests_fd, events_fd):
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             if value is not None:
                 namespace["_"] = value
-                send({"type": "result", "data": bundle(value)})
+                send({"type": "result", "data": bundle(value), "main": True})  # the cell's value, not a display()
             for figure in figures():
                 send({"type": "result", "data": figure})
         except BaseException as e:  # noqa: BLE001 - the user's error, told as the run's error

@@ -4,6 +4,7 @@ coderund it talks to, in this process, keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import struct
 
@@ -11,6 +12,7 @@ import pytest
 from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
 from e2b.envd.process import process_pb
 from e2b.exceptions import AuthenticationException, SandboxException
+from e2b_code_interpreter import Sandbox as CodeInterpreter
 from protobuf import Oneof
 
 pytestmark = pytest.mark.timeout(600)
@@ -84,6 +86,11 @@ async def test_background_commands_take_input_are_listed_and_killed(e2b, sandbox
     assert [(p.pid, p.cmd, p.args[-1], p.cwd) for p in listed if p.pid == handle.pid] == [
         (handle.pid, "/bin/bash", "read line; echo got $line; sleep 600", "/home/user")]
     await call(sandbox.commands.send_stdin, handle.pid, "ping\n")
+
+    def first_output():
+        return next(out for out, _, _ in handle if out)
+
+    assert await call(first_output) == "got ping\n"  # read, and answered, while it runs
     assert await call(sandbox.commands.kill, handle.pid)
     with pytest.raises(CommandExitException) as killed:
         await call(handle.wait)
@@ -191,8 +198,8 @@ async def test_anothers_sandbox_is_404_and_no_envd_call_passes_without_its_token
                                            headers={**envd_headers(sandbox), "X-Access-Token": "x" * 64}) as response:
             assert response.status == 401
         async with runtime_api.session.get(f"{api}/sandbox/health", headers=envd_headers(sandbox, **{
-                "E2b-Sandbox-Port": "49999"})) as response:
-            assert response.status == 502
+                "E2b-Sandbox-Port": "8080"})) as response:
+            assert response.status == 502  # a port nothing in the sandbox serves
         assert not await call(sandbox.files.exists, "pwned")
         with pytest.raises(AuthenticationException):
             await call(Sandbox.connect, sandbox.sandbox_id, api_key="e2b_" + "1" * 64)
@@ -233,3 +240,68 @@ async def test_health_is_public_and_the_rest_needs_a_key(runtime_api):
     for method, path in (("GET", "/templates"), ("POST", "/sandboxes"), ("GET", "/sandboxes/x")):
         async with runtime_api.session.request(method, f"{runtime_api.base}/e2b{path}") as response:
             assert response.status == 401 and (await response.json())["code"] == 401
+
+
+@pytest.fixture(scope="module")
+async def notebook(e2b_env):
+    """A sandbox of e2b-code-interpreter's Sandbox: its default template, code-interpreter-v1."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in e2b_env.items():
+            patch.setenv(name, value)
+        box = await call(CodeInterpreter.create)
+        yield box
+        await call(box.kill)
+
+
+async def test_run_code_keeps_state_streams_and_tells_errors(e2b, notebook):
+    seen = []
+    first = await call(notebook.run_code, "import math\nx = 41\nprint('set')", on_stdout=lambda m: seen.append(m.line))
+    assert first.logs.stdout == ["set\n"] and seen == ["set\n"] and first.error is None
+    second = await call(notebook.run_code, "x += 1\ndisplay('shown')\nround(math.pi, 2), x")
+    assert [(r.text, r.is_main_result) for r in second.results] == [("'shown'", False), ("(3.14, 42)", True)]
+    assert second.text == "(3.14, 42)" and second.execution_count == first.execution_count + 1
+    failed = await call(notebook.run_code, "def f():\n    return 1 / 0\nf()")
+    assert failed.error.name == "ZeroDivisionError" and failed.error.value == "division by zero"
+    assert "line 2, in f" in failed.error.traceback
+
+
+async def test_a_matplotlib_chart_comes_back_as_png(e2b, notebook):
+    shown = await call(notebook.run_code, "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()")
+    pngs = [base64.b64decode(r.png) for r in shown.results if r.png]
+    assert shown.error is None and len(pngs) == 1 and pngs[0][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_contexts_javascript_bash_restart_and_remove(e2b, notebook):
+    """JavaScript contexts run where the image has node: the base template's (code-interpreter-v1's
+    image is the Python one)."""
+    base = await call(CodeInterpreter.create, "base")
+    try:
+        js = await call(base.create_code_context, language="javascript")
+        assert js.language == "javascript" and js.cwd == "/home/user"
+        await call(base.run_code, "let n = 20", context=js)
+        assert (await call(base.run_code, "n * 2 + 2", context=js)).text == "42"
+        assert (await call(base.run_code, "[1, 2].map((x) => x * 2)", language="js")).text == "[ 2, 4 ]"
+        assert js.id in [c.id for c in await call(base.list_code_contexts)]
+        await call(base.restart_code_context, js)
+        assert (await call(base.run_code, "typeof n", context=js)).text == "'undefined'"
+        await call(base.remove_code_context, js)
+        assert js.id not in [c.id for c in await call(base.list_code_contexts)]
+        with pytest.raises(NotFoundException):
+            await call(base.run_code, "1", context=js)
+    finally:
+        await call(base.kill)
+    assert (await call(notebook.run_code, "echo $((6 * 7))", language="bash")).logs.stdout == ["42\n"]
+    with pytest.raises(SandboxException, match="no node"):
+        await call(notebook.run_code, "1", language="javascript")
+
+
+async def test_the_interpreter_needs_the_sandbox_token_too(runtime_api, e2b, notebook):
+    for headers in ({}, {"X-Access-Token": "x" * 64}, {"E2B-Traffic-Access-Token": "y" * 64}):
+        async with runtime_api.session.post(f"{runtime_api.base}/e2b/sandbox/execute", json={"code": "open('pwned', 'w')"},
+                                            headers={"E2b-Sandbox-Id": notebook.sandbox_id, "E2b-Sandbox-Port": "49999",
+                                                     **headers}) as response:
+            assert response.status == 401
+    async with runtime_api.session.get(f"{runtime_api.base}/e2b/sandbox/files", params={"path": "x"}, headers={
+            **envd_headers(notebook), "E2b-Sandbox-Port": "49999"}) as response:
+        assert response.status == 404  # envd's paths are not the interpreter's port's
+    assert not await call(notebook.files.exists, "pwned")

@@ -16,7 +16,7 @@ from protobuf import Oneof
 from protobuf.wkt import Timestamp
 
 from coderund.access import new_key, parse_key_request
-from coderund.compat.e2b import api, connect, envd, proto
+from coderund.compat.e2b import api, connect, envd, interpreter, proto
 from coderund.compat.e2b import messages as m
 from coderund.errors import Conflict, NotFound, SandboxEnded, ValidationFailed
 from coderund.sandbox_requests import SandboxLimits
@@ -271,3 +271,28 @@ def test_long_shell_commands_pass_and_nul_is_refused():
                 {"process": {"cmd": "/bin/ba\0sh"}}, {"process": {"cmd": "sh", "envs": {"A": "x\0y"}}}):
         with pytest.raises(connect.ConnectError):
             envd.command_op(bad, None)
+
+
+def test_interpreter_runs_and_lines():
+    assert interpreter.run_op({"code": "1", "context_id": None, "language": None, "env_vars": None}) == {
+        "op": "run", "code": "1", "context": None, "language": "python", "timeout_s": 3600}
+    assert interpreter.run_op({"code": "1", "language": "js"})["language"] == "javascript"
+    assert interpreter.run_op({"code": "1", "context_id": "c1"})["language"] is None  # the context's own
+    for bad in ([], {"code": 3}, {"code": "1", "language": "r"}, {"code": "1", "env_vars": {"A": "1"}},
+                {"code": "x" * (600 * 1024)}, {"code": "1", "context_id": "x" * 100}):
+        with pytest.raises(api.E2bError) as refused:
+            interpreter.run_op(bad)
+        assert refused.value.status == 400
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert interpreter.lines({"type": "stdout", "text": "hi\n"}, now) == [
+        {"type": "stdout", "text": "hi\n", "timestamp": "2026-01-01T00:00:00+00:00"}]
+    assert interpreter.lines({"type": "result", "data": {"text/plain": "1", "image/png": "iVBO", "x/y": "z"},
+                              "main": True}) == [{"type": "result", "text": "1", "png": "iVBO", "extra": {"x/y": "z"},
+                                                  "is_main_result": True}]
+    assert interpreter.lines({"type": "end", "error": {"name": "E", "value": "v", "traceback": "t"},
+                              "execution_count": 3}) == [
+        {"type": "error", "name": "E", "value": "v", "traceback": "t"}, {"type": "number_of_executions", "execution_count": 3}]
+    assert interpreter.parse_context({"language": "bash", "cwd": "/home/user"}) == "bash"
+    assert interpreter.parse_context({}) == "python"
+    with pytest.raises(api.E2bError):
+        interpreter.parse_context({"cwd": "/tmp"})

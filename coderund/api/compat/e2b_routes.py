@@ -4,9 +4,10 @@ coderund/compat/e2b.
 
 - The REST API (/e2b/sandboxes, /e2b/v2/sandboxes, /e2b/templates) takes an API key in X-API-Key (or
   as a Bearer token) and answers errors as E2B does: {"code": status, "message": ...}.
-- envd's calls inside a sandbox (/e2b/sandbox/...) name the sandbox in E2b-Sandbox-Id and its port in
-  E2b-Sandbox-Port (envd's, 49983), and carry that sandbox's own access token in X-Access-Token: the
-  token, not a key, is their credential, and they act as the sandbox's owner.
+- The calls inside a sandbox (/e2b/sandbox/...) name the sandbox in E2b-Sandbox-Id and its port in
+  E2b-Sandbox-Port (envd's, 49983, or the code interpreter's, 49999), and carry that sandbox's own
+  access token in X-Access-Token or E2B-Traffic-Access-Token: the token, not a key, is their
+  credential, and they act as the sandbox's owner.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ...access import TASKS_READ, TASKS_WRITE
 from ...compat.e2b import api as e2b
-from ...compat.e2b import connect, envd
+from ...compat.e2b import connect, envd, interpreter
 from ...compat.e2b import messages as m
 from ...domain import MAX_BODY_BYTES
 from ...errors import AppError, NotFound, PayloadTooLarge, SandboxEnded, Unauthorized
@@ -28,12 +29,13 @@ from ...repository.sandboxes import SandboxRow
 from ..keys import SERVICES, USER_ID
 from ..middlewares import authorize, credential, request_token
 from ..routes import read_json
-from ..sandbox_routes import drain, send_file, write_file
+from ..sandbox_routes import client_gone, drain, ndjson, send_file, stream_lines, write_file
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFIX = "/e2b"
 ENVD = "/sandbox"  # E2B_SANDBOX_URL's path under PREFIX
 SANDBOX_ID, SANDBOX_PORT, ACCESS_TOKEN = "E2b-Sandbox-Id", "E2b-Sandbox-Port", "X-Access-Token"
+TRAFFIC_TOKEN = "E2B-Traffic-Access-Token"  # the code interpreter's SDK sends the token only there on some calls
 ROW = web.RequestKey("e2b_sandbox", SandboxRow)
 STARTED = web.AppKey("e2b_started", datetime)
 MAX_UPLOAD_FILES = 100  # files of one multipart upload
@@ -77,13 +79,16 @@ async def e2b_api(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _sandbox(request: web.Request) -> SandboxRow:
-    """The sandbox an envd call names, if it carries its token: 401 without, 502 once it has ended
-    or for a port nothing serves."""
+    """The sandbox a call inside it names, if it carries its token: 401 without, 502 once it has
+    ended or for a port nothing serves, 404 for a path its port does not serve."""
     port = request.headers.get(SANDBOX_PORT, str(envd.ENVD_PORT))
-    if port != str(envd.ENVD_PORT):
-        raise e2b.E2bError(502, f"Port {port[:10]!r} of the sandbox is not served; only envd's, {envd.ENVD_PORT}.")
+    if port not in (str(envd.ENVD_PORT), str(interpreter.INTERPRETER_PORT)):
+        raise e2b.E2bError(502, f"Port {port[:10]!r} of the sandbox is not served; only envd's, {envd.ENVD_PORT},"
+                                f" and the code interpreter's, {interpreter.INTERPRETER_PORT}.")
+    if (request.match_info.handler in INTERPRETER) != (port == str(interpreter.INTERPRETER_PORT)):
+        raise e2b.E2bError(404, f"Port {port} of the sandbox serves no {request.method} {request.path}.")
     sandbox_id = credential(request.headers.get(SANDBOX_ID, ""))
-    token = credential(request.headers.get(ACCESS_TOKEN, ""))
+    token = credential(request.headers.get(ACCESS_TOKEN, "") or request.headers.get(TRAFFIC_TOKEN, ""))
     if not sandbox_id or not token:
         raise Unauthorized(f"An envd call names its sandbox in {SANDBOX_ID} and carries its access token in {ACCESS_TOKEN}.")
     return await _sandboxes(request).by_token(sandbox_id, token)
@@ -177,9 +182,9 @@ async def templates(request: web.Request) -> web.Response:
 
 # ---- envd, inside a sandbox ----
 
-def _call(request: web.Request, op: dict[str, Any], data: bytes = b"") -> Any:
+def _call(request: web.Request, op: dict[str, Any], data: bytes = b"", **options: Any) -> Any:
     row = request[ROW]
-    return _sandboxes(request).call(row.user_id, str(row.id), op, data, row=row)
+    return _sandboxes(request).call(row.user_id, str(row.id), op, data, row=row, **options)
 
 
 async def envd_health(request: web.Request) -> web.Response:
@@ -340,6 +345,36 @@ async def start(request: web.Request, codec: connect.Codec, message: dict[str, A
     return response
 
 
+# ---- the code interpreter, inside a sandbox ----
+
+async def execute(request: web.Request) -> web.StreamResponse:
+    """A run's events as E2B's NDJSON lines as they come; its client leaving interrupts it."""
+    events = _call(request, interpreter.run_op(await _body(request)), client_gone=client_gone(request))
+    return await stream_lines(request, events, lambda event: ndjson(interpreter.lines(event)))
+
+
+async def list_contexts(request: web.Request) -> web.Response:
+    return _json([interpreter.context(found) for found in (await drain(_call(request, {"op": "context_list"})))["contexts"]])
+
+
+async def create_context(request: web.Request) -> web.Response:
+    language = interpreter.parse_context(await _body(request))
+    return _json(interpreter.context((await drain(_call(request, {"op": "context_create", "language": language})))["context"]))
+
+
+async def delete_context(request: web.Request) -> web.Response:
+    await drain(_call(request, {"op": "context_delete", "context": request.match_info["context_id"]}))
+    return web.Response(status=204)
+
+
+async def restart_context(request: web.Request) -> web.Response:
+    await drain(_call(request, {"op": "context_restart", "context": request.match_info["context_id"]}))
+    return web.Response(status=204)
+
+
+INTERPRETER = {execute, list_contexts, create_context, delete_context, restart_context}
+
+
 def make_app(services: object) -> web.Application:
     app = web.Application(middlewares=[e2b_api], client_max_size=MAX_BODY_BYTES)
     app[SERVICES] = services
@@ -367,4 +402,9 @@ ROUTES = [
     ("GET", f"{ENVD}/files", download),
     ("POST", f"{ENVD}/files", upload),
     ("POST", ENVD + "/{service}/{method}", rpc),
+    ("POST", f"{ENVD}/execute", execute),
+    ("GET", f"{ENVD}/contexts", list_contexts),
+    ("POST", f"{ENVD}/contexts", create_context),
+    ("DELETE", ENVD + "/contexts/{context_id}", delete_context),
+    ("POST", ENVD + "/contexts/{context_id}/restart", restart_context),
 ]

@@ -82,7 +82,8 @@ def state_of(row: Any) -> str:
 def sandbox(row: Any) -> dict[str, Any]:
     """E2B's Sandbox: what a create or connect answers, the envd access token included."""
     return {"templateID": template_of(row.language), "sandboxID": str(row.id), "alias": template_of(row.language),
-            "clientID": CLIENT_ID, "envdVersion": ENVD_VERSION, "envdAccessToken": row.access_token, "domain": None}
+            "clientID": CLIENT_ID, "envdVersion": ENVD_VERSION, "envdAccessToken": row.access_token,
+            "trafficAccessToken": row.access_token, "domain": None}  # the code interpreter's SDK sends the latter
 
 
 def listed(row: Any) -> dict[str, Any]:
