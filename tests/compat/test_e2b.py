@@ -258,7 +258,7 @@ async def test_run_code_keeps_state_streams_and_tells_errors(e2b, notebook):
     first = await call(notebook.run_code, "import math\nx = 41\nprint('set')", on_stdout=lambda m: seen.append(m.line))
     assert first.logs.stdout == ["set\n"] and seen == ["set\n"] and first.error is None
     second = await call(notebook.run_code, "x += 1\ndisplay('shown')\nround(math.pi, 2), x")
-    assert [(r.text, r.is_main_result) for r in second.results] == [("'shown'", False), ("(3.14, 42)", True)]
+    assert [(r.text, r.is_main_result) for r in second.results] == [("shown", False), ("(3.14, 42)", True)]
     assert second.text == "(3.14, 42)" and second.execution_count == first.execution_count + 1
     failed = await call(notebook.run_code, "def f():\n    return 1 / 0\nf()")
     assert failed.error.name == "ZeroDivisionError" and failed.error.value == "division by zero"
@@ -283,7 +283,7 @@ async def test_contexts_javascript_bash_restart_and_remove(e2b, notebook):
         assert (await call(base.run_code, "[1, 2].map((x) => x * 2)", language="js")).text == "[ 2, 4 ]"
         assert js.id in [c.id for c in await call(base.list_code_contexts)]
         await call(base.restart_code_context, js)
-        assert (await call(base.run_code, "typeof n", context=js)).text == "'undefined'"
+        assert (await call(base.run_code, "typeof n", context=js)).text == "undefined"
         await call(base.remove_code_context, js)
         assert js.id not in [c.id for c in await call(base.list_code_contexts)]
         with pytest.raises(NotFoundException):

@@ -277,6 +277,7 @@ def test_interpreter_runs_and_lines():
     assert interpreter.run_op({"code": "1", "context_id": None, "language": None, "env_vars": None}) == {
         "op": "run", "code": "1", "context": None, "language": "python", "timeout_s": 3600}
     assert interpreter.run_op({"code": "1", "language": "js"})["language"] == "javascript"
+    assert interpreter.run_op({"code": "\n    import os\n    if os:\n        1\n"})["code"] == "\nimport os\nif os:\n    1\n"
     assert interpreter.run_op({"code": "1", "context_id": "c1"})["language"] is None  # the context's own
     for bad in ([], {"code": 3}, {"code": "1", "language": "r"}, {"code": "1", "env_vars": {"A": "1"}},
                 {"code": "x" * (600 * 1024)}, {"code": "1", "context_id": "x" * 100}):
@@ -292,6 +293,8 @@ def test_interpreter_runs_and_lines():
     assert interpreter.lines({"type": "end", "error": {"name": "E", "value": "v", "traceback": "t"},
                               "execution_count": 3}) == [
         {"type": "error", "name": "E", "value": "v", "traceback": "t"}, {"type": "number_of_executions", "execution_count": 3}]
+    assert interpreter.lines({"type": "result", "data": {"text/plain": "'a'"}})[0]["text"] == "a"
+    assert interpreter.lines({"type": "result", "data": {"text/plain": "'"}})[0]["text"] == "'"
     assert interpreter.parse_context({"language": "bash", "cwd": "/home/user"}) == "bash"
     assert interpreter.parse_context({}) == "python"
     with pytest.raises(api.E2bError):

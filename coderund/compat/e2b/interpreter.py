@@ -3,11 +3,12 @@ as the hub's runs and contexts, which keep their state between runs as a noteboo
 no I/O.
 
 A run's events go back as E2B's NDJSON lines: stdout and stderr, each result as its MIME formats (the
-cell's value marked `is_main_result`, a display() or a figure not), the error with its name, value and
-traceback, and the execution count.
+cell's value marked `is_main_result`, a display() or a figure not; a string's text without its
+quotes, as E2B's tells it), the error with its name, value and traceback, and the execution count.
 """
 from __future__ import annotations
 
+import textwrap
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,8 +40,10 @@ def run_op(body: Any) -> dict[str, Any]:
     if body.get("env_vars"):
         raise E2bError(400, "'env_vars' for one run are not served; set them when creating the sandbox (envs).")
     language = _language(body.get("language")) or (None if body.get("context_id") else "python")  # E2B's default
-    try:
-        asked = parse_run({"code": body.get("code"), "context": body.get("context_id"), "language": language,
+    code = body.get("code")
+    try:  # a cell indented as a whole (code written inside a Python string) runs as E2B's do: dedented
+        asked = parse_run({"code": textwrap.dedent(code) if isinstance(code, str) else code,
+                           "context": body.get("context_id"), "language": language,
                            "timeout_s": MAX_RUN_S})
     except (ValidationFailed, PayloadTooLarge) as e:
         raise E2bError(400, e.message.replace("'context'", "'context_id'")) from None
@@ -57,6 +60,9 @@ def lines(event: dict[str, Any], now: datetime | None = None) -> list[dict[str, 
     if kind == "result":
         data = event.get("data") or {}
         result: dict[str, Any] = {FORMATS[mime]: value for mime, value in data.items() if mime in FORMATS}
+        text = result.get("text")
+        if isinstance(text, str) and len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            result["text"] = text[1:-1]  # a string's text without its quotes, as E2B's interpreter tells it
         extra = {mime: value for mime, value in data.items() if mime not in FORMATS}
         return [{"type": "result", **result, **({"extra": extra} if extra else {}),
                  "is_main_result": bool(event.get("main"))}]
