@@ -511,6 +511,8 @@ E2B_SANDBOX = {"type": "object", "required": ["templateID", "sandboxID", "client
                               "clientID": {"type": "string"}, "envdVersion": {"type": "string"},
                               "envdAccessToken": {"type": "string", "description": "the sandbox's own credential for"
                                                   " the calls inside it (X-Access-Token)"},
+                              "trafficAccessToken": {"type": "string", "description": "the same token, which the code"
+                                                     " interpreter's SDK sends as E2B-Traffic-Access-Token"},
                               "domain": {"type": ["string", "null"]}}}
 E2B_LISTED = {"type": "object", "required": ["templateID", "sandboxID", "clientID", "startedAt", "endAt", "cpuCount",
                                              "memoryMB", "diskSizeMB", "state", "envdVersion"],
