@@ -109,6 +109,11 @@ def parse_sandbox_request(body: object, limits: SandboxLimits) -> SandboxRequest
     )
 
 
+def parse_env(value: object, name: str) -> dict[str, str]:
+    """Environment variables as every sandbox call takes them: names of letters, digits and _."""
+    return _strings({name: value}, name, MAX_ENV, ENV_NAME)
+
+
 def parse_timeout(body: object, limits: SandboxLimits) -> int:
     return _number(_object(body), "timeout_s", limits.lifetime_s, 1, limits.max_lifetime_s)
 

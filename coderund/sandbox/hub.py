@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import select
+import shlex
 import shutil
 import signal
 import stat
@@ -386,7 +387,7 @@ class Context:
     def start(self):
         raise NotImplementedError
 
-    def run(self, request, code, timeout_s):
+    def run(self, request, code, timeout_s, env=None):
         if self.request is not None:
             raise Refused("busy", f"context {self.id!r} is running {self.request!r}: one run at a time")
         if self.process.poll() is not None:
@@ -396,7 +397,7 @@ class Context:
         self.request, self.note, self.timeout_s = request, None, timeout_s
         self.deadline = time.monotonic() + timeout_s
         self.output.start(request)
-        self.send(code)
+        self.send(code, env or {})
 
     def interrupt(self, why):
         if self.request is None or self.kill_at is not None:
@@ -492,9 +493,9 @@ class KernelContext(Context):
             self.hub.watch(fd, self.output.on_ready)
         self.hub.watch(self.events, self.on_lines)
 
-    def send(self, code):
+    def send(self, code, env):
         os.set_blocking(self.requests, True)
-        write_all(self.requests, (json.dumps({"code": code, "count": self.count}) + "\n").encode())
+        write_all(self.requests, (json.dumps({"code": code, "count": self.count, "env": env}) + "\n").encode())
 
     def on_line(self, line):
         try:
@@ -556,12 +557,14 @@ class BashContext(Context):
         self.hub.watch(self.status, self.on_lines)
         self.script = None
 
-    def send(self, code):
+    def send(self, code, env):
         self.script = f"{SCRIPTS}/{os.urandom(8).hex()}.sh"
         with open(self.script, "w") as f:
             f.write(code)
         os.chmod(self.script, 0o644)
-        line = f'source {self.script} </dev/null; printf "%d {self.marker}\\n" "$?" >&{self.status_fd}\n'
+        # Assignments before `source` hold for that run only: bash restores the variables after it.
+        assignments = "".join(f"{name}={shlex.quote(value)} " for name, value in env.items())
+        line = f'{assignments}source {self.script} </dev/null; printf "%d {self.marker}\\n" "$?" >&{self.status_fd}\n'
         os.write(self.commands, line.encode())
 
     def on_line(self, line):
@@ -766,7 +769,7 @@ class Hub:
                 raise Refused("no_context", f"no context {cid!r}")
             if request.get("language") and request["language"] != context.language:
                 raise Refused("bad_language", f"context {cid!r} runs {context.language}, not {request['language']}")
-            context.run(rid, str(request.get("code", "")), float(request.get("timeout_s") or 30))
+            context.run(rid, str(request.get("code", "")), float(request.get("timeout_s") or 30), request.get("env"))
         elif op == "interrupt":
             for context in self.contexts.values():
                 if context.request == request.get("target"):

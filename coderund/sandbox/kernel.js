@@ -68,6 +68,9 @@ async function serve() {
   for await (const line of lines) {
     const request = JSON.parse(line);
     let error = null;
+    const env = request.env || {};
+    const saved = Object.fromEntries(Object.keys(env).map((name) => [name, process.env[name]])); // this run's own variables
+    Object.assign(process.env, env);
     try {
       const value = await execute(request);
       if (value !== undefined) {
@@ -76,6 +79,10 @@ async function serve() {
       }
     } catch (e) {
       error = errorOf(e);
+    }
+    for (const [name, value] of Object.entries(saved)) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
     }
     send({ type: 'done', error });
   }

@@ -52,6 +52,8 @@ def kernel(requests_fd, events_fd):
     for line in os.fdopen(requests_fd, encoding="utf-8"):
         request = json.loads(line)
         error = None
+        saved = {name: os.environ.get(name) for name in request.get("env") or {}}  # this run's own variables
+        os.environ.update(request.get("env") or {})
         try:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
@@ -68,6 +70,11 @@ def kernel(requests_fd, events_fd):
                 pass
             else:
                 error = error_of(e)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         sys.stdout.flush()
         sys.stderr.flush()
         send({"type": "done", "error": error})

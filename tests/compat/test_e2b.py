@@ -281,6 +281,8 @@ async def test_contexts_javascript_bash_restart_and_remove(e2b, notebook):
         await call(base.run_code, "let n = 20", context=js)
         assert (await call(base.run_code, "n * 2 + 2", context=js)).text == "42"
         assert (await call(base.run_code, "[1, 2].map((x) => x * 2)", language="js")).text == "[ 2, 4 ]"
+        assert (await call(base.run_code, "process.env.FOO", language="js", envs={"FOO": "js"})).text == "js"
+        assert (await call(base.run_code, "String(process.env.FOO)", language="js")).text == "undefined"
         assert js.id in [c.id for c in await call(base.list_code_contexts)]
         await call(base.restart_code_context, js)
         assert (await call(base.run_code, "typeof n", context=js)).text == "undefined"
@@ -305,3 +307,10 @@ async def test_the_interpreter_needs_the_sandbox_token_too(runtime_api, e2b, not
             **envd_headers(notebook), "E2b-Sandbox-Port": "49999"}) as response:
         assert response.status == 404  # envd's paths are not the interpreter's port's
     assert not await call(notebook.files.exists, "pwned")
+
+
+async def test_run_code_env_vars_hold_for_that_run_alone(e2b, notebook):
+    for language, code in (("python", "import os; os.getenv('FOO', 'unset')"), ("bash", "echo ${FOO:-unset}")):
+        given = await call(notebook.run_code, code, language=language, envs={"FOO": "b a'r"})
+        after = await call(notebook.run_code, code, language=language)
+        assert [given.text or given.logs.stdout[0].strip(), after.text or after.logs.stdout[0].strip()] == ["b a'r", "unset"]

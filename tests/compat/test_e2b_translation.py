@@ -275,11 +275,12 @@ def test_long_shell_commands_pass_and_nul_is_refused():
 
 def test_interpreter_runs_and_lines():
     assert interpreter.run_op({"code": "1", "context_id": None, "language": None, "env_vars": None}) == {
-        "op": "run", "code": "1", "context": None, "language": "python", "timeout_s": 3600}
+        "op": "run", "code": "1", "context": None, "language": "python", "timeout_s": 3600, "env": {}}
+    assert interpreter.run_op({"code": "1", "env_vars": {"A": "1"}})["env"] == {"A": "1"}
     assert interpreter.run_op({"code": "1", "language": "js"})["language"] == "javascript"
     assert interpreter.run_op({"code": "\n    import os\n    if os:\n        1\n"})["code"] == "\nimport os\nif os:\n    1\n"
     assert interpreter.run_op({"code": "1", "context_id": "c1"})["language"] is None  # the context's own
-    for bad in ([], {"code": 3}, {"code": "1", "language": "r"}, {"code": "1", "env_vars": {"A": "1"}},
+    for bad in ([], {"code": 3}, {"code": "1", "language": "r"}, {"code": "1", "env_vars": {"1A": "1"}},
                 {"code": "x" * (600 * 1024)}, {"code": "1", "context_id": "x" * 100}):
         with pytest.raises(api.E2bError) as refused:
             interpreter.run_op(bad)

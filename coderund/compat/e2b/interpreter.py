@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ...errors import PayloadTooLarge, ValidationFailed
-from ...sandbox_requests import MAX_RUN_S, parse_run
+from ...sandbox_requests import MAX_RUN_S, parse_env, parse_run
 from .api import E2bError
 from .envd import HOME
 
@@ -37,18 +37,17 @@ def run_op(body: Any) -> dict[str, Any]:
     goes on while its client waits (its client leaving interrupts it), at most MAX_RUN_S."""
     if not isinstance(body, dict):
         raise E2bError(400, "The body must be a JSON object.")
-    if body.get("env_vars"):
-        raise E2bError(400, "'env_vars' for one run are not served; set them when creating the sandbox (envs).")
     language = _language(body.get("language")) or (None if body.get("context_id") else "python")  # E2B's default
     code = body.get("code")
     try:  # a cell indented as a whole (code written inside a Python string) runs as E2B's do: dedented
         asked = parse_run({"code": textwrap.dedent(code) if isinstance(code, str) else code,
                            "context": body.get("context_id"), "language": language,
                            "timeout_s": MAX_RUN_S})
+        env = parse_env(body.get("env_vars") or {}, "env_vars")
     except (ValidationFailed, PayloadTooLarge) as e:
         raise E2bError(400, e.message.replace("'context'", "'context_id'")) from None
     return {"op": "run", "code": asked.code, "context": asked.context, "language": asked.language,
-            "timeout_s": asked.timeout_s}
+            "timeout_s": asked.timeout_s, "env": env}
 
 
 def lines(event: dict[str, Any], now: datetime | None = None) -> list[dict[str, Any]]:
