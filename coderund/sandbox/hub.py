@@ -40,6 +40,7 @@ GRACE_S = 2  # between the interrupt at a run's timeout and the kill of its inte
 SCRIPTS = "/tmp/.coderund-hub"  # bash runs' code, root's: nobody reads them, never changes them
 LIST_MAX = 10000  # entries of one listing, however deep
 STDIN_MAX = 1 << 20  # bytes sent to a command's stdin that it has not read yet
+LISTENERS_MAX = 16  # clients attached to one command besides the one that started it
 
 
 class Refused(Exception):
@@ -221,6 +222,8 @@ class Files:
                 entries = []
                 self._walk(folder, "/".join(parts_of(path)), depth, detail, entries)
                 return sorted(entries, key=lambda e: e["path" if detail else "name"])
+            except OSError as e:  # an entry gone meanwhile, or no descriptor left: the listing is refused
+                raise path_error(e, path) from None
             finally:
                 os.close(folder)
 
@@ -338,6 +341,7 @@ class Output:
         self.hub = hub
         self.fds = {out_fd: "stdout", err_fd: "stderr"}
         self.request = None
+        self.listeners = []  # other requests that hear it too: a command's clients that attached later
         self.sent = {"stdout": 0, "stderr": 0}
         self.truncated = False
 
@@ -364,7 +368,9 @@ class Output:
             data, self.truncated = data[:max(room, 0)], True
         if data:
             self.sent[stream] += len(data)
-            emit({"id": self.request, "type": stream, "text": data.decode(errors="replace")})
+            text = data.decode(errors="replace")
+            for request in (self.request, *self.listeners):
+                emit({"id": request, "type": stream, "text": text})
 
     def close(self):
         for fd in self.fds:
@@ -684,8 +690,9 @@ class Command:
             self.closing = True
             self.flush()
             code = self.process.returncode
-            emit({"id": self.request, "type": "end", "exit_code": code if code >= 0 else None,
-                  "signal": -code if code < 0 else None, "timed_out": self.timed_out, "truncated": self.output.truncated})
+            for request in (self.request, *self.output.listeners):
+                emit({"id": request, "type": "end", "exit_code": code if code >= 0 else None, "signal": -code if code < 0 else None,
+                      "timed_out": self.timed_out, "truncated": self.output.truncated})
             return True
         return False
 
@@ -781,6 +788,12 @@ class Hub:
                                          {**self.env, **request.get("env", {})}, request.get("stdin", "").encode(),
                                          float(request.get("timeout_s") or 60), bool(request.get("open_stdin")),
                                          request.get("tag"), bool(request.get("announce"))))
+        elif op == "attach":  # another client of a running command: its pid, then its output from now on, its end
+            command = self.command(request)
+            if len(command.output.listeners) >= LISTENERS_MAX:
+                raise Refused("busy", f"process {command.process.pid} has {LISTENERS_MAX} clients attached already")
+            emit({"id": rid, "type": "start", "pid": command.process.pid})
+            command.output.listeners.append(rid)
         elif op == "commands":
             emit({"id": rid, "type": "end", "commands": [c.describe() for c in self.commands]})
         elif op in ("input", "close_stdin", "signal"):
@@ -808,7 +821,7 @@ class Hub:
                 emit({"id": rid, "type": "chunk", "data": base64.b64encode(chunk).decode()})
             emit({"id": rid, "type": "end", "size": size})
         elif op == "list":
-            depth = max(1, min(int(request.get("depth") or 1), 64))
+            depth = max(1, min(int(request.get("depth") or 1), 16))  # a folder held open at each level
             emit({"id": rid, "type": "end", "entries": self.files.list(request.get("path") or ".", depth,
                                                                       bool(request.get("detail")))})
         elif op == "delete":

@@ -314,3 +314,13 @@ async def test_run_code_env_vars_hold_for_that_run_alone(e2b, notebook):
         given = await call(notebook.run_code, code, language=language, envs={"FOO": "b a'r"})
         after = await call(notebook.run_code, code, language=language)
         assert [given.text or given.logs.stdout[0].strip(), after.text or after.logs.stdout[0].strip()] == ["b a'r", "unset"]
+
+
+async def test_a_client_connects_to_a_running_command(e2b, sandbox):
+    handle = await call(sandbox.commands.run, "sleep 1; echo done", background=True)
+    await call(handle.disconnect)
+    again = await call(sandbox.commands.connect, handle.pid)
+    assert again.pid == handle.pid
+    assert (await call(again.wait)).stdout == "done\n"
+    with pytest.raises(NotFoundException):
+        await call(sandbox.commands.connect, handle.pid)  # it has ended

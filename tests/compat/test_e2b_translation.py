@@ -178,6 +178,10 @@ def test_start_as_a_hub_command():
         assert refused.value.code == code
 
 
+def test_listings_are_bounded_in_depth():
+    assert envd.list_op({"path": "/home/user", "depth": 1000}) == {"op": "list", "path": ".", "depth": 16, "detail": True}
+
+
 def test_hub_events_as_process_events():
     assert envd.process_events({"type": "start", "pid": 7}) == [{"event": {"start": {"pid": 7}}}]
     assert envd.process_events({"type": "stdout", "text": "é"}) == [{"event": {"data": {"stdout": "é".encode()}}}]

@@ -291,7 +291,8 @@ UNARY: dict[str, tuple[Any, Any, Unary]] = {
     "filesystem.Filesystem/ListDir": (m.LIST_DIR_REQUEST, m.LIST_DIR_RESPONSE, list_dir),
     "filesystem.Filesystem/Remove": (m.PATH_REQUEST, m.EMPTY, remove),
 }
-STREAMING = {"process.Process/Start"}
+STREAMING = {"process.Process/Start": (m.START_REQUEST, m.START_RESPONSE),
+             "process.Process/Connect": (m.CONNECT_REQUEST, m.CONNECT_RESPONSE)}
 
 
 async def rpc(request: web.Request) -> web.StreamResponse:
@@ -307,7 +308,11 @@ async def rpc(request: web.Request) -> web.StreamResponse:
         if codec.streaming != (method in STREAMING):
             raise connect.ConnectError("invalid_argument", f"{method} is {'' if method in STREAMING else 'not '}a stream.")
         if codec.streaming:
-            return await start(request, codec, codec.decode(m.START_REQUEST, await request.read()))
+            request_type, response_type = STREAMING[method]
+            message = codec.decode(request_type, await request.read())
+            op = (envd.command_op(message, connect.timeout_s(request.headers.get("Connect-Timeout-Ms")))
+                  if method == "process.Process/Start" else {"op": "attach", **envd.selector(message)})
+            return await stream_process(request, codec, op, response_type)
         request_type, response_type, handler = UNARY[method]
         answer = await handler(request, codec.decode(request_type, await request.read()))
         return web.Response(body=codec.encode(response_type, answer), content_type=codec.content_type)
@@ -320,10 +325,11 @@ async def rpc(request: web.Request) -> web.StreamResponse:
         return _json(error.document(), error.status, e.headers or None)
 
 
-async def start(request: web.Request, codec: connect.Codec, message: dict[str, Any]) -> web.StreamResponse:
+async def stream_process(request: web.Request, codec: connect.Codec, op: dict[str, Any],
+                         response_type: Any) -> web.StreamResponse:
     """A command's events as they come (start with its pid, its output, its end), the stream's end
-    last with any error. The command goes on if the client leaves."""
-    op = envd.command_op(message, connect.timeout_s(request.headers.get("Connect-Timeout-Ms")))
+    last with any error: a command started (Start), or one attached to (Connect). The command goes
+    on if the client leaves."""
     events = _call(request, op)
     response = web.StreamResponse(headers={"Content-Type": codec.content_type})
     await response.prepare(request)
@@ -331,7 +337,7 @@ async def start(request: web.Request, codec: connect.Codec, message: dict[str, A
         try:
             async for event in events:
                 for out in envd.process_events(event.body):
-                    await response.write(codec.encode(m.START_RESPONSE, out))
+                    await response.write(codec.encode(response_type, out))
             await response.write(connect.end_stream())
         except connect.ConnectError as e:
             await response.write(connect.end_stream(e))

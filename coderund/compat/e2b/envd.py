@@ -24,7 +24,7 @@ from .connect import ConnectError
 ENVD_PORT = 49983
 OWNERS = {0: "root", 65534: "user"}  # the sandbox's user is nobody, which E2B's conventions call user
 KINDS = {"file": 1, "folder": 2, "symlink": 3}  # FileType's numbers
-MAX_DEPTH = 64
+MAX_DEPTH = 16  # a listing holds a folder open at each level
 SIGNALS = {9: 9, 15: 15}  # SIGKILL, SIGTERM; unspecified kills, as envd does
 
 

@@ -45,6 +45,8 @@ SEND_INPUT_REQUEST = Message("process.SendInputRequest", (
 SEND_SIGNAL_REQUEST = Message("process.SendSignalRequest", (
     Field(1, "process", "message", PROCESS_SELECTOR), Field(2, "signal", "enum", SIGNAL)))
 CLOSE_STDIN_REQUEST = Message("process.CloseStdinRequest", (Field(1, "process", "message", PROCESS_SELECTOR),))
+CONNECT_REQUEST = Message("process.ConnectRequest", (Field(1, "process", "message", PROCESS_SELECTOR),))
+CONNECT_RESPONSE = Message("process.ConnectResponse", (Field(1, "event", "message", PROCESS_EVENT),))
 EMPTY = Message("Empty", ())  # SendInputResponse, SendSignalResponse, CloseStdinResponse, RemoveResponse
 
 # ---- filesystem.Filesystem ----
