@@ -10,7 +10,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_PLUGINS_DIR = PACKAGE_DIR.parent / "plugins"
+
+
+def shipped(name: str) -> Path:
+    """A folder the package ships (plugins, sql): inside it once installed from a wheel (setup.py maps
+    it there), at the repository's top level in a checkout or an editable install."""
+    inside = PACKAGE_DIR / "data" / name
+    return inside if inside.is_dir() else PACKAGE_DIR.parent / name
+
+
+DEFAULT_PLUGINS_DIR = shipped("plugins")
 ROLES = ("api", "worker", "all")
 
 

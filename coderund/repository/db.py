@@ -12,11 +12,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..config import PACKAGE_DIR
+from ..config import shipped
 from ..errors import Unavailable
 
 log = logging.getLogger(__name__)
-MIGRATIONS_DIR = PACKAGE_DIR.parent / "sql"
+MIGRATIONS_DIR = shipped("sql")
 MIGRATION_LOCK = 0x636F6465  # any constant shared by every coderund process
 CONNECT_TIMEOUT_S = 5
 
