@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 import time
+from typing import NoReturn
 
 import docker
 
@@ -18,10 +19,17 @@ from .errors import UnsupportedLanguage
 
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad command-line input is one line, not the usage of every setting (that is --help's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    settings = argparse.ArgumentParser(add_help=False)
+    settings = Parser(add_help=False)
     config.add_arguments(settings)
-    main = argparse.ArgumentParser(
+    main = Parser(
         prog="coderund",
         allow_abbrev=False,  # the operator commands take --user beside the settings --user-*
         parents=[settings],

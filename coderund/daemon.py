@@ -199,7 +199,7 @@ def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugi
     api_keys = ApiKeys(Keys(db), revocations)
     accounts = Accounts(Users(db), sessions, api_keys, Rates(sessions.redis, settings.login_per_address, "hashes"),
                         max_failures=settings.login_max_failures,
-                        failure_window=settings.login_failure_window)
+                        failure_window=settings.login_failure_window, registration_open=settings.registration == "open")
     tasks = TaskService(Tasks(db), queue, plugins, finished, Rates(sessions.redis, settings.user_rate), Usage(db),
                         cpu_s_per_day=settings.user_cpu_s_per_day,
                         max_queue=settings.max_queue, user_max_pending=settings.user_max_pending,

@@ -62,7 +62,7 @@ class Database:
             await conn.execute("SELECT 1")
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
 
@@ -73,7 +73,7 @@ async def create_database(url: str) -> None:
     if not name:
         return
     async with await psycopg.AsyncConnection.connect(
-        _with_database(url, "postgres"), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+        with_database(url, "postgres"), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
     ) as conn:
         found = await (await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))).fetchone()
         if found:

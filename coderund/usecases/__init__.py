@@ -1,5 +1,5 @@
 """What coderund does, one module per concern; storage and Docker come in as objects."""
-from .accounts import Accounts, Login
+from .accounts import Accounts, Login, UserAdmin
 from .execution import Executor
 from .keys import ApiKeys
 from .live import LiveBridge, LiveRuns
@@ -9,4 +9,4 @@ from .tasks import TaskService
 from .webhooks import Webhooks
 
 __all__ = ["Accounts", "ApiKeys", "Executor", "FileStore", "LiveBridge", "LiveRuns", "Login", "SandboxHost", "Sandboxes",
-           "TaskService", "Webhooks"]
+           "TaskService", "UserAdmin", "Webhooks"]
