@@ -21,7 +21,7 @@ import pytest
 from coderund import config
 from coderund.config import Settings
 from coderund.daemon import serve
-from coderund.repository.db import migrate
+from coderund.repository.db import migrate, with_database
 
 RUN_ID = uuid.uuid4().hex[:10]
 
@@ -36,7 +36,7 @@ def make_settings(**overrides: Any) -> Settings:
     """Settings of this test run: its own database and queue, so runs never see each other."""
     base = config.load({}, environ={})
     values = {
-        "database_url": f"postgresql://postgres@127.0.0.1:5432/coderund_test_{RUN_ID}",
+        "database_url": with_database(base.database_url, f"coderund_test_{RUN_ID}"),
         "queue": f"coderund.test.{RUN_ID}",
         # A Redis database apart from the default one: the schemathesis run logs in as the document's
         # example user "alice" with wrong passwords, and must not lock out the README's alice.
@@ -116,9 +116,14 @@ def settings() -> Iterator[Settings]:
     settings = make_settings()
     asyncio.run(migrate(settings.database_url))
     yield settings
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{settings.database_name}" WITH (FORCE)')
+    drop_database(settings.database_url)
     asyncio.run(_delete_queue(settings))
+
+
+def drop_database(url: str) -> None:
+    """Drops a database a test made (its owner may, the default URL's role being no superuser)."""
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 async def _delete_queue(settings: Settings) -> None:

@@ -16,7 +16,8 @@ def test_precedence():
 
 def test_spec_defaults():
     s = config.load({}, environ={})
-    assert s.database_url == "postgresql://postgres@127.0.0.1:5432/coderund"
+    # The role scripts/test-env makes: a stock PostgreSQL asks a password over TCP (docs/operating.md)
+    assert s.database_url == "postgresql://coderund:coderund@127.0.0.1:5432/coderund"
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert s.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
     assert s.role == "all" and s.runtime == "runc" and s.output_limit == 64 * 1024
