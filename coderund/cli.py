@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     build = image_commands.add_parser("build", parents=[settings], help="build missing images from Debian packages")
     build.add_argument("languages", nargs="*", metavar="LANG", help="languages to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild images that exist")
+    build.add_argument("--base-only", action="store_true",
+                       help="only the base the language images are built on (make image builds coderund's own on it)")
     languages = commands.add_parser("languages", parents=[settings], help="print the loaded language plugins")
     languages.add_argument("--markdown", action="store_true", help="as the README's table")
     return main
@@ -101,7 +103,7 @@ def run(args: dict[str, object], settings: Settings) -> int:
     if command in admin.COMMANDS:
         return asyncio.run(admin.run(args, settings))
     if command == "images":
-        return build_images(settings, list(args.get("languages") or []), bool(args.get("force")))
+        return build_images(settings, list(args.get("languages") or []), bool(args.get("force")), bool(args.get("base_only")))
     from .daemon import serve
 
     asyncio.run(serve(settings))
@@ -127,10 +129,12 @@ def _size(client: docker.DockerClient, image: str) -> str:
     return f"{client.api.inspect_image(image)['Size'] / 1e6:.0f} MB"
 
 
-def build_images(settings: Settings, languages: list[str], force: bool) -> int:
+def build_images(settings: Settings, languages: list[str], force: bool, base_only: bool = False) -> int:
     from .daemon import docker_client
     from .sandbox import images
 
+    if base_only and languages:
+        raise ConfigError("--base-only builds no language: name none")
     loaded = plugin_loader.load(settings.plugins_dir)
     try:
         chosen = [loaded.get(name) for name in languages] if languages else None
@@ -139,8 +143,11 @@ def build_images(settings: Settings, languages: list[str], force: bool) -> int:
     try:
         client = docker_client(settings)
         started = time.monotonic()
+        base = images.base_of(settings.image_source)
         base_id, built = images.build_base(client, mirror=settings.debian_mirror, source=settings.image_source)
-        print(f"base: {'built' if built else 'exists'} {images.BASE} ({_size(client, images.BASE)})", flush=True)
+        print(f"base: {'built' if built else 'exists'} {base} ({_size(client, base)})", flush=True)
+        if base_only:
+            return 0
         steps: dict[str, float] = {}
 
         def say(line: str) -> None:  # one write per line: builds report from two threads
@@ -154,7 +161,8 @@ def build_images(settings: Settings, languages: list[str], force: bool) -> int:
             took = f" in {time.monotonic() - steps[plugin.name]:.0f} s" if built else ""
             say(f"{plugin.name}: {'built' if built else 'current'} {plugin.image} ({_size(client, plugin.image)}){took}")
 
-        images.build_all(client, loaded.image_order(chosen), base_id=base_id, force=force, starting=starting, done=done)
+        images.build_all(client, loaded.image_order(chosen), base=base, base_id=base_id, force=force, starting=starting,
+                         done=done)
         print(f"images ready in {time.monotonic() - started:.0f} s")
     except docker.errors.DockerException as e:
         raise ConfigError(f"Docker: {e}") from None
