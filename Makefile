@@ -6,7 +6,7 @@ DEBOOTSTRAP_BASE := coderund/base:bookworm
 ## The image coderund's own is built on: any Debian bookworm; by default the project's debootstrap base (no registry).
 BASE ?= $(DEBOOTSTRAP_BASE)
 ## The worker's engine socket in Compose, from DOCKER_HOST when it names a unix socket (rootless Docker, a proxy).
-PIP_CERT ?= $(shell $(VENV)/bin/pip config get global.cert 2>/dev/null)
+PIP_CERT ?= $(firstword $(wildcard $(shell $(VENV)/bin/pip config list 2>/dev/null | sed -n "s/^[a-z:]*\.cert='\(.*\)'$$/\1/p")))
 export CODERUND_DOCKER_SOCKET ?= $(or $(patsubst unix://%,%,$(filter unix://%,$(DOCKER_HOST))),/var/run/docker.sock)
 
 .PHONY: run_tests test-env images image build_and_run stop clean bench lint
