@@ -2,7 +2,7 @@
 # BASE is any Debian bookworm image: Compose passes debian:bookworm-slim; `make image` passes the
 # project's own debootstrap base (coderund/base:bookworm), so that no registry is needed.
 ARG BASE=debian:bookworm-slim
-FROM ${BASE}
+FROM ${BASE} AS system
 
 # python3 (bookworm's 3.11) runs coderund; gcc builds the static sandbox supervisor; debootstrap lets
 # `images build` work without a registry; curl serves the health checks.
@@ -14,13 +14,19 @@ RUN apt-get update \
 ENV PATH=/opt/coderund/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin \
     LANG=C.UTF-8
 
-# The dependencies alone first, as setup.cfg names them: a change of coderund's own files reuses this layer.
-# pip-cert.pem: the CA bundle of a host whose TLS to PyPI goes through a proxy of its own (make image copies it).
-COPY setup.cfg pip-cer[t].pem /tmp/build/
-RUN python3 -c "import configparser; c = configparser.ConfigParser(); c.read('/tmp/build/setup.cfg'); \
+# The dependencies that setup.cfg names, alone: the layer that installs them is reused until they change.
+FROM system AS requirements
+COPY setup.cfg /tmp/setup.cfg
+RUN python3 -c "import configparser; c = configparser.ConfigParser(); c.read('/tmp/setup.cfg'); \
 print('\n'.join(l for l in c['options']['install_requires'].split('\n') if l.strip() and not l.startswith('#')))" \
-      > /tmp/build/requirements.txt \
- && if [ -f /tmp/build/pip-cert.pem ]; then export PIP_CERT=/tmp/build/pip-cert.pem; fi \
+      > /requirements.txt
+
+FROM system
+# pip-cert.pem: the CA bundle of a host whose TLS to PyPI goes through a proxy of its own (make image copies
+# it); LICENSE beside it, a file that is always there, lets the COPY find nothing else.
+COPY --from=requirements /requirements.txt /tmp/build/
+COPY LICENSE pip-cer[t].pem /tmp/build/
+RUN if [ -f /tmp/build/pip-cert.pem ]; then export PIP_CERT=/tmp/build/pip-cert.pem; fi \
  && pip install --no-cache-dir "setuptools>=61" wheel -r /tmp/build/requirements.txt \
  && rm -rf /tmp/build
 
