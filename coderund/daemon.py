@@ -205,7 +205,7 @@ def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugi
     api_keys = ApiKeys(Keys(db), revocations)
     accounts = Accounts(Users(db), sessions, api_keys, Rates(sessions.redis, settings.login_per_address, "hashes"),
                         max_failures=settings.login_max_failures,
-                        failure_window=settings.login_failure_window)
+                        failure_window=settings.login_failure_window, registration_open=settings.registration == "open")
     admission = Admission(plugins, Rates(sessions.redis, settings.user_rate), Usage(db), ceiling(settings),
                           cpu_s_per_day=settings.user_cpu_s_per_day, allow_private_callbacks=settings.webhook_allow_private)
     tasks = TaskService(Tasks(db), queue, admission, finished, max_queue=settings.max_queue,

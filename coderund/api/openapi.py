@@ -15,7 +15,8 @@ from .keys import SESSION_COOKIE
 ERROR_CODES = [
     "invalid_json", "validation_failed", "unauthorized", "not_found", "method_not_allowed", "conflict",
     "payload_too_large", "unsupported_language", "rate_limited", "queue_full", "unavailable", "internal",
-    "request_timeout", "forbidden", "quota_exceeded", "bad_request", "sandbox_ended",
+    "request_timeout", "forbidden", "quota_exceeded", "bad_request", "sandbox_ended", "registration_closed",
+    "account_disabled",
 ]
 
 
@@ -252,14 +253,19 @@ def _body(schema: str, example: Any) -> dict[str, Any]:
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/register"): {
         "summary": "Create an account", "tags": ["accounts"], "requestBody": _body("Credentials", CREDENTIALS_EXAMPLE),
-        "responses": {"201": _json(_ref("User"), "Created", {"id": 1, "username": "alice"}), **_errors(*BODY_ERRORS, "409")},
+        "description": "Open to anyone unless the operator runs the server with `--registration closed`: then it answers "
+                       "403 `registration_closed` and an operator adds users (`coderund users add NAME --password-stdin`).",
+        "responses": {"201": _json(_ref("User"), "Created", {"id": 1, "username": "alice"}), **_errors(*BODY_ERRORS, "409"),
+                      "403": _error("Sign-up is closed on this server (--registration closed).", "registration_closed")},
     },
     ("post", "/login"): {
         "summary": "Log in: a token, and the same as an HttpOnly session cookie", "tags": ["accounts"],
         "requestBody": _body("Credentials", CREDENTIALS_EXAMPLE),
         "responses": {"200": _json(_ref("Login"), "Logged in", {"token": "…", "expires_in": 86400},
                                    {"Set-Cookie": {"schema": {"type": "string"}}}),
-                      **_errors(*BODY_ERRORS, "401", "429")},
+                      **_errors(*BODY_ERRORS, "401", "429"),
+                      "403": _error("The operator has disabled this account (said only when the password is right).",
+                                    "account_disabled")},
     },
     ("post", "/logout"): {
         "summary": "End the session at once", "tags": ["accounts"], "security": AUTH,
