@@ -32,7 +32,7 @@ endif
 	$(if $(PIP_CERT),cp $(PIP_CERT) pip-cert.pem,rm -f pip-cert.pem)
 	docker build --network host --build-arg BASE=$(BASE) -t $(IMAGE) .
 
-## The whole stack in Docker Compose: API, workers, PostgreSQL, Redis, RabbitMQ, Prometheus, Grafana (docs/operating.md).
+## The whole stack in Docker Compose: API, workers, PostgreSQL, Redis, RabbitMQ, Prometheus, Grafana (docs/operate/install.md).
 build_and_run:
 	$(COMPOSE) build
 	$(COMPOSE) run --rm images

@@ -18,7 +18,7 @@ def test_precedence():
 
 def test_spec_defaults():
     s = config.load({}, environ={})
-    # The role scripts/test-env makes: a stock PostgreSQL asks a password over TCP (docs/operating.md)
+    # The role scripts/test-env makes: a stock PostgreSQL asks a password over TCP (docs/operate/install.md)
     assert s.database_url == "postgresql://coderund:coderund@127.0.0.1:5432/coderund"
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert s.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"

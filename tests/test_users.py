@@ -91,7 +91,7 @@ async def test_bad_commands_fail_with_one_line_and_change_nothing(api, settings)
     assert refused(cli(settings, "users", "set-quota", name), "name at least one quota")
     assert refused(cli(settings, "users", "list", "--limit", "0"), "--limit is 1 or more")
     assert refused(cli(settings, "users", "frobnicate", name), "invalid choice")
-    assert refused(cli(settings, "users", "list", "--registration", "maybe"), "argument --registration: invalid choice")
+    assert refused(cli(settings, "--registration", "maybe", "users", "list"), "argument --registration: invalid choice")
     assert refused(cli(settings, "users", "list", extra_env={"CODERUND_REGISTRATION": "maybe"}),
                    "CODERUND_REGISTRATION='maybe' is not one of open, closed")
     assert " active " in f"{listed(settings, name)} "
