@@ -437,6 +437,9 @@ class TestBounds:
         assert sum(len(json.dumps(r)) for r in big["results"]) <= MAX_RESULT_BYTES
         huge = await run(runtime_api, owner, sandbox, "'x' * (20 << 20)")
         assert huge["results"] == [] and huge["truncated"] and huge["error"] is None
+        deep = await run(runtime_api, owner, sandbox, "class Deep:\n    def _repr_json_(self):\n        v = []\n"
+                         "        for _ in range(200):\n            v = [v]\n        return v\nDeep()")
+        assert deep["results"] == [] and deep["truncated"], deep  # nested past any answer's depth
         after = await run(runtime_api, owner, sandbox, "kept")  # the same interpreter: nothing was restarted
         assert after["results"] == [{"text/plain": "'yes'"}] and not after["truncated"]
 

@@ -445,9 +445,10 @@ class Output:
         """One result (a MIME bundle), if the run's results are still within their caps."""
         if self.request is None:
             return
-        line = encoded({"id": self.request, "type": "result", "data": data}) if within(data, RESULT_DEPTH) else None
         caps = self.hub.caps
-        if line is None or self.results >= caps["results"] or self.result_bytes + len(line) > caps["result_bytes"]:
+        line = (encoded({"id": self.request, "type": "result", "data": data})
+                if self.results < caps["results"] and within(data, RESULT_DEPTH) else None)
+        if line is None or self.result_bytes + len(line) > caps["result_bytes"]:
             self.truncated = True
             return
         self.drain()  # what was printed before the value comes first
@@ -673,10 +674,10 @@ class BashContext(Context):
             with open(script, "w", encoding="utf-8", errors="surrogateescape") as f:
                 f.write(code)
             os.chmod(script, 0o644)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a lone surrogate in the code
             with contextlib.suppress(OSError):
                 os.unlink(script)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
                 raise Refused("tmp_full", "the sandbox's /tmp is full, and a bash run's code is kept there: "
                                           "free some of it") from None
             raise
