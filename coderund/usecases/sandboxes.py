@@ -167,7 +167,6 @@ class Sandboxes:
                 quiet_s = 0.0
                 await self.find(row.user_id, str(row.id))
 
-
     async def _interrupt(self, row: SandboxRow, reply: str) -> None:
         await self.channel.call(row.worker_id, {"sandbox": str(row.id), "reply": "", "target": reply,
                                                 "op": {"op": "interrupt"}})
