@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..sandbox_requests import CONTEXT_LANGUAGES, DEFAULT_RUN_S, LANGUAGES, MAX_RUN_S, STATES
+from ..sandbox_requests import (CONTEXT_LANGUAGES, DEFAULT_RUN_S, LANGUAGES, MAX_COMMANDS, MAX_CONTEXTS, MAX_ENTRIES,
+                                MAX_OUTPUT_BYTES, MAX_RESULT_BYTES, MAX_RESULTS, MAX_RUN_S, STATES)
 from ..domain import (HISTORY_STATES, MAX_ARTIFACT_BYTES, MAX_ARTIFACTS, MAX_OUTPUTS, MAX_ARG_CHARS, MAX_ARGS, MAX_BATCH, MAX_FILES, MAX_TESTS, MAX_WAIT_S, PASSWORD_LENGTH,
                       Verdict)
 from .keys import SESSION_COOKIE
@@ -548,28 +549,34 @@ SANDBOX_SCHEMAS = {
         "type": "object", "required": ["stdout", "stderr", "results", "error", "execution_count"],
         "properties": {
             "stdout": {"type": "string"}, "stderr": {"type": "string"},
-            "results": {"type": "array", "items": {"type": "object", "additionalProperties": True},
+            "results": {"type": "array", "items": {"type": "object", "additionalProperties": True}, "maxItems": MAX_RESULTS,
                         "description": "MIME bundles as Jupyter's display data: text/plain for the last expression's value, "
-                                       "image/png (base64) for each matplotlib figure, text/html, application/json…"},
+                                       "image/png (base64) for each matplotlib figure, text/html, application/json…; "
+                                       f"at most {MAX_RESULTS} per run and {MAX_RESULT_BYTES // 2**20} MiB of JSON together "
+                                       "(a result that does not fit is dropped whole)"},
             "error": {"type": ["object", "null"], "properties": {"name": {"type": "string"}, "value": {"type": "string"},
                                                                  "traceback": {"type": "string"}}},
             "execution_count": {"type": ["integer", "null"]}, "context": {"type": ["string", "null"]},
-            "truncated": {"type": "boolean", "description": "stdout or stderr went over 1 MiB; the rest was dropped"},
+            "truncated": {"type": "boolean", "description": f"stdout or stderr went over {MAX_OUTPUT_BYTES // 2**20} MiB, or "
+                                                            "the results over their caps: the rest was dropped"},
         },
     },
     "SandboxCommand": {
         "type": "object", "required": ["cmd"],
         "properties": {"cmd": {"oneOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1},
-                                         {"type": "string", "description": "run by bash -c"}]},
+                                         {"type": "string", "description": "run by bash -c"}],
+                               "description": "no NUL in any argument"},
                        "cwd": {"type": "string", "description": "in the work folder"},
-                       "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                       "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "no NUL"},
                        "stdin": {"type": "string"}, "timeout_s": {"type": "number", "minimum": 0.1, "maximum": MAX_RUN_S}},
     },
     "CommandOutcome": {
         "type": "object", "required": ["stdout", "stderr", "exit_code", "signal", "timed_out"],
         "properties": {"stdout": {"type": "string"}, "stderr": {"type": "string"},
                        "exit_code": {"type": ["integer", "null"]}, "signal": {"type": ["integer", "null"]},
-                       "timed_out": {"type": "boolean"}, "truncated": {"type": "boolean"}},
+                       "timed_out": {"type": "boolean"},
+                       "truncated": {"type": "boolean", "description": f"stdout or stderr went over {MAX_OUTPUT_BYTES // 2**20} "
+                                                                       "MiB: the rest was dropped"}},
     },
     "SandboxTimeout": {"type": "object", "required": ["timeout_s"],
                        "properties": {"timeout_s": {"type": "integer", "minimum": 1, "description": "seconds from now"}}},
@@ -635,13 +642,21 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         body="SandboxRun", errors=(*CALL_ERRORS, "400", "408", "413", "429"),
         description="NDJSON events: `stdout` and `stderr` (`text`), `result` (`data`, a MIME bundle), `error` (`name`, "
                     "`value`, `traceback`), `execution_count`, then `end`. One run at a time per context (else 409); a "
-                    "client that disconnects interrupts its run."),
+                    "client that disconnects interrupts its run. stdout and stderr are cut at "
+                    f"{MAX_OUTPUT_BYTES // 2**20} MiB each, results at {MAX_RESULTS} and {MAX_RESULT_BYTES // 2**20} MiB "
+                    "together; past a cap the rest is dropped and `truncated` is true. A run in a language whose "
+                    f"context is not there yet makes it: 409 when the sandbox has {MAX_CONTEXTS} contexts already. "
+                    "A bash run's code is kept in the sandbox's /tmp: 409 while /tmp is full."),
     ("post", f"{ONE}/commands"): _sandbox_op(
         "Run a program beside the interpreters", {"200": _streamed("CommandOutcome", "Its outcome; NDJSON when asked")},
-        body="SandboxCommand", errors=(*CALL_ERRORS, "400", "408", "413", "429")),
+        body="SandboxCommand", errors=(*CALL_ERRORS, "400", "408", "413", "429"),
+        description=f"stdout and stderr are cut at {MAX_OUTPUT_BYTES // 2**20} MiB each. At most {MAX_COMMANDS} run "
+                    "at once in a sandbox (else 409, as when the sandbox has no room for another process); `cwd` is "
+                    "a folder (no symlink) in the work folder."),
     ("post", f"{ONE}/contexts"): _sandbox_op(
         "A new context (its own interpreter)", {"201": _json(_ref("Context"), "Made")}, body="ContextRequest",
-        errors=(*CALL_ERRORS, "400", "408", "413")),
+        errors=(*CALL_ERRORS, "400", "408", "413"),
+        description=f"A sandbox has at most {MAX_CONTEXTS} contexts, its language's own among them: past them, 409."),
     ("get", f"{ONE}/contexts"): _sandbox_op(
         "Its contexts", {"200": _json({"type": "object", "required": ["contexts"], "properties": {
             "contexts": {"type": "array", "items": _ref("Context")}}}, "Contexts")}),
@@ -650,7 +665,9 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", f"{ONE}/files"): _sandbox_op(
         "A folder's entries (?path=, default the work folder)",
         {"200": _json({"type": "object", "required": ["path", "entries"], "properties": {
-            "path": {"type": "string"}, "entries": {"type": "array", "items": _ref("FileEntry")}}}, "Entries")},
+            "path": {"type": "string"}, "entries": {"type": "array", "items": _ref("FileEntry"), "maxItems": MAX_ENTRIES},
+            "truncated": {"type": "boolean", "description": f"the folder holds more than {MAX_ENTRIES} entries: "
+                                                            "these are some of them"}}}, "Entries")},
         {"name": "path", "in": "query", "required": False, "schema": {"type": "string"}}, errors=(*CALL_ERRORS, "400")),
     ("put", f"{ONE}/files/{{path}}"): {
         **_sandbox_op("Write a file: the raw body, any size up to the disk quota (else 413 naming it)",
@@ -662,7 +679,10 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("get", f"{ONE}/files/{{path}}"): _sandbox_op(
         "Read a file (raw bytes)", {"200": {"description": "The file", "content": {"application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"}}}}}, FILE_PATH, errors=(*CALL_ERRORS, "400")),
+            "schema": {"type": "string", "format": "binary"}}}}}, FILE_PATH, errors=(*CALL_ERRORS, "400"),
+        description="A regular file only (a FIFO, socket or device is 400). It comes a chunk at a time, each fetched "
+                    "from the sandbox once the client has taken the last, up to the size the file had when the "
+                    "answer began."),
     ("delete", f"{ONE}/files/{{path}}"): _sandbox_op("Delete a file or folder", {"204": {"description": "Deleted"}},
                                                       FILE_PATH, errors=(*CALL_ERRORS, "400")),
 }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
@@ -9,13 +10,12 @@ from aiohttp import web
 from ..access import TASKS_READ, TASKS_WRITE
 from ..domain import iso
 from ..errors import PayloadTooLarge
-from ..sandbox_requests import (CommandRequest, RunRequest, file_path, metadata_filter, parse_command, parse_context,
-                                parse_run, parse_sandbox_request, parse_timeout)
+from ..sandbox_requests import (FILE_CHUNK, CommandRequest, RunRequest, file_path, metadata_filter, parse_command,
+                                parse_context, parse_run, parse_sandbox_request, parse_timeout)
 from .keys import SERVICES, USER_ID
 from .routes import Route, read_json
 
 NDJSON = "application/x-ndjson"
-CHUNK = 1024 * 1024  # of an uploaded file, per call to the sandbox
 MB = 1024 * 1024
 
 
@@ -80,19 +80,18 @@ async def command(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, op: dict[str, Any], shape: Any) -> web.StreamResponse:
     """The call's events as one JSON answer, or with Accept: application/x-ndjson one line each as they come."""
-    events = _sandboxes(request).call(request[USER_ID], _id(request), op, client_gone=_gone(request))
-    if NDJSON not in request.headers.get("Accept", ""):
-        return web.json_response(shape([message.body async for message in events]))
-    first = await anext(events)  # a refusal is still an error answer, before any line is sent
-    response = web.StreamResponse(headers={"Content-Type": NDJSON})
-    await response.prepare(request)
-    try:
-        async for message in _with_first(first, events):
-            await response.write(_lines(message.body))
-    except ConnectionError:
-        pass  # the client went: its run is interrupted (client_gone)
-    await response.write_eof()
-    return response
+    async with aclosing(_sandboxes(request).call(request[USER_ID], _id(request), op, client_gone=_gone(request))) as events:
+        if NDJSON not in request.headers.get("Accept", ""):
+            return web.json_response(shape([message.body async for message in events]))
+        first = await anext(events)  # a refusal is still an error answer, before any line is sent
+        response = web.StreamResponse(headers={"Content-Type": NDJSON})
+        await response.prepare(request)
+        try:
+            async for message in _with_first(first, events):
+                await response.write(_lines(message.body))
+        except ConnectionError:
+            pass  # the client went: its run is interrupted (client_gone, or the call's close)
+    return response  # aiohttp ends it (and minds a client that has gone)
 
 
 def _lines(event: dict[str, Any]) -> bytes:
@@ -127,22 +126,25 @@ def _command_document(events: list[dict[str, Any]]) -> dict[str, Any]:
             "timed_out": bool(end.get("timed_out")), "truncated": bool(end.get("truncated"))}
 
 
-async def _ask(request: web.Request, op: dict[str, Any]) -> dict[str, Any]:
-    """A call answered by its end event alone."""
-    async for message in _sandboxes(request).call(request[USER_ID], _id(request), op):
-        if message.body.get("type") == "end":
-            return message.body
-    return {}
+async def _ask(request: web.Request, op: dict[str, Any], data: bytes = b"", row: Any = None) -> tuple[dict[str, Any], bytes]:
+    """A call answered by its end event, and the bytes (a file's chunk) that came before it."""
+    found = bytearray()
+    async with aclosing(_sandboxes(request).call(request[USER_ID], _id(request), op, data, row=row)) as events:
+        async for message in events:
+            found += message.data
+            if message.body.get("type") == "end":
+                return message.body, bytes(found)
+    return {}, bytes(found)
 
 
 async def create_context(request: web.Request) -> web.Response:
     language = parse_context(await read_json(request))
-    end = await _ask(request, {"op": "context_create", "language": language})
+    end, _ = await _ask(request, {"op": "context_create", "language": language})
     return web.json_response(end["context"], status=201)
 
 
 async def list_contexts(request: web.Request) -> web.Response:
-    return web.json_response({"contexts": (await _ask(request, {"op": "context_list"}))["contexts"]})
+    return web.json_response({"contexts": (await _ask(request, {"op": "context_list"}))[0]["contexts"]})
 
 
 async def delete_context(request: web.Request) -> web.Response:
@@ -160,15 +162,13 @@ async def put_file(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"The file is over the sandbox's disk quota of {row.disk_mb} MiB.")
     size, append = 0, False
     while True:
-        chunk = await request.content.read(CHUNK)
+        chunk = await request.content.read(FILE_CHUNK)
         size += len(chunk)
         if size > quota:
             await _ask(request, {"op": "delete", "path": path})
             raise PayloadTooLarge(f"The file is over the sandbox's disk quota of {row.disk_mb} MiB.")
         if chunk or not append:
-            async for _ in sandboxes.call(request[USER_ID], _id(request), {"op": "write", "path": path, "append": append},
-                                          chunk, row=row):
-                pass
+            await _ask(request, {"op": "write", "path": path, "append": append}, chunk, row)
         append = True
         if not chunk:
             break
@@ -176,15 +176,24 @@ async def put_file(request: web.Request) -> web.Response:
 
 
 async def get_file(request: web.Request) -> web.StreamResponse:
-    events = _sandboxes(request).call(request[USER_ID], _id(request),
-                                      {"op": "read", "path": file_path(request.match_info["path"])})
-    first = await anext(events)  # not found and the like answer as errors, before any byte is sent
+    """The file a chunk per call to the sandbox, each asked once the client has taken the last: what
+    waits for a slow reader is one chunk, never the file. As long as the file was when it began."""
+    path = file_path(request.match_info["path"])
+    row = await _sandboxes(request).find(request[USER_ID], _id(request))
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    await response.prepare(request)
-    async for message in _with_first(first, events):
-        if message.data:
-            await response.write(message.data)
-    await response.write_eof()
+    offset, size = 0, None
+    try:
+        while size is None or offset < size:
+            end, data = await _ask(request, {"op": "read", "path": path, "offset": offset}, row=row)
+            if size is None:  # not found and the like answer as errors, before any byte is sent
+                size = end.get("size", 0)
+                await response.prepare(request)
+            if not data:
+                break
+            await response.write(data)
+            offset += len(data)
+    except ConnectionError:
+        pass  # the client went: nothing more is asked
     return response
 
 
@@ -201,7 +210,8 @@ async def delete_file(request: web.Request) -> web.Response:
 
 async def list_files(request: web.Request) -> web.Response:
     path = file_path(request.query.get("path", "."))
-    return web.json_response({"path": path, "entries": (await _ask(request, {"op": "list", "path": path}))["entries"]})
+    end, _ = await _ask(request, {"op": "list", "path": path})
+    return web.json_response({"path": path, "entries": end["entries"], "truncated": bool(end.get("truncated"))})
 
 
 W, R = TASKS_WRITE, TASKS_READ
