@@ -45,7 +45,7 @@ class Settings:
     user_rate: int = _setting(600, "task submissions per user per minute before POST /task answers 429 (0: no limit)")
     max_attempts: int = _setting(3, "deliveries of a task before it ends as internal_error")
     session_ttl: int = _setting(86400, "session lifetime in seconds")
-    login_max_failures: int = _setting(10, "failed logins per username before 429")
+    login_max_failures: int = _setting(10, "failed logins per username from one client address (IPv6: its /64) before 429")
     login_failure_window: int = _setting(300, "seconds over which failed logins are counted")
     user_cpu_s_per_day: int = _setting(0, "CPU seconds a user's tasks may use a UTC day (0 = no quota); per user: coderund users set-quota")
     max_case_seconds: int = _setting(320, "a task's test cases times its time limit, at most (64 cases at 5 s)")
