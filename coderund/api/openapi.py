@@ -250,7 +250,8 @@ def _body(schema: str, example: Any) -> dict[str, Any]:
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/register"): {
         "summary": "Create an account", "tags": ["accounts"], "requestBody": _body("Credentials", CREDENTIALS_EXAMPLE),
-        "responses": {"201": _json(_ref("User"), "Created", {"id": 1, "username": "alice"}), **_errors(*BODY_ERRORS, "409")},
+        "responses": {"201": _json(_ref("User"), "Created", {"id": 1, "username": "alice"}),
+                      **_errors(*BODY_ERRORS, "409", "429")},
     },
     ("post", "/login"): {
         "summary": "Log in: a token, and the same as an HttpOnly session cookie", "tags": ["accounts"],
@@ -659,12 +660,20 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+def _protected(operation: dict[str, Any]) -> dict[str, Any]:
+    """Every operation behind a session or key may answer 403: a key without its scope, or a cookie
+    request from another site."""
+    if operation.get("security") is not AUTH:
+        return operation
+    return {**operation, "responses": {**operation["responses"], **_errors("403")}}
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for (method, path), operation in {**OPERATIONS, **SANDBOX_OPERATIONS, **_judge0_operations(), **_piston_operations(),
                                       **_jobe_operations()}.items():
         operation_id = method + path.replace("/", "_").replace("{", "").replace("}", "").replace(".", "_")
-        paths.setdefault(path, {})[method] = {"operationId": operation_id, **operation}
+        paths.setdefault(path, {})[method] = {"operationId": operation_id, **_protected(operation)}
     return {
         "openapi": "3.1.0",
         "info": {
