@@ -87,20 +87,24 @@ async def test_live_document_and_docs_page(api):
         assert response.status == 200 and len(await response.read()) > 100_000
 
 
+async def schemathesis(server: str, credential: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """A schemathesis run of the four conformance checks against the live document, authenticated."""
+    # In a thread: the server under test shares this event loop.
+    return await asyncio.to_thread(
+        subprocess.run,
+        [str(Path(sys.executable).with_name("schemathesis")), "run", f"{server}/openapi.json",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+         "-H", f"Authorization: Bearer {credential}", *options, "--suppress-health-check", "all", "--request-timeout", "30"],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
 async def test_schemathesis_against_the_live_api(server, api_token):
     """Zero failures of the four conformance checks, authenticated, on every operation but logout."""
     report = ARTIFACTS / "schemathesis.txt"
     ARTIFACTS.mkdir(exist_ok=True)
-    # In a thread: the server under test shares this event loop.
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [str(Path(sys.executable).with_name("schemathesis")), "run", f"{server}/openapi.json",
-         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-         "-H", f"Authorization: Bearer {api_token}", "--exclude-path", "/logout",
-         "--phases", "examples,coverage,fuzzing", "--max-examples", "40", "--workers", "2",
-         "--suppress-health-check", "all", "--request-timeout", "30"],
-        capture_output=True, text=True, timeout=600,
-    )
+    done = await schemathesis(server, api_token, "--exclude-path", "/logout", "--phases", "examples,coverage,fuzzing",
+                              "--max-examples", "40", "--workers", "2")
     report.write_text(done.stdout + done.stderr)
     assert done.returncode == 0, done.stdout[-4000:]
 
@@ -110,15 +114,8 @@ async def test_schemathesis_with_a_key_of_one_scope(server, api):
     token = await api.user("schemathesis")
     status, key, _ = await api.call("POST", "/account/api-keys", token=token, json={"name": "r", "scopes": ["tasks:read"]})
     assert status == 201
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [str(Path(sys.executable).with_name("schemathesis")), "run", f"{server}/openapi.json",
-         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-         "-H", f"Authorization: Bearer {key['key']}", "--include-path-regex", "^/(account|logout)",
-         "--phases", "examples,coverage", "--max-examples", "10", "--suppress-health-check", "all",
-         "--request-timeout", "30"],
-        capture_output=True, text=True, timeout=300,
-    )
+    done = await schemathesis(server, key["key"], "--include-path-regex", "^/(account|logout)",
+                              "--phases", "examples,coverage", "--max-examples", "10")
     assert done.returncode == 0, done.stdout[-4000:]
 
 
