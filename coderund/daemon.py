@@ -156,7 +156,7 @@ async def start_worker(
     stack.push_async_callback(redis.aclose)
     live = LiveChannel(redis)
     await warn_if_down("Redis", live.ping)
-    executor = Executor(Tasks(db), sandbox, plugins, cancels, live, worker_id=worker_id,
+    executor = Executor(Tasks(db, settings.queue), sandbox, plugins, cancels, live, worker_id=worker_id,
                         max_attempts=settings.max_attempts, case_parallel=settings.concurrency)
     host = SandboxHost(SandboxStore(db), SandboxChannel(redis), sandbox.engine, plugins, worker_id=worker_id,
                        queue=settings.queue, max_sandboxes=settings.worker_max_sandboxes,
@@ -200,7 +200,7 @@ def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugi
     accounts = Accounts(Users(db), sessions, api_keys, Rates(sessions.redis, settings.login_per_address, "hashes"),
                         max_failures=settings.login_max_failures,
                         failure_window=settings.login_failure_window)
-    tasks = TaskService(Tasks(db), queue, plugins, finished, Rates(sessions.redis, settings.user_rate), Usage(db),
+    tasks = TaskService(Tasks(db, settings.queue), queue, plugins, finished, Rates(sessions.redis, settings.user_rate), Usage(db),
                         cpu_s_per_day=settings.user_cpu_s_per_day,
                         max_queue=settings.max_queue, user_max_pending=settings.user_max_pending,
                         allow_private_callbacks=settings.webhook_allow_private, max_case_seconds=settings.max_case_seconds)

@@ -29,6 +29,29 @@ RESULT_COLUMNS = COLUMNS.replace("code, stdin,", "''::bytea AS code, ''::bytea A
     " files, tests,", " '[]'::jsonb AS files, (SELECT coalesce(jsonb_agg(jsonb_build_object('stdin', '', 'args', '[]'::jsonb,"
     " 'expected', '')), '[]'::jsonb) FROM generate_series(1, jsonb_array_length(tests))) AS tests,")
 USER_LOCK = 0x75736572  # with a user's id: one submission of that user's at a time passes the cap check
+# A task of the repository's queue: one that names none (added before queues were recorded), or any
+# task when the repository is of no one queue.
+OF_QUEUE = "(queue IS NULL OR %(queue)s::text IS NULL OR queue = %(queue)s)"
+# The fairest queued task of the queue: of the users with queued tasks (found by skipping through the
+# index a user at a time, not by reading every queued row), the one with the fewest running tasks,
+# then the one waiting longest; that user's oldest queued task. A row another statement holds is
+# waited for, then taken only if still queued (else the next is): never skipped, since a row locked
+# by anything but a claim (its submission marking it published) would leave the message claiming
+# nothing while its task waits on with no message. A few index probes per waiting user.
+FAIR_PICK = (
+    "waiting (user_id) AS ("
+    f" (SELECT user_id FROM tasks WHERE state = 'queued' AND {OF_QUEUE} ORDER BY user_id LIMIT 1)"
+    f" UNION ALL SELECT (SELECT user_id FROM tasks WHERE state = 'queued' AND {OF_QUEUE} AND user_id > waiting.user_id"
+    "  ORDER BY user_id LIMIT 1) FROM waiting WHERE waiting.user_id IS NOT NULL),"
+    " pick AS (SELECT next.id AS picked FROM ("
+    "  SELECT user_id FROM waiting WHERE user_id IS NOT NULL ORDER BY"
+    "   (SELECT count(*) FROM tasks WHERE tasks.user_id = waiting.user_id AND state = 'running'),"
+    f"   (SELECT min(created_at) FROM tasks WHERE tasks.user_id = waiting.user_id AND state = 'queued' AND {OF_QUEUE})"
+    "  OFFSET 0) fairest"  # OFFSET 0: sorted before the lateral below, which then runs for one user, not all
+    " CROSS JOIN LATERAL (SELECT id FROM tasks WHERE tasks.user_id = fairest.user_id AND state = 'queued'"
+    f"  AND {OF_QUEUE} ORDER BY created_at LIMIT 1 FOR UPDATE) next LIMIT 1)"
+)
+CLAIMED = "state = 'running', attempts = attempts + 1, worker = %(worker)s, started_at = now(), message = %(message)s"
 SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
 OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
 
@@ -117,8 +140,11 @@ def _finishing(done: str, returning: str, also: str = "") -> str:
 
 
 class Tasks:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, queue: str | None = None) -> None:
+        """queue: the RabbitMQ queue whose messages announce these tasks: a task added is recorded as
+        its, and claims and the sweep take only its tasks (None: any queue's)."""
         self.db = db
+        self.queue = queue
 
     async def add(self, task: Task, max_unfinished: int) -> bool:
         """Stores the task, unless its user has max_unfinished already (False): the count and the
@@ -130,8 +156,8 @@ class Tasks:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USER_LOCK, task.user_id))
                 cursor = await conn.execute(
                     "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                    " stop_on_failure, callback_url, live, compat, program, outputs)"
-                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+                    " stop_on_failure, callback_url, live, compat, program, outputs, queue)"
+                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
                     " WHERE (SELECT count(*) FROM tasks WHERE user_id = %s AND state <> 'done') < %s RETURNING id",
                     (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                      task.limits.time_ms, task.limits.memory_mb,
@@ -140,7 +166,7 @@ class Tasks:
                      Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live,
                      None if task.compat is None else Jsonb(task.compat),
                      None if task.program is None else Jsonb(task.program.document()), Jsonb(list(task.outputs)),
-                     task.user_id, max_unfinished),
+                     self.queue, task.user_id, max_unfinished),
                 )
             return await cursor.fetchone() is not None
 
@@ -160,11 +186,11 @@ class Tasks:
                     return []
                 cursor = await conn.execute(
                     "UPDATE tasks SET state = 'queued', worker = NULL, published_at = NULL"
-                    " WHERE (state = 'running' AND NOT EXISTS (SELECT 1 FROM workers WHERE workers.id = tasks.worker"
-                    "  AND heartbeat_at > now() - make_interval(secs => %s)))"
-                    " OR (state = 'queued' AND published_at IS NULL AND created_at < now() - make_interval(secs => %s))"
-                    " RETURNING id",
-                    (lease_s, unpublished_after_s),
+                    " WHERE ((state = 'running' AND NOT EXISTS (SELECT 1 FROM workers WHERE workers.id = tasks.worker"
+                    "  AND heartbeat_at > now() - make_interval(secs => %(lease)s)))"
+                    " OR (state = 'queued' AND published_at IS NULL AND created_at < now() - make_interval(secs => %(unpublished)s)))"
+                    f" AND {OF_QUEUE} RETURNING id",
+                    {"lease": lease_s, "unpublished": unpublished_after_s, "queue": self.queue},
                 )
                 return [row["id"] for row in await cursor.fetchall()]
 
@@ -256,15 +282,24 @@ class Tasks:
             row = await (await conn.execute("SELECT cancel_requested FROM tasks WHERE id = %s", (task_id,))).fetchone()
             return bool(row and row["cancel_requested"])
 
-    async def claim(self, task_id: uuid.UUID, worker: str) -> Task | None:
-        """Marks an unfinished task as running on this worker and counts the attempt."""
+    async def claim(self, message: uuid.UUID, worker: str, *, redelivered: bool = False) -> Task | None:
+        """Marks a task as running on this worker, counts the attempt and returns it; None when no task
+        waits. A message says that there is work, not which: its delivery takes the fairest queued
+        task of the queue (FAIR_PICK), whichever id the message names, so that one user's backlog in
+        the broker holds nobody else back. A redelivery (the delivery's worker died, or handed it
+        back) first resumes the task that the lost delivery was running."""
         async with self.db.statement() as conn:
-            cursor = await conn.execute(
-                "UPDATE tasks SET state = 'running', attempts = attempts + 1, worker = %s, started_at = now()"
-                f" WHERE id = %s AND state <> 'done' RETURNING {COLUMNS}",
-                (worker, task_id),
-            )
-            row = await cursor.fetchone()
+            row = None
+            if redelivered:
+                row = await (await conn.execute(
+                    # (A task claimed before messages were recorded counts as its own message's.)
+                    f"UPDATE tasks SET {CLAIMED} WHERE id = (SELECT id FROM tasks WHERE state = 'running'"
+                    f" AND coalesce(message, id) = %(message)s AND {OF_QUEUE} LIMIT 1 FOR UPDATE) RETURNING {COLUMNS}",
+                    {"message": message, "worker": worker, "queue": self.queue})).fetchone()
+            if row is None:
+                row = await (await conn.execute(
+                    f"WITH RECURSIVE {FAIR_PICK} UPDATE tasks SET {CLAIMED} FROM pick WHERE id = picked RETURNING {COLUMNS}",
+                    {"message": message, "worker": worker, "queue": self.queue})).fetchone()
             return _task(row) if row else None
 
     async def release(self, task_id: uuid.UUID) -> None:
