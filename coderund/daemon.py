@@ -48,6 +48,7 @@ from .repository.sandboxes import SandboxStore
 from .sandbox.stateful import Hub, Spec
 from .sandbox_requests import LANGUAGES, SandboxLimits
 from .usecases import ApiKeys, Accounts, Executor, FileStore, LiveRuns, Sandboxes, SandboxHost, TaskService, Webhooks
+from .usecases.execution import missing_image_note
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,23 @@ def warm_sandboxes(settings: Settings, engine: Engine, plugins: plugin_loader.Pl
                     idle_s=settings.warm_idle_s, fill_parallel=1)
     limits = sandbox_limits(settings)
     for language in LANGUAGES:
-        pool.serve(Spec(plugins.get(language).image, limits.memory_mb, limits.cpus, limits.disk_mb))
+        if plugins.has(language):  # a deployment may leave a sandbox language out
+            pool.serve(Spec(plugins.get(language).image, limits.memory_mb, limits.cpus, limits.disk_mb))
     return pool
+
+
+def images_check(engine: Engine, plugins: plugin_loader.Plugins) -> Callable[[], Awaitable[None]]:
+    """For /readyz: every plugin's image is on the engine; else Unavailable naming those missing."""
+    async def check() -> None:
+        if missing := await missing_images(engine, plugins):
+            raise Unavailable("; ".join(missing) + ".")
+    return check
+
+
+async def missing_images(engine: Engine, plugins: plugin_loader.Plugins) -> list[str]:
+    """What is missing, a sentence each: the image, its language, and the command that builds it."""
+    absent = set(await engine.call(engine.missing_images, [p.image for p in plugins.all]))
+    return [missing_image_note(p.image, p.name) for p in plugins.all if p.image in absent]
 
 
 @contextlib.asynccontextmanager
@@ -141,6 +157,8 @@ async def start_worker(
         sandbox = make_sandbox(settings, worker_id, deployment)
         await sandbox.engine.call(sandbox.engine.client.ping)
     stack.push_async_callback(sandbox.engine.close)
+    for note in await missing_images(sandbox.engine, plugins):
+        log.warning("%s; its tasks end as internal_error until then", note)
     sandbox.serve(plugins.all)
     refill = asyncio.create_task(sandbox.pool.run())
 
@@ -235,6 +253,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if settings.role in ("worker", "all"):
             worker = await start_worker(settings, db, queue, plugins, stack, stop)
             checks["docker"] = lambda: worker.sandbox.engine.call(worker.sandbox.engine.client.ping)
+            checks["images"] = images_check(worker.sandbox.engine, plugins)
             checks["redis"] = worker.executor.live.ping
         if settings.role in ("api", "all"):
             sessions = Sessions(settings.redis_url, ttl=settings.session_ttl)

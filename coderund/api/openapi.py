@@ -389,7 +389,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _json({"type": "object", "properties": {"status": {"type": "string"}}}, "Alive", {"status": "ok"})},
     },
     ("get", "/readyz"): {
-        "summary": "Readiness: whether every dependency of this role answers", "tags": ["public"],
+        "summary": "Readiness: whether every dependency of this role answers and (with a worker) every language's image is built",
+        "tags": ["public"],
         "responses": {"200": _json(_ref("Readiness"), "Ready"), "503": _json(_ref("Readiness"), "Not ready, naming what")},
     },
     ("get", "/metrics"): {

@@ -14,7 +14,7 @@ from ..repository.live import END, LiveChannel
 from ..repository.notify import TaskListener
 from ..repository.queue import Delivery
 from ..repository.tasks import Tasks
-from ..sandbox.engine import SandboxError, SandboxRefused
+from ..sandbox.engine import ImageMissing, SandboxError, SandboxRefused
 from ..sandbox.runner import Sandbox
 from .live import LiveBridge
 
@@ -63,6 +63,9 @@ class Executor:
         else:
             try:
                 result = await self._unless_cancelled(task, cancelled)
+            except ImageMissing as e:
+                log.error("task %s: %s (language %s)", task.id, e, task.language)
+                result = Result(Verdict.INTERNAL_ERROR, stderr=f"coderund: {missing_image_note(e.image, task.language)}\n".encode())
             except SandboxRefused as e:
                 log.error("task %s: the engine refused its sandbox: %s", task.id, e)
                 result = Result(Verdict.INTERNAL_ERROR, stderr=f"coderund: the container engine refused this task: {e}\n".encode())
@@ -117,3 +120,7 @@ class Executor:
         finally:
             await bridge.flush()
 
+
+def missing_image_note(image: str, language: str) -> str:
+    """What a task of a language whose image is missing, and /readyz, say: the image, and the fix."""
+    return f"the image {image} of language {language} is missing; the operator builds it with `coderund images build {language}`"
