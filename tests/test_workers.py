@@ -15,9 +15,10 @@ from typing import Any
 
 import docker
 import psycopg
+import pytest
 
 from coderund.config import DEFAULT_PLUGINS_DIR
-from tests.conftest import Api, api_of, env_of, free_port, own_server
+from tests.conftest import RUNTIMES, Api, api_of, env_of, free_port, own_server
 
 
 async def statuses(api: Api, token: str, ids: list[str]) -> list[str]:
@@ -95,7 +96,8 @@ async def test_a_new_language_is_one_file(settings, spawn, tmp_path):
         assert "awk" in {lang["name"] for lang in body["languages"]}
 
 
-async def test_any_subset_of_plugins_serves_and_a_missing_image_is_named(settings, tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_any_subset_of_plugins_serves_and_a_missing_image_is_named(settings, tmp_path, runtime):
     """Python alone (no javascript, which the warm stateful sandboxes once assumed) and a plugin whose
     image was never built: the daemon serves, /readyz names the image, and so does the task's result."""
     plugins = tmp_path / "plugins"
@@ -111,7 +113,7 @@ async def test_any_subset_of_plugins_serves_and_a_missing_image_is_named(setting
         time_ms = 2000
         memory_mb = 64
     """))
-    async with own_server(settings, plugins_dir=str(plugins), queue=f"{settings.queue}.subset") as api:
+    async with own_server(settings, plugins_dir=str(plugins), queue=f"{settings.queue}.subset", runtime=runtime) as api:
         status, body, _ = await api.call("GET", "/readyz")
         assert status == 503 and "images" in body["message"]
         assert "coderund/ghost:never-built of language ghost is missing" in body["checks"]["images"]
