@@ -32,24 +32,25 @@ USER_LOCK = 0x75736572  # with a user's id: one submission of that user's at a t
 # A task of the repository's queue: one that names none (added before queues were recorded), or any
 # task when the repository is of no one queue.
 OF_QUEUE = "(queue IS NULL OR %(queue)s::text IS NULL OR queue = %(queue)s)"
-# The fairest queued task of the queue: of the users with queued tasks (found by skipping through the
-# index a user at a time, not by reading every queued row), the one with the fewest running tasks,
-# then the one waiting longest; that user's oldest queued task. A row another statement holds is
-# waited for, then taken only if still queued (else the next is): never skipped, since a row locked
-# by anything but a claim (its submission marking it published) would leave the message claiming
-# nothing while its task waits on with no message. A few index probes per waiting user.
+# The fairest queued task of the queue: of the users with queued tasks, the one with the fewest
+# running tasks, then the one waiting longest; that user's oldest queued task. The waiting users and
+# their oldest tasks come from skipping through the index one user at a time (a probe per user, not a
+# read of every queued row); the running tasks, few (at most what the workers hold), are counted in
+# one pass. A row another statement holds is waited for, then taken only if still queued (else the
+# next is): never skipped, since a row locked by anything but a claim (its submission marking it
+# published) would leave the message claiming nothing while its task waits on with no message.
 FAIR_PICK = (
-    "waiting (user_id) AS ("
-    f" (SELECT user_id FROM tasks WHERE state = 'queued' AND {OF_QUEUE} ORDER BY user_id LIMIT 1)"
-    f" UNION ALL SELECT (SELECT user_id FROM tasks WHERE state = 'queued' AND {OF_QUEUE} AND user_id > waiting.user_id"
-    "  ORDER BY user_id LIMIT 1) FROM waiting WHERE waiting.user_id IS NOT NULL),"
-    " pick AS (SELECT next.id AS picked FROM ("
-    "  SELECT user_id FROM waiting WHERE user_id IS NOT NULL ORDER BY"
-    "   (SELECT count(*) FROM tasks WHERE tasks.user_id = waiting.user_id AND state = 'running'),"
-    f"   (SELECT min(created_at) FROM tasks WHERE tasks.user_id = waiting.user_id AND state = 'queued' AND {OF_QUEUE})"
-    "  OFFSET 0) fairest"  # OFFSET 0: sorted before the lateral below, which then runs for one user, not all
-    " CROSS JOIN LATERAL (SELECT id FROM tasks WHERE tasks.user_id = fairest.user_id AND state = 'queued'"
-    f"  AND {OF_QUEUE} ORDER BY created_at LIMIT 1 FOR UPDATE) next LIMIT 1)"
+    "waiting (user_id, since) AS ("
+    "  (SELECT user_id, created_at FROM tasks WHERE state = 'queued' AND " + OF_QUEUE +
+    "   ORDER BY user_id, created_at LIMIT 1)"
+    " UNION ALL SELECT next.user_id, next.created_at FROM waiting CROSS JOIN LATERAL ("
+    "  SELECT user_id, created_at FROM tasks WHERE state = 'queued' AND " + OF_QUEUE + " AND user_id > waiting.user_id"
+    "  ORDER BY user_id, created_at LIMIT 1) AS next),"
+    " running (user_id, count) AS (SELECT user_id, count(*) FROM tasks WHERE state = 'running' GROUP BY user_id),"
+    " pick AS (SELECT next.id AS picked FROM (SELECT user_id FROM waiting LEFT JOIN running USING (user_id)"
+    "   ORDER BY coalesce(count, 0), since OFFSET 0) AS fairest"  # OFFSET 0: sorted before the lateral below,
+    "  CROSS JOIN LATERAL (SELECT id FROM tasks WHERE tasks.user_id = fairest.user_id"  # run for one user at a time
+    "   AND state = 'queued' AND " + OF_QUEUE + " ORDER BY created_at LIMIT 1 FOR UPDATE) AS next LIMIT 1)"
 )
 CLAIMED = "state = 'running', attempts = attempts + 1, worker = %(worker)s, started_at = now(), message = %(message)s"
 SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
