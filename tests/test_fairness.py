@@ -47,13 +47,15 @@ async def test_a_delivery_claims_the_fairest_task_whichever_its_message_names(db
         await add(db, 1, "running", 100)
     flood = [await add(db, 1, "queued", 90 - i) for i in range(3)]  # user 1: two running, three waiting
     later = await add(db, 2, "queued", 10)  # user 2: nothing running, one task, the newest of all
+    earlier = await add(db, 5, "queued", 20)  # user 5: nothing running either, waiting longer
     third = await add(db, 3, "queued", 50)
     await add(db, 3, "running", 60)
     elsewhere = await add(db, 4, "queued", 500, queue="another")  # another queue's: never ours
 
-    claimed = [(await tasks.claim(flood[0], "w")) for _ in range(5)]
-    # User 2 (none running) first, then user 3 (one running), then user 1's oldest, in its own order.
-    assert [t.id for t in claimed if t] == [later, third, flood[0], flood[1], flood[2]]
+    claimed = [(await tasks.claim(flood[0], "w")) for _ in range(6)]
+    # Users 5 and 2 (none running; 5 waiting longer) first, then user 3 (one running), then user 1's
+    # tasks in its own order.
+    assert [t.id for t in claimed if t] == [earlier, later, third, flood[0], flood[1], flood[2]]
     assert all(t.state.value == "running" and t.attempts == 1 for t in claimed if t)
     assert await tasks.claim(uuid.uuid4(), "w") is None  # nothing of this queue waits
     assert await Tasks(db, "another").claim(uuid.uuid4(), "w") is not None
