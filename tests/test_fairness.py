@@ -80,16 +80,16 @@ async def test_a_redelivery_resumes_what_the_lost_delivery_ran(db):
 
 async def test_concurrent_claims_take_each_task_once(db):
     tasks = Tasks(db, QUEUE)
-    waiting = {await add(db, user, "queued", 100 - i) for i in range(5) for user in (1, 2)}
-    claimed = await asyncio.gather(*(tasks.claim(uuid.uuid4(), f"w{i}") for i in range(16)))
+    waiting = {await add(db, user, "queued", 100 - i) for i in range(10) for user in (1, 2, 3, 4)}
+    claimed = await asyncio.gather(*(tasks.claim(uuid.uuid4(), f"w{i}") for i in range(50)))
     ids = [t.id for t in claimed if t is not None]
-    assert sorted(ids) == sorted(waiting)  # every one once; the six deliveries too many find nothing
+    assert sorted(ids) == sorted(waiting)  # every one once; the ten deliveries too many find nothing
 
 
 async def test_a_claim_waits_for_a_row_its_submission_still_holds(db):
     """The submission marks its task published after the broker took the message, so the delivery can
-    come while that update holds the row: the claim waits for it rather than claim nothing (the
-    message would be spent and its task left waiting with none)."""
+    come while that update holds the row: the claim tries again until it has it, rather than claim
+    nothing (the message would be spent and its task left waiting with none)."""
     tasks = Tasks(db, QUEUE)
     task_id = await add(db, 1, "queued", 1)
     async with await psycopg.AsyncConnection.connect(db.pool.conninfo) as holder:

@@ -1,6 +1,7 @@
 """Tasks in PostgreSQL. State moves queued → running → done, and never back from done."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from datetime import datetime
@@ -10,6 +11,7 @@ from psycopg.types.json import Jsonb
 
 from ..checkers import parse_checker
 from ..domain import Artifact, CaseResult, Limits, Program, Result, Task, TaskState, TestCase, Verdict
+from ..errors import Unavailable
 from .db import Database
 from .notify import CANCEL, FINISHED
 from .outbox import ENQUEUE
@@ -36,9 +38,8 @@ OF_QUEUE = "(queue IS NULL OR %(queue)s::text IS NULL OR queue = %(queue)s)"
 # running tasks, then the one waiting longest; that user's oldest queued task. The waiting users and
 # their oldest tasks come from skipping through the index one user at a time (a probe per user, not a
 # read of every queued row); the running tasks, few (at most what the workers hold), are counted in
-# one pass. A row another statement holds is waited for, then taken only if still queued (else the
-# next is): never skipped, since a row locked by anything but a claim (its submission marking it
-# published) would leave the message claiming nothing while its task waits on with no message.
+# one pass. A row another statement holds is skipped: a claim never waits for a lock, so claims never
+# deadlock (one that waited could hold a row it then passed over while it waited for the next).
 FAIR_PICK = (
     "waiting (user_id, since) AS ("
     "  (SELECT user_id, created_at FROM tasks WHERE state = 'queued' AND " + OF_QUEUE +
@@ -50,8 +51,10 @@ FAIR_PICK = (
     " pick AS (SELECT next.id AS picked FROM (SELECT user_id FROM waiting LEFT JOIN running USING (user_id)"
     "   ORDER BY coalesce(count, 0), since OFFSET 0) AS fairest"  # OFFSET 0: sorted before the lateral below,
     "  CROSS JOIN LATERAL (SELECT id FROM tasks WHERE tasks.user_id = fairest.user_id"  # run for one user at a time
-    "   AND state = 'queued' AND " + OF_QUEUE + " ORDER BY created_at LIMIT 1 FOR UPDATE) AS next LIMIT 1)"
+    "   AND state = 'queued' AND " + OF_QUEUE + " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS next LIMIT 1)"
 )
+QUEUED = f"SELECT EXISTS (SELECT FROM tasks WHERE state = 'queued' AND {OF_QUEUE}) AS waits"
+CLAIM_RETRY_S, CLAIM_TRIES = 0.01, 100  # while every queued task is held by another statement
 CLAIMED = "state = 'running', attempts = attempts + 1, worker = %(worker)s, started_at = now(), message = %(message)s"
 SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
 OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
@@ -289,19 +292,28 @@ class Tasks:
         task of the queue (FAIR_PICK), whichever id the message names, so that one user's backlog in
         the broker holds nobody else back. A redelivery (the delivery's worker died, or handed it
         back) first resumes the task that the lost delivery was running."""
+        params = {"message": message, "worker": worker, "queue": self.queue}
         async with self.db.statement() as conn:
-            row = None
             if redelivered:
                 row = await (await conn.execute(
                     # (A task claimed before messages were recorded counts as its own message's.)
                     f"UPDATE tasks SET {CLAIMED} WHERE id = (SELECT id FROM tasks WHERE state = 'running'"
-                    f" AND coalesce(message, id) = %(message)s AND {OF_QUEUE} LIMIT 1 FOR UPDATE) RETURNING {COLUMNS}",
-                    {"message": message, "worker": worker, "queue": self.queue})).fetchone()
-            if row is None:
-                row = await (await conn.execute(
-                    f"WITH RECURSIVE {FAIR_PICK} UPDATE tasks SET {CLAIMED} FROM pick WHERE id = picked RETURNING {COLUMNS}",
-                    {"message": message, "worker": worker, "queue": self.queue})).fetchone()
-            return _task(row) if row else None
+                    f" AND coalesce(message, id) = %(message)s AND {OF_QUEUE} LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                    f" RETURNING {COLUMNS}", params)).fetchone()
+                if row is not None:
+                    return _task(row)
+            # A queued task held by another statement (a claim under way, or its submission marking
+            # it published) is skipped; with nothing else to take, the claim tries again until none
+            # waits: a message must not be spent while a task it may stand for waits without one.
+            for _ in range(CLAIM_TRIES):
+                row = await (await conn.execute(f"WITH RECURSIVE {FAIR_PICK} UPDATE tasks SET {CLAIMED} FROM pick"
+                                                f" WHERE id = picked RETURNING {COLUMNS}", params)).fetchone()
+                if row is not None:
+                    return _task(row)
+                if not (await (await conn.execute(QUEUED, params)).fetchone())["waits"]:
+                    return None
+                await asyncio.sleep(CLAIM_RETRY_S)
+        raise Unavailable("Every queued task stays held by another statement; the message goes back to the queue.")
 
     async def release(self, task_id: uuid.UUID) -> None:
         """Puts a running task back in the queue's hands (the worker is stopping or the platform failed)."""
