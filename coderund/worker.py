@@ -10,6 +10,7 @@ import uuid
 from . import metrics
 from .errors import Unavailable
 from .repository.queue import BROKER_ERRORS, Delivery, Queue
+from .repository.tasks import UNPUBLISHED_AFTER_S
 from .repository.workers import Workers
 from .sandbox.runner import Sandbox
 from .usecases import Executor, SandboxHost
@@ -20,7 +21,6 @@ HEARTBEAT_S = 10
 LEASE_S = 3 * HEARTBEAT_S  # a worker silent for this long is taken for dead
 RECONNECT_MAX_S = 30
 RETRY_DELAY_S = 2  # before handing back a task whose storage was briefly unreachable
-UNPUBLISHED_AFTER_S = 30  # a submission takes milliseconds; older and unconfirmed means the API died
 
 
 class Worker:

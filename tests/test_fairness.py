@@ -29,15 +29,16 @@ async def db() -> AsyncIterator[Database]:
         await conn.execute(f'DROP DATABASE IF EXISTS "coderund_test_{RUN_ID}_fair" WITH (FORCE)')
 
 
-async def add(db: Database, user: int, state: str, age_s: int, queue: str | None = QUEUE) -> uuid.UUID:
-    """A task of the user's, created age_s ago."""
+async def add(db: Database, user: int, state: str, age_s: int, queue: str | None = QUEUE, confirmed: bool = True) -> uuid.UUID:
+    """A task of the user's, created age_s ago (and its message confirmed by the broker)."""
     task_id = uuid.uuid4()
     async with db.statement() as conn:
         await conn.execute("INSERT INTO users (id, username, password_hash) VALUES (%s, %s, 'x') ON CONFLICT DO NOTHING",
                            (user, f"user{user}"))
-        await conn.execute("INSERT INTO tasks (id, user_id, language, code, time_ms, memory_mb, state, queue, created_at)"
-                           " VALUES (%s, %s, 'python', 'print(1)', 1000, 64, %s, %s, now() - make_interval(secs => %s))",
-                           (task_id, user, state, queue, age_s))
+        await conn.execute("INSERT INTO tasks (id, user_id, language, code, time_ms, memory_mb, state, queue, created_at,"
+                           " published_at) VALUES (%s, %s, 'python', 'print(1)', 1000, 64, %s, %s,"
+                           " now() - make_interval(secs => %s), CASE WHEN %s THEN now() END)",
+                           (task_id, user, state, queue, age_s, confirmed))
     return task_id
 
 
@@ -91,7 +92,7 @@ async def test_a_claim_waits_for_a_row_its_submission_still_holds(db):
     come while that update holds the row: the claim tries again until it has it, rather than claim
     nothing (the message would be spent and its task left waiting with none)."""
     tasks = Tasks(db, QUEUE)
-    task_id = await add(db, 1, "queued", 1)
+    task_id = await add(db, 1, "queued", 1, confirmed=False)
     async with await psycopg.AsyncConnection.connect(db.pool.conninfo) as holder:
         await holder.execute("UPDATE tasks SET published_at = now() WHERE id = %s", (task_id,))
         claiming = asyncio.create_task(tasks.claim(task_id, "w"))
@@ -100,6 +101,18 @@ async def test_a_claim_waits_for_a_row_its_submission_still_holds(db):
         await holder.commit()
     claimed = await claiming
     assert claimed is not None and claimed.id == task_id
+
+
+async def test_a_task_the_broker_has_not_confirmed_is_taken_only_by_its_own_message(db):
+    """Its publication may yet fail (the submission is then refused and the task deleted): another
+    message taking it would run a refused task, and leave that message's own task with none."""
+    tasks = Tasks(db, QUEUE)
+    unconfirmed = await add(db, 1, "queued", 5, confirmed=False)  # the fairest, were it confirmed
+    confirmed = await add(db, 2, "queued", 1)
+    assert (await tasks.claim(uuid.uuid4(), "w")).id == confirmed
+    assert (await tasks.claim(unconfirmed, "w")).id == unconfirmed
+    await add(db, 3, "queued", 60, confirmed=False)  # a dead submission's: the sweep publishes it again
+    assert await tasks.claim(uuid.uuid4(), "w") is None
 
 
 async def test_another_users_hello_does_not_wait_behind_one_users_backlog(settings):

@@ -34,6 +34,11 @@ USER_LOCK = 0x75736572  # with a user's id: one submission of that user's at a t
 # A task of the repository's queue: one that names none (added before queues were recorded), or any
 # task when the repository is of no one queue.
 OF_QUEUE = "(queue IS NULL OR %(queue)s::text IS NULL OR queue = %(queue)s)"
+# A task any delivery of its queue may take: queued, and its message confirmed by the broker. (Taken
+# before, by another message, a task whose publication then failed would run after its submission
+# was refused, and that message's own task would be left with none.)
+CLAIMABLE = f"state = 'queued' AND published_at IS NOT NULL AND {OF_QUEUE}"
+UNPUBLISHED_AFTER_S = 30  # a submission takes milliseconds; older and unconfirmed means the API died
 # The fairest queued task of the queue: of the users with queued tasks, the one with the fewest
 # running tasks, then the one waiting longest; that user's oldest queued task. The waiting users and
 # their oldest tasks come from skipping through the index one user at a time (a probe per user, not a
@@ -42,19 +47,21 @@ OF_QUEUE = "(queue IS NULL OR %(queue)s::text IS NULL OR queue = %(queue)s)"
 # deadlock (one that waited could hold a row it then passed over while it waited for the next).
 FAIR_PICK = (
     "waiting (user_id, since) AS ("
-    "  (SELECT user_id, created_at FROM tasks WHERE state = 'queued' AND " + OF_QUEUE +
-    "   ORDER BY user_id, created_at LIMIT 1)"
+    "  (SELECT user_id, created_at FROM tasks WHERE " + CLAIMABLE + " ORDER BY user_id, created_at LIMIT 1)"
     " UNION ALL SELECT next.user_id, next.created_at FROM waiting CROSS JOIN LATERAL ("
-    "  SELECT user_id, created_at FROM tasks WHERE state = 'queued' AND " + OF_QUEUE + " AND user_id > waiting.user_id"
+    "  SELECT user_id, created_at FROM tasks WHERE " + CLAIMABLE + " AND user_id > waiting.user_id"
     "  ORDER BY user_id, created_at LIMIT 1) AS next),"
     " running (user_id, count) AS (SELECT user_id, count(*) FROM tasks WHERE state = 'running' GROUP BY user_id),"
     " pick AS (SELECT next.id AS picked FROM (SELECT user_id FROM waiting LEFT JOIN running USING (user_id)"
     "   ORDER BY coalesce(count, 0), since OFFSET 0) AS fairest"  # OFFSET 0: sorted before the lateral below,
     "  CROSS JOIN LATERAL (SELECT id FROM tasks WHERE tasks.user_id = fairest.user_id"  # run for one user at a time
-    "   AND state = 'queued' AND " + OF_QUEUE + " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS next LIMIT 1)"
+    "   AND " + CLAIMABLE + " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS next LIMIT 1)"
 )
-QUEUED = f"SELECT EXISTS (SELECT FROM tasks WHERE state = 'queued' AND {OF_QUEUE}) AS waits"
-CLAIM_RETRY_S, CLAIM_TRIES = 0.01, 100  # while every queued task is held by another statement
+# Whether a task of the queue waits that some message stands for: one confirmed, or one whose
+# submission is under way (older and unconfirmed, the sweep publishes it again).
+WAITING = (f"SELECT EXISTS (SELECT FROM tasks WHERE state = 'queued' AND {OF_QUEUE} AND (published_at IS NOT NULL"
+           f" OR created_at > now() - make_interval(secs => {UNPUBLISHED_AFTER_S}))) AS waits")
+CLAIM_RETRY_S, CLAIM_TRIES = 0.01, 100  # while the tasks that wait are held by other statements
 CLAIMED = "state = 'running', attempts = attempts + 1, worker = %(worker)s, started_at = now(), message = %(message)s"
 SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
 OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
@@ -302,18 +309,22 @@ class Tasks:
                     f" RETURNING {COLUMNS}", params)).fetchone()
                 if row is not None:
                     return _task(row)
-            # A queued task held by another statement (a claim under way, or its submission marking
-            # it published) is skipped; with nothing else to take, the claim tries again until none
-            # waits: a message must not be spent while a task it may stand for waits without one.
+            # A task held by another statement (a claim under way) is skipped. With nothing to take, the
+            # message's own task may still be unconfirmed, or held by its submission marking it
+            # confirmed: taken by its id (its message is this one). Else, while a task that some message
+            # stands for waits, the claim tries again: a message is never spent while its task waits.
             for _ in range(CLAIM_TRIES):
                 row = await (await conn.execute(f"WITH RECURSIVE {FAIR_PICK} UPDATE tasks SET {CLAIMED} FROM pick"
                                                 f" WHERE id = picked RETURNING {COLUMNS}", params)).fetchone()
+                row = row or await (await conn.execute(
+                    f"UPDATE tasks SET {CLAIMED} WHERE id = %(message)s AND state = 'queued' AND {OF_QUEUE}"
+                    f" RETURNING {COLUMNS}", params)).fetchone()
                 if row is not None:
                     return _task(row)
-                if not (await (await conn.execute(QUEUED, params)).fetchone())["waits"]:
+                if not (await (await conn.execute(WAITING, params)).fetchone())["waits"]:
                     return None
                 await asyncio.sleep(CLAIM_RETRY_S)
-        raise Unavailable("Every queued task stays held by another statement; the message goes back to the queue.")
+        raise Unavailable("The tasks that wait stay held by other statements; the message goes back to the queue.")
 
     async def release(self, task_id: uuid.UUID) -> None:
         """Puts a running task back in the queue's hands (the worker is stopping or the platform failed)."""
