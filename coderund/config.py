@@ -60,7 +60,7 @@ class Settings:
     registration: str = _setting("open", "who makes accounts: open (anyone, POST /register) or closed (POST /register "
                                          "answers 403 registration_closed; an operator runs coderund users add)",
                                  choices=("open", "closed"))
-    login_max_failures: int = _setting(10, "failed logins per username before 429")
+    login_max_failures: int = _setting(10, "failed logins per username from one client address (IPv6: its /64) before 429")
     login_failure_window: int = _setting(300, "seconds over which failed logins are counted")
     user_cpu_s_per_day: int = _setting(0, "CPU seconds a user's tasks may use a UTC day (0 = no quota); per user: coderund users set-quota")
     max_case_seconds: int = _setting(320, "a task's test cases times its time limit, at most (64 cases at 5 s)")

@@ -256,7 +256,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Create an account", "tags": ["accounts"], "requestBody": _body("Credentials", CREDENTIALS_EXAMPLE),
         "description": "Open to anyone unless the operator runs the server with `--registration closed`: then it answers "
                        "403 `registration_closed` and an operator adds users (`coderund users add NAME --password-stdin`).",
-        "responses": {"201": _json(_ref("User"), "Created", {"id": 1, "username": "alice"}), **_errors(*BODY_ERRORS, "409"),
+        "responses": {"201": _json(_ref("User"), "Created", {"id": 1, "username": "alice"}),
+                      **_errors(*BODY_ERRORS, "409", "429"),
                       "403": _error("Sign-up is closed on this server (--registration closed).", "registration_closed")},
     },
     ("post", "/login"): {
@@ -397,7 +398,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _json({"type": "object", "properties": {"status": {"type": "string"}}}, "Alive", {"status": "ok"})},
     },
     ("get", "/readyz"): {
-        "summary": "Readiness: whether every dependency of this role answers", "tags": ["public"],
+        "summary": "Readiness: whether every dependency of this role answers and (with a worker) every language's image is built",
+        "tags": ["public"],
         "responses": {"200": _json(_ref("Readiness"), "Ready"), "503": _json(_ref("Readiness"), "Not ready, naming what")},
     },
     ("get", "/metrics"): {
@@ -688,12 +690,20 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+def _protected(operation: dict[str, Any]) -> dict[str, Any]:
+    """Every operation behind a session or key may answer 403: a key without its scope, or a cookie
+    request from another site."""
+    if operation.get("security") is not AUTH:
+        return operation
+    return {**operation, "responses": {**operation["responses"], **_errors("403")}}
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for (method, path), operation in {**OPERATIONS, **SANDBOX_OPERATIONS, **_judge0_operations(), **_piston_operations(),
                                       **_jobe_operations()}.items():
         operation_id = method + path.replace("/", "_").replace("{", "").replace("}", "").replace(".", "_")
-        paths.setdefault(path, {})[method] = {"operationId": operation_id, **operation}
+        paths.setdefault(path, {})[method] = {"operationId": operation_id, **_protected(operation)}
     return {
         "openapi": "3.1.0",
         "info": {

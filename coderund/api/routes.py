@@ -169,7 +169,8 @@ async def readyz(request: web.Request) -> web.Response:
     failing = [name for name, outcome in report.items() if outcome != "ok"]
     if failing:
         return web.json_response(
-            {"error": "unavailable", "message": f"Not ready: {', '.join(failing)} not answering.", "checks": report},
+            {"error": "unavailable", "message": f"Not ready: {'; '.join(f'{name} {report[name]}' for name in failing)}.",
+             "checks": report},
             status=503,
         )
     return web.json_response({"status": "ready", "checks": report})

@@ -26,7 +26,7 @@ from ..errors import Unavailable
 
 log = logging.getLogger(__name__)
 SESSION_KEY = "coderund:session:{}"
-LOGIN_FAILURES_KEY = "coderund:login-failures:{}"
+LOGIN_FAILURES_KEY = "coderund:login-failures:{}:{}"  # username, client network
 # A user's session digests, so an operator's disable ends them all. A logout leaves its digest here
 # (it does not know the user): the set is bounded by the logins of one session lifetime, and goes with it.
 USER_SESSIONS_KEY = "coderund:user-sessions:{}"
@@ -141,15 +141,15 @@ class Sessions:
             ended, *_ = await pipeline.delete(user_sessions).execute()
         return int(ended)
 
-    async def login_failures(self, username: str) -> tuple[int, int]:
-        """How many recent failures the username has, and seconds until the count expires."""
-        key = LOGIN_FAILURES_KEY.format(username)
+    async def login_failures(self, username: str, client: str) -> tuple[int, int]:
+        """How many recent failures the username has from the client, and seconds until the count expires."""
+        key = LOGIN_FAILURES_KEY.format(username, client)
         with answering():
             count, ttl = await self.redis.pipeline().get(key).ttl(key).execute()
         return int(count or 0), max(int(ttl), 1)
 
-    async def add_login_failure(self, username: str, window: int) -> None:
-        key = LOGIN_FAILURES_KEY.format(username)
+    async def add_login_failure(self, username: str, client: str, window: int) -> None:
+        key = LOGIN_FAILURES_KEY.format(username, client)
         with answering():
             # NX: the window starts at the first failure and is not stretched by later ones.
             await self.redis.pipeline().incr(key).expire(key, window, nx=True).execute()

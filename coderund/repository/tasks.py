@@ -1,6 +1,7 @@
 """Tasks in PostgreSQL. State moves queued → running → done, and never back from done."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from datetime import datetime
@@ -10,6 +11,7 @@ from psycopg.types.json import Jsonb
 
 from ..checkers import parse_checker
 from ..domain import Artifact, CaseResult, Limits, Program, Result, Task, TaskState, TestCase, Verdict
+from ..errors import Unavailable
 from .db import Database
 from .notify import CANCEL, FINISHED
 from .outbox import ENQUEUE
@@ -29,6 +31,38 @@ RESULT_COLUMNS = COLUMNS.replace("code, stdin,", "''::bytea AS code, ''::bytea A
     " files, tests,", " '[]'::jsonb AS files, (SELECT coalesce(jsonb_agg(jsonb_build_object('stdin', '', 'args', '[]'::jsonb,"
     " 'expected', '')), '[]'::jsonb) FROM generate_series(1, jsonb_array_length(tests))) AS tests,")
 USER_LOCK = 0x75736572  # with a user's id: one submission of that user's at a time passes the cap check
+# A task of the repository's queue: one that names none (added before queues were recorded), or any
+# task when the repository is of no one queue.
+OF_QUEUE = "(queue IS NULL OR %(queue)s::text IS NULL OR queue = %(queue)s)"
+# A task any delivery of its queue may take: queued, and its message confirmed by the broker. (Taken
+# before, by another message, a task whose publication then failed would run after its submission
+# was refused, and that message's own task would be left with none.)
+CLAIMABLE = f"state = 'queued' AND published_at IS NOT NULL AND {OF_QUEUE}"
+UNPUBLISHED_AFTER_S = 30  # a submission takes milliseconds; older and unconfirmed means the API died
+# The fairest queued task of the queue: of the users with queued tasks, the one with the fewest
+# running tasks, then the one waiting longest; that user's oldest queued task. The waiting users and
+# their oldest tasks come from skipping through the index one user at a time (a probe per user, not a
+# read of every queued row); the running tasks, few (at most what the workers hold), are counted in
+# one pass. A row another statement holds is skipped: a claim never waits for a lock, so claims never
+# deadlock (one that waited could hold a row it then passed over while it waited for the next).
+FAIR_PICK = (
+    "waiting (user_id, since) AS ("
+    "  (SELECT user_id, created_at FROM tasks WHERE " + CLAIMABLE + " ORDER BY user_id, created_at LIMIT 1)"
+    " UNION ALL SELECT next.user_id, next.created_at FROM waiting CROSS JOIN LATERAL ("
+    "  SELECT user_id, created_at FROM tasks WHERE " + CLAIMABLE + " AND user_id > waiting.user_id"
+    "  ORDER BY user_id, created_at LIMIT 1) AS next),"
+    " running (user_id, count) AS (SELECT user_id, count(*) FROM tasks WHERE state = 'running' GROUP BY user_id),"
+    " pick AS (SELECT next.id AS picked FROM (SELECT user_id FROM waiting LEFT JOIN running USING (user_id)"
+    "   ORDER BY coalesce(count, 0), since OFFSET 0) AS fairest"  # OFFSET 0: sorted before the lateral below,
+    "  CROSS JOIN LATERAL (SELECT id FROM tasks WHERE tasks.user_id = fairest.user_id"  # run for one user at a time
+    "   AND " + CLAIMABLE + " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS next LIMIT 1)"
+)
+# Whether a task of the queue waits that some message stands for: one confirmed, or one whose
+# submission is under way (older and unconfirmed, the sweep publishes it again).
+WAITING = (f"SELECT EXISTS (SELECT FROM tasks WHERE state = 'queued' AND {OF_QUEUE} AND (published_at IS NOT NULL"
+           f" OR created_at > now() - make_interval(secs => {UNPUBLISHED_AFTER_S}))) AS waits")
+CLAIM_RETRY_S, CLAIM_TRIES = 0.01, 100  # while the tasks that wait are held by other statements
+CLAIMED = "state = 'running', attempts = attempts + 1, worker = %(worker)s, started_at = now(), message = %(message)s"
 SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
 OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
 
@@ -117,8 +151,11 @@ def _finishing(done: str, returning: str, also: str = "") -> str:
 
 
 class Tasks:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, queue: str | None = None) -> None:
+        """queue: the RabbitMQ queue whose messages announce these tasks: a task added is recorded as
+        its, and claims and the sweep take only its tasks (None: any queue's)."""
         self.db = db
+        self.queue = queue
 
     async def add(self, task: Task, max_unfinished: int) -> bool:
         """Stores the task, unless its user has max_unfinished already (False): the count and the
@@ -130,8 +167,8 @@ class Tasks:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USER_LOCK, task.user_id))
                 cursor = await conn.execute(
                     "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                    " stop_on_failure, callback_url, live, compat, program, outputs)"
-                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+                    " stop_on_failure, callback_url, live, compat, program, outputs, queue)"
+                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
                     " WHERE (SELECT count(*) FROM tasks WHERE user_id = %s AND state <> 'done') < %s RETURNING id",
                     (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                      task.limits.time_ms, task.limits.memory_mb,
@@ -140,7 +177,7 @@ class Tasks:
                      Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live,
                      None if task.compat is None else Jsonb(task.compat),
                      None if task.program is None else Jsonb(task.program.document()), Jsonb(list(task.outputs)),
-                     task.user_id, max_unfinished),
+                     self.queue, task.user_id, max_unfinished),
                 )
             return await cursor.fetchone() is not None
 
@@ -160,11 +197,11 @@ class Tasks:
                     return []
                 cursor = await conn.execute(
                     "UPDATE tasks SET state = 'queued', worker = NULL, published_at = NULL"
-                    " WHERE (state = 'running' AND NOT EXISTS (SELECT 1 FROM workers WHERE workers.id = tasks.worker"
-                    "  AND heartbeat_at > now() - make_interval(secs => %s)))"
-                    " OR (state = 'queued' AND published_at IS NULL AND created_at < now() - make_interval(secs => %s))"
-                    " RETURNING id",
-                    (lease_s, unpublished_after_s),
+                    " WHERE ((state = 'running' AND NOT EXISTS (SELECT 1 FROM workers WHERE workers.id = tasks.worker"
+                    "  AND heartbeat_at > now() - make_interval(secs => %(lease)s)))"
+                    " OR (state = 'queued' AND published_at IS NULL AND created_at < now() - make_interval(secs => %(unpublished)s)))"
+                    f" AND {OF_QUEUE} RETURNING id",
+                    {"lease": lease_s, "unpublished": unpublished_after_s, "queue": self.queue},
                 )
                 return [row["id"] for row in await cursor.fetchall()]
 
@@ -256,16 +293,38 @@ class Tasks:
             row = await (await conn.execute("SELECT cancel_requested FROM tasks WHERE id = %s", (task_id,))).fetchone()
             return bool(row and row["cancel_requested"])
 
-    async def claim(self, task_id: uuid.UUID, worker: str) -> Task | None:
-        """Marks an unfinished task as running on this worker and counts the attempt."""
+    async def claim(self, message: uuid.UUID, worker: str, *, redelivered: bool = False) -> Task | None:
+        """Marks a task as running on this worker, counts the attempt and returns it; None when no task
+        waits. A message says that there is work, not which: its delivery takes the fairest queued
+        task of the queue (FAIR_PICK), whichever id the message names, so that one user's backlog in
+        the broker holds nobody else back. A redelivery (the delivery's worker died, or handed it
+        back) first resumes the task that the lost delivery was running."""
+        params = {"message": message, "worker": worker, "queue": self.queue}
         async with self.db.statement() as conn:
-            cursor = await conn.execute(
-                "UPDATE tasks SET state = 'running', attempts = attempts + 1, worker = %s, started_at = now()"
-                f" WHERE id = %s AND state <> 'done' RETURNING {COLUMNS}",
-                (worker, task_id),
-            )
-            row = await cursor.fetchone()
-            return _task(row) if row else None
+            if redelivered:
+                row = await (await conn.execute(
+                    # (A task claimed before messages were recorded counts as its own message's.)
+                    f"UPDATE tasks SET {CLAIMED} WHERE id = (SELECT id FROM tasks WHERE state = 'running'"
+                    f" AND coalesce(message, id) = %(message)s AND {OF_QUEUE} LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                    f" RETURNING {COLUMNS}", params)).fetchone()
+                if row is not None:
+                    return _task(row)
+            # A task held by another statement (a claim under way) is skipped. With nothing to take, the
+            # message's own task may still be unconfirmed, or held by its submission marking it
+            # confirmed: taken by its id (its message is this one). Else, while a task that some message
+            # stands for waits, the claim tries again: a message is never spent while its task waits.
+            for _ in range(CLAIM_TRIES):
+                row = await (await conn.execute(f"WITH RECURSIVE {FAIR_PICK} UPDATE tasks SET {CLAIMED} FROM pick"
+                                                f" WHERE id = picked RETURNING {COLUMNS}", params)).fetchone()
+                row = row or await (await conn.execute(
+                    f"UPDATE tasks SET {CLAIMED} WHERE id = %(message)s AND state = 'queued' AND {OF_QUEUE}"
+                    f" RETURNING {COLUMNS}", params)).fetchone()
+                if row is not None:
+                    return _task(row)
+                if not (await (await conn.execute(WAITING, params)).fetchone())["waits"]:
+                    return None
+                await asyncio.sleep(CLAIM_RETRY_S)
+        raise Unavailable("The tasks that wait stay held by other statements; the message goes back to the queue.")
 
     async def release(self, task_id: uuid.UUID) -> None:
         """Puts a running task back in the queue's hands (the worker is stopping or the platform failed)."""

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from .. import metrics
 from ..access import Principal
+from ..addresses import client_network
 from ..domain import Credentials
 from ..errors import AccountDisabled, RateLimited, RegistrationClosed, Unauthorized
 from ..passwords import DUMMY_HASH, hash_password, verify_password
@@ -42,9 +43,9 @@ class Accounts:
         # Hashes are slow by design: a flood of them must queue, not take every core from the event loop.
         self._hashing = asyncio.Semaphore(os.cpu_count() or 1)
 
-    async def _hash(self, address: str, fn: Callable[..., T], *args: Any) -> T:
-        """A password hash for a client address, within its rate and the process's hashing slots."""
-        if wait_s := await self.address_rates.take(address):
+    async def _hash(self, client: str, fn: Callable[..., T], *args: Any) -> T:
+        """A password hash for a client (its network), within its rate and the process's hashing slots."""
+        if wait_s := await self.address_rates.take(client):
             metrics.LOGINS.labels("rate_limited").inc()
             raise RateLimited(f"More than {self.address_rates.per_minute} logins or registrations a minute from your"
                               f" address; try again in {wait_s} s.", wait_s)
@@ -54,19 +55,21 @@ class Accounts:
     async def register(self, credentials: Credentials, address: str) -> UserRow:
         if not self.registration_open:
             raise RegistrationClosed("Sign-up is closed on this server: an operator adds users (coderund users add).")
-        password_hash = await self._hash(address, hash_password, credentials.password)
+        password_hash = await self._hash(client_network(address), hash_password, credentials.password)
         return await self.users.create(credentials.username, password_hash)
 
     async def login(self, credentials: Credentials, address: str) -> Login:
-        failures, retry_after = await self.sessions.login_failures(credentials.username)
+        # Failures count per username and client: a guesser elsewhere cannot lock the owner out.
+        client = client_network(address)
+        failures, retry_after = await self.sessions.login_failures(credentials.username, client)
         if failures >= self.max_failures:
             metrics.LOGINS.labels("rate_limited").inc()
-            raise RateLimited("Too many failed logins for this username; try again later.", retry_after)
+            raise RateLimited("Too many failed logins for this username from your address; try again later.", retry_after)
         user = await self.users.by_username(credentials.username)
         # The same work and the same answer whether the user is unknown or the password wrong.
-        valid = await self._hash(address, verify_password, credentials.password, user.password_hash if user else DUMMY_HASH)
+        valid = await self._hash(client, verify_password, credentials.password, user.password_hash if user else DUMMY_HASH)
         if user is None or not valid:
-            await self.sessions.add_login_failure(credentials.username, self.failure_window)
+            await self.sessions.add_login_failure(credentials.username, client, self.failure_window)
             metrics.LOGINS.labels("failure").inc()
             raise Unauthorized("Unknown username or wrong password.")
         if user.disabled:  # said only to whoever knows the password

@@ -18,7 +18,8 @@ from datetime import datetime, UTC
 from typing import Any
 
 from ..access import cpu_quota_left
-from ..errors import AppError, Conflict, NotFound, PayloadTooLarge, SandboxEnded, Unavailable, ValidationFailed
+from ..errors import (AppError, Conflict, NotFound, PayloadTooLarge, SandboxEnded, Unavailable, UnsupportedLanguage,
+                      ValidationFailed)
 from ..plugins import Plugins
 from ..repository.sandbox_channel import START, Message, SandboxChannel
 from ..repository.sandboxes import SandboxRow, SandboxStore
@@ -271,7 +272,7 @@ class SandboxHost:
             spec = Spec(plugin.image, row.memory_mb, row.cpus, row.disk_mb, tuple(sorted(row.env.items())))
             hub = self.pool.take(spec) or await Hub.start(self.engine, spec, {f"{LABEL}.sandbox": str(row.id)})
             self.pool.wake()  # a sandbox runs nothing until asked: its replacement may start at once
-        except (SandboxError, KeyError) as e:
+        except (SandboxError, KeyError, UnsupportedLanguage) as e:  # the last: a deployment without that plugin
             log.warning("sandbox %s: could not start: %s", row.id, e)
             await self.store.end(row.id, "start_failed")
             await self.channel.reply(reply, {"type": "end", "error": {"code": "start_failed", "message": str(e)}})
