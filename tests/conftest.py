@@ -117,6 +117,10 @@ async def container_of(settings: Settings, task_id: str) -> str:
 def settings() -> Iterator[Settings]:
     settings = make_settings()
     asyncio.run(migrate(settings.database_url))
+    # The tests' Redis database outlives each run's PostgreSQL one (sessions, rates): user ids of a run
+    # of their own, so no run meets another's user of the same id there (below 2**31: advisory locks take int4s).
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("SELECT setval('users_id_seq', %s::bigint)", (int(RUN_ID, 16) % 2_000_000 * 1000 + 1,))
     yield settings
     drop_database(settings.database_url)
     asyncio.run(_delete_queue(settings))
