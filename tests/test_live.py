@@ -138,27 +138,51 @@ async def test_a_terminal_shows_each_line_as_the_program_prints_it(runtime_api, 
     assert [m["data"] for _, m in piped if m["type"] == "stdout"] == ["one\ntwo\nthree\n"]
 
 
-PROMPT_C = ('#include <stdio.h>\nint main(void) {\n    int n;\n    printf("n? ");\n    if (scanf("%d", &n) != 1) return 1;\n'
-            '    printf("%d\\n", 2 * n);\n}\n')
+PROMPT_C = ('#include <stdio.h>\n#include <unistd.h>\nint main(void) {\n    int n;\n'
+            '    printf("terminal: stdin %d, stdout %d\\n", isatty(0), isatty(1));\n    printf("n? ");\n'
+            '    if (scanf("%d", &n) != 1) return 1;\n    printf("%d\\n", 2 * n);\n}\n')
 
 
 async def test_a_c_prompt_without_a_newline_shows_before_the_input(runtime_api):
     """stdio flushes a terminal's line-buffered stdout when the program reads its terminal: the prompt
-    comes before any input is sent, and the program waits for it."""
+    comes before any input is sent, and the program waits for it. gVisor's terminals give no end of
+    file, so there stdin stays a pipe (stdout is the terminal): lines come as printed, and the prompt
+    with the output that follows the input."""
     token = await runtime_api.user("live-prompt")
     async with await connect(runtime_api, token) as ws:
         await start(ws, language="c", code=PROMPT_C)
-        assert await output_until(ws, "n? ") == "n? "
-        await ws.send_json({"type": "stdin", "data": "21\n"})
+        if runtime_api.runtime == "runsc":
+            assert await output_until(ws, "\n") == "terminal: stdin 0, stdout 1\n"
+            await ws.send_json({"type": "stdin", "data": "21\n"})
+            seen, result = await until_result(ws)
+            assert joined(seen, "stdout") == "n? 42\n"
+        else:
+            assert await output_until(ws, "n? ") == "terminal: stdin 1, stdout 1\nn? "
+            await ws.send_json({"type": "stdin", "data": "21\n"})
+            seen, result = await until_result(ws)
+            assert joined(seen, "stdout") == "42\n"
+    assert result["result"]["stdout"].endswith("n? 42\n")
+
+
+COUNT_C = '#include <stdio.h>\nint main(void) { int c, n = 0; while ((c = getchar()) != EOF) n++; printf("%d\\n", n); }\n'
+
+
+async def test_eof_ends_the_input_with_a_terminal_too(runtime_api):
+    """A line begun and then eof: the program reads the line, then an end of file (the terminal's
+    EOF character under runc; the pipe's end under gVisor)."""
+    token = await runtime_api.user("live-eof")
+    async with await connect(runtime_api, token) as ws:
+        await start(ws, language="c", code=COUNT_C)
+        await ws.send_json({"type": "stdin", "data": "one\ntwo"})
+        await ws.send_json({"type": "eof"})
         seen, result = await until_result(ws)
-    assert joined(seen, "stdout") == "42\n" and result["result"]["stdout"] == "n? 42\n"
+    assert result["result"]["verdict"] == "ok" and joined(seen, "stdout") == "7\n"
 
 
 async def test_compile_output_streams_and_eof_ends_stdin(api):
     token = await api.user("live-c")
-    code = '#include <stdio.h>\nint main(void) { int c, n = 0; while ((c = getchar()) != EOF) n++; printf("%d\\n", n); }\n'
     async with await connect(api, token) as ws:
-        await start(ws, language="c", code=code.replace("int main", "#warning careful\nint main"))
+        await start(ws, language="c", code=COUNT_C.replace("int main", "#warning careful\nint main"))
         await ws.send_json({"type": "stdin", "data": "abc"})
         await ws.send_json({"type": "eof"})
         seen, result = await until_result(ws)

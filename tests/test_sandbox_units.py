@@ -179,7 +179,7 @@ def test_supervisor_live_feeds_stdin_as_it_comes_and_sends_output_as_it_is_writt
 TERMINAL_PROGRAM = """
 import os, sys
 print(os.isatty(0), os.isatty(1), os.isatty(2), os.getsid(0) == os.getpid(), os.tcgetpgrp(0) == os.getpgrp(),
-      os.get_terminal_size())
+      os.get_terminal_size(), os.environ.get('TERM'), os.access('/dev/stdin', os.R_OK | os.W_OK))
 print('ready')  # not flushed: a terminal's stdout is line-buffered
 print(repr(sys.stdin.buffer.readline()))
 print('oops', file=sys.stderr)
@@ -190,7 +190,8 @@ print(repr(sys.stdin.buffer.read()), repr(sys.stdin.buffer.read()))
 
 def test_a_live_terminal_passes_bytes_as_they_are_and_ends_with_eof(tmp_path: Path):
     """With a terminal, stdin and stdout are a pseudo-terminal that the program's session controls,
-    stderr a pipe: output comes as the runtime writes lines to a terminal, input is not echoed, and
+    stderr a pipe, and the terminal is the program's own (it may reopen it) and shows text only (TERM
+    is dumb): output comes as the runtime writes lines to a terminal, input is not echoed, and
     bytes pass untranslated both ways (carriage returns, ^C, DEL, ^U, ^S, NUL are data); a line longer
     than a terminal holds arrives whole; the end of input is an end of file, found again by a program
     that reads again."""
@@ -199,7 +200,7 @@ def test_a_live_terminal_passes_bytes_as_they_are_and_ends_with_eof(tmp_path: Pa
                                  output_cap=1000, collect=False, live=True, terminal=True)
     run = LiveSupervisor(binary, tmp_path, request)
     shown = run.until(b"ready\n")["stdout"]
-    assert shown == b"True True False True True os.terminal_size(columns=80, lines=24)\nready\n"
+    assert shown == b"True True False True True os.terminal_size(columns=80, lines=24) dumb True\nready\n"
     typed = b"a\rb\x03c\x7f\x15\x13\x17\x00\n"
     run.send(supervisor.input_item(typed))
     answer = run.until(b"\n")

@@ -33,13 +33,14 @@
  * item closes it); every kept piece of output is also sent at once as an item, "1" or "2" then the
  * bytes, and an empty item ends them before the report.
  *
- * TERMINAL (with LIVE): the program's stdin and stdout are a pseudo-terminal of the container's own
- * (its devpts), its stderr still a pipe, so that runtimes buffer and prompt as on a terminal. The
- * program leads its session with that terminal as its controlling one; we hold the master. The
- * terminal hands input on by lines (canonical mode), and nothing else: no echo, no line editing, no
- * signals from input, no translation of carriage returns or newlines, so the bytes sent and written
- * pass as they are. Its EOF character (Ctrl-D) hands on a line begun, and at a line's start is an end
- * of file: the end of the input is sent as that.
+ * TERMINAL (with LIVE): the program's stdout, and its stdin where the kernel's terminals can end
+ * input, are a pseudo-terminal of the container's own (its devpts), its stderr still a pipe, so that
+ * runtimes buffer and prompt as on a terminal. The program leads its session with that terminal as its
+ * controlling one; we hold the master. The terminal hands input on by lines (canonical mode), and
+ * nothing else: no echo, no line editing, no signals from input, no translation of carriage returns
+ * or newlines, so the bytes sent and written pass as they are. Its EOF character (Ctrl-D) hands on a
+ * line begun, and at a line's start is an end of file: the end of the input is sent as that. gVisor's
+ * terminals (runsc 20221219) never give a reader an end of file: there stdin stays a pipe.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -108,6 +109,7 @@ static int sigchld_pipe[2];
 static int live;
 static int replica = -1; /* with TERMINAL, our own descriptor of the program's terminal: its settings, and
                           * its output readable after the program is gone */
+static int input_terminal; /* the program's stdin is the terminal (else a pipe) */
 static size_t line_bytes; /* sent on the terminal's current line, not yet handed on to the program */
 static int eof_sent;      /* the terminal's end of input is in pending */
 static long run_limits[3]; /* AS, FSIZE, NPROC of the request: each run's, 0 where not set */
@@ -479,7 +481,7 @@ static void receive_input(void) {
  * pending, once to hand on a line begun and then twice (a program that reads again finds another end,
  * as at a pipe), and then our copy of its master is closed (the program's output comes on another). */
 static void end_input(void) {
-    if (replica >= 0 && !eof_sent) {
+    if (input_terminal && !eof_sent) {
         eof_sent = 1;
         pending.len = line_bytes ? 3 : 2;
         if (!(pending.data = realloc(pending.data, pending.len))) fail("realloc");
@@ -497,7 +499,7 @@ static void end_input(void) {
 static size_t feed_size(unsigned char *eof) {
     struct termios settings;
     *eof = 0;
-    if (replica < 0 || tcgetattr(replica, &settings) < 0 || !(settings.c_lflag & ICANON)) return pending.len;
+    if (!input_terminal || tcgetattr(replica, &settings) < 0 || !(settings.c_lflag & ICANON)) return pending.len;
     *eof = settings.c_cc[VEOF];
     if (line_bytes >= LINE_MAX_BYTES) {
         if (write(pending.fd, eof, 1) != 1) return 0;
@@ -543,7 +545,9 @@ static void run_program(long wall_ms, size_t output_cap, int collect, int in, in
     if (pid < 0) fail("fork");
     if (pid == 0) {
         setsid();
-        if (replica >= 0 && ioctl(replica, TIOCSCTTY, 0) < 0) _exit(126); /* its controlling terminal */
+        /* Its controlling terminal, which shows text and nothing else: runtimes that would drive one
+         * (Mono's console) send it no escape sequences. */
+        if (replica >= 0 && (ioctl(replica, TIOCSCTTY, 0) < 0 || setenv("TERM", "dumb", 1) < 0)) _exit(126);
         become_program();
         limit_program();
         if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
@@ -553,7 +557,7 @@ static void run_program(long wall_ms, size_t output_cap, int collect, int in, in
         fprintf(stderr, "cannot run %s: %s\n", program[0], strerror(errno));
         _exit(127);
     }
-    if (out != in) close(out);
+    if (out != replica) close(out); /* the program's end of a pipe; the terminal's replica we keep */
     close(err_pipe[1]);
 
     struct stream streams[2] = {
@@ -645,17 +649,36 @@ static void run_program(long wall_ms, size_t output_cap, int collect, int in, in
     close(in);
 }
 
-/* A pseudo-terminal of the container's devpts (never the host's): its master, for pending.fd, and its
- * replica, ours (replica) and the program's. Neither becomes our controlling terminal. Linux's devpts
- * gives the replica its mode and owner itself: grantpt, which would look up a group, is not needed. */
-static int open_terminal(void) {
+/* A pseudo-terminal of the container's devpts (never the host's): its master, and into *replica its
+ * replica, opened with flags. Neither becomes our controlling terminal. Linux's devpts gives the
+ * replica its mode and owner itself: grantpt, which would look up a group, is not needed. */
+static int pseudo_terminal(int *replica_fd, int flags) {
     char name[64];
     int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (master < 0 || unlockpt(master) < 0 || ptsname_r(master, name, sizeof name) != 0) fail("a terminal");
-    replica = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if ((*replica_fd = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC | flags)) < 0) fail("a terminal");
+    return master;
+}
+
+/* Whether a reader of this kernel's terminals gets an end of file from the EOF character, tried on a
+ * terminal of its own (a new one reads by lines, Ctrl-D its EOF character): Linux's do; gVisor's
+ * (runsc 20221219) never return 0 from a read, and would hold input back behind the EOF character. */
+static int terminals_end_input(void) {
+    int probe, master = pseudo_terminal(&probe, O_NONBLOCK);
+    char eof = CEOF, byte;
+    int ends = write(master, &eof, 1) == 1 && read(probe, &byte, 1) == 0;
+    close(probe);
+    close(master);
+    return ends;
+}
+
+/* The program's terminal: its master (ours), its replica in replica. */
+static int open_terminal(void) {
+    int master = pseudo_terminal(&replica, 0);
     struct termios settings;
     struct winsize size = {TERMINAL_ROWS, TERMINAL_COLUMNS, 0, 0};
-    if (replica < 0 || tcgetattr(replica, &settings) < 0) fail("a terminal");
+    /* The program's, as a login's terminal is its user's: it may reopen it (/dev/stdin, /dev/stdout). */
+    if (fchown(replica, SANDBOX_UID, -1) < 0 || tcgetattr(replica, &settings) < 0) fail("a terminal");
     settings.c_iflag = 0;      /* no translation of carriage returns or newlines, no flow control */
     settings.c_oflag = 0;      /* output as written */
     settings.c_lflag = ICANON; /* input by lines; no echo, no signals from input, no editing */
@@ -669,19 +692,24 @@ static int open_terminal(void) {
 /* Reads a run's STDIN and program from our stdin and runs it; with LIVE, stdin is a pipe (or a
  * terminal) fed as it comes. */
 static void run(long wall_ms, size_t output_cap, int collect, int terminal) {
-    int in, out, ours;
+    int in, out, ours, ends[2];
     if (live) {
         if (terminal) {
-            pending.fd = open_terminal();
-            in = out = replica;
-            if ((ours = dup(pending.fd)) < 0) fail("dup");
+            ours = open_terminal();
+            out = replica;
+            input_terminal = terminals_end_input();
         } else {
-            int in_pipe[2], out_pipe[2];
-            if (pipe2(in_pipe, O_CLOEXEC) || pipe2(out_pipe, O_CLOEXEC)) fail("pipe");
-            in = in_pipe[0];
-            pending.fd = in_pipe[1];
-            out = out_pipe[1];
-            ours = out_pipe[0];
+            if (pipe2(ends, O_CLOEXEC)) fail("pipe");
+            ours = ends[0];
+            out = ends[1];
+        }
+        if (input_terminal) {
+            in = replica;
+            if ((pending.fd = dup(ours)) < 0) fail("dup");
+        } else {
+            if (pipe2(ends, O_CLOEXEC)) fail("pipe");
+            in = ends[0];
+            pending.fd = ends[1];
         }
         fcntl(pending.fd, F_SETFL, O_NONBLOCK);
         signal(SIGPIPE, SIG_IGN); /* a program that closes its stdin makes our write fail, not kill us */
@@ -690,13 +718,12 @@ static void run(long wall_ms, size_t output_cap, int collect, int terminal) {
         if (!pending.data || (n && fread(pending.data, 1, (size_t)n, stdin) != (size_t)n)) fail("stdin");
         pending.len = (size_t)n;
     } else {
-        int out_pipe[2];
         in = memfd_create("stdin", MFD_CLOEXEC);
-        if (in < 0 || pipe2(out_pipe, O_CLOEXEC)) fail("memfd_create");
+        if (in < 0 || pipe2(ends, O_CLOEXEC)) fail("memfd_create");
         item_to(in);
         lseek(in, 0, SEEK_SET);
-        out = out_pipe[1];
-        ours = out_pipe[0];
+        out = ends[1];
+        ours = ends[0];
     }
     long words = number();
     if (words < 1 || words > 4096) fail("program");
