@@ -13,7 +13,7 @@ from .errors import UnsupportedLanguage, ValidationFailed
 
 REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
 OPTIONAL = {"aliases", "debian_packages", "image_from", "image_files", "image_commands", "compile", "compile_limits", "env",
-            "requires", "memory_errors", "error_messages", "takes_args"}
+            "requires", "memory_errors", "error_messages", "takes_args", "example"}
 DEFAULT_COMPILE_LIMITS = Limits(time_ms=30000, memory_mb=1024)
 SOURCES = "{sources}"  # in a compile command: the submitted source files
 # In commands and env: the step's memory limit, and the share of it a runtime's heap may take (the
@@ -48,6 +48,7 @@ class Plugin:
     memory_errors: tuple[bytes, ...] = ()  # in stderr: the runtime ran out of the memory it was given
     error_messages: tuple[bytes, ...] = ()  # in stderr of a run that exited 0: the runtime reported a failure
     takes_args: bool = True  # False: the language has no command line (SQL), and a task's args are refused
+    example: str = ""  # a program that reads a name from stdin and greets it: "Hello, NAME!" (the playground's start)
 
     def compile_command(self, names: list[str]) -> tuple[str, ...]:
         """The compile command, its {sources} replaced by the entry file and every other submitted file
@@ -109,6 +110,7 @@ class Plugin:
             "min_limits": vars(self.min_limits),
             "max_limits": vars(self.max_limits),
             **({"compile_limits": vars(self.compile_limits)} if self.compile else {}),
+            "example": self.example,
         }
 
 
@@ -233,6 +235,8 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         raise fail("image_from", "must be a plugin's name")
     if not isinstance(data.get("takes_args", True), bool):
         raise fail("takes_args", "must be true or false")
+    if not isinstance(data.get("example", "-"), str) or not data.get("example", "-").strip():
+        raise fail("example", "must be a program: a non-empty string")
     env = data.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise fail("env", "must be a table of strings")
@@ -283,6 +287,7 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         memory_errors=tuple(m.encode() for m in data.get("memory_errors", [])),
         error_messages=tuple(m.encode() for m in data.get("error_messages", [])),
         takes_args=data.get("takes_args", True),
+        example=data.get("example", ""),
     )
 
 

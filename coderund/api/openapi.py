@@ -175,7 +175,7 @@ SCHEMAS: dict[str, Any] = {
     "Language": {
         "type": "object",
         "required": ["name", "version", "aliases", "compiled", "takes_args", "entry_file", "limits", "min_limits",
-                     "max_limits"],
+                     "max_limits", "example"],
         "properties": {
             "name": {"type": "string"}, "version": {"type": "string"},
             "aliases": {"type": "array", "items": {"type": "string"}}, "compiled": {"type": "boolean"},
@@ -183,6 +183,8 @@ SCHEMAS: dict[str, Any] = {
             "entry_file": {"type": "string", "description": "the file a task's `code` is saved as (e.g. Main.java)"},
             "limits": _ref("Limits"), "min_limits": _ref("Limits"), "max_limits": _ref("Limits"),
             "compile_limits": _ref("Limits"),  # compiled languages only: the compiler's limits
+            "example": {"type": "string", "description": "a program in this language that reads a name from stdin and "
+                        "greets it (`Hello, NAME!`), as the playground opens it; empty if the plugin has none"},
         },
     },
     "KeyRequest": {
