@@ -177,7 +177,7 @@ SCHEMAS: dict[str, Any] = {
     "Language": {
         "type": "object",
         "required": ["name", "version", "aliases", "extensions", "compiled", "takes_args", "entry_file", "limits",
-                     "min_limits", "max_limits"],
+                     "min_limits", "max_limits", "example"],
         "properties": {
             "name": {"type": "string"}, "version": {"type": "string"},
             "aliases": {"type": "array", "items": {"type": "string"}}, "compiled": {"type": "boolean"},
@@ -187,6 +187,8 @@ SCHEMAS: dict[str, Any] = {
             "entry_file": {"type": "string", "description": "the file a task's `code` is saved as (e.g. Main.java)"},
             "limits": _ref("Limits"), "min_limits": _ref("Limits"), "max_limits": _ref("Limits"),
             "compile_limits": _ref("Limits"),  # compiled languages only: the compiler's limits
+            "example": {"type": "string", "description": "a program in this language that reads a name from stdin and "
+                        "greets it (`Hello, NAME!`), as the playground opens it; empty if the plugin has none"},
         },
     },
     "KeyRequest": {
@@ -377,9 +379,16 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "security": AUTH,
         "description": (
             "Upgrade to a WebSocket (authenticated before the upgrade). Messages are JSON objects with a `type`. "
-            "Client → server: `{\"type\": \"run\", \"task\": {...a POST /task body...}}`, then any number of "
-            "`{\"type\": \"stdin\", \"data\": \"...\"}`, `{\"type\": \"eof\"}` (the program's stdin ends; send it "
-            "when the program reads to the end of its input), `{\"type\": \"cancel\"}`. Server → client: "
+            "Client → server: `{\"type\": \"run\", \"task\": {...a POST /task body...}, \"tty\": true}`, then any "
+            "number of `{\"type\": \"stdin\", \"data\": \"...\"}`, `{\"type\": \"eof\"}` (the program's stdin ends; "
+            "send it when the program reads to the end of its input), `{\"type\": \"cancel\"}`. `tty` (default true) "
+            "gives the program a terminal, as a program run by hand has: its stdin and stdout are a pseudo-terminal "
+            "made inside its sandbox, its stderr stays a pipe, so runtimes write each line and prompt as they print "
+            "it. The terminal passes bytes as they are (no echo of input, no line editing, no signals from input, no "
+            "translation of carriage returns or newlines); it hands input to the program by lines, and Ctrl-D "
+            "(`\\u0004`) in the input ends a line without a newline, or at a line's start is an end of file, as "
+            "on a terminal; `eof` is sent as that. `\"tty\": false` gives pipes instead: runtimes keep output until "
+            "their buffer fills or they exit, and input passes with no line discipline at all. Server → client: "
             "`{\"type\": \"accepted\", \"task_id\": \"...\"}`, then `{\"type\": \"compile\"|\"stdout\"|\"stderr\", "
             "\"data\": \"...\"}` as the compiler and the program write, and last `{\"type\": \"result\", \"result\": "
             "{...as GET /result...}}`; a refused run or a bad message gets `{\"type\": \"error\", \"error\": code, "
@@ -467,7 +476,7 @@ def _piston_operations() -> dict[tuple[str, str], dict[str, Any]]:
     """Piston v2 under /piston, the key as a Bearer token or as the path's first segment."""
     operations = {}
     summaries = {"runtimes": "runtimes", "execute": "run files, synchronously",
-                 "connect": "the interactive WebSocket (Piston's protocol)"}
+                 "connect": "the interactive WebSocket (Piston's protocol; the program gets a terminal, as on /ws)"}
     errors = {"400": {**JUDGE0_ANY, "description": "Piston's {\"message\"}"}, "401": {**JUDGE0_ANY, "description": "no or a wrong key"},
               "403": JUDGE0_ANY, "404": JUDGE0_ANY, "413": JUDGE0_ANY, "429": JUDGE0_ANY, "503": JUDGE0_ANY}
     for prefix in ("", "/{key}"):

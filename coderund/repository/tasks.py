@@ -22,8 +22,8 @@ RETENTION_BATCH = 500  # tasks deleted per sweep: a long backlog goes in steps, 
 COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
-    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, compat, program,"
-    " outputs, artifacts"
+    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, tty, compat,"
+    " program, outputs, artifacts"
 )
 # What a result needs, without the submission's own texts: code, stdin and files come empty, and
 # the test cases only counted (a batch of large tasks once made the API hold every byte of them).
@@ -129,6 +129,7 @@ def _task(row: dict[str, Any]) -> Task:
         cancel_requested=row["cancel_requested"],
         callback_url=row["callback_url"],
         live=row["live"],
+        tty=row["tty"],
         compat=row["compat"],
         program=None if row["program"] is None else Program.from_document(row["program"]),
         outputs=tuple(row["outputs"]),
@@ -167,14 +168,14 @@ class Tasks:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USER_LOCK, task.user_id))
                 cursor = await conn.execute(
                     "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                    " stop_on_failure, callback_url, live, compat, program, outputs, queue)"
-                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+                    " stop_on_failure, callback_url, live, tty, compat, program, outputs, queue)"
+                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
                     " WHERE (SELECT count(*) FROM tasks WHERE user_id = %s AND state <> 'done') < %s RETURNING id",
                     (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                      task.limits.time_ms, task.limits.memory_mb,
                      Jsonb([{"name": name, "content": _b64(content)} for name, content in task.files]),
                      Jsonb([{"stdin": _b64(c.stdin), "args": list(c.args), "expected": _b64(c.expected)} for c in task.tests]),
-                     Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live,
+                     Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live, task.tty,
                      None if task.compat is None else Jsonb(task.compat),
                      None if task.program is None else Jsonb(task.program.document()), Jsonb(list(task.outputs)),
                      self.queue, task.user_id, max_unfinished),

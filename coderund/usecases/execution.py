@@ -114,7 +114,7 @@ class Executor:
         labels = {"coderund.task": str(task.id)}
         if not task.live:
             return await self.sandbox.execute(plugin, task, labels, self.case_parallel)
-        bridge = LiveBridge(self.live, task.id)
+        bridge = LiveBridge(self.live, task.id, task.tty)
         try:
             return await self.sandbox.execute(plugin, task, labels, self.case_parallel, bridge.live())
         finally:
