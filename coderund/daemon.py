@@ -16,6 +16,7 @@ from aiohttp import web
 from . import metrics
 from . import plugins as plugin_loader
 from .api.app import make_app
+from .api.routes import readiness
 from .compat import judge0
 from .api.keys import Services
 from .admission import Ceiling
@@ -281,7 +282,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                          settings, "port")
             await start_webhooks(settings, db, plugins, stack)  # once serving: a start that fails leaves nothing half-done
         else:
-            await listen(stack, metrics.metrics_app(), settings, "metrics_port")
+            async def readyz(request: web.Request) -> web.Response:
+                return await readiness(checks)
+
+            worker_app = metrics.metrics_app()
+            worker_app.router.add_get("/readyz", readyz)  # its own readiness, the API's being elsewhere
+            await listen(stack, worker_app, settings, "metrics_port")
 
         await stop.wait()
         log.info("stopping: the API closes first, then running tasks drain")

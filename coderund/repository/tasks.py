@@ -63,6 +63,16 @@ WAITING = (f"SELECT EXISTS (SELECT FROM tasks WHERE state = 'queued' AND {OF_QUE
            f" OR created_at > now() - make_interval(secs => {UNPUBLISHED_AFTER_S}))) AS waits")
 CLAIM_RETRY_S, CLAIM_TRIES = 0.01, 100  # while the tasks that wait are held by other statements
 CLAIMED = "state = 'running', attempts = attempts + 1, worker = %(worker)s, started_at = now(), message = %(message)s"
+NAMED = f"UPDATE tasks SET {CLAIMED} WHERE id = %(message)s AND state = 'queued' AND {OF_QUEUE}"
+# A claim's tries, in order: the task its message names when that is plainly the fairest (its user runs
+# nothing and no task waits longer: the usual case, in one short statement); the fairest; the task its
+# message names, which may be unconfirmed (its submission is marking it confirmed: its message is this one).
+CLAIMS = (
+    NAMED + " AND NOT EXISTS (SELECT FROM tasks AS busy WHERE busy.user_id = tasks.user_id AND busy.state = 'running')"
+    f" AND NOT EXISTS (SELECT FROM tasks AS older WHERE {CLAIMABLE} AND older.created_at < tasks.created_at)",
+    f"WITH RECURSIVE {FAIR_PICK} UPDATE tasks SET {CLAIMED} FROM pick WHERE id = picked",
+    NAMED,
+)
 SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
 OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
 
@@ -310,18 +320,13 @@ class Tasks:
                     f" RETURNING {COLUMNS}", params)).fetchone()
                 if row is not None:
                     return _task(row)
-            # A task held by another statement (a claim under way) is skipped. With nothing to take, the
-            # message's own task may still be unconfirmed, or held by its submission marking it
-            # confirmed: taken by its id (its message is this one). Else, while a task that some message
-            # stands for waits, the claim tries again: a message is never spent while its task waits.
+            # The fair choice skips a task another statement holds (a claim under way). While a task
+            # that some message stands for waits and none was taken, the claim tries again: a message
+            # is never spent while its task waits.
             for _ in range(CLAIM_TRIES):
-                row = await (await conn.execute(f"WITH RECURSIVE {FAIR_PICK} UPDATE tasks SET {CLAIMED} FROM pick"
-                                                f" WHERE id = picked RETURNING {COLUMNS}", params)).fetchone()
-                row = row or await (await conn.execute(
-                    f"UPDATE tasks SET {CLAIMED} WHERE id = %(message)s AND state = 'queued' AND {OF_QUEUE}"
-                    f" RETURNING {COLUMNS}", params)).fetchone()
-                if row is not None:
-                    return _task(row)
+                for claim in CLAIMS:
+                    if (row := await (await conn.execute(f"{claim} RETURNING {COLUMNS}", params)).fetchone()) is not None:
+                        return _task(row)
                 if not (await (await conn.execute(WAITING, params)).fetchone())["waits"]:
                     return None
                 await asyncio.sleep(CLAIM_RETRY_S)
