@@ -34,7 +34,7 @@ def add_commands(commands: Any, settings: argparse.ArgumentParser) -> None:
     listing.add_argument("--user", required=True)
     revoke = key_commands.add_parser("revoke", parents=[settings], allow_abbrev=False, help="revoke a key by its id")
     revoke.add_argument("key_id", metavar="ID")
-    users = commands.add_parser("users", parents=[settings], allow_abbrev=False,
+    users = commands.add_parser("users", allow_abbrev=False,
                                 help="users: add, list, disable, enable, quotas (an operator's command)")
     user_commands = users.add_subparsers(dest="users_command", required=True)
     add_user = user_commands.add_parser("add", parents=[settings], allow_abbrev=False,
