@@ -1,4 +1,5 @@
-"""Which network addresses a callback may reach: one policy, used at submit and at every delivery.
+"""Network addresses: which a callback may reach (one policy, used at submit and at every delivery),
+and which network a client is counted by (login limits).
 
 Pure rules, no I/O. An address is allowed when it is global unicast; an IPv6 address that carries an
 IPv4 address (mapped, compatible, translated, NAT64, 6to4) is judged by that IPv4 address too, since
@@ -40,6 +41,22 @@ def is_allowed(address: str) -> bool:
         if embedded is not None:
             return True  # the embedded IPv4 address decides (Python calls some of these forms reserved)
     return ip.is_global and not ip.is_multicast
+
+
+def client_network(address: str) -> str:
+    """What a client is counted by: its IPv4 address, or its IPv6 address's /64, the least a host is
+    given (counted one address at a time, one IPv6 host would count as 2^64 clients). An IPv4 client of
+    a dual-stack socket (::ffff:a.b.c.d) counts as its IPv4 address; anything else (a unix socket's
+    empty name) as itself."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def ascii_host(host: str) -> str | None:

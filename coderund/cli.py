@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 import time
+from typing import NoReturn
 
 import docker
 
@@ -19,6 +20,7 @@ from .errors import UnsupportedLanguage
 
 # The settings each command uses: its --help shows those, not the daemon's every setting.
 DATABASE = ("database_url", "log_level")
+OPERATOR = (*DATABASE, "redis_url")  # disabling a user ends its sessions, which Redis holds
 IMAGES = ("plugins_dir", "docker_url", "image_source", "debian_mirror", "log_level")
 
 
@@ -29,8 +31,15 @@ def settings_flags(names: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     return flags
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad command-line input is one line, not the usage of every setting (that is --help's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(
+    main = Parser(
         prog="coderund",
         allow_abbrev=False,  # the operator commands take --user beside the settings --user-*
         parents=[settings_flags()],
@@ -40,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--version", action="version", version=f"coderund {__version__}")
     commands = main.add_subparsers(dest="command", metavar="{run,login,logout,mcp,migrate,images,languages,keys,users}")
     client.add_commands(commands)
-    admin.add_commands(commands, settings_flags(DATABASE))
+    admin.add_commands(commands, settings_flags(OPERATOR))
     mcp = commands.add_parser("mcp", help="serve the Model Context Protocol over stdio, as a client of a coderund server "
                                           "(CODERUND_SERVER, CODERUND_TOKEN: an API key)")
     mcp.add_argument("--server", help="server URL (CODERUND_SERVER; default: the one logged in to)")
@@ -53,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
                                       help="build missing images from Debian packages")
     build.add_argument("languages", nargs="*", metavar="LANG", help="languages to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild images that exist")
+    build.add_argument("--base-only", action="store_true",
+                       help="only the base the language images are built on (make image builds coderund's own on it)")
     languages = commands.add_parser("languages", parents=[settings_flags(("plugins_dir",))],
                                     help="print the loaded language plugins")
     languages.add_argument("--markdown", action="store_true", help="as the table of the documentation's languages page")
@@ -106,7 +117,7 @@ def run(args: dict[str, object], settings: Settings) -> int:
     if command in admin.COMMANDS:
         return asyncio.run(admin.run(args, settings))
     if command == "images":
-        return build_images(settings, list(args.get("languages") or []), bool(args.get("force")))
+        return build_images(settings, list(args.get("languages") or []), bool(args.get("force")), bool(args.get("base_only")))
     from .daemon import serve
 
     asyncio.run(serve(settings))
@@ -117,10 +128,12 @@ def _size(client: docker.DockerClient, image: str) -> str:
     return f"{client.api.inspect_image(image)['Size'] / 1e6:.0f} MB"
 
 
-def build_images(settings: Settings, languages: list[str], force: bool) -> int:
+def build_images(settings: Settings, languages: list[str], force: bool, base_only: bool = False) -> int:
     from .daemon import docker_client
     from .sandbox import images
 
+    if base_only and languages:
+        raise ConfigError("--base-only builds no language: name none")
     loaded = plugin_loader.load(settings.plugins_dir)
     try:
         chosen = [loaded.get(name) for name in languages] if languages else None
@@ -129,8 +142,11 @@ def build_images(settings: Settings, languages: list[str], force: bool) -> int:
     try:
         client = docker_client(settings)
         started = time.monotonic()
+        base = images.base_of(settings.image_source)
         base_id, built = images.build_base(client, mirror=settings.debian_mirror, source=settings.image_source)
-        print(f"base: {'built' if built else 'exists'} {images.BASE} ({_size(client, images.BASE)})", flush=True)
+        print(f"base: {'built' if built else 'exists'} {base} ({_size(client, base)})", flush=True)
+        if base_only:
+            return 0
         steps: dict[str, float] = {}
 
         def say(line: str) -> None:  # one write per line: builds report from two threads
@@ -144,7 +160,8 @@ def build_images(settings: Settings, languages: list[str], force: bool) -> int:
             took = f" in {time.monotonic() - steps[plugin.name]:.0f} s" if built else ""
             say(f"{plugin.name}: {'built' if built else 'current'} {plugin.image} ({_size(client, plugin.image)}){took}")
 
-        images.build_all(client, loaded.image_order(chosen), base_id=base_id, force=force, starting=starting, done=done)
+        images.build_all(client, loaded.image_order(chosen), base=base, base_id=base_id, force=force, starting=starting,
+                         done=done)
         print(f"images ready in {time.monotonic() - started:.0f} s")
     except docker.errors.DockerException as e:
         raise ConfigError(f"Docker: {e}") from None

@@ -10,7 +10,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_PLUGINS_DIR = PACKAGE_DIR.parent / "plugins"
+
+
+def shipped(name: str) -> Path:
+    """A folder the package ships (plugins, sql): inside it once installed from a wheel (setup.py maps
+    it there), at the repository's top level in a checkout or an editable install."""
+    inside = PACKAGE_DIR / "data" / name
+    return inside if inside.is_dir() else PACKAGE_DIR.parent / name
+
+
+DEFAULT_PLUGINS_DIR = shipped("plugins")
 ROLES = ("api", "worker", "all")
 
 
@@ -29,7 +38,9 @@ class Settings:
     port: int = _setting(8080, "port the HTTP API listens on")
     metrics_port: int = _setting(0, "port of /metrics in --role worker, 0 for a free one, logged (in api and all, "
                                     "/metrics is on --port)")
-    database_url: str = _setting("postgresql://postgres@127.0.0.1:5432/coderund", "PostgreSQL URL")
+    database_url: str = _setting("postgresql://coderund:coderund@127.0.0.1:5432/coderund",
+                                 "PostgreSQL URL; the database is made if missing (the role needs CREATEDB then); the "
+                                 "default's role is the one scripts/test-env makes, for a developer's machine")
     redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis URL (sessions, login limits)")
     amqp_url: str = _setting("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ URL")
     queue: str = _setting("coderund.tasks", "name of the durable RabbitMQ task queue")
@@ -46,7 +57,10 @@ class Settings:
     user_rate: int = _setting(600, "task submissions per user per minute before POST /task answers 429 (0: no limit)")
     max_attempts: int = _setting(3, "deliveries of a task before it ends as internal_error")
     session_ttl: int = _setting(86400, "session lifetime in seconds")
-    login_max_failures: int = _setting(10, "failed logins per username before 429")
+    registration: str = _setting("open", "who makes accounts: open (anyone, POST /register) or closed (POST /register "
+                                         "answers 403 registration_closed; an operator runs coderund users add)",
+                                 choices=("open", "closed"))
+    login_max_failures: int = _setting(10, "failed logins per username from one client address (IPv6: its /64) before 429")
     login_failure_window: int = _setting(300, "seconds over which failed logins are counted")
     user_cpu_s_per_day: int = _setting(0, "CPU seconds a user's tasks may use a UTC day (0 = no quota); per user: coderund users set-quota")
     max_case_seconds: int = _setting(320, "a task's test cases times its time limit, at most (64 cases at 5 s)")

@@ -16,6 +16,7 @@ from aiohttp import web
 from . import metrics
 from . import plugins as plugin_loader
 from .api.app import make_app
+from .api.routes import readiness
 from .compat import judge0
 from .api.keys import Services
 from .admission import Ceiling
@@ -49,6 +50,7 @@ from .repository.sandboxes import SandboxStore
 from .sandbox.stateful import Hub, Spec
 from .sandbox_requests import LANGUAGES, SandboxLimits
 from .usecases import Admission, ApiKeys, Accounts, Executor, FileStore, LiveRuns, Sandboxes, SandboxHost, TaskService, Webhooks
+from .usecases.execution import missing_image_note
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,23 @@ def warm_sandboxes(settings: Settings, engine: Engine, plugins: plugin_loader.Pl
                     idle_s=settings.warm_idle_s, fill_parallel=1)
     limits = sandbox_limits(settings)
     for language in LANGUAGES:
-        pool.serve(Spec(plugins.get(language).image, limits.memory_mb, limits.cpus, limits.disk_mb))
+        if plugins.has(language):  # a deployment may leave a sandbox language out
+            pool.serve(Spec(plugins.get(language).image, limits.memory_mb, limits.cpus, limits.disk_mb))
     return pool
+
+
+def images_check(engine: Engine, plugins: plugin_loader.Plugins) -> Callable[[], Awaitable[None]]:
+    """For /readyz: every plugin's image is on the engine; else Unavailable naming those missing."""
+    async def check() -> None:
+        if missing := await missing_images(engine, plugins):
+            raise Unavailable("; ".join(missing) + ".")
+    return check
+
+
+async def missing_images(engine: Engine, plugins: plugin_loader.Plugins) -> list[str]:
+    """What is missing, a sentence each: the image, its language, and the command that builds it."""
+    absent = set(await engine.call(engine.missing_images, [p.image for p in plugins.all]))
+    return [missing_image_note(p.image, p.name) for p in plugins.all if p.image in absent]
 
 
 @contextlib.asynccontextmanager
@@ -142,6 +159,8 @@ async def start_worker(
         sandbox = make_sandbox(settings, worker_id, deployment)
         await sandbox.engine.call(sandbox.engine.client.ping)
     stack.push_async_callback(sandbox.engine.close)
+    for note in await missing_images(sandbox.engine, plugins):
+        log.warning("%s; its tasks end as internal_error until then", note)
     sandbox.serve(plugins.all)
     refill = asyncio.create_task(sandbox.pool.run())
 
@@ -157,7 +176,7 @@ async def start_worker(
     stack.push_async_callback(redis.aclose)
     live = LiveChannel(redis)
     await warn_if_down("Redis", live.ping)
-    executor = Executor(Tasks(db), sandbox, plugins, cancels, live, worker_id=worker_id,
+    executor = Executor(Tasks(db, settings.queue), sandbox, plugins, cancels, live, worker_id=worker_id,
                         max_attempts=settings.max_attempts, case_parallel=settings.concurrency)
     host = SandboxHost(SandboxStore(db), SandboxChannel(redis), sandbox.engine, plugins, Usage(db), worker_id=worker_id,
                        queue=settings.queue, max_sandboxes=settings.worker_max_sandboxes,
@@ -205,10 +224,10 @@ def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugi
     api_keys = ApiKeys(Keys(db), revocations)
     accounts = Accounts(Users(db), sessions, api_keys, Rates(sessions.redis, settings.login_per_address, "hashes"),
                         max_failures=settings.login_max_failures,
-                        failure_window=settings.login_failure_window)
+                        failure_window=settings.login_failure_window, registration_open=settings.registration == "open")
     admission = Admission(plugins, Rates(sessions.redis, settings.user_rate), Usage(db), ceiling(settings),
                           cpu_s_per_day=settings.user_cpu_s_per_day, allow_private_callbacks=settings.webhook_allow_private)
-    tasks = TaskService(Tasks(db), queue, admission, finished, max_queue=settings.max_queue,
+    tasks = TaskService(Tasks(db, settings.queue), queue, admission, finished, max_queue=settings.max_queue,
                         user_max_pending=settings.user_max_pending)
     files = FileStore(StoredFiles(db, max_bytes_per_owner=settings.stored_files_mb * 1024 * 1024),
                       max_file_bytes=MAX_STORED_FILE_BYTES)
@@ -241,6 +260,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if settings.role in ("worker", "all"):
             worker = await start_worker(settings, db, queue, plugins, stack, stop)
             checks["docker"] = lambda: worker.sandbox.engine.call(worker.sandbox.engine.client.ping)
+            checks["images"] = images_check(worker.sandbox.engine, plugins)
             checks["redis"] = worker.executor.live.ping
         if settings.role in ("api", "all"):
             sessions = Sessions(settings.redis_url, ttl=settings.session_ttl)
@@ -262,7 +282,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                          settings, "port")
             await start_webhooks(settings, db, plugins, stack)  # once serving: a start that fails leaves nothing half-done
         else:
-            await listen(stack, metrics.metrics_app(), settings, "metrics_port")
+            async def readyz(request: web.Request) -> web.Response:
+                return await readiness(checks)
+
+            worker_app = metrics.metrics_app()
+            worker_app.router.add_get("/readyz", readyz)  # its own readiness, the API's being elsewhere
+            await listen(stack, worker_app, settings, "metrics_port")
 
         await stop.wait()
         log.info("stopping: the API closes first, then running tasks drain")

@@ -201,6 +201,7 @@ class Task:
     stop_on_failure: bool = False
     callback_url: str | None = None
     live: bool = False  # submitted over /ws: output streamed, stdin fed as it comes
+    tty: bool = False  # live, with a terminal (a pseudo-terminal for the program's stdin and stdout), not pipes
     compat: dict[str, Any] | None = None  # as TaskRequest.compat
     program: Program | None = None  # as TaskRequest.program
     outputs: tuple[str, ...] = ()  # as TaskRequest.outputs

@@ -48,6 +48,18 @@ class Forbidden(AppError):
     status, code = 403, "forbidden"
 
 
+class RegistrationClosed(Forbidden):
+    """The operator has closed sign-up (--registration closed)."""
+
+    code = "registration_closed"
+
+
+class AccountDisabled(Forbidden):
+    """The operator has disabled this user (coderund users disable)."""
+
+    code = "account_disabled"
+
+
 class NotFound(AppError):
     status, code = 404, "not_found"
 

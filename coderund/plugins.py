@@ -13,7 +13,7 @@ from .errors import UnsupportedLanguage, ValidationFailed
 
 REQUIRED = {"name", "version", "image", "source_file", "run", "limits"}
 OPTIONAL = {"aliases", "extensions", "debian_packages", "image_from", "image_files", "image_commands", "compile",
-            "compile_limits", "env", "requires", "memory_errors", "error_messages", "takes_args", "rewrites"}
+            "compile_limits", "env", "requires", "memory_errors", "error_messages", "takes_args", "rewrites", "example"}
 DEFAULT_COMPILE_LIMITS = Limits(time_ms=30000, memory_mb=1024)
 EXTENSION = re.compile(r"\.[a-z0-9_+#-]+")  # lower case: a file's extension is matched case-insensitively
 SOURCES = "{sources}"  # in a compile command: the submitted source files
@@ -53,6 +53,7 @@ class Plugin:
     # (pattern, replacement) applied to submitted code, whatever API sent it: code written for other
     # judges' set-ups that this image's would refuse (a declaration of what is already in scope)
     rewrites: tuple[tuple[re.Pattern[str], str], ...] = ()
+    example: str = ""  # a program that reads a name from stdin and greets it: "Hello, NAME!" (the playground's start)
 
     def compile_command(self, names: list[str]) -> tuple[str, ...]:
         """The compile command, its {sources} replaced by the entry file and every other submitted file
@@ -120,6 +121,7 @@ class Plugin:
             "min_limits": vars(self.min_limits),
             "max_limits": vars(self.max_limits),
             **({"compile_limits": vars(self.compile_limits)} if self.compile else {}),
+            "example": self.example,
         }
 
 
@@ -250,6 +252,8 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         raise fail("extensions", "must be a list of file extensions such as \".cc\"")
     if not isinstance(data.get("takes_args", True), bool):
         raise fail("takes_args", "must be true or false")
+    if not isinstance(data.get("example", "-"), str) or not data.get("example", "-").strip():
+        raise fail("example", "must be a program: a non-empty string")
     env = data.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise fail("env", "must be a table of strings")
@@ -311,6 +315,7 @@ def parse(data: dict[str, Any], where: str) -> Plugin:
         error_messages=tuple(m.encode() for m in data.get("error_messages", [])),
         takes_args=data.get("takes_args", True),
         rewrites=tuple(rewrites),
+        example=data.get("example", ""),
     )
 
 

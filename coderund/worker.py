@@ -10,6 +10,7 @@ import uuid
 from . import metrics
 from .errors import Unavailable
 from .repository.queue import BROKER_ERRORS, Delivery, Queue
+from .repository.tasks import UNPUBLISHED_AFTER_S
 from .repository.workers import Workers
 from .sandbox.runner import Sandbox
 from .usecases import Executor, SandboxHost
@@ -20,7 +21,6 @@ HEARTBEAT_S = 10
 LEASE_S = 3 * HEARTBEAT_S  # a worker silent for this long is taken for dead
 RECONNECT_MAX_S = 30
 RETRY_DELAY_S = 2  # before handing back a task whose storage was briefly unreachable
-UNPUBLISHED_AFTER_S = 30  # a submission takes milliseconds; older and unconfirmed means the API died
 
 
 class Worker:
@@ -52,8 +52,8 @@ class Worker:
         delay = 1.0
         try:
             while not self._stopping.is_set():
-                # Twice the slots: while one user's tasks hold every slot, another's can arrive and
-                # take the next free one (the sandbox's fair gate), rather than wait behind them in the queue.
+                # Twice the slots: the next tasks are claimed (each delivery claims the fairest waiting
+                # task) while the slots are busy, and the sandbox's fair gate shares the slots among them.
                 consuming = asyncio.create_task(self.queue.consume(self._on_task, prefetch=2 * self.concurrency))
                 stopping = asyncio.create_task(self._stopping.wait())
                 await asyncio.wait({consuming, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -91,7 +91,7 @@ class Worker:
         except Unavailable:
             pass
 
-    async def _on_task(self, task_id: uuid.UUID, delivery: Delivery) -> None:
+    async def _on_task(self, message: uuid.UUID, delivery: Delivery) -> None:
         if self._stopping.is_set():
             return  # left unacked: the broker redelivers it when our connection closes
         current = asyncio.current_task()
@@ -99,15 +99,15 @@ class Worker:
         self.running.add(current)
         metrics.IN_FLIGHT.inc()
         try:
-            await self.executor.handle(task_id, delivery)
+            await self.executor.handle(message, delivery)
         except Unavailable as e:
-            log.warning("task %s: %s; handing it back", task_id, e.message)
+            log.warning("message %s: %s; handing it back", message, e.message)
             await asyncio.sleep(RETRY_DELAY_S)
             await delivery.requeue()
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("task %s: unexpected failure; handing it back", task_id)
+            log.exception("message %s: unexpected failure; handing it back", message)
             await delivery.requeue()
         finally:
             self.running.discard(current)

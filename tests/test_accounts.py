@@ -5,11 +5,14 @@ import asyncio
 import hashlib
 import uuid
 
+import aiohttp
 import psycopg
 import pytest
 from redis import asyncio as aioredis
 
+from coderund.addresses import client_network
 from coderund.api.keys import SESSION_COOKIE
+from tests.conftest import Api
 
 
 def new_name() -> str:
@@ -146,6 +149,33 @@ async def test_login_brute_force_is_limited(api, settings):
     status, body, headers = await api.call("POST", "/login", json={"username": name, "password": "password123"})
     assert status == 429 and body["error"] == "rate_limited"
     assert 0 < int(headers["Retry-After"]) <= settings.login_failure_window
+
+
+async def test_a_guesser_locks_a_username_out_only_from_the_guessers_address(api, settings):
+    """Failed logins count per username and client address: 15 wrong passwords from one address
+    lock that address out of the account, and the owner logs in from another (127.0.0.2)."""
+    name = new_name()
+    wrong, right = {"username": name, "password": "wrong-password"}, {"username": name, "password": "password123"}
+    await api.call("POST", "/register", json=right)
+    for i in range(settings.login_max_failures + 5):
+        status = (await api.call("POST", "/login", json=wrong))[0]
+        assert status == (401 if i < settings.login_max_failures else 429)
+    assert (await api.call("POST", "/login", json=right))[0] == 429
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as session:
+        owner = Api(session, api.base)
+        status, body, _ = await owner.call("POST", "/login", json=right)
+        assert status == 200 and body["token"]
+        for _ in range(settings.login_max_failures):  # and its own failures count apart from the guesser's
+            assert (await owner.call("POST", "/login", json=wrong))[0] == 401
+        assert (await owner.call("POST", "/login", json=right))[0] == 429
+
+
+def test_a_client_is_counted_by_its_ipv4_address_or_its_ipv6_64():
+    assert client_network("203.0.113.7") == "203.0.113.7"
+    assert client_network("::ffff:203.0.113.7") == "203.0.113.7"  # an IPv4 client of a dual-stack socket
+    assert client_network("2001:db8:1:2:aaaa::1") == client_network("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert client_network("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert client_network("") == ""
 
 
 async def test_a_logout_ends_the_session_in_every_api_process_at_once(settings):

@@ -18,7 +18,8 @@ def test_precedence():
 
 def test_spec_defaults():
     s = config.load({}, environ={})
-    assert s.database_url == "postgresql://postgres@127.0.0.1:5432/coderund"
+    # The role scripts/test-env makes: a stock PostgreSQL asks a password over TCP (docs/operate/install.md)
+    assert s.database_url == "postgresql://coderund:coderund@127.0.0.1:5432/coderund"
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert s.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
     assert s.role == "all" and s.runtime == "runc" and s.output_limit == 64 * 1024
@@ -46,3 +47,13 @@ def test_help_shows_defaults_as_a_reader_should_see_them(capsys):
         parser().parse_args(["--help"])
     shown = " ".join(capsys.readouterr().out.split())  # as one line: argparse wraps its help
     assert "default: CPU count" in shown and "default: ~/.cache/coderund" in shown and str(Path.home()) not in shown
+
+
+def test_every_setting_is_documented():
+    """In the README's table of settings or on a page of docs/."""
+    import dataclasses
+
+    root = config.PACKAGE_DIR.parent
+    text = "".join(path.read_text() for path in [root / "README.md", *sorted((root / "docs").glob("**/*.md"))])
+    for f in dataclasses.fields(config.Settings):
+        assert f"`{config.env_name(f.name)}`" in text, f.name

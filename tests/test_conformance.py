@@ -31,11 +31,15 @@ def test_every_plugin_has_its_programs_and_every_program_its_plugin():
     for plugin in LOADED.all:
         wanted = RUN_PROGRAMS - ({"args"} if not plugin.takes_args else set()) | (COMPILE_PROGRAMS if plugin.compile else set())
         assert set(programs_of(plugin.name)) == wanted, plugin.name
+        assert plugin.example, f"{plugin.name} has no example, the program the playground opens with"
 
 
 def cases(plugin: plugins.Plugin) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(program, what the task adds to it, what its result must hold)."""
     yield "hello", {}, {"verdict": "ok", "stdout": "hello, world\n", "exit_code": 0}
+    # The plugin's own example (GET /languages, the playground): it reads a name, with no newline
+    # after it here, and greets it.
+    yield "example", {"stdin": "world"}, {"verdict": "ok", "stdout": "Hello, world!\n", "exit_code": 0}
     yield "echo", {"stdin": "one\ntwo words\n"}, {"verdict": "ok", "stdout": "one\ntwo words\n"}
     if plugin.takes_args:  # else the plugin says the language has no command line: test_conformance checks that
         yield "args", {"args": ["a b", "c"]}, {"verdict": "ok", "stdout": "a b|c\n"}
@@ -56,7 +60,7 @@ def cases(plugin: plugins.Plugin) -> Iterator[tuple[str, dict[str, Any], dict[st
 @pytest.mark.parametrize("language", [plugin.name for plugin in LOADED.all])
 async def test_conformance(runtime_api, language):
     plugin = LOADED.get(language)
-    programs = programs_of(language)
+    programs = {**programs_of(language), "example": plugin.example}
     token = await runtime_api.user(f"conformance-{runtime_api.runtime}-{language}")
     chosen = list(cases(plugin))
     results = await asyncio.gather(*(runtime_api.run(token, language=language, code=programs[name], **extra)

@@ -35,7 +35,7 @@ async def test_health_and_readiness(api):
     assert (await api.call("GET", "/healthz"))[:2] == (200, {"status": "ok"})
     status, body, _ = await api.call("GET", "/readyz")
     assert status == 200
-    assert body["checks"] == {"postgresql": "ok", "rabbitmq": "ok", "docker": "ok", "redis": "ok"}
+    assert body["checks"] == {"postgresql": "ok", "rabbitmq": "ok", "docker": "ok", "images": "ok", "redis": "ok"}
 
 
 async def test_dead_redis_is_503_and_named_by_readyz(settings):

@@ -81,3 +81,11 @@ def test_a_family_of_images_shares_its_parent_and_is_built_parent_first(settings
     finally:
         for image in (child.image, parent.image):
             client.images.remove(image, force=True)
+
+
+def test_base_only_builds_the_base_of_the_image_source_and_names_no_language():
+    from coderund.cli import main
+
+    assert images.base_of("debootstrap") == images.BASE and images.base_of("registry") == images.REGISTRY_BASE
+    assert main(["images", "build", "--base-only"]) == 0  # made by scripts/test-env: nothing to do
+    assert main(["images", "build", "--base-only", "bash"]) == 2

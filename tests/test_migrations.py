@@ -6,12 +6,14 @@ import uuid
 
 import psycopg
 
-from coderund.repository.db import MIGRATIONS_DIR, migrate
+from coderund import config
+from coderund.repository.db import MIGRATIONS_DIR, migrate, with_database
+from tests.conftest import drop_database
 
 
 async def test_concurrent_migrations_apply_each_file_once():
     name = f"coderund_migrate_{uuid.uuid4().hex[:8]}"
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    url = with_database(config.load({}, environ={}).database_url, name)
     try:
         results = await asyncio.gather(*(migrate(url) for _ in range(10)))
         files = sorted(p.name for p in MIGRATIONS_DIR.glob("*.sql"))
@@ -21,5 +23,4 @@ async def test_concurrent_migrations_apply_each_file_once():
             rows = await (await conn.execute("SELECT name FROM schema_migrations ORDER BY name")).fetchall()
         assert [r[0] for r in rows] == files
     finally:
-        async with await psycopg.AsyncConnection.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(url)

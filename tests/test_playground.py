@@ -127,3 +127,48 @@ async def test_playground_logs_in_runs_live_and_shows_a_compile_error(server):
             await session.close()
             browser.terminate()
             browser.wait(30)
+
+
+NO_MODE = {"assembly", "elixir", "nim", "prolog"}  # CodeMirror 5 has no mode for NASM, Elixir, Nim or Prolog
+SHOWN = ["haskell", "ocaml", "cobol"]  # run and photographed: compiled, and new to the playground's highlighting
+
+
+async def test_playground_offers_every_language_with_its_example_and_highlighting(server):
+    """Each language the server runs is offered and opens with its plugin's example, highlighted where
+    CodeMirror has a mode; a few of them run as they open, on the stdin the page starts with."""
+    with tempfile.TemporaryDirectory(prefix="coderund-chromium-", ignore_cleanup_errors=True) as profile:
+        browser, session, page = await open_page(server + "/", profile)
+        try:
+            await page.wait_for("document.readyState === 'complete' && !$('login-panel').hidden")
+            assert await page.evaluate("$('language-count').textContent") == str(SHIPPED)
+            await page.evaluate("$('username').value = 'visitor'; $('password').value = 'correct horse';"
+                                " $('register').click()")
+            await page.wait_for("!$('workspace').hidden")
+            opened = await page.evaluate("""(async () => {
+                const listing = await (await fetch('/languages')).json();
+                const cm = document.querySelector('.CodeMirror').CodeMirror;
+                const seen = {};
+                for (const lang of listing.languages) {
+                    $('language').value = lang.name;
+                    $('language').dispatchEvent(new Event('change'));
+                    seen[lang.name] = {example: cm.getValue() === lang.example && lang.example.length > 0,
+                                       mode: cm.getMode().name};
+                }
+                return {offered: [...$('language').options].map((o) => o.value), seen};
+            })()""")
+            names = sorted(plugin.name for plugin in plugins.load(DEFAULT_PLUGINS_DIR).all)
+            assert sorted(opened["offered"]) == names and sorted(opened["seen"]) == names
+            assert [name for name, seen in opened["seen"].items() if not seen["example"]] == []
+            highlighted = {name for name, seen in opened["seen"].items() if seen["mode"] != "null"}
+            assert highlighted == set(names) - NO_MODE, opened["seen"]
+            assert await page.evaluate("$('stdin').value") == "world"
+            for language in SHOWN:
+                await page.evaluate(f"$('language').value = '{language}'; $('language').dispatchEvent(new Event('change'));"
+                                    " $('run').click()")
+                await page.wait_for("$('verdict').textContent === 'ok'", timeout=120)
+                assert await page.evaluate("$('output').textContent") == "Hello, world!\n"
+                await page.screenshot(f"playground-{language}.png")
+        finally:
+            await session.close()
+            browser.terminate()
+            browser.wait(30)

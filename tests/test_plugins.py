@@ -176,6 +176,8 @@ def test_max_defaults_to_the_limits_and_compile_limits_to_the_global_default():
         ({"image_files": {"/etc/../x": "x"}}, "image_files"),
         ({"image_commands": "true"}, "image_commands"),
         ({"image_commands": [""]}, "image_commands"),
+        ({"example": ""}, "example"),
+        ({"example": ["print(1)"]}, "example"),
     ],
 )
 def test_broken_plugins_name_the_field(change, field):

@@ -24,7 +24,8 @@ def test_a_create_takes_the_operators_defaults_and_stays_within_the_maxima():
                                    "env": {"A_1": "x"}, "metadata": {"k": "v"}}, LIMITS)
     assert (asked.memory_mb, asked.cpus, asked.disk_mb, asked.env, asked.metadata) == (4096, 1.5, 2048, {"A_1": "x"}, {"k": "v"})
     for body in ({"memory_mb": 4097}, {"cpus": 2.5}, {"disk_mb": 1}, {"timeout_s": 86401}, {"timeout_s": True},
-                 {"language": "ruby"}, {"env": {"a-b": "x"}}, {"env": {"A": 1}}, {"metadata": []}, "x"):
+                 {"language": "ruby"}, {"env": {"a-b": "x"}}, {"env": {"A": 1}}, {"metadata": []}, {"metadata": {"k": "\0"}},
+                 "x"):
         with pytest.raises(ValidationFailed):
             parse_sandbox_request(body, LIMITS)
     assert parse_timeout({"timeout_s": 60}, LIMITS) == 60
@@ -42,7 +43,8 @@ def test_runs_and_commands_are_checked():
         parse_run({"code": "x" * (512 * 1024 + 1)})
     assert parse_command({"cmd": "ls -l"}).cmd == ("bash", "-c", "ls -l")
     assert parse_command({"cmd": ["ls"], "cwd": "/a/./b/"}).cwd == "a/b"
-    for body in ({"cmd": []}, {"cmd": [1]}, {"cmd": ["ls"], "cwd": "../x"}, {"cmd": ["ls"], "env": {"1": "x"}}):
+    for body in ({"cmd": []}, {"cmd": [1]}, {"cmd": ["ls"], "cwd": "../x"}, {"cmd": ["ls"], "env": {"1": "x"}},
+                 {"cmd": ["echo", "a\0b"]}, {"cmd": ["env"], "env": {"A": "x\0y"}}, {"cmd": "ls", "cwd": "a\0"}):
         with pytest.raises(ValidationFailed):
             parse_command(body)
 
@@ -62,6 +64,9 @@ def test_the_hubs_refusals_become_errors_and_the_disks_names_its_quota():
     assert isinstance(refusal("busy", "context busy", Row()), Conflict)
     assert isinstance(refusal("not_found", "'x' does not exist", Row()), NotFound)
     assert isinstance(refusal("bad_path", "'x' is a symlink", Row()), ValidationFailed)
+    for full in ("too_many", "exhausted", "tmp_full"):  # the sandbox holds too much now: 409, the request itself is fine
+        assert isinstance(refusal(full, "a sandbox has at most 16 contexts", Row()), Conflict)
+    assert isinstance(refusal("bad_request", "'cmd' must be a list of strings", Row()), ValidationFailed)
     full = refusal("disk_quota", "the sandbox's disk is full", Row())
     assert isinstance(full, PayloadTooLarge) and full.message == "The sandbox's disk is full: its disk quota is 16 MiB."
 

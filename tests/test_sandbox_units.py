@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import resource
+import select
 import subprocess
 from pathlib import Path
 
@@ -121,35 +122,97 @@ def test_build_output_is_reduced_to_plain_files():
         work_files(listed, max_bytes=4)
 
 
+class LiveSupervisor:
+    """The supervisor on the host given a live request: its items read as they come, input sent as we go."""
+
+    def __init__(self, binary: Path, folder: Path, request: bytes) -> None:
+        self.process = subprocess.Popen([str(binary), str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.out = bytearray()
+        self.send(request)
+
+    def send(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def item(self, timeout: float = 10) -> bytes:
+        """The next item; one that does not come within timeout (output the program kept) fails."""
+        assert self.process.stdout is not None
+        while (item := supervisor.take_item(self.out)) is None:
+            ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+            assert ready, f"no item within {timeout} s; so far {bytes(self.out)!r}"
+            self.out.extend(self.process.stdout.read1(4096))
+        return item
+
+    def until(self, end: bytes) -> dict[str, bytes]:
+        """What each stream brought until stdout ends with end (a runtime may write a line in pieces)."""
+        seen = {"stdout": b"", "stderr": b""}
+        while not seen["stdout"].endswith(end):
+            item = self.item()
+            seen[supervisor.LIVE_STREAMS[item[0]]] += item[1:]
+        return seen
+
+    def report(self) -> supervisor.RunReport:
+        assert self.item() == b""  # the end of the live items: the report follows
+        assert self.process.stdout is not None
+        self.out.extend(self.process.stdout.read())
+        assert self.process.wait(10) == 0
+        return supervisor.parse_report(bytes(self.out))[0]
+
+
 def test_supervisor_live_feeds_stdin_as_it_comes_and_sends_output_as_it_is_written(tmp_path: Path):
     binary = supervisor.build(tmp_path / "bin")
     program = ("sh", "-c", 'echo ready; read a; echo "got $a"; echo oops >&2; cat')
     # The task's own stdin comes first, then what arrives live.
     request = supervisor.request(supervisor.Files(), b"fir", program, wall_ms=5000, output_cap=100, collect=False,
                                  live=True)
-    process = subprocess.Popen([str(binary), str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(request)
-    process.stdin.flush()
-    out = bytearray()
+    run = LiveSupervisor(binary, tmp_path, request)
+    assert run.item() == b"1ready\n"  # sent as written, while the program waits for the rest of its line
+    run.send(supervisor.input_item(b"st\n"))
+    assert run.item() == b"1got first\n" and run.item() == b"2oops\n"
+    run.send(supervisor.input_item(b"more ") + supervisor.input_item(b"input\n") + supervisor.INPUT_END)
+    assert run.item() == b"1more input\n"
+    report = run.report()
+    assert report.exit_code == 0 and report.stdout == b"ready\ngot first\nmore input\n" and report.stderr == b"oops\n"
 
-    def next_item() -> bytes:
-        while (item := supervisor.take_item(out)) is None:
-            out.extend(process.stdout.read1(4096))
-        return item
 
-    assert next_item() == b"1ready\n"  # sent as written, while the program waits for the rest of its line
-    process.stdin.write(supervisor.input_item(b"st\n"))
-    process.stdin.flush()
-    assert next_item() == b"1got first\n" and next_item() == b"2oops\n"
-    process.stdin.write(supervisor.input_item(b"more ") + supervisor.input_item(b"input\n") + supervisor.INPUT_END)
-    process.stdin.flush()
-    assert next_item() == b"1more input\n"
-    assert next_item() == b""  # the end of the live items: the report follows
-    out.extend(process.stdout.read())
-    report, _ = supervisor.parse_report(bytes(out))
-    assert process.wait(10) == 0 and report.exit_code == 0
-    assert report.stdout == b"ready\ngot first\nmore input\n" and report.stderr == b"oops\n"
+TERMINAL_PROGRAM = """
+import os, sys
+print(os.isatty(0), os.isatty(1), os.isatty(2), os.getsid(0) == os.getpid(), os.tcgetpgrp(0) == os.getpgrp(),
+      os.get_terminal_size(), os.environ.get('TERM'), os.access('/dev/stdin', os.R_OK | os.W_OK))
+print('ready')  # not flushed: a terminal's stdout is line-buffered
+print(repr(sys.stdin.buffer.readline()))
+print('oops', file=sys.stderr)
+print(len(sys.stdin.buffer.readline()))
+print(repr(sys.stdin.buffer.read()), repr(sys.stdin.buffer.read()))
+"""
+
+
+def test_a_live_terminal_passes_bytes_as_they_are_and_ends_with_eof(tmp_path: Path):
+    """With a terminal, stdin and stdout are a pseudo-terminal that the program's session controls,
+    stderr a pipe, and the terminal is the program's own (it may reopen it) and shows text only (TERM
+    is dumb): output comes as the runtime writes lines to a terminal, input is not echoed, and
+    bytes pass untranslated both ways (carriage returns, ^C, DEL, ^U, ^S, NUL are data); a line longer
+    than a terminal holds arrives whole; the end of input is an end of file, found again by a program
+    that reads again."""
+    binary = supervisor.build(tmp_path / "bin")
+    request = supervisor.request(supervisor.Files(), b"", ("python3", "-c", TERMINAL_PROGRAM), wall_ms=10000,
+                                 output_cap=1000, collect=False, live=True, terminal=True)
+    run = LiveSupervisor(binary, tmp_path, request)
+    shown = run.until(b"ready\n")["stdout"]
+    assert shown == b"True True False True True os.terminal_size(columns=80, lines=24) dumb True\nready\n"
+    typed = b"a\rb\x03c\x7f\x15\x13\x17\x00\n"
+    run.send(supervisor.input_item(typed))
+    answer = run.until(b"\n")
+    run.send(supervisor.input_item(b"x" * 10000) + supervisor.input_item(b"\n"))
+    length = run.until(b"\n")
+    assert answer["stdout"] == repr(typed).encode() + b"\n" and length["stdout"] == b"10001\n"
+    assert answer["stderr"] + length["stderr"] == b"oops\n"
+    run.send(supervisor.input_item(b"more ") + supervisor.input_item(b"input") + supervisor.INPUT_END)
+    assert run.until(b"\n")["stdout"] == b"b'more input' b''\n"
+    report = run.report()
+    assert report.exit_code == 0 and report.stderr == b"oops\n", report
+    assert report.stdout == shown + repr(typed).encode() + b"\n10001\nb'more input' b''\n"
 
 
 def test_take_item():

@@ -8,14 +8,18 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import struct
 import time
+import uuid
 
 import aiohttp
 import docker
 import psycopg
 import pytest
+from redis import asyncio as aioredis
 
+from coderund.sandbox_requests import MAX_CONTEXTS, MAX_RESULT_BYTES, MAX_RESULTS
 from tests.conftest import api_of, free_port, make_settings, own_server
 
 pytestmark = pytest.mark.timeout(600)
@@ -418,3 +422,157 @@ async def test_a_client_that_goes_away_interrupts_its_run(runtime_api, owner, sa
     assert time.monotonic() - started < 10
 
 
+
+
+class TestBounds:
+    """What a call brings back is capped, nothing the user's code does stalls the hub, and a request
+    the hub cannot do is refused while the sandbox lives on."""
+
+    async def test_a_runs_results_are_capped_in_count_and_bytes(self, runtime_api, owner, sandbox):
+        await run(runtime_api, owner, sandbox, "kept = 'yes'")
+        many = await run(runtime_api, owner, sandbox, "for i in range(100):\n    display(i)")
+        assert many["results"] == [{"text/plain": str(i)} for i in range(MAX_RESULTS)] and many["truncated"]
+        big = await run(runtime_api, owner, sandbox, "s = 'x' * (1 << 20)\nfor i in range(12):\n    display(s)")
+        assert big["truncated"] and 0 < len(big["results"]) < 12
+        assert sum(len(json.dumps(r)) for r in big["results"]) <= MAX_RESULT_BYTES
+        huge = await run(runtime_api, owner, sandbox, "'x' * (20 << 20)")
+        assert huge["results"] == [] and huge["truncated"] and huge["error"] is None
+        deep = await run(runtime_api, owner, sandbox, "class Deep:\n    def _repr_json_(self):\n        v = []\n"
+                         "        for _ in range(200):\n            v = [v]\n        return v\nDeep()")
+        assert deep["results"] == [] and deep["truncated"], deep  # nested past any answer's depth
+        after = await run(runtime_api, owner, sandbox, "kept")  # the same interpreter: nothing was restarted
+        assert after["results"] == [{"text/plain": "'yes'"}] and not after["truncated"]
+
+    async def test_a_download_nobody_reads_holds_a_chunk_in_redis_and_nothing_once_its_client_goes(
+            self, runtime_api, owner, sandbox):
+        mark = uuid.uuid4().hex.encode()  # at the start of each MiB: this file's chunks, wherever they wait
+        await run(runtime_api, owner, sandbox, f"with open('unread.bin', 'wb') as f:\n    for i in range(48):\n"
+                  f"        f.seek(i << 20)\n        f.write({mark!r})\n    f.truncate(48 << 20)")
+        redis = aioredis.Redis.from_url(runtime_api.settings.redis_url)
+        port = int(runtime_api.base.rsplit(":", 1)[1])
+        readers = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        try:
+            for reader in readers:
+                reader.sendall(f"GET /sandboxes/{sandbox['id']}/files/unread.bin HTTP/1.1\r\nHost: x\r\n"
+                               f"Authorization: Bearer {owner}\r\n\r\n".encode())
+            for reader in readers:  # the answers have begun; their readers take nothing
+                reader.settimeout(60)
+                assert (await asyncio.to_thread(reader.recv, 12, socket.MSG_PEEK)) == b"HTTP/1.1 200"
+            held = []
+            for _ in range(12):
+                held.append(await chunks_held(redis, mark))
+                await asyncio.sleep(0.5)
+            assert max(held) <= 2 * len(readers), held
+        finally:
+            for reader in readers:
+                reader.close()
+        await wait_for_async(lambda: chunks_held(redis, mark), 30)
+        await redis.aclose()
+        assert (await run(runtime_api, owner, sandbox, "import os\nos.remove('unread.bin')"))["error"] is None
+
+    async def test_a_fifo_or_a_forged_end_never_stalls_the_hub(self, runtime_api, owner, sandbox):
+        await run(runtime_api, owner, sandbox, "import os\nos.mkfifo('pipe')")
+        status, body, _ = await runtime_api.call("GET", f"/sandboxes/{sandbox['id']}/files/pipe", token=owner)
+        assert status == 400 and "not a regular file" in body["message"], body
+        status, body, _ = await runtime_api.call("PUT", f"/sandboxes/{sandbox['id']}/files/pipe", token=owner, data=b"x")
+        assert status == 400, body
+        # The run's code says it ended (its own count, on its events pipe) while it goes on: its
+        # interpreter reads nothing, yet the hub takes the next run's 200 KB and serves all else.
+        forged = await run(runtime_api, owner, sandbox, FORGED_END)
+        assert forged["error"] is None
+        pending = asyncio.ensure_future(runtime_api.call("POST", f"/sandboxes/{sandbox['id']}/run", token=owner,
+                                                         json={"code": "x = 1\n" * 40_000, "timeout_s": 3}))
+        alive = await asyncio.wait_for(command(runtime_api, owner, sandbox, ["echo", "alive"]), 60)
+        assert alive["stdout"] == "alive\n"
+        status, body, _ = await asyncio.wait_for(pending, 60)
+        assert status == 200, body
+        while (answer := await runtime_api.call("POST", f"/sandboxes/{sandbox['id']}/run", token=owner,
+                                                json={"code": "6 * 7"}))[0] == 409:
+            await asyncio.sleep(0.2)
+        assert answer[1]["results"] == [{"text/plain": "42"}], answer
+        await runtime_api.call("DELETE", f"/sandboxes/{sandbox['id']}/files/pipe", token=owner)
+
+    async def test_requests_the_hub_cannot_do_are_4xx_and_the_sandbox_lives_on(self, runtime_api, owner):
+        box = await create(runtime_api, owner, memory_mb=512)
+        try:
+            await run(runtime_api, owner, box, "kept = 1\nimport os\nos.mkdir('ro')\nos.chmod('ro', 0o555)")
+            for path in ("a" * 300 + "/x", "ro/x", "ro/sub/x"):
+                status, body, _ = await runtime_api.call("PUT", f"/sandboxes/{box['id']}/files/{path}", token=owner,
+                                                         data=b"x")
+                assert status == 400 and body["error"] == "validation_failed", (path, body)
+            for asked in ({"cmd": ["echo", "a\0b"]}, {"cmd": ["env"], "env": {"A": "x\0y"}}):
+                status, body, _ = await runtime_api.call("POST", f"/sandboxes/{box['id']}/commands", token=owner,
+                                                         json=asked)
+                assert status == 400 and "NUL" in body["message"], body
+            # A bash run's code waits in /tmp: with /tmp full it is refused, and runs once there is room.
+            await command(runtime_api, owner, box, "cat /dev/zero > /tmp/fill; true")
+            status, body, _ = await runtime_api.call("POST", f"/sandboxes/{box['id']}/run", token=owner,
+                                                     json={"code": "echo hi", "language": "bash"})
+            assert status == 409 and "/tmp is full" in body["message"], body
+            await command(runtime_api, owner, box, ["rm", "/tmp/fill"])
+            assert (await run(runtime_api, owner, box, "echo hi", language="bash"))["stdout"] == "hi\n"
+            # Contexts up to the cap, then 409.
+            while True:
+                status, body, _ = await runtime_api.call("POST", f"/sandboxes/{box['id']}/contexts", token=owner,
+                                                         json={"language": "bash"})
+                if status != 201:
+                    break
+            assert status == 409 and f"at most {MAX_CONTEXTS} contexts" in body["message"], body
+            status, listed, _ = await runtime_api.call("GET", f"/sandboxes/{box['id']}/contexts", token=owner)
+            assert len(listed["contexts"]) == MAX_CONTEXTS
+            assert (await run(runtime_api, owner, box, "kept"))["results"] == [{"text/plain": "1"}]  # its state kept
+        finally:
+            await runtime_api.call("DELETE", f"/sandboxes/{box['id']}", token=owner)
+
+    async def test_no_path_the_hub_resolves_can_be_raced_and_proc_1_stays_closed(self, runtime_api, owner):
+        """A command's folder swapped for a link to /root (renameat2 RENAME_EXCHANGE) as it is
+        entered; a name flipping between a folder and a link to /proc/1 as a file is read; and the
+        hub's environment looked for all along, while the hub takes nobody's identity for file work."""
+        box = await create(runtime_api, owner)
+        try:
+            await run(runtime_api, owner, box, f"import os, subprocess, sys, time\nracers = [subprocess.Popen([sys.executable, "
+                      f"'-c', code]) for code in {[SWAPPER, FLIPPER, PROBER]!r}]\nwhile not os.path.lexists('l'):\n"
+                      "    time.sleep(0.01)")
+            entered, read = [], []
+            for _ in range(100):
+                status, body, _ = await runtime_api.call("POST", f"/sandboxes/{box['id']}/commands", token=owner,
+                                                         json={"cmd": ["pwd", "-P"], "cwd": "d"})
+                assert status in (200, 400), body  # 400: it was the link when looked at
+                entered += [body["stdout"]] if status == 200 else []
+                async with runtime_api.session.get(f"{runtime_api.base}/sandboxes/{box['id']}/files/x/environ",
+                                                   headers={"Authorization": f"Bearer {owner}"}) as response:
+                    read += [await response.read()] if response.status == 200 else []
+            assert entered and all(line.startswith("/box/") for line in entered), set(entered)
+            assert all(data == b"decoy" for data in read), {data[:80] for data in read}
+            probed = await command(runtime_api, owner, box, "cat /proc/1/environ 2>/dev/null | wc -c; cat probe-read 2>/dev/null; true")
+            assert probed["stdout"] == "0\n", probed
+        finally:
+            await runtime_api.call("DELETE", f"/sandboxes/{box['id']}", token=owner)
+
+
+FORGED_END = ("import os, sys, time\ncount = int(sys._getframe().f_code.co_filename[6:-1])\n"
+              "events = int(open('/proc/self/cmdline').read().split('\\0')[3])\n"
+              "os.write(events, b'{\"type\": \"done\", \"error\": null, \"count\": %d}\\n' % count)\ntime.sleep(30)")
+SWAPPER = ("import ctypes, os\nos.mkdir('d')\nos.symlink('/root', 'l')\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+           "while True:\n    libc.renameat2(-100, b'd', -100, b'l', 2)")
+FLIPPER = ("import os\nos.mkdir('real')\nopen('real/environ', 'w').write('decoy')\nwhile True:\n"
+           "    os.rename('real', 'x')\n    os.rename('x', 'real')\n    os.symlink('/proc/1', 'x')\n    os.unlink('x')")
+# gVisor lets anyone open /proc/1/environ (its mode is 0444 there): the hub's is empty.
+PROBER = ("while True:\n    try:\n        if open('/proc/1/environ', 'rb').read():\n"
+          "            open('probe-read', 'w').write('read')\n    except OSError:\n        pass")
+
+
+async def chunks_held(redis, mark):
+    """How many chunks of the file marked so wait in reply streams."""
+    held = 0
+    async for key in redis.scan_iter("coderund:sandboxes:reply:*"):
+        held += sum(fields.get(b"d", b"").startswith(mark) for _, fields in await redis.xrange(key, count=100))
+    return held
+
+
+async def wait_for_async(held, timeout_s):
+    """Until held() is 0."""
+    deadline = time.monotonic() + timeout_s
+    while (left := await held()):
+        assert time.monotonic() < deadline, f"{left} still held"
+        await asyncio.sleep(0.5)

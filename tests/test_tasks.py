@@ -239,6 +239,9 @@ async def test_languages_listing(api):
     assert by_name["go"]["max_limits"]["time_ms"] >= by_name["go"]["limits"]["time_ms"]
     assert by_name["java"]["entry_file"] == "Main.java" and by_name["kotlin"]["compile_limits"]["time_ms"] == 120000
     assert "compile_limits" not in by_name["python"]
+    # Each language's example, the playground's starting program (the conformance suite runs them all).
+    assert by_name["python"]["example"] == plugins.load(DEFAULT_PLUGINS_DIR).get("python").example
+    assert all(lang["example"] for lang in body["languages"])
 
 
 async def test_code_that_misses_the_entry_convention_is_refused_clearly(api):

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from coderund.addresses import is_allowed
-from tests.conftest import api_of, free_port
+from tests.conftest import api_of, drop_database, free_port
 
 
 class Receiver:
@@ -60,8 +60,7 @@ def own_database(settings):
     session's server, which refuses loopback callbacks, must not take these."""
     url = f"{settings.database_url}_hooks_{uuid.uuid4().hex[:6]}"
     yield url
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    drop_database(url)
 
 
 async def serving(settings, **changes):

@@ -11,13 +11,16 @@ import sys
 import textwrap
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import docker
 import psycopg
+import pytest
 
 from coderund.config import DEFAULT_PLUGINS_DIR
-from tests.conftest import Api, api_of, env_of, free_port
+from tests.conftest import RUNTIMES, Api, api_of, env_of, free_port, own_server, wait_until_up
 
 
 async def statuses(api: Api, token: str, ids: list[str]) -> list[str]:
@@ -93,6 +96,68 @@ async def test_a_new_language_is_one_file(settings, spawn, tmp_path):
         assert result["language"] == "awk"
         status, body, _ = await api.call("GET", "/languages")
         assert "awk" in {lang["name"] for lang in body["languages"]}
+
+
+@pytest.fixture
+def python_and_a_ghost(tmp_path) -> Path:
+    """A plugins folder of python alone (no javascript, which the warm stateful sandboxes once
+    assumed) and a plugin whose image was never built."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    shutil.copy(DEFAULT_PLUGINS_DIR / "python.toml", plugins)
+    (plugins / "ghost.toml").write_text(textwrap.dedent("""
+        name = "ghost"
+        version = "1"
+        image = "coderund/ghost:never-built"
+        source_file = "main.sh"
+        run = ["sh", "main.sh"]
+        [limits]
+        time_ms = 2000
+        memory_mb = 64
+    """))
+    return plugins
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_any_subset_of_plugins_serves_and_a_missing_image_is_named(settings, python_and_a_ghost, runtime):
+    """The daemon serves, /readyz names the missing image, and so does the result of its language's task."""
+    plugins = python_and_a_ghost
+    async with own_server(settings, plugins_dir=str(plugins), queue=f"{settings.queue}.subset", runtime=runtime) as api:
+        status, body, _ = await api.call("GET", "/readyz")
+        assert status == 503 and "images" in body["message"]
+        assert "coderund/ghost:never-built of language ghost is missing" in body["checks"]["images"]
+        assert "coderund images build ghost" in body["checks"]["images"] and "python" not in body["checks"]["images"]
+        token = await api.user("subset")
+        assert (await api.run(token, language="python", code="print('hi')"))["stdout"] == "hi\n"
+        ghost = await api.submit(token, language="ghost", code="echo boo")
+        result = await api.result(token, ghost)
+        assert result["verdict"] == "internal_error"
+        assert result["stderr"] == ("coderund: the image coderund/ghost:never-built of language ghost is missing; the operator"
+                                    " builds it with `coderund images build ghost`\n")
+        async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+            row = await (await conn.execute("SELECT attempts FROM tasks WHERE id = %s", (ghost,))).fetchone()
+        assert row[0] == 1  # refused at once: no retries of what cannot work
+        status, body, _ = await api.call("POST", "/sandboxes", token=token, json={"language": "javascript"})
+        assert status == 503 and "'javascript' is not supported" in body["message"]  # at once, not after a placement wait
+
+
+async def test_a_worker_without_the_api_names_a_missing_image_on_its_metrics_port(settings, python_and_a_ghost):
+    from coderund.daemon import serve
+
+    worker = dataclasses.replace(settings, role="worker", metrics_port=free_port(), plugins_dir=str(python_and_a_ghost),
+                                 queue=f"{settings.queue}.ghost-worker")
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(worker, stop))
+    try:
+        base = f"http://127.0.0.1:{worker.metrics_port}"
+        await wait_until_up(base, path="/metrics")
+        async with aiohttp.ClientSession() as session:
+            status, body, _ = await Api(session, base).call("GET", "/readyz")
+    finally:
+        stop.set()
+        await running
+    assert status == 503 and "coderund/ghost:never-built of language ghost is missing" in body["checks"]["images"]
+    assert body["checks"]["docker"] == "ok"
 
 
 def test_bad_plugin_stops_the_start_naming_file_and_field(settings, tmp_path):

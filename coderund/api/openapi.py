@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..sandbox_requests import CONTEXT_LANGUAGES, DEFAULT_RUN_S, LANGUAGES, MAX_RUN_S, STATES
+from ..sandbox_requests import (CONTEXT_LANGUAGES, DEFAULT_RUN_S, LANGUAGES, MAX_COMMANDS, MAX_CONTEXTS, MAX_ENTRIES,
+                                MAX_OUTPUT_BYTES, MAX_RESULT_BYTES, MAX_RESULTS, MAX_RUN_S, STATES)
 from ..domain import (HISTORY_STATES, MAX_ARTIFACT_BYTES, MAX_ARTIFACTS, MAX_OUTPUTS, MAX_ARG_CHARS, MAX_ARGS, MAX_BATCH, MAX_FILES, MAX_TESTS, MAX_WAIT_S, PASSWORD_LENGTH,
                       Verdict)
 from .keys import SESSION_COOKIE
@@ -15,7 +16,8 @@ from .keys import SESSION_COOKIE
 ERROR_CODES = [
     "invalid_json", "validation_failed", "unauthorized", "not_found", "method_not_allowed", "conflict",
     "payload_too_large", "unsupported_language", "rate_limited", "queue_full", "unavailable", "internal",
-    "request_timeout", "forbidden", "quota_exceeded", "bad_request", "sandbox_ended",
+    "request_timeout", "forbidden", "quota_exceeded", "bad_request", "sandbox_ended", "registration_closed",
+    "account_disabled",
 ]
 
 
@@ -175,7 +177,7 @@ SCHEMAS: dict[str, Any] = {
     "Language": {
         "type": "object",
         "required": ["name", "version", "aliases", "extensions", "compiled", "takes_args", "entry_file", "limits",
-                     "min_limits", "max_limits"],
+                     "min_limits", "max_limits", "example"],
         "properties": {
             "name": {"type": "string"}, "version": {"type": "string"},
             "aliases": {"type": "array", "items": {"type": "string"}}, "compiled": {"type": "boolean"},
@@ -185,6 +187,8 @@ SCHEMAS: dict[str, Any] = {
             "entry_file": {"type": "string", "description": "the file a task's `code` is saved as (e.g. Main.java)"},
             "limits": _ref("Limits"), "min_limits": _ref("Limits"), "max_limits": _ref("Limits"),
             "compile_limits": _ref("Limits"),  # compiled languages only: the compiler's limits
+            "example": {"type": "string", "description": "a program in this language that reads a name from stdin and "
+                        "greets it (`Hello, NAME!`), as the playground opens it; empty if the plugin has none"},
         },
     },
     "KeyRequest": {
@@ -254,14 +258,20 @@ def _body(schema: str, example: Any) -> dict[str, Any]:
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/register"): {
         "summary": "Create an account", "tags": ["accounts"], "requestBody": _body("Credentials", CREDENTIALS_EXAMPLE),
-        "responses": {"201": _json(_ref("User"), "Created", {"id": 1, "username": "alice"}), **_errors(*BODY_ERRORS, "409")},
+        "description": "Open to anyone unless the operator runs the server with `--registration closed`: then it answers "
+                       "403 `registration_closed` and an operator adds users (`coderund users add NAME --password-stdin`).",
+        "responses": {"201": _json(_ref("User"), "Created", {"id": 1, "username": "alice"}),
+                      **_errors(*BODY_ERRORS, "409", "429"),
+                      "403": _error("Sign-up is closed on this server (--registration closed).", "registration_closed")},
     },
     ("post", "/login"): {
         "summary": "Log in: a token, and the same as an HttpOnly session cookie", "tags": ["accounts"],
         "requestBody": _body("Credentials", CREDENTIALS_EXAMPLE),
         "responses": {"200": _json(_ref("Login"), "Logged in", {"token": "…", "expires_in": 86400},
                                    {"Set-Cookie": {"schema": {"type": "string"}}}),
-                      **_errors(*BODY_ERRORS, "401", "429")},
+                      **_errors(*BODY_ERRORS, "401", "429"),
+                      "403": _error("The operator has disabled this account (said only when the password is right).",
+                                    "account_disabled")},
     },
     ("post", "/logout"): {
         "summary": "End the session at once", "tags": ["accounts"], "security": AUTH,
@@ -371,9 +381,16 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "security": AUTH,
         "description": (
             "Upgrade to a WebSocket (authenticated before the upgrade). Messages are JSON objects with a `type`. "
-            "Client → server: `{\"type\": \"run\", \"task\": {...a POST /task body...}}`, then any number of "
-            "`{\"type\": \"stdin\", \"data\": \"...\"}`, `{\"type\": \"eof\"}` (the program's stdin ends; send it "
-            "when the program reads to the end of its input), `{\"type\": \"cancel\"}`. Server → client: "
+            "Client → server: `{\"type\": \"run\", \"task\": {...a POST /task body...}, \"tty\": true}`, then any "
+            "number of `{\"type\": \"stdin\", \"data\": \"...\"}`, `{\"type\": \"eof\"}` (the program's stdin ends; "
+            "send it when the program reads to the end of its input), `{\"type\": \"cancel\"}`. `tty` (default true) "
+            "gives the program a terminal, as a program run by hand has: its stdin and stdout are a pseudo-terminal "
+            "made inside its sandbox, its stderr stays a pipe, so runtimes write each line and prompt as they print "
+            "it. The terminal passes bytes as they are (no echo of input, no line editing, no signals from input, no "
+            "translation of carriage returns or newlines); it hands input to the program by lines, and Ctrl-D "
+            "(`\\u0004`) in the input ends a line without a newline, or at a line's start is an end of file, as "
+            "on a terminal; `eof` is sent as that. `\"tty\": false` gives pipes instead: runtimes keep output until "
+            "their buffer fills or they exit, and input passes with no line discipline at all. Server → client: "
             "`{\"type\": \"accepted\", \"task_id\": \"...\"}`, then `{\"type\": \"compile\"|\"stdout\"|\"stderr\", "
             "\"data\": \"...\"}` as the compiler and the program write, and last `{\"type\": \"result\", \"result\": "
             "{...as GET /result...}}`; a refused run or a bad message gets `{\"type\": \"error\", \"error\": code, "
@@ -392,7 +409,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _json({"type": "object", "properties": {"status": {"type": "string"}}}, "Alive", {"status": "ok"})},
     },
     ("get", "/readyz"): {
-        "summary": "Readiness: whether every dependency of this role answers", "tags": ["public"],
+        "summary": "Readiness: whether every dependency of this role answers and (with a worker) every language's image is built",
+        "tags": ["public"],
         "responses": {"200": _json(_ref("Readiness"), "Ready"), "503": _json(_ref("Readiness"), "Not ready, naming what")},
     },
     ("get", "/metrics"): {
@@ -460,7 +478,7 @@ def _piston_operations() -> dict[tuple[str, str], dict[str, Any]]:
     """Piston v2 under /piston, the key as a Bearer token or as the path's first segment."""
     operations = {}
     summaries = {"runtimes": "runtimes", "execute": "run files, synchronously",
-                 "connect": "the interactive WebSocket (Piston's protocol)"}
+                 "connect": "the interactive WebSocket (Piston's protocol; the program gets a terminal, as on /ws)"}
     errors = {"400": {**JUDGE0_ANY, "description": "Piston's {\"message\"}"}, "401": {**JUDGE0_ANY, "description": "no or a wrong key"},
               "403": JUDGE0_ANY, "404": JUDGE0_ANY, "413": JUDGE0_ANY, "429": JUDGE0_ANY, "503": JUDGE0_ANY}
     for prefix in ("", "/{key}"):
@@ -637,28 +655,34 @@ SANDBOX_SCHEMAS = {
         "type": "object", "required": ["stdout", "stderr", "results", "error", "execution_count"],
         "properties": {
             "stdout": {"type": "string"}, "stderr": {"type": "string"},
-            "results": {"type": "array", "items": {"type": "object", "additionalProperties": True},
+            "results": {"type": "array", "items": {"type": "object", "additionalProperties": True}, "maxItems": MAX_RESULTS,
                         "description": "MIME bundles as Jupyter's display data: text/plain for the last expression's value, "
-                                       "image/png (base64) for each matplotlib figure, text/html, application/json…"},
+                                       "image/png (base64) for each matplotlib figure, text/html, application/json…; "
+                                       f"at most {MAX_RESULTS} per run and {MAX_RESULT_BYTES // 2**20} MiB of JSON together "
+                                       "(a result that does not fit is dropped whole)"},
             "error": {"type": ["object", "null"], "properties": {"name": {"type": "string"}, "value": {"type": "string"},
                                                                  "traceback": {"type": "string"}}},
             "execution_count": {"type": ["integer", "null"]}, "context": {"type": ["string", "null"]},
-            "truncated": {"type": "boolean", "description": "stdout or stderr went over 1 MiB; the rest was dropped"},
+            "truncated": {"type": "boolean", "description": f"stdout or stderr went over {MAX_OUTPUT_BYTES // 2**20} MiB, or "
+                                                            "the results over their caps: the rest was dropped"},
         },
     },
     "SandboxCommand": {
         "type": "object", "required": ["cmd"],
         "properties": {"cmd": {"oneOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1},
-                                         {"type": "string", "description": "run by bash -c"}]},
+                                         {"type": "string", "description": "run by bash -c"}],
+                               "description": "no NUL in any argument"},
                        "cwd": {"type": "string", "description": "in the work folder"},
-                       "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                       "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "no NUL"},
                        "stdin": {"type": "string"}, "timeout_s": {"type": "number", "minimum": 0.1, "maximum": MAX_RUN_S}},
     },
     "CommandOutcome": {
         "type": "object", "required": ["stdout", "stderr", "exit_code", "signal", "timed_out"],
         "properties": {"stdout": {"type": "string"}, "stderr": {"type": "string"},
                        "exit_code": {"type": ["integer", "null"]}, "signal": {"type": ["integer", "null"]},
-                       "timed_out": {"type": "boolean"}, "truncated": {"type": "boolean"}},
+                       "timed_out": {"type": "boolean"},
+                       "truncated": {"type": "boolean", "description": f"stdout or stderr went over {MAX_OUTPUT_BYTES // 2**20} "
+                                                                       "MiB: the rest was dropped"}},
     },
     "SandboxTimeout": {"type": "object", "required": ["timeout_s"],
                        "properties": {"timeout_s": {"type": "integer", "minimum": 1, "description": "seconds from now"}}},
@@ -724,13 +748,21 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         body="SandboxRun", errors=(*CALL_ERRORS, "400", "408", "413", "429"),
         description="NDJSON events: `stdout` and `stderr` (`text`), `result` (`data`, a MIME bundle), `error` (`name`, "
                     "`value`, `traceback`), `execution_count`, then `end`. One run at a time per context (else 409); a "
-                    "client that disconnects interrupts its run."),
+                    "client that disconnects interrupts its run. stdout and stderr are cut at "
+                    f"{MAX_OUTPUT_BYTES // 2**20} MiB each, results at {MAX_RESULTS} and {MAX_RESULT_BYTES // 2**20} MiB "
+                    "together; past a cap the rest is dropped and `truncated` is true. A run in a language whose "
+                    f"context is not there yet makes it: 409 when the sandbox has {MAX_CONTEXTS} contexts already. "
+                    "A bash run's code is kept in the sandbox's /tmp: 409 while /tmp is full."),
     ("post", f"{ONE}/commands"): _sandbox_op(
         "Run a program beside the interpreters", {"200": _streamed("CommandOutcome", "Its outcome; NDJSON when asked")},
-        body="SandboxCommand", errors=(*CALL_ERRORS, "400", "408", "413", "429")),
+        body="SandboxCommand", errors=(*CALL_ERRORS, "400", "408", "413", "429"),
+        description=f"stdout and stderr are cut at {MAX_OUTPUT_BYTES // 2**20} MiB each. At most {MAX_COMMANDS} run "
+                    "at once in a sandbox (else 409, as when the sandbox has no room for another process); `cwd` is "
+                    "a folder (no symlink) in the work folder."),
     ("post", f"{ONE}/contexts"): _sandbox_op(
         "A new context (its own interpreter)", {"201": _json(_ref("Context"), "Made")}, body="ContextRequest",
-        errors=(*CALL_ERRORS, "400", "408", "413")),
+        errors=(*CALL_ERRORS, "400", "408", "413"),
+        description=f"A sandbox has at most {MAX_CONTEXTS} contexts, its language's own among them: past them, 409."),
     ("get", f"{ONE}/contexts"): _sandbox_op(
         "Its contexts", {"200": _json({"type": "object", "required": ["contexts"], "properties": {
             "contexts": {"type": "array", "items": _ref("Context")}}}, "Contexts")}),
@@ -739,7 +771,9 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", f"{ONE}/files"): _sandbox_op(
         "A folder's entries (?path=, default the work folder)",
         {"200": _json({"type": "object", "required": ["path", "entries"], "properties": {
-            "path": {"type": "string"}, "entries": {"type": "array", "items": _ref("FileEntry")}}}, "Entries")},
+            "path": {"type": "string"}, "entries": {"type": "array", "items": _ref("FileEntry"), "maxItems": MAX_ENTRIES},
+            "truncated": {"type": "boolean", "description": f"the folder holds more than {MAX_ENTRIES} entries: "
+                                                            "these are some of them"}}}, "Entries")},
         {"name": "path", "in": "query", "required": False, "schema": {"type": "string"}}, errors=(*CALL_ERRORS, "400")),
     ("put", f"{ONE}/files/{{path}}"): {
         **_sandbox_op("Write a file: the raw body, any size up to the disk quota (else 413 naming it)",
@@ -751,10 +785,21 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("get", f"{ONE}/files/{{path}}"): _sandbox_op(
         "Read a file (raw bytes)", {"200": {"description": "The file", "content": {"application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"}}}}}, FILE_PATH, errors=(*CALL_ERRORS, "400")),
+            "schema": {"type": "string", "format": "binary"}}}}}, FILE_PATH, errors=(*CALL_ERRORS, "400"),
+        description="A regular file only (a FIFO, socket or device is 400). It comes a chunk at a time, each fetched "
+                    "from the sandbox once the client has taken the last, up to the size the file had when the "
+                    "answer began."),
     ("delete", f"{ONE}/files/{{path}}"): _sandbox_op("Delete a file or folder", {"204": {"description": "Deleted"}},
                                                       FILE_PATH, errors=(*CALL_ERRORS, "400")),
 }
+
+
+def _protected(operation: dict[str, Any]) -> dict[str, Any]:
+    """Every operation behind a session or key may answer 403: a key without its scope, or a cookie
+    request from another site."""
+    if operation.get("security") is not AUTH:
+        return operation
+    return {**operation, "responses": {**operation["responses"], **_errors("403")}}
 
 
 def document() -> dict[str, Any]:
@@ -762,7 +807,7 @@ def document() -> dict[str, Any]:
     for (method, path), operation in {**OPERATIONS, **SANDBOX_OPERATIONS, **_judge0_operations(), **_piston_operations(),
                                       **_jobe_operations(), **_e2b_operations()}.items():
         operation_id = method + path.replace("/", "_").replace("{", "").replace("}", "").replace(".", "_")
-        paths.setdefault(path, {})[method] = {"operationId": operation_id, **operation}
+        paths.setdefault(path, {})[method] = {"operationId": operation_id, **_protected(operation)}
     return {
         "openapi": "3.1.0",
         "info": {

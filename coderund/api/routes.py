@@ -163,13 +163,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = request.app[SERVICES].checks
+    return await readiness(request.app[SERVICES].checks)
+
+
+async def readiness(checks: dict[str, Any]) -> web.Response:
+    """/readyz of the API, and of a worker without it (on its metrics port): every check, and 503 naming those failing."""
     outcomes = await asyncio.gather(*(_check(fn) for fn in checks.values()))
     report = dict(zip(checks, outcomes, strict=True))
     failing = [name for name, outcome in report.items() if outcome != "ok"]
     if failing:
         return web.json_response(
-            {"error": "unavailable", "message": f"Not ready: {', '.join(failing)} not answering.", "checks": report},
+            {"error": "unavailable", "message": f"Not ready: {'; '.join(f'{name} {report[name]}' for name in failing)}.",
+             "checks": report},
             status=503,
         )
     return web.json_response({"status": "ready", "checks": report})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
@@ -10,13 +11,12 @@ from aiohttp import web
 from ..access import TASKS_READ, TASKS_WRITE
 from ..domain import iso
 from ..errors import PayloadTooLarge
-from ..sandbox_requests import (CommandRequest, RunRequest, file_path, metadata_filter, parse_command, parse_context,
-                                parse_run, parse_sandbox_request, parse_timeout)
+from ..sandbox_requests import (FILE_CHUNK, CommandRequest, RunRequest, file_path, metadata_filter, parse_command,
+                                parse_context, parse_run, parse_sandbox_request, parse_timeout)
 from .keys import SERVICES, USER_ID
 from .routes import Route, read_json
 
 NDJSON = "application/x-ndjson"
-CHUNK = 1024 * 1024  # of an uploaded file, per call to the sandbox
 MB = 1024 * 1024
 
 
@@ -81,16 +81,17 @@ async def command(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, op: dict[str, Any], shape: Any) -> web.StreamResponse:
     """The call's events as one JSON answer, or with Accept: application/x-ndjson one line each as they come."""
-    events = _sandboxes(request).call(request[USER_ID], _id(request), op, client_gone=client_gone(request))
-    if NDJSON not in request.headers.get("Accept", ""):
-        return web.json_response(shape([message.body async for message in events]))
-    return await stream_lines(request, events, lambda event: ndjson(_lines(event)))
+    async with aclosing(_sandboxes(request).call(request[USER_ID], _id(request), op,
+                                                 client_gone=client_gone(request))) as events:
+        if NDJSON not in request.headers.get("Accept", ""):
+            return web.json_response(shape([message.body async for message in events]))
+        return await stream_lines(request, events, lambda event: ndjson(_lines(event)))
 
 
 async def stream_lines(request: web.Request, events: AsyncIterator[Any],
                        lines: Callable[[dict[str, Any]], bytes]) -> web.StreamResponse:
     """A call's events as NDJSON, lines(event) each, as they come; a refusal is still an error
-    answer, before any line is sent."""
+    answer, before any line is sent. The caller closes events."""
     first = await anext(events)
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
     await response.prepare(request)
@@ -98,9 +99,8 @@ async def stream_lines(request: web.Request, events: AsyncIterator[Any],
         async for message in _with_first(first, events):
             await response.write(lines(message.body))
     except ConnectionError:
-        pass  # the client went: its run is interrupted (client_gone)
-    await response.write_eof()
-    return response
+        pass  # the client went: its run is interrupted (client_gone, or the call's close)
+    return response  # aiohttp ends it (and minds a client that has gone)
 
 
 def ndjson(lines: list[dict[str, Any]]) -> bytes:
@@ -139,19 +139,34 @@ def _command_document(events: list[dict[str, Any]]) -> dict[str, Any]:
             "timed_out": bool(end.get("timed_out")), "truncated": bool(end.get("truncated"))}
 
 
-async def _ask(request: web.Request, op: dict[str, Any]) -> dict[str, Any]:
-    """A call answered by its end event alone."""
-    return await drain(_sandboxes(request).call(request[USER_ID], _id(request), op))
+async def collect(events: AsyncIterator[Any]) -> tuple[dict[str, Any], bytes]:
+    """A call's end event, and the bytes (a file's chunk) that came before it; the call closed."""
+    found = bytearray()
+    async with aclosing(events):
+        async for message in events:
+            found += message.data
+            if message.body.get("type") == "end":
+                return message.body, bytes(found)
+    return {}, bytes(found)
+
+
+async def drain(events: AsyncIterator[Any]) -> dict[str, Any]:
+    """A call answered by its end event alone: that event."""
+    return (await collect(events))[0]
+
+
+async def _ask(request: web.Request, op: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    return await collect(_sandboxes(request).call(request[USER_ID], _id(request), op))
 
 
 async def create_context(request: web.Request) -> web.Response:
     language = parse_context(await read_json(request))
-    end = await _ask(request, {"op": "context_create", "language": language})
+    end, _ = await _ask(request, {"op": "context_create", "language": language})
     return web.json_response(end["context"], status=201)
 
 
 async def list_contexts(request: web.Request) -> web.Response:
-    return web.json_response({"contexts": (await _ask(request, {"op": "context_list"}))["contexts"]})
+    return web.json_response({"contexts": (await _ask(request, {"op": "context_list"}))[0]["contexts"]})
 
 
 async def delete_context(request: web.Request) -> web.Response:
@@ -177,7 +192,7 @@ async def write_file(sandboxes: Any, row: Any, path: str, read: Callable[[int], 
     quota = row.disk_mb * MB
     size, append = 0, False
     while True:
-        chunk = await read(CHUNK)
+        chunk = await read(FILE_CHUNK)
         size += len(chunk)
         if size > quota:
             await drain(sandboxes.call(row.user_id, str(row.id), {"op": "delete", "path": path}, row=row))
@@ -190,28 +205,30 @@ async def write_file(sandboxes: Any, row: Any, path: str, read: Callable[[int], 
             return size
 
 
-async def drain(events: AsyncIterator[Any]) -> dict[str, Any]:
-    """A call answered by its end event alone: that event."""
-    async for message in events:
-        if message.body.get("type") == "end":
-            return message.body
-    return {}
-
-
 async def get_file(request: web.Request) -> web.StreamResponse:
-    return await send_file(request, _sandboxes(request).call(request[USER_ID], _id(request),
-                                                             {"op": "read", "path": file_path(request.match_info["path"])}))
+    sandboxes = _sandboxes(request)
+    row = await sandboxes.find(request[USER_ID], _id(request))
+    return await send_file(request, sandboxes, row, file_path(request.match_info["path"]))
 
 
-async def send_file(request: web.Request, events: AsyncIterator[Any]) -> web.StreamResponse:
-    """A read's chunks as the answer's body; not found and the like answer as errors, before any byte is sent."""
-    first = await anext(events)
+async def send_file(request: web.Request, sandboxes: Any, row: Any, path: str) -> web.StreamResponse:
+    """The file a chunk per call to the sandbox, each asked once the client has taken the last: what
+    waits for a slow reader is one chunk, never the file. As long as the file was when it began."""
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    await response.prepare(request)
-    async for message in _with_first(first, events):
-        if message.data:
-            await response.write(message.data)
-    await response.write_eof()
+    offset, size = 0, None
+    try:
+        while size is None or offset < size:
+            end, data = await collect(sandboxes.call(row.user_id, str(row.id), {"op": "read", "path": path, "offset": offset},
+                                                     row=row))
+            if size is None:  # not found and the like answer as errors, before any byte is sent
+                size = end.get("size", 0)
+                await response.prepare(request)
+            if not data:
+                break
+            await response.write(data)
+            offset += len(data)
+    except ConnectionError:
+        pass  # the client went: nothing more is asked
     return response
 
 
@@ -228,7 +245,8 @@ async def delete_file(request: web.Request) -> web.Response:
 
 async def list_files(request: web.Request) -> web.Response:
     path = file_path(request.query.get("path", "."))
-    return web.json_response({"path": path, "entries": (await _ask(request, {"op": "list", "path": path}))["entries"]})
+    end, _ = await _ask(request, {"op": "list", "path": path})
+    return web.json_response({"path": path, "entries": end["entries"], "truncated": bool(end.get("truncated"))})
 
 
 W, R = TASKS_WRITE, TASKS_READ

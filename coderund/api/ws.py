@@ -1,7 +1,8 @@
 """GET /ws: live runs over a WebSocket, one at a time per socket.
 
-Client → server: {"type": "run", "task": {...a POST /task body...}}, then {"type": "stdin", "data": "..."},
-{"type": "eof"}, {"type": "cancel"}. Server → client: {"type": "accepted", "task_id": "..."}, then
+Client → server: {"type": "run", "task": {...a POST /task body...}, "tty": true|false}, then {"type": "stdin",
+"data": "..."}, {"type": "eof"}, {"type": "cancel"}. With "tty" (the default), the program's stdin and stdout are a
+terminal, its stderr a pipe; with "tty": false, all three are pipes. Server → client: {"type": "accepted", "task_id": "..."}, then
 {"type": "compile"|"stdout"|"stderr", "data": "..."} as the program writes, and last {"type": "result",
 "result": {...as GET /result...}}; {"type": "error", "error": code, "message": "..."} for a refused run
 or a bad message. The authentication is the route's, checked before the upgrade.
@@ -77,7 +78,7 @@ class _Socket:
     async def _on(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "run":
-            await self._run(message.get("task"))
+            await self._run(message.get("task"), message.get("tty", True))
         elif kind in ("stdin", "eof", "cancel"):
             if not self.running or self.task_id is None:
                 raise BadMessage(f"There is no run in progress for {kind!r}.")
@@ -103,7 +104,7 @@ class _Socket:
         self.stdin_bytes += len(encoded)
         return encoded
 
-    async def _run(self, body: Any) -> None:
+    async def _run(self, body: Any, tty: Any) -> None:
         if self.running:
             raise Conflict("A run is in progress on this socket; wait for its result or cancel it.")
         if self.runs >= MAX_RUNS:
@@ -113,8 +114,10 @@ class _Socket:
             return
         if not isinstance(body, dict):
             raise BadMessage("'task' must be an object: a POST /task body.")
+        if not isinstance(tty, bool):
+            raise BadMessage("'tty' must be true (a terminal for the program's stdin and stdout) or false (pipes).")
         request = domain.parse_task_request(body)
-        task_id = await self.services.live.submit(self.user_id, request)
+        task_id = await self.services.live.submit(self.user_id, request, tty=tty)
         self.stdin_bytes = len(request.stdin.encode())
         self.runs += 1
         self.task_id = task_id

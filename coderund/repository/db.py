@@ -12,11 +12,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..config import PACKAGE_DIR
+from ..config import shipped
 from ..errors import Unavailable
 
 log = logging.getLogger(__name__)
-MIGRATIONS_DIR = PACKAGE_DIR.parent / "sql"
+MIGRATIONS_DIR = shipped("sql")
 MIGRATION_LOCK = 0x636F6465  # any constant shared by every coderund process
 CONNECT_TIMEOUT_S = 5
 
@@ -62,7 +62,7 @@ class Database:
             await conn.execute("SELECT 1")
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
 
@@ -73,7 +73,7 @@ async def create_database(url: str) -> None:
     if not name:
         return
     async with await psycopg.AsyncConnection.connect(
-        _with_database(url, "postgres"), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+        with_database(url, "postgres"), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
     ) as conn:
         found = await (await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))).fetchone()
         if found:

@@ -48,10 +48,11 @@ class Keys:
             return _row(await cursor.fetchone())
 
     async def by_hash(self, key_hash: bytes) -> KeyRow | None:
-        """The key, unless revoked (expiry is the caller's to judge: a cached key expires too)."""
+        """The key, unless revoked or its user disabled (expiry is the caller's to judge: a cached key
+        expires too)."""
         async with self.db.statement() as conn:
-            cursor = await conn.execute(f"SELECT {COLUMNS} FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
-                                        (key_hash,))
+            cursor = await conn.execute(f"SELECT {COLUMNS} FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL"
+                                        " AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL)", (key_hash,))
             row = await cursor.fetchone()
             return _row(row) if row else None
 

@@ -28,7 +28,7 @@ class TaskListener:
     def __init__(self, url: str, channel: str) -> None:
         self.url = url
         self.channel = channel
-        self._waiters: dict[uuid.UUID, set[asyncio.Event]] = {}
+        self._waiters: dict[uuid.UUID | None, set[asyncio.Event]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribers: list[Callable[[uuid.UUID | None], None]] = []
 
@@ -45,9 +45,9 @@ class TaskListener:
             await asyncio.gather(self._listener, return_exceptions=True)
 
     @contextlib.contextmanager
-    def watch(self, task_id: uuid.UUID) -> Iterator[asyncio.Event]:
-        """An event set when there may be news of the task: watch first, then read the task, so that
-        news between the two is not missed."""
+    def watch(self, task_id: uuid.UUID | None) -> Iterator[asyncio.Event]:
+        """An event set when there may be news of the task (None: of any task): watch first, then read
+        the task, so that news between the two is not missed."""
         event = asyncio.Event()
         self._waiters.setdefault(task_id, set()).add(event)
         try:
@@ -77,7 +77,8 @@ class TaskListener:
                     async for note in conn.notifies():
                         with contextlib.suppress(ValueError):
                             noted = uuid.UUID(note.payload)
-                            self._wake(self._waiters.get(noted, set()))
+                            for key in (noted, None):
+                                self._wake(self._waiters.get(key, set()))
                             for fn in self._subscribers:
                                 fn(noted)
             except (psycopg.Error, OSError) as e:

@@ -26,6 +26,11 @@ class Delivery:
     def __init__(self, message: aiormq.abc.DeliveredMessage) -> None:
         self.message = message
 
+    @property
+    def redelivered(self) -> bool:
+        """Whether the broker delivered this message before (to a worker that died, or handed it back)."""
+        return bool(self.message.delivery.redelivered)
+
     async def ack(self) -> None:
         await self.message.channel.basic_ack(self.message.delivery.delivery_tag)
 

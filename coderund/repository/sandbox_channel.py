@@ -3,7 +3,9 @@
 A new sandbox waits in a list that the workers of one queue take from (whoever has room); calls go
 to the hosting worker's own stream, and each call's events come back on a stream of its own. Streams
 as live runs have them: nothing is lost while the other side is not yet reading, and any API process
-on any host meets any worker on the keys.
+on any host meets any worker on the keys. A call's reply stream is opened by its caller before the
+call and forgotten when the caller is done with it: the worker's events go only to an open one, so
+a caller that has gone is sent nothing more (what a call can send at all is bounded by the hub).
 """
 from __future__ import annotations
 
@@ -64,8 +66,15 @@ class SandboxChannel:
                 await self.redis.xdel(key, *(m.id for m in found))
         return found
 
-    async def reply(self, key: str, event: dict[str, Any], data: bytes = b"") -> None:
-        await self._put(key, event, data, None, REPLY_TTL_S)
+    async def open(self, key: str) -> None:
+        """A reply stream, empty, before its call."""
+        with answering():
+            await (self.redis.pipeline(transaction=False).xadd(key, {"o": ""}, maxlen=0, approximate=False)
+                   .expire(key, REPLY_TTL_S).execute())
+
+    async def reply(self, key: str, event: dict[str, Any], data: bytes = b"", *, opened: bool = False) -> bool:
+        """Whether the event went on the stream; opened: only onto one its caller opened and still reads."""
+        return await self._put(key, event, data, None, REPLY_TTL_S, only_open=opened)
 
     async def replies(self, key: str, after: str, block_ms: int) -> list[Message]:
         return await self._read(key, after, block_ms)
@@ -74,13 +83,15 @@ class SandboxChannel:
         with answering():
             await self.redis.delete(key)
 
-    async def _put(self, key: str, body: dict[str, Any], data: bytes, maxlen: int | None, ttl_s: int | None) -> None:
+    async def _put(self, key: str, body: dict[str, Any], data: bytes, maxlen: int | None, ttl_s: int | None,
+                   only_open: bool = False) -> bool:
         with answering():
             pipe = self.redis.pipeline(transaction=False).xadd(key, {"j": json.dumps(body), "d": data}, maxlen=maxlen,
-                                                                approximate=True)
+                                                                approximate=True, nomkstream=only_open)
             if ttl_s:
                 pipe.expire(key, ttl_s)
-            await pipe.execute()
+            added, *_ = await pipe.execute()
+        return added is not None
 
     async def _read(self, key: str, after: str, block_ms: int) -> list[Message]:
         with answering():

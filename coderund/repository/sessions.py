@@ -26,7 +26,10 @@ from ..errors import Unavailable
 
 log = logging.getLogger(__name__)
 SESSION_KEY = "coderund:session:{}"
-LOGIN_FAILURES_KEY = "coderund:login-failures:{}"
+LOGIN_FAILURES_KEY = "coderund:login-failures:{}:{}"  # username, client network
+# A user's session digests, so an operator's disable ends them all. A logout leaves its digest here
+# (it does not know the user): the set is bounded by the logins of one session lifetime, and goes with it.
+USER_SESSIONS_KEY = "coderund:user-sessions:{}"
 ENDED_CHANNEL = "coderund:session-ended"  # a logout's token digest, to every API process
 TOKEN_BYTES = 32  # 256 bits
 MAX_CONNECTIONS = 64
@@ -93,8 +96,10 @@ class Sessions:
 
     async def create(self, user_id: int) -> str:
         token = secrets.token_urlsafe(TOKEN_BYTES)
+        digest, user_sessions = token_digest(token), USER_SESSIONS_KEY.format(user_id)
         with answering():
-            await self.redis.set(SESSION_KEY.format(token_digest(token)), str(user_id), ex=self.ttl)
+            await (self.redis.pipeline().set(SESSION_KEY.format(digest), str(user_id), ex=self.ttl)
+                   .sadd(user_sessions, digest).expire(user_sessions, self.ttl).execute())
         return token
 
     async def user_id(self, token: str) -> int | None:
@@ -122,15 +127,29 @@ class Sessions:
             deleted, _ = await self.redis.pipeline().delete(SESSION_KEY.format(digest)).publish(ENDED_CHANNEL, digest).execute()
         return bool(deleted)
 
-    async def login_failures(self, username: str) -> tuple[int, int]:
-        """How many recent failures the username has, and seconds until the count expires."""
-        key = LOGIN_FAILURES_KEY.format(username)
+    async def end_all(self, user_id: int) -> int:
+        """Ends every session of the user at once, in every API process; returns how many were live."""
+        user_sessions = USER_SESSIONS_KEY.format(user_id)
+        with answering():
+            digests = [digest.decode() for digest in await self.redis.smembers(user_sessions)]
+            if not digests:
+                return 0
+            pipeline = self.redis.pipeline().delete(*(SESSION_KEY.format(digest) for digest in digests))
+            for digest in digests:
+                self._seen.pop(digest, None)
+                pipeline.publish(ENDED_CHANNEL, digest)
+            ended, *_ = await pipeline.delete(user_sessions).execute()
+        return int(ended)
+
+    async def login_failures(self, username: str, client: str) -> tuple[int, int]:
+        """How many recent failures the username has from the client, and seconds until the count expires."""
+        key = LOGIN_FAILURES_KEY.format(username, client)
         with answering():
             count, ttl = await self.redis.pipeline().get(key).ttl(key).execute()
         return int(count or 0), max(int(ttl), 1)
 
-    async def add_login_failure(self, username: str, window: int) -> None:
-        key = LOGIN_FAILURES_KEY.format(username)
+    async def add_login_failure(self, username: str, client: str, window: int) -> None:
+        key = LOGIN_FAILURES_KEY.format(username, client)
         with answering():
             # NX: the window starts at the first failure and is not stretched by later ones.
             await self.redis.pipeline().incr(key).expire(key, window, nx=True).execute()

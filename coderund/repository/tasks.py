@@ -1,6 +1,7 @@
 """Tasks in PostgreSQL. State moves queued → running → done, and never back from done."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from datetime import datetime
@@ -10,6 +11,7 @@ from psycopg.types.json import Jsonb
 
 from ..checkers import parse_checker
 from ..domain import Artifact, CaseResult, Limits, Program, Result, Task, TaskState, TestCase, Verdict
+from ..errors import Unavailable
 from .db import Database
 from .notify import CANCEL, FINISHED
 from .outbox import ENQUEUE
@@ -20,8 +22,8 @@ RETENTION_BATCH = 500  # tasks deleted per sweep: a long backlog goes in steps, 
 COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
-    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, compat, program,"
-    " outputs, artifacts"
+    " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, tty, compat,"
+    " program, outputs, artifacts"
 )
 # What a result needs, without the submission's own texts: code, stdin and files come empty, and
 # the test cases only counted (a batch of large tasks once made the API hold every byte of them).
@@ -29,6 +31,48 @@ RESULT_COLUMNS = COLUMNS.replace("code, stdin,", "''::bytea AS code, ''::bytea A
     " files, tests,", " '[]'::jsonb AS files, (SELECT coalesce(jsonb_agg(jsonb_build_object('stdin', '', 'args', '[]'::jsonb,"
     " 'expected', '')), '[]'::jsonb) FROM generate_series(1, jsonb_array_length(tests))) AS tests,")
 USER_LOCK = 0x75736572  # with a user's id: one submission of that user's at a time passes the cap check
+# A task of the repository's queue: one that names none (added before queues were recorded), or any
+# task when the repository is of no one queue.
+OF_QUEUE = "(queue IS NULL OR %(queue)s::text IS NULL OR queue = %(queue)s)"
+# A task any delivery of its queue may take: queued, and its message confirmed by the broker. (Taken
+# before, by another message, a task whose publication then failed would run after its submission
+# was refused, and that message's own task would be left with none.)
+CLAIMABLE = f"state = 'queued' AND published_at IS NOT NULL AND {OF_QUEUE}"
+UNPUBLISHED_AFTER_S = 30  # a submission takes milliseconds; older and unconfirmed means the API died
+# The fairest queued task of the queue: of the users with queued tasks, the one with the fewest
+# running tasks, then the one waiting longest; that user's oldest queued task. The waiting users and
+# their oldest tasks come from skipping through the index one user at a time (a probe per user, not a
+# read of every queued row); the running tasks, few (at most what the workers hold), are counted in
+# one pass. A row another statement holds is skipped: a claim never waits for a lock, so claims never
+# deadlock (one that waited could hold a row it then passed over while it waited for the next).
+FAIR_PICK = (
+    "waiting (user_id, since) AS ("
+    "  (SELECT user_id, created_at FROM tasks WHERE " + CLAIMABLE + " ORDER BY user_id, created_at LIMIT 1)"
+    " UNION ALL SELECT next.user_id, next.created_at FROM waiting CROSS JOIN LATERAL ("
+    "  SELECT user_id, created_at FROM tasks WHERE " + CLAIMABLE + " AND user_id > waiting.user_id"
+    "  ORDER BY user_id, created_at LIMIT 1) AS next),"
+    " running (user_id, count) AS (SELECT user_id, count(*) FROM tasks WHERE state = 'running' GROUP BY user_id),"
+    " pick AS (SELECT next.id AS picked FROM (SELECT user_id FROM waiting LEFT JOIN running USING (user_id)"
+    "   ORDER BY coalesce(count, 0), since OFFSET 0) AS fairest"  # OFFSET 0: sorted before the lateral below,
+    "  CROSS JOIN LATERAL (SELECT id FROM tasks WHERE tasks.user_id = fairest.user_id"  # run for one user at a time
+    "   AND " + CLAIMABLE + " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS next LIMIT 1)"
+)
+# Whether a task of the queue waits that some message stands for: one confirmed, or one whose
+# submission is under way (older and unconfirmed, the sweep publishes it again).
+WAITING = (f"SELECT EXISTS (SELECT FROM tasks WHERE state = 'queued' AND {OF_QUEUE} AND (published_at IS NOT NULL"
+           f" OR created_at > now() - make_interval(secs => {UNPUBLISHED_AFTER_S}))) AS waits")
+CLAIM_RETRY_S, CLAIM_TRIES = 0.01, 100  # while the tasks that wait are held by other statements
+CLAIMED = "state = 'running', attempts = attempts + 1, worker = %(worker)s, started_at = now(), message = %(message)s"
+NAMED = f"UPDATE tasks SET {CLAIMED} WHERE id = %(message)s AND state = 'queued' AND {OF_QUEUE}"
+# A claim's tries, in order: the task its message names when that is plainly the fairest (its user runs
+# nothing and no task waits longer: the usual case, in one short statement); the fairest; the task its
+# message names, which may be unconfirmed (its submission is marking it confirmed: its message is this one).
+CLAIMS = (
+    NAMED + " AND NOT EXISTS (SELECT FROM tasks AS busy WHERE busy.user_id = tasks.user_id AND busy.state = 'running')"
+    f" AND NOT EXISTS (SELECT FROM tasks AS older WHERE {CLAIMABLE} AND older.created_at < tasks.created_at)",
+    f"WITH RECURSIVE {FAIR_PICK} UPDATE tasks SET {CLAIMED} FROM pick WHERE id = picked",
+    NAMED,
+)
 SUMMARY = "id, language, state, verdict, created_at, started_at, finished_at"
 OUTPUT_FIELDS = ("stdout", "stderr")  # bytes in a Result, base64 text in JSON (output may be any bytes)
 
@@ -95,6 +139,7 @@ def _task(row: dict[str, Any]) -> Task:
         cancel_requested=row["cancel_requested"],
         callback_url=row["callback_url"],
         live=row["live"],
+        tty=row["tty"],
         compat=row["compat"],
         program=None if row["program"] is None else Program.from_document(row["program"]),
         outputs=tuple(row["outputs"]),
@@ -117,8 +162,11 @@ def _finishing(done: str, returning: str, also: str = "") -> str:
 
 
 class Tasks:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, queue: str | None = None) -> None:
+        """queue: the RabbitMQ queue whose messages announce these tasks: a task added is recorded as
+        its, and claims and the sweep take only its tasks (None: any queue's)."""
         self.db = db
+        self.queue = queue
 
     async def add(self, task: Task, max_unfinished: int) -> bool:
         """Stores the task, unless its user has max_unfinished already (False): the count and the
@@ -130,17 +178,17 @@ class Tasks:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USER_LOCK, task.user_id))
                 cursor = await conn.execute(
                     "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                    " stop_on_failure, callback_url, live, compat, program, outputs)"
-                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+                    " stop_on_failure, callback_url, live, tty, compat, program, outputs, queue)"
+                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
                     " WHERE (SELECT count(*) FROM tasks WHERE user_id = %s AND state <> 'done') < %s RETURNING id",
                     (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                      task.limits.time_ms, task.limits.memory_mb,
                      Jsonb([{"name": name, "content": _b64(content)} for name, content in task.files]),
                      Jsonb([{"stdin": _b64(c.stdin), "args": list(c.args), "expected": _b64(c.expected)} for c in task.tests]),
-                     Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live,
+                     Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live, task.tty,
                      None if task.compat is None else Jsonb(task.compat),
                      None if task.program is None else Jsonb(task.program.document()), Jsonb(list(task.outputs)),
-                     task.user_id, max_unfinished),
+                     self.queue, task.user_id, max_unfinished),
                 )
             return await cursor.fetchone() is not None
 
@@ -160,11 +208,11 @@ class Tasks:
                     return []
                 cursor = await conn.execute(
                     "UPDATE tasks SET state = 'queued', worker = NULL, published_at = NULL"
-                    " WHERE (state = 'running' AND NOT EXISTS (SELECT 1 FROM workers WHERE workers.id = tasks.worker"
-                    "  AND heartbeat_at > now() - make_interval(secs => %s)))"
-                    " OR (state = 'queued' AND published_at IS NULL AND created_at < now() - make_interval(secs => %s))"
-                    " RETURNING id",
-                    (lease_s, unpublished_after_s),
+                    " WHERE ((state = 'running' AND NOT EXISTS (SELECT 1 FROM workers WHERE workers.id = tasks.worker"
+                    "  AND heartbeat_at > now() - make_interval(secs => %(lease)s)))"
+                    " OR (state = 'queued' AND published_at IS NULL AND created_at < now() - make_interval(secs => %(unpublished)s)))"
+                    f" AND {OF_QUEUE} RETURNING id",
+                    {"lease": lease_s, "unpublished": unpublished_after_s, "queue": self.queue},
                 )
                 return [row["id"] for row in await cursor.fetchall()]
 
@@ -256,16 +304,33 @@ class Tasks:
             row = await (await conn.execute("SELECT cancel_requested FROM tasks WHERE id = %s", (task_id,))).fetchone()
             return bool(row and row["cancel_requested"])
 
-    async def claim(self, task_id: uuid.UUID, worker: str) -> Task | None:
-        """Marks an unfinished task as running on this worker and counts the attempt."""
+    async def claim(self, message: uuid.UUID, worker: str, *, redelivered: bool = False) -> Task | None:
+        """Marks a task as running on this worker, counts the attempt and returns it; None when no task
+        waits. A message says that there is work, not which: its delivery takes the fairest queued
+        task of the queue (FAIR_PICK), whichever id the message names, so that one user's backlog in
+        the broker holds nobody else back. A redelivery (the delivery's worker died, or handed it
+        back) first resumes the task that the lost delivery was running."""
+        params = {"message": message, "worker": worker, "queue": self.queue}
         async with self.db.statement() as conn:
-            cursor = await conn.execute(
-                "UPDATE tasks SET state = 'running', attempts = attempts + 1, worker = %s, started_at = now()"
-                f" WHERE id = %s AND state <> 'done' RETURNING {COLUMNS}",
-                (worker, task_id),
-            )
-            row = await cursor.fetchone()
-            return _task(row) if row else None
+            if redelivered:
+                row = await (await conn.execute(
+                    # (A task claimed before messages were recorded counts as its own message's.)
+                    f"UPDATE tasks SET {CLAIMED} WHERE id = (SELECT id FROM tasks WHERE state = 'running'"
+                    f" AND coalesce(message, id) = %(message)s AND {OF_QUEUE} LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                    f" RETURNING {COLUMNS}", params)).fetchone()
+                if row is not None:
+                    return _task(row)
+            # The fair choice skips a task another statement holds (a claim under way). While a task
+            # that some message stands for waits and none was taken, the claim tries again: a message
+            # is never spent while its task waits.
+            for _ in range(CLAIM_TRIES):
+                for claim in CLAIMS:
+                    if (row := await (await conn.execute(f"{claim} RETURNING {COLUMNS}", params)).fetchone()) is not None:
+                        return _task(row)
+                if not (await (await conn.execute(WAITING, params)).fetchone())["waits"]:
+                    return None
+                await asyncio.sleep(CLAIM_RETRY_S)
+        raise Unavailable("The tasks that wait stay held by other statements; the message goes back to the queue.")
 
     async def release(self, task_id: uuid.UUID) -> None:
         """Puts a running task back in the queue's hands (the worker is stopping or the platform failed)."""

@@ -26,6 +26,7 @@ class Live:
 
     output: Callable[[str, bytes], Awaitable[None]]  # ("stdout" or "stderr", bytes)
     stdin: AsyncIterator[bytes] | None = None  # None: nothing beyond the task's own stdin
+    terminal: bool = False  # the program's stdin and stdout a pseudo-terminal (the supervisor's TERMINAL)
 
 
 class Died(Exception):

@@ -60,6 +60,14 @@ class SandboxRefused(SandboxError):
     """The engine refused to make a container with these settings: trying again cannot help."""
 
 
+class ImageMissing(SandboxRefused):
+    """The image is not on the engine: the operator builds it (`coderund images build`)."""
+
+    def __init__(self, image: str) -> None:
+        super().__init__(f"the image {image} is missing")
+        self.image = image
+
+
 @dataclass(frozen=True)
 class Shape:
     """What makes two sandbox containers interchangeable before a task is in them."""
@@ -140,6 +148,8 @@ class Engine:
             reader, writer = await self.http.attach(container_id)
         except EngineCallFailed as e:
             await self._remove(name)  # a half-made container must not linger
+            if e.status == 404:  # the create call's only 404: "No such image"
+                raise ImageMissing(shape.image) from e
             raise _sandbox_error(e) from e
         took = time.monotonic() - started
         metrics.CONTAINER_START.observe(took)
@@ -210,7 +220,16 @@ class Engine:
         await asyncio.gather(*(self._remove(container) for container in containers))
 
     def image_id(self, image: str) -> str:
-        return self.client.api.inspect_image(image)["Id"]
+        try:
+            return self.client.api.inspect_image(image)["Id"]
+        except docker.errors.ImageNotFound:
+            raise ImageMissing(image) from None
+
+    def missing_images(self, images: list[str]) -> list[str]:
+        """Those of the images that the engine does not have (one listing of them all)."""
+        present = {name for found in self.client.api.images() for name in (found.get("RepoTags") or [])
+                   + (found.get("RepoDigests") or [])}
+        return [image for image in images if image not in present and f"{image}:latest" not in present]
 
     async def _install_tools(self, image: str) -> None:
         """The supervisor goes into a volume once per engine and version; every sandbox mounts it
@@ -226,9 +245,12 @@ class Engine:
         api = self.client.api
         api.create_volume(self.tools_volume, labels={LABEL: "1"})  # returns the volume if it exists
         # A container that never starts, only to reach the volume (any image will do: the plugin's).
-        helper = api.create_container(image, command=["true"], labels=self.labels,
-                                      host_config=api.create_host_config(
-                                          network_mode="none", mounts=[Mount(TOOLS_DIR, self.tools_volume, type="volume")]))
+        try:
+            helper = api.create_container(image, command=["true"], labels=self.labels,
+                                          host_config=api.create_host_config(
+                                              network_mode="none", mounts=[Mount(TOOLS_DIR, self.tools_volume, type="volume")]))
+        except docker.errors.ImageNotFound:
+            raise ImageMissing(image) from None
         try:
             if any(_archive_size(api, helper["Id"], f"{TOOLS_DIR}/{name}") != len(data)
                    for name, (data, _) in self.tools.items()):

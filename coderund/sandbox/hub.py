@@ -7,16 +7,28 @@ Requests arrive on stdin as JSON lines {"id", "op", ...}; events leave on stdout
 capabilities to change identity and signal; everything a user's code touches runs as nobody: the
 contexts (a persistent Python or JavaScript interpreter, or bash), commands, and file operations (the hub takes
 nobody's effective identity for them). So the user's code can neither write the hub's stdout (the
-channel to the worker) nor signal, ptrace or read the hub, and it sees what nobody may see in the
-work folder only. A context's interpreter speaks to the hub over pipes of its own; what it says
-there is its own run's result, which is the user's own code's to shape anyway.
+channel to the worker) nor signal, ptrace or read the hub (it is not dumpable, and its environment
+is empty: what its children get arrives in a memfd), and it sees what nobody may see in the work
+folder only. A context's interpreter speaks to the hub over pipes of its own; what it says there is
+its own run's result, which is the user's own code's to shape anyway.
 
-Usage: hub.py WORK_FOLDER [NPROC]  (NPROC: nobody's process limit, where the runtime's kernel counts
-only this sandbox's processes, as gVisor's does; 0 leaves it to the container's pids limit)
+The hub never waits on what a user's code controls: it writes to its children without blocking,
+opens files without blocking (and only regular files and folders), reads their lines up to a
+bound, and checks every run's and command's time at each turn of its loop. What a request cannot
+do is refused in its end event; no request ends the hub.
+
+Usage: hub.py WORK_FOLDER CAPS [ENV_FD]
+CAPS is a JSON object: nproc (nobody's process limit, where the runtime's kernel counts only this
+sandbox's processes, as gVisor's does; 0 leaves it to the container's pids limit), output_bytes,
+results, result_bytes, contexts, commands, entries, chunk, depth (a listing's), stdin_bytes (sent to a
+running command and not read yet), attached (a command's clients besides its own); see
+coderund/sandbox_requests.py. The hub starts itself again with an empty environment, the old one in
+the memfd ENV_FD.
 A Python context is kernel.py, a JavaScript one kernel.js (on the image's node), beside this file.
 """
 import base64
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -33,14 +45,15 @@ import time
 UID = 65534  # nobody
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL, KERNEL_JS = os.path.join(HERE, "kernel.py"), os.path.join(HERE, "kernel.js")  # Python's and JavaScript's contexts
-CHUNK = 1 << 20  # bytes of a file per event
-OUTPUT_CAP = 1 << 20  # of a run's stdout and of its stderr, each; past it the rest is read and dropped
-EVENT_LINE_MAX = 64 << 20  # from a context: a longer line kills it (a figure's PNG is far smaller)
+ERROR_SLACK = 1 << 20  # a context's line beside the results' cap: a run's error (the kernels cut theirs far shorter)
+ERROR_CHARS = 65536  # of an error's value and of its traceback, as sent on
+STATUS_LINE_MAX = 256  # a bash context's status line
+DRAIN_MAX = 1 << 20  # read at a run's end: what its pipes held then (a pipe holds 64 KiB), not a writer's flood after
+RESULT_DEPTH = 64  # of a result's JSON
+MAX_SECONDS = 1e6  # a run's or command's timeout
 GRACE_S = 2  # between the interrupt at a run's timeout and the kill of its interpreter
 SCRIPTS = "/tmp/.coderund-hub"  # bash runs' code, root's: nobody reads them, never changes them
-LIST_MAX = 10000  # entries of one listing, however deep
-STDIN_MAX = 1 << 20  # bytes sent to a command's stdin that it has not read yet
-LISTENERS_MAX = 16  # clients attached to one command besides the one that started it
+PR_SET_DUMPABLE = 4
 
 
 class Refused(Exception):
@@ -57,8 +70,12 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
+def encoded(event):
+    return (json.dumps(event, separators=(",", ":")) + "\n").encode()
+
+
 def emit(event):
-    write_all(1, (json.dumps(event, separators=(",", ":")) + "\n").encode())
+    write_all(1, encoded(event))
 
 
 def nonblocking(fd):
@@ -72,6 +89,59 @@ def read_ready(fd):
         return os.read(fd, 65536)
     except BlockingIOError:
         return None
+
+
+# ---- a request's fields ----
+
+def text(request, name, default=None):
+    value = request.get(name, default)
+    if not isinstance(value, str):
+        raise Refused("bad_request", f"{name!r} must be a string")
+    return value
+
+
+def optional_text(request, name):
+    return None if request.get(name) is None else text(request, name)
+
+
+def seconds(request, name, default):
+    value = request.get(name)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SECONDS:
+        raise Refused("bad_request", f"{name!r} must be a number of seconds from 0 to {MAX_SECONDS:g}")
+    return float(value)
+
+
+def strings(request, name):
+    value = request.get(name, {})
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise Refused("bad_request", f"{name!r} must be an object of strings")
+    return value
+
+
+def variables(request, name):
+    """Environment variables: names a shell can assign, values with no NUL."""
+    value = strings(request, name)
+    if not all(k.isascii() and k.isidentifier() and "\0" not in v and encodable(v)
+               for k, v in value.items()):
+        raise Refused("bad_request", f"{name!r} must have names of letters, digits and _, and values of text with no NUL")
+    return value
+
+
+def encodable(value):
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def whole(request, name, default, most):
+    value = request.get(name)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise Refused("bad_request", f"{name!r} must be a whole number from 0 to {most}")
+    return value
 
 
 # ---- files, as nobody, confined to the work folder ----
@@ -91,6 +161,8 @@ def parts_of(path):
     parts = [p for p in str(path).split("/") if p not in ("", ".")]
     if ".." in parts:
         raise Refused("bad_path", f"{path!r} leaves the work folder")
+    if "\0" in str(path):
+        raise Refused("bad_path", "a path has no NUL")
     return parts
 
 
@@ -100,8 +172,12 @@ def open_folder(work, parts, create=False):
     try:
         for part in parts:
             if create:
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as e:
+                    raise path_error(e, part) from None
             inner = open_entry(fd, part, os.O_RDONLY | os.O_DIRECTORY)
             os.close(fd)
             fd = inner
@@ -112,29 +188,41 @@ def open_folder(work, parts, create=False):
 
 
 def open_entry(folder, name, flags, mode=0o644):
-    """name in the folder, never through a symlink. O_NOFOLLOW alone is not enough: gVisor (20221219)
-    follows a symlink named with O_DIRECTORY | O_NOFOLLOW. So the entry must be no symlink before the
-    open, and the very inode it was after (a swap in between is refused)."""
+    """name in the folder, never through a symlink, and only a regular file or a folder, opened
+    without blocking (a FIFO would wait for its other end). O_NOFOLLOW alone is not enough: gVisor
+    (20221219) follows a symlink named with O_DIRECTORY | O_NOFOLLOW. So the entry must be there and
+    no symlink before the open (only a create may name what is not there, and a create is never
+    O_DIRECTORY), and be the very inode it was after (a swap in between is refused)."""
     try:
         before = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
-        before = None  # only a create may name what is not there
+        if not flags & os.O_CREAT:
+            raise path_error(OSError(errno.ENOENT, "missing"), name) from None
+        before = None
     except OSError as e:
         raise path_error(e, name) from None
-    if before is not None and stat.S_ISLNK(before.st_mode):
-        raise path_error(OSError(errno.ELOOP, "symlink"), name)
+    if before is not None:
+        plain(before, name)
     try:
-        fd = os.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=folder)
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode, dir_fd=folder)
     except OSError as e:
         raise path_error(e, name) from None
     try:
         after = os.fstat(fd)
         if before is not None and (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
             raise Refused("bad_path", f"{name!r} changed while it was opened")
+        plain(after, name)
         return fd
     except BaseException:
         os.close(fd)
         raise
+
+
+def plain(info, name):
+    if stat.S_ISLNK(info.st_mode):
+        raise path_error(OSError(errno.ELOOP, "symlink"), name)
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise Refused("bad_path", f"{name!r} is not a regular file or folder")
 
 
 def path_error(e, name):
@@ -173,8 +261,10 @@ def entry_at(folder, name, path):
 
 
 class Files:
-    def __init__(self, work):
+    def __init__(self, work, caps):
         self.work = work
+        self.entries = caps["entries"]  # most entries a listing holds
+        self.chunk = caps["chunk"]  # most bytes a read brings
 
     def write(self, path, data, append):
         *folders, name = parts_of(path) or [""]
@@ -185,19 +275,18 @@ class Files:
             try:
                 fd = open_entry(folder, name, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC))
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    write_all(fd, data)
                 except OSError as e:
-                    os.unlink(name, dir_fd=folder)  # never a half file
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=folder)  # never a half file
                     raise path_error(e, path) from None
                 finally:
                     os.close(fd)
             finally:
                 os.close(folder)
 
-    def read(self, path):
-        """The file's bytes, a chunk at a time."""
+    def read(self, path, offset):
+        """Up to a chunk of the file from offset, and the file's size."""
         *folders, name = parts_of(path) or [""]
         with as_nobody():
             folder = open_folder(self.work, folders)
@@ -206,33 +295,38 @@ class Files:
             finally:
                 os.close(folder)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise Refused("is_folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "bad_path", f"{path!r} is not a file")
-            while chunk := os.read(fd, CHUNK):
-                yield chunk
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise Refused("is_folder", f"{path!r} is not a file")
+            return os.pread(fd, self.chunk, offset), info.st_size
         finally:
             os.close(fd)
 
     def list(self, path, depth=1, detail=False):
         """The folder's entries, and with depth > 1 those of its folders below (never through a
-        symlink), at most LIST_MAX in all; with detail, each as stat() tells it."""
+        symlink), at most self.entries in all; with detail, each as stat() tells it. And whether
+        there were more."""
         with as_nobody():
             folder = open_folder(self.work, parts_of(path))
             try:
                 entries = []
-                self._walk(folder, "/".join(parts_of(path)), depth, detail, entries)
-                return sorted(entries, key=lambda e: e["path" if detail else "name"])
-            except OSError as e:  # an entry gone meanwhile, or no descriptor left: the listing is refused
+                truncated = self._walk(folder, "/".join(parts_of(path)), depth, detail, entries)
+                return sorted(entries, key=lambda e: e["path" if detail else "name"]), truncated
+            except OSError as e:  # no descriptor left: the listing is refused
                 raise path_error(e, path) from None
             finally:
                 os.close(folder)
 
     def _walk(self, folder, prefix, depth, detail, entries):
+        """Adds the folder's entries (and below, to depth); True if the cap left some out."""
         with os.scandir(folder) as found:
             for entry in found:
-                if len(entries) >= LIST_MAX:
-                    return
-                info = entry.stat(follow_symlinks=False)
+                if len(entries) == self.entries:
+                    return True
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since the folder was read
                 path = f"{prefix}/{entry.name}" if prefix else entry.name
                 entries.append(describe(entry.name, path, info, folder) if detail else
                                {"name": entry.name, "kind": kind_of(info), "size": info.st_size if stat.S_ISREG(info.st_mode) else 0})
@@ -242,9 +336,11 @@ class Files:
                     except Refused:
                         continue  # gone, or unreadable, meanwhile
                     try:
-                        self._walk(inner, path, depth - 1, detail, entries)
+                        if self._walk(inner, path, depth - 1, detail, entries):
+                            return True
                     finally:
                         os.close(inner)
+        return False
 
     def stat(self, path):
         *folders, name = parts_of(path) or [""]
@@ -317,16 +413,48 @@ class Files:
 
 # ---- processes run as nobody ----
 
-def spawn(argv, env, cwd, stdin=subprocess.DEVNULL, pass_fds=()):
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+def exhausted(e):
+    return Refused("exhausted", f"the sandbox has no room for another process: {e.strerror}")
+
+
+def pipes(count):
+    """count new pipes, each (read end, write end); Refused, holding none, if the sandbox has no room."""
+    made = []
     try:
-        process = subprocess.Popen(argv, stdin=stdin, stdout=out_w, stderr=err_w, cwd=cwd, env=env, user=UID, group=UID,
-                                   extra_groups=[], start_new_session=True, close_fds=True, pass_fds=pass_fds)
+        for _ in range(count):
+            made.append(os.pipe())
+    except OSError as e:
+        for pair in made:
+            for fd in pair:
+                os.close(fd)
+        raise exhausted(e) from None
+    return made
+
+
+def spawn(argv, env, folder, stdin=subprocess.DEVNULL, pass_fds=()):
+    """argv as nobody in a session of its own, in folder: an open folder it enters by its descriptor,
+    as nobody, so no path is resolved that its files' owner could swap."""
+    (out_r, out_w), (err_r, err_w) = pipes(2)
+    try:
+        process = subprocess.Popen(argv, stdin=stdin, stdout=out_w, stderr=err_w, env=env, user=UID, group=UID,
+                                   extra_groups=[], start_new_session=True, close_fds=True, pass_fds=pass_fds,
+                                   preexec_fn=lambda: os.fchdir(folder))
+    except (OSError, ValueError, TypeError, subprocess.SubprocessError) as e:
+        os.close(out_r)
+        os.close(err_r)
+        raise spawn_error(e, argv) from None
     finally:
         os.close(out_w)
         os.close(err_w)
     return process, nonblocking(out_r), nonblocking(err_r)
+
+
+def spawn_error(e, argv):
+    if isinstance(e, OSError) and e.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
+        return exhausted(e)
+    if isinstance(e, OSError):
+        return Refused("bad_command", f"{argv[0]!r}: {e.strerror}")
+    return Refused("bad_command", f"{argv[0]!r} cannot start: {e}")  # a NUL in it, a bad environment name
 
 
 def kill_group(process):
@@ -334,36 +462,113 @@ def kill_group(process):
         os.killpg(process.pid, signal.SIGKILL)
 
 
+class Feed:
+    """Bytes for a child's pipe, written as the child takes them: the hub never waits on a child."""
+
+    def __init__(self, hub, fd):
+        self.hub, self.fd = hub, nonblocking(fd)
+        self.pending = memoryview(b"")
+        self.ending = False  # closed once what is pending is written
+
+    def send(self, data):
+        self.pending = memoryview(bytes(self.pending) + data) if self.pending else memoryview(data)
+        self.flush()
+
+    def end(self):
+        """Closes the pipe once what is pending is written: the child reads its end then."""
+        self.ending = True
+        self.flush()
+
+    def flush(self):
+        if self.fd is not None and self.on_writable(self.fd):
+            self.hub.watch_write(self.fd, self.on_writable)
+
+    def on_writable(self, fd):
+        try:
+            if self.pending:
+                self.pending = self.pending[os.write(fd, self.pending):]
+        except BlockingIOError:
+            pass
+        except OSError:  # the child closed its end or died: its context finds out at its next tick
+            self.pending = memoryview(b"")
+        if self.ending and not self.pending:
+            self.close()
+        return bool(self.pending)
+
+    def close(self):
+        if self.fd is not None:
+            self.hub.unwatch_write(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+
+class Lines:
+    """A child's channel, a line at a time, each at most `most` bytes: a longer one is dropped as
+    it comes (on_long is told), never held."""
+
+    def __init__(self, most, on_line, on_long):
+        self.most, self.on_line, self.on_long = most, on_line, on_long
+        self.buffer, self.skipping = bytearray(), False
+
+    def on_ready(self, fd):
+        data = read_ready(fd)
+        if data is None:
+            return True
+        start = 0
+        while start < len(data):
+            newline = data.find(b"\n", start)
+            end = len(data) if newline < 0 else newline
+            if not self.skipping:
+                self.buffer += data[start:end]
+                if len(self.buffer) > self.most:
+                    self.buffer.clear()
+                    self.skipping = True
+                    self.on_long()
+            if newline >= 0:
+                if not self.skipping:
+                    line = bytes(self.buffer)
+                    self.buffer.clear()
+                    self.on_line(line)
+                self.skipping = False
+            start = end + 1
+        return data != b""
+
+
 class Output:
-    """A run's stdout and stderr pipes, handed on as events up to the cap."""
+    """A run's stdout, stderr and results, handed on as events up to the caps."""
 
     def __init__(self, hub, out_fd, err_fd):
         self.hub = hub
         self.fds = {out_fd: "stdout", err_fd: "stderr"}
-        self.request = None
+        self.open = len(self.fds)  # pipes not yet at their end
         self.listeners = []  # other requests that hear it too: a command's clients that attached later
-        self.sent = {"stdout": 0, "stderr": 0}
-        self.truncated = False
+        self.start(None)
+        for fd in self.fds:
+            hub.watch(fd, self.on_ready)
 
     def start(self, request):
         self.request, self.sent, self.truncated = request, {"stdout": 0, "stderr": 0}, False
+        self.results, self.result_bytes = 0, 0
 
     def on_ready(self, fd):
         data = read_ready(fd)
         if data:
             self.forward(self.fds[fd], data)
+        self.open -= data == b""
         return data != b""
 
     def drain(self):
         """What the pipes hold now: everything written before the run said it ended."""
         for fd in self.fds:
-            while (data := read_ready(fd)):
+            taken = 0
+            while taken < DRAIN_MAX and (data := read_ready(fd)):
+                taken += len(data)
                 self.forward(self.fds[fd], data)
 
     def forward(self, stream, data):
         if self.request is None:
             return  # a background process of the user's, between runs
-        room = OUTPUT_CAP - self.sent[stream]
+        room = self.hub.caps["output_bytes"] - self.sent[stream]
         if len(data) > room:
             data, self.truncated = data[:max(room, 0)], True
         if data:
@@ -372,14 +577,50 @@ class Output:
             for request in (self.request, *self.listeners):
                 emit({"id": request, "type": stream, "text": text})
 
+    def result(self, data, main):
+        """One result (a MIME bundle; main: the cell's value), if the run's results are still within their caps."""
+        if self.request is None:
+            return
+        caps = self.hub.caps
+        line = (encoded({"id": self.request, "type": "result", "data": data, "main": main})
+                if self.results < caps["results"] and within(data, RESULT_DEPTH) else None)
+        if line is None or self.result_bytes + len(line) > caps["result_bytes"]:
+            self.truncated = True
+            return
+        self.drain()  # what was printed before the value comes first
+        self.results += 1
+        self.result_bytes += len(line)
+        write_all(1, line)
+
     def close(self):
         for fd in self.fds:
             self.hub.unwatch(fd)
             os.close(fd)
 
 
+def within(value, depth):
+    """Whether the JSON value nests no deeper than depth."""
+    level = [value]
+    for _ in range(depth):
+        level = [child for item in level if isinstance(item, (dict, list))
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return True
+    return False
+
+
+def error_of(error):
+    """A context's error as it goes on: three strings, cut to size (a traceback keeps its end)."""
+    if not isinstance(error, dict):
+        return None
+    name, value, traceback = (str(error.get(key, "")) for key in ("name", "value", "traceback"))
+    return {"name": name[:ERROR_CHARS], "value": value[:ERROR_CHARS], "traceback": traceback[-ERROR_CHARS:]}
+
+
 class Context:
     """A persistent interpreter as a child process; one run at a time."""
+
+    line_max = STATUS_LINE_MAX
 
     def __init__(self, hub, cid, language):
         self.hub, self.id, self.language = hub, cid, language
@@ -391,19 +632,33 @@ class Context:
         self.start()
 
     def start(self):
+        """Starts the interpreter: self.process, self.output, self.input (a Feed), self.channel (its
+        fd, read by Lines); Refused if it cannot."""
         raise NotImplementedError
 
-    def run(self, request, code, timeout_s, env=None):
+    def started(self, process, out_fd, err_fd, input_fd, channel_fd):
+        self.process, self.output = process, Output(self.hub, out_fd, err_fd)
+        self.input, self.channel = Feed(self.hub, input_fd), nonblocking(channel_fd)
+        self.hub.watch(channel_fd, Lines(self.line_max, self.on_line, self.on_long).on_ready)
+
+    def run(self, request, code, timeout_s, env):
         if self.request is not None:
             raise Refused("busy", f"context {self.id!r} is running {self.request!r}: one run at a time")
-        if self.process.poll() is not None:
+        if self.process is None or self.process.poll() is not None:
             self.stop()
             self.start()
+        if self.input.pending:  # only after a run its code said had ended, while it went on
+            raise Refused("busy", f"context {self.id!r} has not yet taken its last run's code")
+        payload = self.payload(code, env)
         self.count += 1
         self.request, self.note, self.timeout_s = request, None, timeout_s
         self.deadline = time.monotonic() + timeout_s
         self.output.start(request)
-        self.send(code, env or {})
+        self.input.send(payload)
+
+    def payload(self, code, env):
+        """What the interpreter is sent to run code, with env's variables for that run alone."""
+        raise NotImplementedError
 
     def interrupt(self, why):
         if self.request is None or self.kill_at is not None:
@@ -431,14 +686,18 @@ class Context:
             self.died("the context was restarted: its state is lost")
         else:
             self.stop()
-            self.start()
         self.count = 0
+        if self.process is None:
+            self.start()
 
     def died(self, why):
-        request, self.note = self.request, None
+        kill_group(self.process)
+        self.process.wait()
+        self.note = None
+        self.finish(self.request, {"name": "SandboxInterrupted", "value": why, "traceback": ""})
         self.stop()
-        self.start()
-        self.finish(request, {"name": "SandboxInterrupted", "value": why, "traceback": ""})
+        with contextlib.suppress(Refused):  # else the next run starts it, or says why it cannot
+            self.start()
 
     def finish(self, request, error, **extra):
         self.output.drain()
@@ -450,29 +709,27 @@ class Context:
         emit({"id": request, "type": "end", "error": error, "execution_count": self.count, "truncated": truncated,
               "context": self.id, **extra})
 
-    def on_lines(self, fd):
-        """What the interpreter says on its own channel, a line at a time (on_line)."""
-        data = read_ready(fd)
-        if data is None:
-            return True
-        if not data:
-            return False
-        self.buffer += data
-        if len(self.buffer) > EVENT_LINE_MAX:
-            self.buffer.clear()
-            kill_group(self.process)  # tick() restarts it and says so
-            return False
-        while (newline := self.buffer.find(b"\n")) >= 0:
-            line = bytes(self.buffer[:newline])
-            del self.buffer[:newline + 1]
-            self.on_line(line)
-        return True
+    def on_long(self):
+        if self.request is not None:
+            self.output.truncated = True
+
+    def on_line(self, line):
+        raise NotImplementedError
 
     def stop(self):
+        """Ends the interpreter, and the run it had (deleted)."""
+        if self.process is None:
+            return
         kill_group(self.process)
         self.process.wait()
+        if self.request is not None:
+            self.finish(self.request, {"name": "SandboxInterrupted", "value": f"context {self.id!r} was deleted",
+                                       "traceback": ""})
         self.output.close()
-        self.close_channel()
+        self.input.close()
+        self.hub.unwatch(self.channel)
+        os.close(self.channel)
+        self.process = None
 
 
 class KernelContext(Context):
@@ -483,43 +740,38 @@ class KernelContext(Context):
     def argv(self, requests_fd, events_fd):
         raise NotImplementedError
 
+    @property
+    def line_max(self):
+        return self.hub.caps["result_bytes"] + ERROR_SLACK
+
     def start(self):
-        requests_r, self.requests = os.pipe()
-        self.events, events_w = os.pipe()
+        (requests_r, requests_w), (events_r, events_w) = pipes(2)
         try:
-            self.process, out_fd, err_fd = spawn(self.argv(requests_r, events_w), {**self.hub.env, **self.env},
-                                                 self.hub.work, pass_fds=(requests_r, events_w))
+            process, out_fd, err_fd = spawn(self.argv(requests_r, events_w), {**self.hub.env, **self.env},
+                                            self.hub.work_fd, pass_fds=(requests_r, events_w))
+        except BaseException:
+            os.close(requests_w)
+            os.close(events_r)
+            raise
         finally:
             os.close(requests_r)
             os.close(events_w)
-        self.output = Output(self.hub, out_fd, err_fd)
-        self.buffer = bytearray()
-        nonblocking(self.events)
-        for fd in (out_fd, err_fd):
-            self.hub.watch(fd, self.output.on_ready)
-        self.hub.watch(self.events, self.on_lines)
+        self.started(process, out_fd, err_fd, requests_w, events_r)
 
-    def send(self, code, env):
-        os.set_blocking(self.requests, True)
-        write_all(self.requests, (json.dumps({"code": code, "count": self.count, "env": env}) + "\n").encode())
+    def payload(self, code, env):
+        return encoded({"code": code, "count": self.count + 1, "env": env})  # run() counts it next
 
     def on_line(self, line):
         try:
             event = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
-        if not isinstance(event, dict) or self.request is None:
-            return
+        if not isinstance(event, dict) or self.request is None or event.get("count") != self.count:
+            return  # between runs, or a run's that the hub has ended
         if event.get("type") == "result" and isinstance(event.get("data"), dict):
-            self.output.drain()  # what was printed before the value comes first
-            emit({"id": self.request, "type": "result", "data": event["data"], "main": event.get("main") is True})
+            self.output.result(event["data"], event.get("main") is True)
         elif event.get("type") == "done":
-            self.finish(self.request, event.get("error") if isinstance(event.get("error"), dict) else None)
-
-    def close_channel(self):
-        self.hub.unwatch(self.events)
-        os.close(self.events)
-        os.close(self.requests)
+            self.finish(self.request, error_of(event.get("error")))
 
 
 class PythonContext(KernelContext):
@@ -544,34 +796,43 @@ class BashContext(Context):
     """A shell that sources each run's code with stdin from /dev/null, so cwd, variables and functions
     persist; its status comes back on a pipe of its own after a marker only the hub knows."""
 
+    script = None
+
     def start(self):
-        commands_r, self.commands = os.pipe()
-        self.status, status_w = os.pipe()
+        (commands_r, commands_w), (status_r, status_w) = pipes(2)
         try:
-            self.process, out_fd, err_fd = spawn(["bash", "--noprofile", "--norc"], self.hub.env, self.hub.work,
-                                                 stdin=commands_r, pass_fds=(status_w,))
+            process, out_fd, err_fd = spawn(["bash", "--noprofile", "--norc"], self.hub.env, self.hub.work_fd,
+                                            stdin=commands_r, pass_fds=(status_w,))
+        except BaseException:
+            os.close(commands_w)
+            os.close(status_r)
+            raise
         finally:
             os.close(commands_r)
-        self.status_fd = status_w
-        os.close(status_w)
-        self.output = Output(self.hub, out_fd, err_fd)
+            os.close(status_w)
+        self.status_fd = status_w  # its number in the shell
         self.marker = os.urandom(8).hex()
-        self.buffer = bytearray()
-        nonblocking(self.status)
-        for fd in (out_fd, err_fd):
-            self.hub.watch(fd, self.output.on_ready)
-        self.hub.watch(self.status, self.on_lines)
-        self.script = None
+        self.started(process, out_fd, err_fd, commands_w, status_r)
 
-    def send(self, code, env):
-        self.script = f"{SCRIPTS}/{os.urandom(8).hex()}.sh"
-        with open(self.script, "w") as f:
-            f.write(code)
-        os.chmod(self.script, 0o644)
+    def payload(self, code, env):
+        self.forget_script()
+        script = f"{SCRIPTS}/{os.urandom(8).hex()}.sh"
+        try:
+            with open(script, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(code)
+            os.chmod(script, 0o644)
+        except (OSError, ValueError) as e:  # ValueError: a lone surrogate in the code
+            with contextlib.suppress(OSError):
+                os.unlink(script)
+            if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+                raise Refused("tmp_full", "the sandbox's /tmp is full, and a bash run's code is kept there: "
+                                          "free some of it") from None
+            raise
+        self.script = script
         # Assignments before `source` hold for that run only: bash restores the variables after it.
         assignments = "".join(f"{name}={shlex.quote(value)} " for name, value in env.items())
-        line = f'{assignments}source {self.script} </dev/null; printf "%d {self.marker}\\n" "$?" >&{self.status_fd}\n'
-        os.write(self.commands, line.encode())
+        return (f'{assignments}source {script} </dev/null; printf "%d {self.marker}\\n" "$?" >&{self.status_fd}\n'
+                .encode(errors="surrogateescape"))
 
     def on_line(self, line):
         code, _, marker = line.decode(errors="replace").partition(" ")
@@ -586,11 +847,9 @@ class BashContext(Context):
                 os.unlink(self.script)
             self.script = None
 
-    def close_channel(self):
+    def stop(self):
         self.forget_script()
-        self.hub.unwatch(self.status)
-        os.close(self.status)
-        os.close(self.commands)
+        super().stop()
 
 
 CONTEXTS = {"python": PythonContext, "javascript": JavaScriptContext, "bash": BashContext}
@@ -601,65 +860,50 @@ class Command:
     gave, or with open_stdin a pipe that takes input while it runs (send, close_stdin); with
     announce, its pid is the first event."""
 
-    def __init__(self, hub, request, argv, cwd, env, stdin, timeout_s, open_stdin=False, tag=None, announce=False):
+    def __init__(self, hub, request, argv, folder, cwd, env, stdin, timeout_s, open_stdin=False, tag=None,
+                 announce=False):
         self.hub, self.request, self.argv, self.cwd, self.env, self.tag = hub, request, argv, cwd, env, tag
-        self.stdin, self.pending, self.closing = None, bytearray(), False
+        self.stdin = None  # a Feed, with open_stdin
+        writer = None
         if open_stdin:
-            feed, self.stdin = os.pipe()
+            ((feed, writer),) = pipes(1)
         else:
-            feed = os.memfd_create("stdin")
-            os.write(feed, stdin)
-            os.lseek(feed, 0, os.SEEK_SET)
-        try:
             try:
-                self.process, out_fd, err_fd = spawn(argv, env, cwd, stdin=feed)
+                feed = os.memfd_create("stdin")
             except OSError as e:
-                if self.stdin is not None:
-                    os.close(self.stdin)
-                raise Refused("bad_command", f"{argv[0]!r}: {e.strerror}") from None
+                raise exhausted(e) from None
+        try:
+            if writer is None:
+                write_all(feed, stdin)
+                os.lseek(feed, 0, os.SEEK_SET)
+            self.process, out_fd, err_fd = spawn(argv, env, folder, stdin=feed)
+        except BaseException:
+            if writer is not None:
+                os.close(writer)
+            raise
         finally:
             os.close(feed)
-        if self.stdin is not None:
-            nonblocking(self.stdin)
+        if writer is not None:
+            self.stdin = Feed(hub, writer)
         if announce:
             emit({"id": request, "type": "start", "pid": self.process.pid})
         self.output = Output(hub, out_fd, err_fd)
         self.output.start(request)
-        self.open = 2
-        for fd in (out_fd, err_fd):
-            hub.watch(fd, self.on_output)
         self.deadline = time.monotonic() + timeout_s
         self.timed_out = False
 
     def send(self, data):
         """Input for its stdin, written as the command reads it: never blocks the hub."""
-        if self.stdin is None or self.closing:
+        if self.stdin is None or self.stdin.ending:
             raise Refused("no_stdin", f"process {self.process.pid} takes no input (start it with stdin, and before closing it)")
-        if len(self.pending) + len(data) > STDIN_MAX:
-            raise Refused("busy", f"process {self.process.pid} has not read the last {len(self.pending)} bytes sent to it")
-        self.pending += data
-        self.flush()
+        if len(self.stdin.pending) + len(data) > self.hub.caps["stdin_bytes"]:
+            raise Refused("busy", f"process {self.process.pid} has not read the last {len(self.stdin.pending)} bytes sent to it")
+        self.stdin.send(data)
 
     def close_stdin(self):
-        if self.stdin is None:
+        if self.stdin is None or self.stdin.fd is None:
             raise Refused("no_stdin", f"process {self.process.pid} has no open stdin")
-        self.closing = True
-        self.flush()
-
-    def flush(self):
-        if self.stdin is None:
-            return
-        try:
-            while self.pending:
-                del self.pending[:os.write(self.stdin, self.pending)]
-        except BlockingIOError:
-            return
-        except OSError:  # it closed its stdin, or ended: what it did not read is dropped
-            self.pending.clear()
-            self.closing = True
-        if self.closing and not self.pending:
-            os.close(self.stdin)
-            self.stdin = None
+        self.stdin.end()
 
     def signal(self, number):
         with contextlib.suppress(ProcessLookupError):
@@ -669,26 +913,18 @@ class Command:
         return {"pid": self.process.pid, "cmd": self.argv, "cwd": self.cwd, "tag": self.tag,
                 "env": {key: value for key, value in self.env.items() if key not in self.hub.env}}
 
-    def on_output(self, fd):
-        if self.output.on_ready(fd):
-            return True
-        self.open -= 1
-        return False
-
     def tick(self, now):
-        self.flush()
         if now >= self.deadline and not self.timed_out:
             self.timed_out = True
             kill_group(self.process)
-        if self.open == 0 or self.timed_out:
+        if self.output.open == 0 or self.timed_out:
             if self.process.poll() is None:
                 return False
             kill_group(self.process)  # whatever it left in the background goes with it
             self.output.drain()
             self.output.close()
-            self.pending.clear()
-            self.closing = True
-            self.flush()
+            if self.stdin is not None:
+                self.stdin.close()  # what it did not read is dropped
             code = self.process.returncode
             for request in (self.request, *self.output.listeners):
                 emit({"id": request, "type": "end", "exit_code": code if code >= 0 else None, "signal": -code if code < 0 else None,
@@ -698,11 +934,14 @@ class Command:
 
 
 class Hub:
-    def __init__(self, work):
+    def __init__(self, work, caps, env):
         self.work = work
-        self.files = Files(work)
-        self.env = {key: value for key, value in os.environ.items() if key not in ("HOSTNAME",)}
+        self.work_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)  # where contexts start
+        self.caps = caps
+        self.files = Files(work, caps)
+        self.env = {key: value for key, value in env.items() if key not in ("HOSTNAME",)}
         self.readers = {}  # fd -> callback(fd) -> False once the fd is done
+        self.writers = {}  # fd -> callback(fd) -> False once nothing is left to write
         self.contexts = {}
         self.commands = []
         self.contexts["python"] = PythonContext(self, "python", "python")  # ready before the first run
@@ -713,15 +952,22 @@ class Hub:
     def unwatch(self, fd):
         self.readers.pop(fd, None)
 
+    def watch_write(self, fd, callback):
+        self.writers[fd] = callback
+
+    def unwatch_write(self, fd):
+        self.writers.pop(fd, None)
+
     def serve(self):
         buffer = bytearray()
         self.watch(0, lambda fd: self.on_requests(fd, buffer))
         while 0 in self.readers:
-            ready, _, _ = select.select(list(self.readers), [], [], 0.05)
-            for fd in ready:
-                callback = self.readers.get(fd)
-                if callback and not callback(fd):
-                    self.unwatch(fd)
+            readable, writable, _ = select.select(list(self.readers), list(self.writers), [], 0.05)
+            for fds, callbacks in ((writable, self.writers), (readable, self.readers)):
+                for fd in fds:
+                    callback = callbacks.get(fd)
+                    if callback and not callback(fd):
+                        callbacks.pop(fd, None)
             now = time.monotonic()
             for context in list(self.contexts.values()):
                 context.tick(now)
@@ -730,7 +976,7 @@ class Hub:
 
     def reap(self):
         """As the first process, the hub inherits every orphan: it reaps those that are not its own."""
-        own = {context.process.pid for context in self.contexts.values()} | {c.process.pid for c in self.commands}
+        own = {c.process.pid for c in self.contexts.values() if c.process} | {c.process.pid for c in self.commands}
         while True:
             try:
                 found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -740,7 +986,8 @@ class Hub:
                 return
             if found.si_pid in own:
                 for context in self.contexts.values():
-                    context.process.poll()
+                    if context.process:
+                        context.process.poll()
                 for command in self.commands:
                     command.process.poll()
                 return
@@ -755,91 +1002,91 @@ class Hub:
         while (newline := buffer.find(b"\n")) >= 0:
             line = bytes(buffer[:newline])
             del buffer[:newline + 1]
-            request = json.loads(line)
-            try:
-                self.handle(request)
-            except Refused as e:
-                emit({"id": request.get("id"), "type": "end", "error": {"code": e.code, "message": str(e)}})
+            self.answer(line)
         return True
+
+    def answer(self, line):
+        """One request, done or refused: whatever it asks, the hub answers it and goes on."""
+        rid = None
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise Refused("bad_request", "a request is a JSON object")
+            rid = request["id"] = request.get("id") if isinstance(request.get("id"), (str, int)) else None
+            self.handle(request)
+        except Refused as e:
+            emit({"id": rid, "type": "end", "error": {"code": e.code, "message": str(e)[:1000]}})
+        except (ValueError, TypeError, KeyError, RecursionError, OSError) as e:
+            emit({"id": rid, "type": "end", "error": {"code": "bad_request", "message": f"the request failed: {e!r}"[:1000]}})
 
     def handle(self, request):
         rid, op = request.get("id"), request.get("op")
         if op == "ping":  # the worker's first word: it is attached, so the answer cannot be lost
             emit({"id": rid, "type": "end"})
         elif op == "run":
-            # A language's own context ("python", "bash") starts at its first run; others are made first.
-            cid = request.get("context") or request.get("language") or "python"
-            if cid not in self.contexts and cid in CONTEXTS:
-                self.contexts[cid] = CONTEXTS[cid](self, cid, cid)
-            context = self.contexts.get(cid)
-            if context is None:
-                raise Refused("no_context", f"no context {cid!r}")
-            if request.get("language") and request["language"] != context.language:
-                raise Refused("bad_language", f"context {cid!r} runs {context.language}, not {request['language']}")
-            context.run(rid, str(request.get("code", "")), float(request.get("timeout_s") or 30), request.get("env"))
+            language = optional_text(request, "language")
+            context = self.context(optional_text(request, "context") or language or "python")
+            if language and language != context.language:
+                raise Refused("bad_language", f"context {context.id!r} runs {context.language}, not {language}")
+            context.run(rid, text(request, "code", ""), seconds(request, "timeout_s", 30), variables(request, "env"))
         elif op == "interrupt":
             for context in self.contexts.values():
-                if context.request == request.get("target"):
+                if context.request is not None and context.request == request.get("target"):
                     context.interrupt("the run was interrupted: its client went away")
             emit({"id": rid, "type": "end"})
         elif op == "command":
-            cwd = self.folder_path(request.get("cwd") or ".")
-            self.commands.append(Command(self, rid, [str(a) for a in request["cmd"]], cwd,
-                                         {**self.env, **request.get("env", {})}, request.get("stdin", "").encode(),
-                                         float(request.get("timeout_s") or 60), bool(request.get("open_stdin")),
-                                         request.get("tag"), bool(request.get("announce"))))
+            self.command(rid, request)
         elif op == "attach":  # another client of a running command: its pid, then its output from now on, its end
-            command = self.command(request)
-            if len(command.output.listeners) >= LISTENERS_MAX:
-                raise Refused("busy", f"process {command.process.pid} has {LISTENERS_MAX} clients attached already")
+            command = self.running(request)
+            if len(command.output.listeners) >= self.caps["attached"]:
+                raise Refused("busy", f"process {command.process.pid} has {self.caps['attached']} clients attached already")
             emit({"id": rid, "type": "start", "pid": command.process.pid})
             command.output.listeners.append(rid)
         elif op == "commands":
             emit({"id": rid, "type": "end", "commands": [c.describe() for c in self.commands]})
         elif op in ("input", "close_stdin", "signal"):
-            command = self.command(request)
+            command = self.running(request)
             if op == "input":
-                command.send(base64.b64decode(request.get("data", "")))
+                command.send(base64.b64decode(text(request, "data", ""), validate=True))
             elif op == "close_stdin":
                 command.close_stdin()
             else:
                 command.signal(signal.SIGTERM if request.get("signal") == signal.SIGTERM else signal.SIGKILL)
             emit({"id": rid, "type": "end"})
         elif op == "stat":
-            emit({"id": rid, "type": "end", "entry": self.files.stat(request.get("path") or ".")})
+            emit({"id": rid, "type": "end", "entry": self.files.stat(text(request, "path", "."))})
         elif op == "mkdir":
-            emit({"id": rid, "type": "end", "entry": self.files.mkdir(request.get("path") or ".")})
+            emit({"id": rid, "type": "end", "entry": self.files.mkdir(text(request, "path", "."))})
         elif op == "move":
-            emit({"id": rid, "type": "end", "entry": self.files.move(request.get("source") or "", request.get("destination") or "")})
+            emit({"id": rid, "type": "end", "entry": self.files.move(text(request, "source"), text(request, "destination"))})
         elif op == "write":
-            self.files.write(request["path"], base64.b64decode(request["data"]), bool(request.get("append")))
+            data = base64.b64decode(text(request, "data", ""), validate=True)
+            self.files.write(text(request, "path"), data, bool(request.get("append")))
             emit({"id": rid, "type": "end"})
         elif op == "read":
-            size = 0
-            for chunk in self.files.read(request["path"]):
-                size += len(chunk)
-                emit({"id": rid, "type": "chunk", "data": base64.b64encode(chunk).decode()})
+            data, size = self.files.read(text(request, "path"), whole(request, "offset", 0, (1 << 62) - 1))
+            if data:
+                emit({"id": rid, "type": "chunk", "data": base64.b64encode(data).decode()})
             emit({"id": rid, "type": "end", "size": size})
         elif op == "list":
-            depth = max(1, min(int(request.get("depth") or 1), 16))  # a folder held open at each level
-            emit({"id": rid, "type": "end", "entries": self.files.list(request.get("path") or ".", depth,
-                                                                      bool(request.get("detail")))})
+            depth = max(1, whole(request, "depth", 1, self.caps["depth"]))
+            entries, truncated = self.files.list(text(request, "path", "."), depth, bool(request.get("detail")))
+            emit({"id": rid, "type": "end", "entries": entries, "truncated": truncated})
         elif op == "delete":
-            self.files.delete(request["path"])
+            self.files.delete(text(request, "path"))
             emit({"id": rid, "type": "end"})
         elif op == "context_create":
-            language = request.get("language") or "python"
+            language = text(request, "language", "python")
             if language not in CONTEXTS:
                 raise Refused("bad_language", f"contexts are {', '.join(CONTEXTS)}, not {language!r}")
-            cid = os.urandom(6).hex()
-            self.contexts[cid] = CONTEXTS[language](self, cid, language)
-            emit({"id": rid, "type": "end", "context": {"id": cid, "language": language}})
+            context = self.new_context(os.urandom(6).hex(), language)
+            emit({"id": rid, "type": "end", "context": {"id": context.id, "language": language}})
         elif op == "context_list":
             emit({"id": rid, "type": "end", "contexts": [{"id": c.id, "language": c.language, "execution_count": c.count,
                                                            "busy": c.request is not None} for c in self.contexts.values()]})
         elif op in ("context_delete", "context_restart"):
             cid = request.get("context")
-            if cid not in self.contexts:
+            if not isinstance(cid, str) or cid not in self.contexts:
                 raise Refused("no_context", f"no context {cid!r}")
             if op == "context_delete":
                 self.contexts.pop(cid).stop()
@@ -849,29 +1096,76 @@ class Hub:
         else:
             raise Refused("bad_op", f"no operation {op!r}")
 
-    def command(self, request):
+    def context(self, cid):
+        """A context by its id; a language's own context ("python", "bash") starts at its first run."""
+        if cid not in self.contexts and cid in CONTEXTS:
+            return self.new_context(cid, cid)
+        if cid not in self.contexts:
+            raise Refused("no_context", f"no context {cid!r}")
+        return self.contexts[cid]
+
+    def new_context(self, cid, language):
+        if len(self.contexts) >= self.caps["contexts"]:
+            raise Refused("too_many", f"a sandbox has at most {self.caps['contexts']} contexts: delete one first")
+        self.contexts[cid] = CONTEXTS[language](self, cid, language)
+        return self.contexts[cid]
+
+    def command(self, rid, request):
+        argv = request.get("cmd")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise Refused("bad_request", "'cmd' must be a list of strings")
+        if len(self.commands) >= self.caps["commands"]:
+            raise Refused("too_many", f"a sandbox runs at most {self.caps['commands']} commands at once")
+        env = {**self.env, **strings(request, "env")}
+        stdin, timeout_s = text(request, "stdin", "").encode(errors="surrogateescape"), seconds(request, "timeout_s", 60)
+        parts = parts_of(text(request, "cwd", "."))
+        with as_nobody():  # its folder, found as nobody finds it; entered by its descriptor
+            folder = open_folder(self.work, parts)
+        try:
+            self.commands.append(Command(self, rid, argv, folder, os.path.join(self.work, *parts), env, stdin, timeout_s,
+                                         bool(request.get("open_stdin")), optional_text(request, "tag"),
+                                         bool(request.get("announce"))))
+        finally:
+            os.close(folder)
+
+    def running(self, request):
         """The running command a request names by its pid or its tag."""
+        pid, tag = request.get("pid"), optional_text(request, "tag")
         for command in self.commands:
-            if command.process.returncode is None and (command.process.pid == request.get("pid")
-                                                       or (request.get("tag") and command.tag == request.get("tag"))):
+            if command.process.returncode is None and (command.process.pid == pid or (tag and command.tag == tag)):
                 return command
-        raise Refused("not_found", f"no running process {request.get('pid') or request.get('tag')!r}")
-
-    def folder_path(self, path):
-        """A command's working folder: a real folder inside the work folder."""
-        with as_nobody():
-            os.close(open_folder(self.work, parts_of(path)))
-        return os.path.join(self.work, *parts_of(path))
+        raise Refused("not_found", f"no running process {pid or tag!r}")
 
 
-def serve(work, nproc):
+def scrubbed(argv):
+    """Starts the hub again with an empty environment, the one it had in a memfd: nothing of it is
+    left in this process's environ (/proc/1/environ). Returns that environment once restarted."""
+    if len(argv) > 3:
+        with os.fdopen(int(argv[3]), "rb") as found:
+            return json.loads(found.read())
+    env = os.memfd_create("env", 0)  # inherited by the next program
+    write_all(env, json.dumps(dict(os.environ)).encode())
+    os.lseek(env, 0, os.SEEK_SET)
+    os.execve(sys.executable, [sys.executable, "-I", "-S", os.path.abspath(__file__), argv[1], argv[2], str(env)], {})
+
+
+def serve(argv):
+    env = scrubbed(argv)
+    # Not dumpable: /proc/1 is root's and closed to nobody, whatever identity the hub has for a
+    # moment (gVisor gives /proc/1 to the hub's effective user otherwise, nobody during file work).
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
+    caps = json.loads(argv[2])
     os.setgroups([])
-    if nproc:
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    if caps["nproc"]:
+        resource.setrlimit(resource.RLIMIT_NPROC, (caps["nproc"], caps["nproc"]))
     os.makedirs(SCRIPTS, mode=0o711, exist_ok=True)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    Hub(work).serve()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a child's closed pipe is an error to handle, not the hub's end
+    try:
+        Hub(argv[1], caps, env).serve()
+    except BrokenPipeError:  # the worker went: so does the sandbox
+        pass
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    serve(sys.argv)

@@ -27,7 +27,8 @@ from ..plugins import Plugin
 
 log = logging.getLogger(__name__)
 SUITE = "bookworm"
-BASE = f"coderund/base:{SUITE}"
+BASE = f"coderund/base:{SUITE}"  # made by debootstrap
+REGISTRY_BASE = f"debian:{SUITE}-slim"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 LABEL = "coderund"
 
@@ -53,27 +54,34 @@ def is_current(client: docker.DockerClient, plugin: Plugin, under_id: str) -> bo
     return labels is not None and all(labels.get(k) == v for k, v in wanted_labels(plugin, under_id).items())
 
 
-def build_base(client: docker.DockerClient, *, mirror: str, source: str = "debootstrap") -> tuple[str, bool]:
-    """The shared base's id, building it when it is missing; and whether it was built.
+def base_of(source: str) -> str:
+    """The image that the language images of an image source are built on."""
+    return REGISTRY_BASE if source == "registry" else BASE
 
-    source "debootstrap" needs no registry (root and debootstrap on this host); "registry" takes
-    debian:bookworm-slim from Docker Hub instead (for hosts that reach it, e.g. inside Compose).
+
+def build_base(client: docker.DockerClient, *, mirror: str, source: str = "debootstrap") -> tuple[str, bool]:
+    """The id of the source's base, made when it is missing; and whether it was made.
+
+    source "debootstrap" needs no registry (root and debootstrap on this host) and makes coderund/base;
+    "registry" takes debian:bookworm-slim as it is, pulled from Docker Hub when the engine lacks it (as
+    `docker run` does), for hosts that reach it, e.g. inside Compose.
     """
-    if exists(client, BASE):
-        return client.api.inspect_image(BASE)["Id"], False
-    repository, tag = docker.utils.parse_repository_tag(BASE)
+    base = base_of(source)
+    if exists(client, base):
+        return client.api.inspect_image(base)["Id"], False
+    repository, tag = docker.utils.parse_repository_tag(base)
     if source == "registry":
-        client.images.pull(f"debian:{SUITE}-slim").tag(repository, tag)
+        client.images.pull(repository, tag)
     else:
         _debootstrap_base(client, repository, tag, mirror)
-    return client.api.inspect_image(BASE)["Id"], True
+    return client.api.inspect_image(base)["Id"], True
 
 
-def build_all(client: docker.DockerClient, order: list[tuple[Plugin, Plugin | None]], *, base_id: str,
+def build_all(client: docker.DockerClient, order: list[tuple[Plugin, Plugin | None]], *, base: str = BASE, base_id: str,
               force: bool = False, at_once: int = 2, starting: Callable[[Plugin], None] = lambda plugin: None,
               done: Callable[[Plugin, bool], None] = lambda plugin, built: None) -> None:
     """Builds the images of `order` ((plugin, the plugin its image is built on), parents first, as
-    Plugins.image_order gives them), `at_once` at a time: an image starts once the one under it is
+    Plugins.image_order gives them; the first on `base`, whose id is base_id), `at_once` at a time: an image starts once the one under it is
     ready. The first failure stops new builds and is raised once the running ones end."""
     pending = list(order)
     running: dict[Future[bool], Plugin] = {}
@@ -84,7 +92,7 @@ def build_all(client: docker.DockerClient, order: list[tuple[Plugin, Plugin | No
             for plugin, parent in list(pending):
                 if failure is None and len(running) < at_once and (parent is None or parent.image in finished):
                     pending.remove((plugin, parent))
-                    under = parent.image if parent else BASE
+                    under = parent.image if parent else base
                     under_id = client.api.inspect_image(under)["Id"] if parent else base_id
                     running[pool.submit(build, client, plugin, under=under, under_id=under_id, force=force,
                                         starting=lambda plugin=plugin: starting(plugin))] = plugin

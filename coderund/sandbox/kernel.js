@@ -1,8 +1,8 @@
 // coderund-kernel.js: a stateful sandbox's JavaScript context, started by its hub (hub.py) as nobody,
 // on the image's node. The same protocol as kernel.py: runs arrive as JSON lines {"code", "count"} on
 // REQUEST_FD; each gives {"type": "result", "data": a MIME bundle} for its value and each display(),
-// then {"type": "done", "error": null | {"name", "value", "traceback"}} on EVENT_FD. What the code
-// prints goes to stdout and stderr, pipes the hub reads.
+// then {"type": "done", "error": null | {"name", "value", "traceback"}} on EVENT_FD, each with the run's
+// "count". What the code prints goes to stdout and stderr, pipes the hub reads.
 //
 // Each run is a script in one vm context, so globals, functions and top-level let/const persist from
 // run to run; the script's completion value is the run's value, awaited when it is a promise (as
@@ -20,7 +20,8 @@ const vm = require('vm');
 const { createRequire } = require('module');
 
 const [requestFd, eventFd] = process.argv.slice(2).map(Number);
-const send = (event) => fs.writeSync(eventFd, JSON.stringify(event) + '\n');
+let count = 0; // the run's: the hub takes only its current run's events
+const send = (event) => fs.writeSync(eventFd, JSON.stringify({ ...event, count }) + '\n');
 const bundle = (value) => ({ 'text/plain': typeof value === 'string' ? util.inspect(value) : util.inspect(value, { depth: 4 }) });
 
 const sandbox = {
@@ -40,11 +41,14 @@ const userStack = (stack) => {
   return (end < 0 ? lines : lines.slice(0, end)).join('\n');
 };
 
+const ERROR_CHARS = 65536; // as the hub's: a longer error would not be passed on whole
+const cut = (text) => String(text).slice(0, ERROR_CHARS);
+
 function errorOf(e) {
   if (e && typeof e === 'object' && 'stack' in e) {
-    return { name: e.name || 'Error', value: e.message || '', traceback: userStack(e.stack) };
+    return { name: cut(e.name || 'Error'), value: cut(e.message || ''), traceback: userStack(e.stack).slice(-ERROR_CHARS) };
   }
-  return { name: 'Error', value: `thrown: ${util.inspect(e)}`, traceback: '' };
+  return { name: 'Error', value: cut(`thrown: ${util.inspect(e)}`), traceback: '' };
 }
 
 function compile(code, filename) {
@@ -67,6 +71,7 @@ async function serve() {
   const lines = readline.createInterface({ input: fs.createReadStream(null, { fd: requestFd }), crlfDelay: Infinity });
   for await (const line of lines) {
     const request = JSON.parse(line);
+    count = request.count;
     let error = null;
     const env = request.env || {};
     const saved = Object.fromEntries(Object.keys(env).map((name) => [name, process.env[name]])); // this run's own variables

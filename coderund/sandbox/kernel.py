@@ -3,8 +3,8 @@
 Not imported by coderund: it runs inside the container, on the image's own python3. It reads runs
 as JSON lines {"code", "count"} on REQUEST_FD, and says what each gave on EVENT_FD: {"type": "result",
 "data": a MIME bundle} for the last expression's value, display() and each matplotlib figure, then
-{"type": "done", "error": null | {"name", "value", "traceback"}}. What the code prints goes to its
-stdout and stderr, pipes the hub reads.
+{"type": "done", "error": null | {"name", "value", "traceback"}}, each with the run's "count". What
+the code prints goes to its stdout and stderr, pipes the hub reads.
 
 Usage: kernel.py REQUEST_FD EVENT_FD
 """
@@ -27,6 +27,7 @@ MIME_METHODS = (("_repr_html_", "text/html"), ("_repr_markdown_", "text/markdown
                 ("_repr_json_", "application/json"))
 MATPLOTLIB_BUILT = "/usr/share/coderund/matplotlib"  # the python image's font list (image_commands)
 MATPLOTLIB_DIR = "/tmp/.matplotlib"
+ERROR_CHARS = 65536  # as the hub's: a longer error would not be passed on whole
 
 
 def kernel(requests_fd, events_fd):
@@ -40,8 +41,10 @@ def kernel(requests_fd, events_fd):
     warnings.filterwarnings("ignore", message=".*(non-GUI backend|non-interactive).*")
     namespace = {"__name__": "__main__", "__builtins__": builtins}
 
+    count = 0  # the run's: the hub takes only its current run's events
+
     def send(event):
-        events.write(json.dumps(event, separators=(",", ":")) + "\n")
+        events.write(json.dumps({**event, "count": count}, separators=(",", ":")) + "\n")
 
     def display(*values):
         for value in values:
@@ -51,6 +54,7 @@ def kernel(requests_fd, events_fd):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for line in os.fdopen(requests_fd, encoding="utf-8"):
         request = json.loads(line)
+        count = request["count"]
         error = None
         saved = {name: os.environ.get(name) for name in request.get("env") or {}}  # this run's own variables
         os.environ.update(request.get("env") or {})
@@ -140,10 +144,12 @@ def figures():
 
 
 def error_of(e):
+    """The error as the hub passes it on: its value and the end of its traceback cut to ERROR_CHARS."""
     tb = e.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next  # the user's frames only
-    return {"name": type(e).__name__, "value": str(e), "traceback": "".join(traceback.format_exception(type(e), e, tb))}
+    text = "".join(traceback.format_exception(type(e), e, tb))
+    return {"name": type(e).__name__, "value": str(e)[:ERROR_CHARS], "traceback": text[-ERROR_CHARS:]}
 
 
 if __name__ == "__main__":

@@ -254,7 +254,8 @@ class Sandbox:
             box = await self._box(shape, labels)
             log.debug("task %s: container %s", labels[f"{LABEL}.task"], box.id[:12])
             request = supervisor.request(files, stdin, program, wall_ms=limits.time_ms, output_cap=self.output_limit,
-                                         collect=collect, live=live is not None, limits=rlimits)
+                                         collect=collect, live=live is not None,
+                                         terminal=live is not None and live.terminal, limits=rlimits)
             # Live pieces and the report each carry at most the caps; a build's files at most the work folder.
             max_bytes = 4 * self.output_limit + REPORT_SLACK + (2 * self.engine.isolation.tmpfs_mb * MB if collect else 0)
             started = time.monotonic()

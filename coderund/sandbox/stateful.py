@@ -12,11 +12,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..sandbox_requests import (FILE_CHUNK, MAX_ATTACHED, MAX_COMMANDS, MAX_CONTEXTS, MAX_ENTRIES, MAX_LIST_DEPTH,
+                                MAX_OUTPUT_BYTES, MAX_RESULT_BYTES, MAX_RESULTS, MAX_STDIN_PENDING)
 from .box import Box
 from .engine import Engine, SandboxError, Shape
 from .options import HUB, WORKDIR
 
-LINE_MAX = 96 * 1024 * 1024  # of one event: a file chunk or a figure, base64, is far smaller
+MB = 1024 * 1024
+# Of one event: the hub's longest are a run's results together (MAX_RESULT_BYTES at most) and a
+# listing of MAX_ENTRIES names (each at most 255 bytes, JSON-escaped: under 16 MiB in all).
+LINE_MAX = MAX_RESULT_BYTES + 24 * MB
 READY_S = 30  # for the hub's answer to the first request
 # gVisor's sentry runs the sandbox's threads on host threads of its own, which the pids limit counts;
 # its own kernel counts the sandbox's processes, which nproc then limits. A fork bomb held at 64
@@ -51,8 +56,12 @@ class Hub:
     async def start(cls, engine: Engine, spec: Spec, labels: dict[str, str]) -> Hub:
         runsc = engine.isolation.runtime == "runsc"
         shape = Shape(spec.image, spec.memory_mb, spec.env, GVISOR_PIDS if runsc else PIDS)
+        caps = {"nproc": GVISOR_NPROC if runsc else 0, "output_bytes": MAX_OUTPUT_BYTES, "results": MAX_RESULTS,
+                "result_bytes": MAX_RESULT_BYTES, "contexts": MAX_CONTEXTS, "commands": MAX_COMMANDS,
+                "entries": MAX_ENTRIES, "chunk": FILE_CHUNK, "depth": MAX_LIST_DEPTH, "stdin_bytes": MAX_STDIN_PENDING,
+                "attached": MAX_ATTACHED}
         box = await engine.make(shape, labels, command=["/usr/bin/python3", "-I", "-S", HUB, spec.work_folder,
-                                                        str(GVISOR_NPROC if runsc else 0)],
+                                                        json.dumps(caps)],
                                 cpus=spec.cpus, disk_mb=spec.disk_mb, work_folder=spec.work_folder)
         hub = cls(box)
         try:

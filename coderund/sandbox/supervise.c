@@ -5,7 +5,7 @@
  * Usage: supervise WORK_FOLDER (its files, and the program's working folder)
  *
  * Request and report are made of items, each "<decimal length>:<bytes>".
- * Request: "coderund-4", WALL_MS, OUTPUT_CAP, COLLECT (0|1), LIVE (0|1), MULTI (0|1), AS, FSIZE, NPROC
+ * Request: "coderund-5", WALL_MS, OUTPUT_CAP, COLLECT (0|1), LIVE (0|1), TERMINAL (0|1), MULTI (0|1), AS, FSIZE, NPROC
  *          (the program's address space and file size in bytes and its processes: 0 leaves the
  *          container's limits; a foreign API's, such as Jobe's rlimits), NFILES, then
  *          NFILES times PATH MODE DATA (paths relative to the work folder, MODE a st_mode in decimal: a
@@ -32,6 +32,15 @@
  * LIVE: stdin is a pipe that STDIN starts and later items on our stdin feed, as they come (an empty
  * item closes it); every kept piece of output is also sent at once as an item, "1" or "2" then the
  * bytes, and an empty item ends them before the report.
+ *
+ * TERMINAL (with LIVE): the program's stdout, and its stdin where the kernel's terminals can end
+ * input, are a pseudo-terminal of the container's own (its devpts), its stderr still a pipe, so that
+ * runtimes buffer and prompt as on a terminal. The program leads its session with that terminal as its
+ * controlling one; we hold the master. The terminal hands input on by lines (canonical mode), and
+ * nothing else: no echo, no line editing, no signals from input, no translation of carriage returns
+ * or newlines, so the bytes sent and written pass as they are. Its EOF character (Ctrl-D) hands on a
+ * line begun, and at a line's start is an end of file: the end of the input is sent as that. gVisor's
+ * terminals (runsc 20221219) never give a reader an end of file: there stdin stays a pipe.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -48,6 +57,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/msg.h>
@@ -60,6 +70,7 @@
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,6 +78,9 @@
 #define MAX_PENDING (1L << 20) /* live stdin not yet taken by the program: past this, we stop reading */
 #define SANDBOX_UID 65534        /* nobody: the program's identity, never ours */
 #define REAP_TRIES 2000          /* 1 ms apart: how long we wait for killed processes to be gone */
+#define LINE_MAX_BYTES 4000      /* of a terminal's line: a canonical line holds 4095, Linux drops the rest */
+#define TERMINAL_ROWS 24
+#define TERMINAL_COLUMNS 80
 #if defined(__x86_64__)
 #define AUDIT_ARCH_SELF AUDIT_ARCH_X86_64
 #elif defined(__aarch64__)
@@ -87,12 +101,17 @@ struct stream {
 static struct {
     char *data;
     size_t len;
-    int fd;     /* the write end of the program's stdin, -1 once closed */
-    int ending; /* no more is coming: close fd once data is written */
+    int fd;     /* the write end of the program's stdin (a terminal's master), -1 once ended */
+    int ending; /* no more is coming: end the input once data is written */
 } pending = {NULL, 0, -1, 0};
 
 static int sigchld_pipe[2];
 static int live;
+static int replica = -1; /* with TERMINAL, our own descriptor of the program's terminal: its settings, and
+                          * its output readable after the program is gone */
+static int input_terminal; /* the program's stdin is the terminal (else a pipe) */
+static size_t line_bytes; /* sent on the terminal's current line, not yet handed on to the program */
+static int eof_sent;      /* the terminal's end of input is in pending */
 static long run_limits[3]; /* AS, FSIZE, NPROC of the request: each run's, 0 where not set */
 
 static void fail(const char *what) {
@@ -458,11 +477,53 @@ static void receive_input(void) {
     pending.len += (size_t)n;
 }
 
+/* The input ends. A pipe is closed. A terminal has no end of its own: its EOF character goes in
+ * pending, once to hand on a line begun and then twice (a program that reads again finds another end,
+ * as at a pipe), and then our copy of its master is closed (the program's output comes on another). */
+static void end_input(void) {
+    if (input_terminal && !eof_sent) {
+        eof_sent = 1;
+        pending.len = line_bytes ? 3 : 2;
+        if (!(pending.data = realloc(pending.data, pending.len))) fail("realloc");
+        memset(pending.data, CEOF, pending.len);
+        return;
+    }
+    close(pending.fd);
+    pending.fd = -1;
+}
+
+/* How much of pending to write now, and into eof the terminal's EOF character if it reads by lines (else
+ * 0). A pipe takes it all. A line on a terminal is held until it ends and no more of it than a canonical
+ * line holds: a longer one is handed on in pieces, each sent with the EOF character, as typing Ctrl-D
+ * mid-line does (the program reads the bytes without it). */
+static size_t feed_size(unsigned char *eof) {
+    struct termios settings;
+    *eof = 0;
+    if (!input_terminal || tcgetattr(replica, &settings) < 0 || !(settings.c_lflag & ICANON)) return pending.len;
+    *eof = settings.c_cc[VEOF];
+    if (line_bytes >= LINE_MAX_BYTES) {
+        if (write(pending.fd, eof, 1) != 1) return 0;
+        line_bytes = 0;
+    }
+    size_t n = 0;
+    while (n < pending.len && line_bytes + n < LINE_MAX_BYTES) {
+        unsigned char c = (unsigned char)pending.data[n++];
+        if (c == '\n' || c == *eof) break;
+    }
+    return n;
+}
+
 /* Gives the program what it will take of pending now, without blocking. */
 static void feed_program(void) {
     if (pending.len) {
-        ssize_t w = write(pending.fd, pending.data, pending.len);
+        unsigned char eof;
+        size_t n = feed_size(&eof);
+        ssize_t w = n ? write(pending.fd, pending.data, n) : 0;
         if (w > 0) {
+            for (ssize_t i = 0; i < w; i++) {
+                unsigned char c = (unsigned char)pending.data[i];
+                line_bytes = c == '\n' || (eof && c == eof) ? 0 : line_bytes + 1;
+            }
             memmove(pending.data, pending.data + w, pending.len - (size_t)w);
             pending.len -= (size_t)w;
         } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
@@ -470,16 +531,13 @@ static void feed_program(void) {
             pending.ending = 1;
         }
     }
-    if (!pending.len && pending.ending) {
-        close(pending.fd);
-        pending.fd = -1;
-    }
+    if (!pending.len && pending.ending) end_input();
 }
 
-/* One program, to its report. */
-static void run_program(long wall_ms, size_t output_cap, int collect, int in, char **program) {
-    int out_pipe[2], err_pipe[2];
-    if (pipe2(out_pipe, O_CLOEXEC) || pipe2(err_pipe, O_CLOEXEC)) fail("pipe");
+/* One program, to its report. in and out are its stdin and stdout, ours its stdout's other end. */
+static void run_program(long wall_ms, size_t output_cap, int collect, int in, int out, int ours, char **program) {
+    int err_pipe[2];
+    if (pipe2(err_pipe, O_CLOEXEC)) fail("pipe");
 
     long oom_before = oom_kills();
     long started = now_us();
@@ -487,20 +545,23 @@ static void run_program(long wall_ms, size_t output_cap, int collect, int in, ch
     if (pid < 0) fail("fork");
     if (pid == 0) {
         setsid();
+        /* Its controlling terminal, which shows text and nothing else: runtimes that would drive one
+         * (Mono's console) send it no escape sequences. */
+        if (replica >= 0 && (ioctl(replica, TIOCSCTTY, 0) < 0 || setenv("TERM", "dumb", 1) < 0)) _exit(126);
         become_program();
         limit_program();
-        if (dup2(in, 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
+        if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err_pipe[1], 2) < 0) _exit(126);
         signal(SIGCHLD, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
         execvp(program[0], program);
         fprintf(stderr, "cannot run %s: %s\n", program[0], strerror(errno));
         _exit(127);
     }
-    close(out_pipe[1]);
+    if (out != replica) close(out); /* the program's end of a pipe; the terminal's replica we keep */
     close(err_pipe[1]);
 
     struct stream streams[2] = {
-        {out_pipe[0], malloc(output_cap + 1), 0, output_cap, 0, '1'},
+        {ours, malloc(output_cap + 1), 0, output_cap, 0, '1'},
         {err_pipe[0], malloc(output_cap + 1), 0, output_cap, 0, '2'},
     };
     int open_streams = 2, exited = 0, timed_out = 0, status = 0;
@@ -556,11 +617,13 @@ static void run_program(long wall_ms, size_t output_cap, int collect, int in, ch
         while (wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {}
     }
     if (getpid() == 1) reap_all();
-    /* Whatever the program wrote before it ended is still in the pipes. */
+    /* Whatever the program wrote before it ended is still in the pipes (and the terminal, whose
+     * replica we hold: it stays readable). */
     for (int i = 0; i < 2; i++) {
         if (streams[i].fd < 0) continue;
         fcntl(streams[i].fd, F_SETFL, O_NONBLOCK);
         while (!streams[i].over && drain(&streams[i]) == 1) {}
+        close(streams[i].fd);
     }
     long oom_after = oom_kills();
     if (timed_out) status = SIGKILL; /* the wait status of a SIGKILL: whatever it did at the last moment, we killed it */
@@ -586,14 +649,68 @@ static void run_program(long wall_ms, size_t output_cap, int collect, int in, ch
     close(in);
 }
 
-/* Reads a run's STDIN and program from our stdin and runs it; with LIVE, stdin is a pipe fed as it comes. */
-static void run(long wall_ms, size_t output_cap, int collect) {
-    int in;
+/* A pseudo-terminal of the container's devpts (never the host's): its master, and into *replica its
+ * replica, opened with flags. Neither becomes our controlling terminal. Linux's devpts gives the
+ * replica its mode and owner itself: grantpt, which would look up a group, is not needed. */
+static int pseudo_terminal(int *replica_fd, int flags) {
+    char name[64];
+    int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0 || unlockpt(master) < 0 || ptsname_r(master, name, sizeof name) != 0) fail("a terminal");
+    if ((*replica_fd = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC | flags)) < 0) fail("a terminal");
+    return master;
+}
+
+/* Whether a reader of this kernel's terminals gets an end of file from the EOF character, tried on a
+ * terminal of its own (a new one reads by lines, Ctrl-D its EOF character): Linux's do; gVisor's
+ * (runsc 20221219) never return 0 from a read, and would hold input back behind the EOF character. */
+static int terminals_end_input(void) {
+    int probe, master = pseudo_terminal(&probe, O_NONBLOCK);
+    char eof = CEOF, byte;
+    int ends = write(master, &eof, 1) == 1 && read(probe, &byte, 1) == 0;
+    close(probe);
+    close(master);
+    return ends;
+}
+
+/* The program's terminal: its master (ours), its replica in replica. */
+static int open_terminal(void) {
+    int master = pseudo_terminal(&replica, 0);
+    struct termios settings;
+    struct winsize size = {TERMINAL_ROWS, TERMINAL_COLUMNS, 0, 0};
+    /* The program's, as a login's terminal is its user's: it may reopen it (/dev/stdin, /dev/stdout). */
+    if (fchown(replica, SANDBOX_UID, -1) < 0 || tcgetattr(replica, &settings) < 0) fail("a terminal");
+    settings.c_iflag = 0;      /* no translation of carriage returns or newlines, no flow control */
+    settings.c_oflag = 0;      /* output as written */
+    settings.c_lflag = ICANON; /* input by lines; no echo, no signals from input, no editing */
+    memset(settings.c_cc, 0, sizeof settings.c_cc); /* every special character off (0 disables one) */
+    settings.c_cc[VEOF] = CEOF;
+    settings.c_cc[VMIN] = 1;
+    if (tcsetattr(replica, TCSANOW, &settings) < 0 || ioctl(replica, TIOCSWINSZ, &size) < 0) fail("setting up a terminal");
+    return master;
+}
+
+/* Reads a run's STDIN and program from our stdin and runs it; with LIVE, stdin is a pipe (or a
+ * terminal) fed as it comes. */
+static void run(long wall_ms, size_t output_cap, int collect, int terminal) {
+    int in, out, ours, ends[2];
     if (live) {
-        int in_pipe[2];
-        if (pipe2(in_pipe, O_CLOEXEC)) fail("pipe");
-        in = in_pipe[0];
-        pending.fd = in_pipe[1];
+        if (terminal) {
+            ours = open_terminal();
+            out = replica;
+            input_terminal = terminals_end_input();
+        } else {
+            if (pipe2(ends, O_CLOEXEC)) fail("pipe");
+            ours = ends[0];
+            out = ends[1];
+        }
+        if (input_terminal) {
+            in = replica;
+            if ((pending.fd = dup(ours)) < 0) fail("dup");
+        } else {
+            if (pipe2(ends, O_CLOEXEC)) fail("pipe");
+            in = ends[0];
+            pending.fd = ends[1];
+        }
         fcntl(pending.fd, F_SETFL, O_NONBLOCK);
         signal(SIGPIPE, SIG_IGN); /* a program that closes its stdin makes our write fail, not kill us */
         long n = item_length();
@@ -602,16 +719,18 @@ static void run(long wall_ms, size_t output_cap, int collect) {
         pending.len = (size_t)n;
     } else {
         in = memfd_create("stdin", MFD_CLOEXEC);
-        if (in < 0) fail("memfd_create");
+        if (in < 0 || pipe2(ends, O_CLOEXEC)) fail("memfd_create");
         item_to(in);
         lseek(in, 0, SEEK_SET);
+        out = ends[1];
+        ours = ends[0];
     }
     long words = number();
     if (words < 1 || words > 4096) fail("program");
     char **program = calloc((size_t)words + 1, sizeof *program);
     if (!program) fail("calloc");
     for (long i = 0; i < words; i++) program[i] = item();
-    run_program(wall_ms, output_cap, collect, in, program);
+    run_program(wall_ms, output_cap, collect, in, out, ours, program);
     for (long i = 0; i < words; i++) free(program[i]);
     free(program);
 }
@@ -718,7 +837,7 @@ int main(int argc, char **argv) {
     /* Unbuffered: what follows the request on our stdin (live input) is read only when polled for. */
     setvbuf(stdin, NULL, _IONBF, 0);
     char *magic = item();
-    if (strcmp(magic, "coderund-4") != 0) {
+    if (strcmp(magic, "coderund-5") != 0) {
         errno = 0;
         fail("not a coderund request");
     }
@@ -726,6 +845,7 @@ int main(int argc, char **argv) {
     size_t output_cap = (size_t)number();
     int collect = number() != 0;
     live = number() != 0;
+    int terminal = number() != 0 && live;
     int multi = number() != 0 && !collect && !live;
     for (int i = 0; i < 3; i++) run_limits[i] = number();
     long files = number();
@@ -742,7 +862,7 @@ int main(int argc, char **argv) {
     sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
     sigaction(SIGCHLD, &sa, NULL);
     for (;;) {
-        run(wall_ms, output_cap, collect);
+        run(wall_ms, output_cap, collect, terminal);
         if (!multi) return 0;
         wipe();
         int c = getchar();

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..domain import RunReport
 
 SOURCE = Path(__file__).with_name("supervise.c")
-REQUEST_TAG = b"coderund-4"
+REQUEST_TAG = b"coderund-5"
 REPORT_TAG = b"coderund-report"
 FOLDER = None  # the content of a folder in a file map
 
@@ -80,11 +80,12 @@ NO_LIMITS = RunLimits()
 
 
 def request(files: Files, stdin: bytes, program: tuple[str, ...], *, wall_ms: int, output_cap: int, collect: bool,
-            live: bool = False, multi: bool = False, limits: RunLimits = NO_LIMITS) -> bytes:
+            live: bool = False, terminal: bool = False, multi: bool = False, limits: RunLimits = NO_LIMITS) -> bytes:
     """The message a waiting supervisor takes: files for the work folder, and its first run. With
-    multi, more runs may follow (next_run), each in the work folder as these files lay it."""
+    multi, more runs may follow (next_run), each in the work folder as these files lay it. A live run
+    with terminal has a pseudo-terminal for its stdin and stdout."""
     parts = [REQUEST_TAG, b"%d" % wall_ms, b"%d" % output_cap, b"1" if collect else b"0", b"1" if live else b"0",
-             b"1" if multi else b"0", b"%d" % limits.address_space, b"%d" % limits.file_size, b"%d" % limits.processes,
+             b"1" if live and terminal else b"0", b"1" if multi else b"0", b"%d" % limits.address_space, b"%d" % limits.file_size, b"%d" % limits.processes,
              b"%d" % len(files.data)]
     for path, content in files.data.items():
         parts += [path.encode(), b"%d" % files.mode(path), content or b""]

@@ -1,5 +1,5 @@
 """What coderund does, one module per concern; storage and Docker come in as objects."""
-from .accounts import Accounts, Login
+from .accounts import Accounts, Login, UserAdmin
 from .admission import Admission
 from .execution import Executor
 from .keys import ApiKeys
@@ -9,5 +9,5 @@ from .stored_files import FileStore
 from .tasks import TaskService
 from .webhooks import Webhooks
 
-__all__ = ["Accounts", "Admission", "ApiKeys", "Executor", "FileStore", "LiveBridge", "LiveRuns", "Login", "SandboxHost", "Sandboxes",
-           "TaskService", "Webhooks"]
+__all__ = ["Accounts", "Admission", "ApiKeys", "Executor", "FileStore", "LiveBridge", "LiveRuns", "Login", "SandboxHost",
+           "Sandboxes", "TaskService", "UserAdmin", "Webhooks"]

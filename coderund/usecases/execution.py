@@ -14,7 +14,7 @@ from ..repository.live import END, LiveChannel
 from ..repository.notify import TaskListener
 from ..repository.queue import Delivery
 from ..repository.tasks import Tasks
-from ..sandbox.engine import SandboxError, SandboxRefused
+from ..sandbox.engine import ImageMissing, SandboxError, SandboxRefused
 from ..sandbox.runner import Sandbox
 from .live import LiveBridge
 
@@ -35,48 +35,56 @@ class Executor:
         self.worker_id = worker_id
         self.max_attempts = max_attempts
 
-    async def handle(self, task_id: uuid.UUID, delivery: Delivery) -> Result | None:
+    async def handle(self, message: uuid.UUID, delivery: Delivery) -> Result | None:
+        """Claims a task for a delivered message (the fairest waiting, not always the one the message
+        names: Tasks.claim), runs it, stores its result, then acks."""
         try:
-            with self.cancels.watch(task_id) as cancelled:  # before the claim: a cancel after it is not missed
-                return await self._handle(task_id, delivery, cancelled)
+            with self.cancels.watch(None) as news:  # from before the claim: a cancel after it is not missed
+                task = await self.tasks.claim(message, self.worker_id, redelivered=delivery.redelivered)
+            if task is None:
+                log.info("message %s: no task waits; dropping it", message)
+                await delivery.ack()
+                return None
+            with self.cancels.watch(task.id) as cancelled:  # no await since the claim: nothing missed between
+                if news.is_set():
+                    cancelled.set()  # some task was cancelled meanwhile: the run reads whether it was this one
+                return await self._handle(task, delivery, cancelled)
         finally:
             self.sandbox.refill()
 
-    async def _handle(self, task_id: uuid.UUID, delivery: Delivery, cancelled: asyncio.Event) -> Result | None:
-        task = await self.tasks.claim(task_id, self.worker_id)
-        if task is None:
-            log.info("task %s: gone or already done; dropping the message", task_id)
-            await delivery.ack()
-            return None
+    async def _handle(self, task: Task, delivery: Delivery, cancelled: asyncio.Event) -> Result | None:
         if task.started_at and task.created_at and task.attempts == 1:
             metrics.QUEUE_WAIT.labels(task.language).observe((task.started_at - task.created_at).total_seconds())
         if task.cancel_requested:
             result = Result(Verdict.CANCELLED)
         elif task.attempts > self.max_attempts:
-            log.error("task %s: %d deliveries without a result; giving up", task_id, task.attempts - 1)
+            log.error("task %s: %d deliveries without a result; giving up", task.id, task.attempts - 1)
             result = Result(Verdict.INTERNAL_ERROR)
         else:
             try:
                 result = await self._unless_cancelled(task, cancelled)
+            except ImageMissing as e:
+                log.error("task %s: %s (language %s)", task.id, e, task.language)
+                result = Result(Verdict.INTERNAL_ERROR, stderr=f"coderund: {missing_image_note(e.image, task.language)}\n".encode())
             except SandboxRefused as e:
-                log.error("task %s: the engine refused its sandbox: %s", task_id, e)
+                log.error("task %s: the engine refused its sandbox: %s", task.id, e)
                 result = Result(Verdict.INTERNAL_ERROR, stderr=f"coderund: the container engine refused this task: {e}\n".encode())
             except SandboxError as e:
                 if task.attempts < self.max_attempts:
-                    log.warning("task %s: platform failure, will retry: %s", task_id, e)
-                    await self.tasks.release(task_id)
+                    log.warning("task %s: platform failure, will retry: %s", task.id, e)
+                    await self.tasks.release(task.id)
                     await delivery.requeue()
                     return None
-                log.error("task %s: platform failure on the last attempt: %s", task_id, e)
+                log.error("task %s: platform failure on the last attempt: %s", task.id, e)
                 result = Result(Verdict.INTERNAL_ERROR)
-        if await self.tasks.finish(task_id, result):
+        if await self.tasks.finish(task.id, result):
             metrics.TASKS_FINISHED.labels(task.language, result.verdict.value).inc()
             metrics.TASK_CPU.labels(task.language).inc(result.spent()[0] / 1000)
         if task.live:  # after the result is stored: a reader that sees the mark finds the result
             with contextlib.suppress(Unavailable):
-                await self.live.put_output(task_id, END)
+                await self.live.put_output(task.id, END)
         await delivery.ack()
-        log.info("task %s: %s", task_id, result.verdict.value)
+        log.info("task %s: %s", task.id, result.verdict.value)
         return result
 
     async def _unless_cancelled(self, task: Task, cancelled: asyncio.Event) -> Result:
@@ -106,9 +114,13 @@ class Executor:
         labels = {"coderund.task": str(task.id)}
         if not task.live:
             return await self.sandbox.execute(plugin, task, labels, self.case_parallel)
-        bridge = LiveBridge(self.live, task.id)
+        bridge = LiveBridge(self.live, task.id, task.tty)
         try:
             return await self.sandbox.execute(plugin, task, labels, self.case_parallel, bridge.live())
         finally:
             await bridge.flush()
 
+
+def missing_image_note(image: str, language: str) -> str:
+    """What a task of a language whose image is missing, and /readyz, say: the image, and the fix."""
+    return f"the image {image} of language {language} is missing; the operator builds it with `coderund images build {language}`"

@@ -26,8 +26,10 @@ class LiveRuns:
         self.channel = channel
         self.finished = finished
 
-    async def submit(self, user_id: int, request: TaskRequest) -> uuid.UUID:
-        return await self.tasks.submit(user_id, request, live=True)
+    async def submit(self, user_id: int, request: TaskRequest, *, tty: bool = True) -> uuid.UUID:
+        """A live run: by default with a terminal for the program's stdin and stdout (tty), as a
+        program run by hand has, so that runtimes write lines and prompts as they come."""
+        return await self.tasks.submit(user_id, request, live=True, tty=tty)
 
     async def send(self, task_id: uuid.UUID, data: bytes) -> None:
         await self.channel.put_input(task_id, STDIN, data)
@@ -64,14 +66,15 @@ class LiveBridge:
     """The worker side of a live run: the program's output to the channel, pieces that pile up while
     one is on its way merged into one entry; the program's stdin from the channel, until eof."""
 
-    def __init__(self, channel: LiveChannel, task_id: uuid.UUID) -> None:
+    def __init__(self, channel: LiveChannel, task_id: uuid.UUID, tty: bool) -> None:
         self.channel = channel
         self.task_id = task_id
+        self.tty = tty
         self.pending: list[tuple[str, bytearray]] = []
         self.sending: asyncio.Future[None] | None = None
 
     def live(self) -> Live:
-        return Live(self.output, self.stdin())
+        return Live(self.output, self.stdin(), terminal=self.tty)
 
     async def output(self, kind: str, data: bytes) -> None:
         if self.pending and self.pending[-1][0] == kind:

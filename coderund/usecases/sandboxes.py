@@ -20,7 +20,7 @@ from typing import Any
 
 from ..access import cpu_quota_left
 from ..errors import (AppError, Conflict, NotFound, PayloadTooLarge, SandboxEnded, Unauthorized, Unavailable,
-                      ValidationFailed)
+                      UnsupportedLanguage, ValidationFailed)
 from ..plugins import Plugins
 from ..repository.sandbox_channel import START, Message, SandboxChannel
 from ..repository.sandboxes import SandboxRow, SandboxStore
@@ -155,17 +155,23 @@ class Sandboxes:
         if op["op"] in ("run", "context_create") and not op.get("context") and not op.get("language"):
             op = {**op, "language": row.language}  # the sandbox's own language's context
         reply = self.channel.new_reply()
-        await self.channel.call(row.worker_id, {"sandbox": str(row.id), "reply": reply, "op": op}, data)
+        await self.channel.open(reply)
+        ended = False
         try:
+            await self.channel.call(row.worker_id, {"sandbox": str(row.id), "reply": reply, "op": op}, data)
             async for message in self._replies(reply, row, client_gone):
-                if message.body.get("type") == "end" and (code := (message.body.get("error") or {}).get("code")):
+                ended = message.body.get("type") == "end"
+                if ended and (code := (message.body.get("error") or {}).get("code")):
                     if code == "gone":
                         await self._ended(user_id, sandbox_id)
                     raise refusal(code, message.body["error"].get("message", code), row)
                 yield message
-                if message.body.get("type") == "end":
+                if ended:
                     return
         finally:
+            if not ended and op["op"] == "run":  # its caller stopped reading: its client went
+                with contextlib.suppress(Unavailable):
+                    await self._interrupt(row, reply)
             await self.channel.forget(reply)
 
     async def _ended(self, user_id: int, sandbox_id: str) -> None:
@@ -190,8 +196,7 @@ class Sandboxes:
         while True:
             if client_gone is not None and not interrupted and client_gone():
                 interrupted = True
-                await self.channel.call(row.worker_id, {"sandbox": str(row.id), "reply": "", "target": reply,
-                                                        "op": {"op": "interrupt"}})
+                await self._interrupt(row, reply)
             messages = await self.channel.replies(reply, after, REPLY_WAIT_MS)
             for message in messages:
                 after = message.id
@@ -201,10 +206,15 @@ class Sandboxes:
                 quiet_s = 0.0
                 await self.find(row.user_id, str(row.id))
 
+    async def _interrupt(self, row: SandboxRow, reply: str) -> None:
+        await self.channel.call(row.worker_id, {"sandbox": str(row.id), "reply": "", "target": reply,
+                                                "op": {"op": "interrupt"}})
+
 
 REFUSALS: dict[str, type[AppError]] = {"busy": Conflict, "no_context": NotFound, "not_found": NotFound,
                                        "is_folder": Conflict, "disk_quota": PayloadTooLarge, "exists": Conflict,
-                                       "no_stdin": Conflict, "pause_failed": Unavailable}
+                                       "no_stdin": Conflict, "pause_failed": Unavailable, "too_many": Conflict,
+                                       "exhausted": Conflict, "tmp_full": Conflict}
 
 
 def refusal(code: str, message: str, row: SandboxRow) -> AppError:
@@ -295,7 +305,7 @@ class SandboxHost:
             spec = Spec(plugin.image, row.memory_mb, row.cpus, row.disk_mb, tuple(sorted(row.env.items())), row.work_folder)
             hub = self.pool.take(spec) or await Hub.start(self.engine, spec, {f"{LABEL}.sandbox": str(row.id)})
             self.pool.wake()  # a sandbox runs nothing until asked: its replacement may start at once
-        except (SandboxError, KeyError) as e:
+        except (SandboxError, KeyError, UnsupportedLanguage) as e:  # the last: a deployment without that plugin
             log.warning("sandbox %s: could not start: %s", row.id, e)
             await self.store.end(row.id, "start_failed")
             await self.channel.reply(reply, {"type": "end", "error": {"code": "start_failed", "message": str(e)}})
@@ -351,7 +361,8 @@ class SandboxHost:
         hosted = self.hosted.get(uuid.UUID(body["sandbox"]))
         if hosted is None:
             if reply:
-                await self.channel.reply(reply, {"type": "end", "error": {"code": "gone", "message": "no such sandbox here"}})
+                await self.channel.reply(reply, {"type": "end", "error": {"code": "gone", "message": "no such sandbox here"}},
+                                         opened=True)
             return
         if op["op"] == "close":
             await self._end(hosted, None)
@@ -380,10 +391,10 @@ class SandboxHost:
             async for event in hosted.hub.call(op, on_id=lambda rid: hosted.runs.__setitem__(reply, rid)):
                 data = base64.b64decode(event.pop("data")) if event.get("type") == "chunk" else b""
                 if reply:
-                    await self.channel.reply(reply, event, data)
+                    await self.channel.reply(reply, event, data, opened=True)
         except (HubGone, SandboxError) as e:
             if reply:
-                await self.channel.reply(reply, {"type": "end", "error": {"code": "gone", "message": str(e)}})
+                await self.channel.reply(reply, {"type": "end", "error": {"code": "gone", "message": str(e)}}, opened=True)
         finally:
             hosted.runs.pop(reply, None)
             hosted.busy -= 1

@@ -41,7 +41,7 @@ class TaskService:
         # Finished is final: whose finished tasks these are, so that polling them needs no database.
         self._done: OrderedDict[uuid.UUID, tuple[int, float]] = OrderedDict()  # task: (owner, when seen done)
 
-    async def submit(self, user_id: int, request: TaskRequest, *, live: bool = False) -> uuid.UUID:
+    async def submit(self, user_id: int, request: TaskRequest, *, live: bool = False, tty: bool = False) -> uuid.UUID:
         admitted, quota = await self.admission.task(user_id, request)
         request, plugin, limits = admitted.request, admitted.plugin, admitted.limits
         max_pending = self.user_max_pending if quota.max_pending is None else quota.max_pending
@@ -50,7 +50,7 @@ class TaskService:
         self._accepted += 1  # no await since the check: concurrent submissions see this one
         task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits,
                     request.files, request.tests, request.checker, request.stop_on_failure,
-                    callback_url=request.callback_url, live=live, compat=request.compat,
+                    callback_url=request.callback_url, live=live, tty=live and tty, compat=request.compat,
                     program=request.program, outputs=request.outputs)
         try:
             if not await self.tasks.add(task, max_pending or 1 << 31):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -195,7 +196,7 @@ async def envd_health(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    return await send_file(request, _call(request, {"op": "read", "path": envd.work_path(request.query.get("path", ""))}))
+    return await send_file(request, _sandboxes(request), request[ROW], envd.work_path(request.query.get("path", "")))
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -355,8 +356,9 @@ async def stream_process(request: web.Request, codec: connect.Codec, op: dict[st
 
 async def execute(request: web.Request) -> web.StreamResponse:
     """A run's events as E2B's NDJSON lines as they come; its client leaving interrupts it."""
-    events = _call(request, interpreter.run_op(await _body(request)), client_gone=client_gone(request))
-    return await stream_lines(request, events, lambda event: ndjson(interpreter.lines(event)))
+    op = interpreter.run_op(await _body(request))
+    async with aclosing(_call(request, op, client_gone=client_gone(request))) as events:
+        return await stream_lines(request, events, lambda event: ndjson(interpreter.lines(event)))
 
 
 async def list_contexts(request: web.Request) -> web.Response:

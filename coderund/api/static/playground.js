@@ -3,26 +3,16 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// CodeMirror 5's mode for each language it has one for (none for NASM, Elixir, Nim, Prolog); each
+// language's starting program is its plugin's example, from /languages.
 const MODES = {
-  python: "python", c: "text/x-csrc", cpp: "text/x-c++src", java: "text/x-java", csharp: "text/x-csharp",
-  kotlin: "text/x-kotlin", go: "go", rust: "rust", javascript: "javascript", typescript: "application/typescript",
-  ruby: "ruby", php: "application/x-httpd-php", bash: "shell", lua: "lua",
-};
-const STARTERS = {
-  python: 'name = input("Your name? ")\nprint(f"Hello, {name}!")\n',
-  c: '#include <stdio.h>\n\nint main(void) {\n    char name[100];\n    if (scanf("%99s", name) == 1) printf("Hello, %s!\\n", name);\n    return 0;\n}\n',
-  cpp: '#include <iostream>\n#include <string>\n\nint main() {\n    std::string name;\n    std::cin >> name;\n    std::cout << "Hello, " << name << "!\\n";\n}\n',
-  java: 'import java.util.Scanner;\n\npublic class Main {\n    public static void main(String[] args) {\n        String name = new Scanner(System.in).next();\n        System.out.println("Hello, " + name + "!");\n    }\n}\n',
-  csharp: 'using System;\n\nclass Program {\n    static void Main() {\n        Console.WriteLine($"Hello, {Console.ReadLine()}!");\n    }\n}\n',
-  kotlin: 'fun main() {\n    val name = readLine()\n    println("Hello, $name!")\n}\n',
-  go: 'package main\n\nimport "fmt"\n\nfunc main() {\n\tvar name string\n\tfmt.Scan(&name)\n\tfmt.Printf("Hello, %s!\\n", name)\n}\n',
-  rust: 'use std::io;\n\nfn main() {\n    let mut name = String::new();\n    io::stdin().read_line(&mut name).unwrap();\n    println!("Hello, {}!", name.trim());\n}\n',
-  javascript: 'const name = require("fs").readFileSync(0, "utf8").trim();\nconsole.log(`Hello, ${name}!`);\n',
-  typescript: 'import { readFileSync } from "fs";\nconst name: string = readFileSync(0, "utf8").trim();\nconsole.log(`Hello, ${name}!`);\n',
-  ruby: 'name = gets&.strip\nputs "Hello, #{name}!"\n',
-  php: '<?php\n$name = trim(fgets(STDIN));\necho "Hello, $name!\\n";\n',
-  bash: 'read -r name\necho "Hello, $name!"\n',
-  lua: 'local name = io.read("l")\nprint("Hello, " .. name .. "!")\n',
+  bash: "shell", c: "text/x-csrc", "c-clang": "text/x-csrc", clojure: "clojure", cobol: "cobol",
+  cpp: "text/x-c++src", "cpp-clang": "text/x-c++src", csharp: "text/x-csharp", d: "d", erlang: "erlang",
+  fortran: "fortran", go: "go", groovy: "groovy", haskell: "haskell", java: "text/x-java", javascript: "javascript",
+  kotlin: "text/x-kotlin", lisp: "commonlisp", lua: "lua", "objective-c": "text/x-objectivec", ocaml: "text/x-ocaml",
+  octave: "octave", pascal: "pascal", perl: "perl", php: "application/x-httpd-php", pypy3: "python", python: "python",
+  r: "r", racket: "scheme", ruby: "ruby", rust: "rust", scala: "text/x-scala", scheme: "scheme", sql: "text/x-sqlite",
+  tcl: "tcl", typescript: "application/typescript",
 };
 
 let editor = null;
@@ -55,10 +45,12 @@ async function start() {
     theme: "material-darker", lineNumbers: true, matchBrackets: true, autoCloseBrackets: true,
     indentUnit: 4, extraKeys: { "Ctrl-Enter": run, "Cmd-Enter": run },
   });
-  editor.on("change", () => { drafts[$("language").value] = editor.getValue(); localStorage.setItem("coderund.drafts", JSON.stringify(drafts)); });
+  editor.on("change", keepDraft);
   const listing = await api("GET", "/languages");
   languages = listing.data.languages;
   for (const lang of languages) $("language").add(new Option(`${lang.name} · ${lang.version}`, lang.name));
+  $("language-count").textContent = languages.length;
+  if (!$("stdin").value) $("stdin").value = "world"; // what the examples read
   $("language").value = localStorage.getItem("coderund.language") || "python";
   pickLanguage();
   const history = await api("GET", "/tasks?limit=8");
@@ -66,11 +58,24 @@ async function start() {
   else { show("workspace"); listHistory((history.data && history.data.tasks) || []); }
 }
 
+function currentLanguage() {
+  return languages.find((l) => l.name === $("language").value) || languages[0];
+}
+
+// An edited program is kept per language; the example itself is not, so a newer one shows.
+function keepDraft() {
+  const lang = currentLanguage();
+  if (editor.getValue() === lang.example) delete drafts[lang.name];
+  else drafts[lang.name] = editor.getValue();
+  localStorage.setItem("coderund.drafts", JSON.stringify(drafts));
+}
+
 function pickLanguage() {
-  const lang = languages.find((l) => l.name === $("language").value) || languages[0];
+  const lang = currentLanguage();
+  $("language").value = lang.name;
   localStorage.setItem("coderund.language", lang.name);
   editor.setOption("mode", MODES[lang.name] || null);
-  editor.setValue(drafts[lang.name] || STARTERS[lang.name] || "");
+  editor.setValue(drafts[lang.name] || lang.example);
   $("entry-file").textContent = lang.entry_file;
   $("limits").textContent = `${lang.limits.time_ms / 1000} s · ${lang.limits.memory_mb} MB`;
 }
@@ -117,7 +122,11 @@ function run() {
   $("stats").textContent = "";
   setVerdict("running", "running");
   running(true);
-  const task = { language: $("language").value, code: editor.getValue(), stdin: $("stdin").value };
+  // The stdin box holds lines, and its last one ends too, as if typed: the program reads from a
+  // terminal, where a line the input ends in comes without its newline (and CPython's input() then
+  // drops its last character).
+  const stdin = $("stdin").value;
+  const task = { language: $("language").value, code: editor.getValue(), stdin: stdin && !stdin.endsWith("\n") ? `${stdin}\n` : stdin };
   socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   const ws = socket;
   ws.onopen = () => ws.send(JSON.stringify({ type: "run", task }));

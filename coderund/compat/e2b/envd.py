@@ -18,13 +18,12 @@ from typing import Any
 from ...admission import MAX_COMMAND_CHARS
 from ...errors import ValidationFailed
 from ...sandbox_requests import E2B_HOME as HOME
-from ...sandbox_requests import MAX_RUN_S, WORK_FOLDER, file_path, parse_command
+from ...sandbox_requests import MAX_LIST_DEPTH, MAX_RUN_S, WORK_FOLDER, file_path, parse_command
 from .connect import ConnectError
 
 ENVD_PORT = 49983
 OWNERS = {0: "root", 65534: "user"}  # the sandbox's user is nobody, which E2B's conventions call user
 KINDS = {"file": 1, "folder": 2, "symlink": 3}  # FileType's numbers
-MAX_DEPTH = 16  # a listing holds a folder open at each level
 SIGNALS = {9: 9, 15: 15}  # SIGKILL, SIGTERM; unspecified kills, as envd does
 
 
@@ -158,7 +157,7 @@ def entry_info(entry: dict[str, Any]) -> dict[str, Any]:
 
 def list_op(request: dict[str, Any]) -> dict[str, Any]:
     depth = request.get("depth") or 1
-    return {"op": "list", "path": work_path(request.get("path") or HOME), "depth": min(depth, MAX_DEPTH), "detail": True}
+    return {"op": "list", "path": work_path(request.get("path") or HOME), "depth": min(depth, MAX_LIST_DEPTH), "detail": True}
 
 
 def written(path: str) -> dict[str, Any]:
