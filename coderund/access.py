@@ -12,6 +12,8 @@ from typing import Any
 from .errors import ValidationFailed
 
 KEY_PREFIX = "crd_"  # fixed, so that secret scanners can recognise a leaked key
+E2B_KEY_PREFIX = "e2b_"  # the form E2B's SDKs accept: "e2b_" and lowercase hex
+KEY_FORMS = ("coderund", "e2b")
 KEY_BYTES = 32
 IMPORTED_MIN_CHARS = 24  # a key brought from Jobe or Judge0 keeps its value; shorter ones are too guessable
 TASKS_WRITE, TASKS_READ, ACCOUNT = "tasks:write", "tasks:read", "account"
@@ -35,10 +37,12 @@ class KeyRequest:
     name: str
     scopes: tuple[str, ...]
     expires_in_days: int | None
+    form: str = "coderund"
 
 
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
+def new_key(form: str = "coderund") -> str:
+    """256 random bits either way: "crd_" and URL-safe base64, or "e2b_" and hex for E2B's SDKs."""
+    return E2B_KEY_PREFIX + secrets.token_hex(KEY_BYTES) if form == "e2b" else KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
 
 
 def key_hash(key: str) -> bytes:
@@ -49,7 +53,7 @@ def key_hash(key: str) -> bytes:
 
 def key_prefix(key: str) -> str:
     """What lists show of a key: enough to tell keys apart, far too little to use."""
-    return key[: len(KEY_PREFIX) + 6] if key.startswith(KEY_PREFIX) else key[:4]
+    return key[: len(KEY_PREFIX) + 6] if key.startswith((KEY_PREFIX, E2B_KEY_PREFIX)) else key[:4]
 
 
 def check_imported(key: str) -> str:
@@ -75,7 +79,10 @@ def parse_key_request(body: Any) -> KeyRequest:
     days = body.get("expires_in_days")
     if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_EXPIRY_DAYS):
         raise ValidationFailed(f"'expires_in_days' must be a whole number from 1 to {MAX_EXPIRY_DAYS}.")
-    return KeyRequest(name.strip(), parse_scopes(body.get("scopes")), days)
+    form = body.get("form", "coderund")
+    if form not in KEY_FORMS:
+        raise ValidationFailed(f"'form' must be one of {', '.join(KEY_FORMS)}.")
+    return KeyRequest(name.strip(), parse_scopes(body.get("scopes")), days, form)
 
 
 def expired(expires_at: datetime | None, now: datetime) -> bool:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from . import domain
-from .access import SCOPES, KeyRequest, parse_scopes
+from .access import KEY_FORMS, SCOPES, KeyRequest, parse_scopes
 from .config import ConfigError, Settings
 from .errors import AppError
 from .repository.db import Database
@@ -29,6 +29,8 @@ def add_commands(commands: Any, settings: argparse.ArgumentParser) -> None:
     add.add_argument("--name", required=True, help="a label for the key")
     add.add_argument("--scopes", nargs="+", choices=SCOPES, help="default: tasks:write tasks:read")
     add.add_argument("--key", help="register this value (at least 24 characters), e.g. a key clients already have")
+    add.add_argument("--form", choices=KEY_FORMS, default="coderund",
+                     help="of a key made here: crd_... (default), or e2b_ and hex, as E2B's SDKs require")
     add.add_argument("--expires-in-days", type=int, help="default: never")
     listing = key_commands.add_parser("list", parents=[settings], allow_abbrev=False, help="a user's keys (never the keys themselves)")
     listing.add_argument("--user", required=True)
@@ -82,7 +84,7 @@ async def _user_id(db: Database, username: str) -> int:
 async def _keys(args: dict[str, Any], db: Database) -> int:
     keys = ApiKeys(Keys(db), None)
     if args["keys_command"] == "add":
-        request = KeyRequest(args["name"], parse_scopes(args["scopes"]), args["expires_in_days"])
+        request = KeyRequest(args["name"], parse_scopes(args["scopes"]), args["expires_in_days"], args["form"])
         row, key = await keys.create(await _user_id(db, args["user"]), request, args["key"])
         print(f"{key}\n(id {row.id}, scopes {' '.join(row.scopes)}: the key is shown only now)")
     elif args["keys_command"] == "list":

@@ -5,6 +5,7 @@ from __future__ import annotations
 class AppError(Exception):
     status = 500
     code = "internal"
+    refusal = ""  # a sandbox hub's own code of why it refused a call (not_found, exists, is_folder...)
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

@@ -19,6 +19,8 @@ MAX_METADATA = 32
 MAX_PATH_CHARS = 4096
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 STATES = ("starting", "running", "paused", "ended")
+WORK_FOLDER = "/box"  # a sandbox's files and its commands' working folder: its HOME
+E2B_HOME = "/home/user"  # the work folder of a sandbox made through E2B's API, where E2B's SDKs expect it
 # What one call may bring back, and what a sandbox may hold at once: its hub holds every call to
 # these (past an output cap the rest is dropped, and the answer says truncated).
 MAX_OUTPUT_BYTES = 1024 * 1024  # of a run's or command's stdout, and of its stderr, each
@@ -26,7 +28,10 @@ MAX_RESULTS = 32  # results of one run: its value, display()s, figures
 MAX_RESULT_BYTES = 8 * 1024 * 1024  # all of them together, as JSON
 MAX_CONTEXTS = 16  # a sandbox's contexts, its language's own among them
 MAX_COMMANDS = 16  # commands running at once in a sandbox
-MAX_ENTRIES = 10_000  # of one folder's listing
+MAX_ENTRIES = 10_000  # of one listing, however deep
+MAX_LIST_DEPTH = 16  # of a listing: the hub holds a folder open at each level
+MAX_STDIN_PENDING = 1024 * 1024  # bytes sent to a running command's stdin that it has not read yet
+MAX_ATTACHED = 16  # clients attached to a running command besides the one that started it
 FILE_CHUNK = 1024 * 1024  # of a file, per call to the sandbox: a download's pace is its reader's
 
 
@@ -55,6 +60,7 @@ class SandboxRequest:
     idle_timeout_s: int
     env: dict[str, str]
     metadata: dict[str, str]
+    work_folder: str = WORK_FOLDER
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,11 @@ def parse_sandbox_request(body: object, limits: SandboxLimits) -> SandboxRequest
     )
 
 
+def parse_env(value: object, name: str) -> dict[str, str]:
+    """Environment variables as every sandbox call takes them: names of letters, digits and _."""
+    return _strings({name: value}, name, MAX_ENV, ENV_NAME)
+
+
 def parse_timeout(body: object, limits: SandboxLimits) -> int:
     return _number(_object(body), "timeout_s", limits.lifetime_s, 1, limits.max_lifetime_s)
 
@@ -148,15 +159,17 @@ def parse_context(body: object) -> str | None:
     return language
 
 
-def parse_command(body: object) -> CommandRequest:
+def parse_command(body: object, word_chars: int = MAX_ARG_CHARS) -> CommandRequest:
+    """A command; each of its words at most word_chars long (a foreign API's shell command line may be
+    one long word)."""
     body = _object(body)
     cmd = body.get("cmd")
     if isinstance(cmd, str):
         cmd = ["bash", "-c", cmd]
     if (not isinstance(cmd, list) or not cmd or len(cmd) > MAX_ARGS
-            or not all(isinstance(a, str) and len(a) <= MAX_ARG_CHARS and "\0" not in a for a in cmd)):
-        raise ValidationFailed(f"'cmd' must be a list of 1 to {MAX_ARGS} strings with no NUL (or one string, run by "
-                               "bash -c).")
+            or not all(isinstance(a, str) and len(a) <= word_chars and "\0" not in a for a in cmd)):
+        raise ValidationFailed(f"'cmd' must be a list of 1 to {MAX_ARGS} strings of at most {word_chars} characters"
+                               " with no NUL (or one string, run by bash -c).")
     return CommandRequest(tuple(cmd), file_path(_text(body, "cwd", MAX_PATH_CHARS) or "."), _strings(body, "env", MAX_ENV, ENV_NAME),
                           _text(body, "stdin", MAX_STDIN_BYTES) or "",
                           _number(body, "timeout_s", DEFAULT_RUN_S, 0.1, MAX_RUN_S, whole=False))

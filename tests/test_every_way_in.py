@@ -65,7 +65,7 @@ async def test_cookie_requests_from_another_site_are_refused_on_every_api(api, s
     for path, body in ((f"{JOBE}/runs", '{"run_spec": {"language_id": "python3", "sourcecode": "print(1)"}}'),
                        ("/judge0/submissions", '{"language_id": 71, "source_code": "print(1)"}'),
                        ("/piston/api/v2/execute", '{"language": "python", "version": "*", "files": [{"content": "1"}]}'),
-                       ("/sandboxes", "{}")):
+                       ("/sandboxes", "{}"), ("/e2b/sandboxes", '{"templateID": "base"}')):
         status, answer, _ = await api.call("POST", path, headers=cookie, data=body)
         assert status == 403 and answer["error"] == "forbidden", (path, answer)
     async with aiohttp.ClientSession() as session:
@@ -190,6 +190,22 @@ async def test_sandbox_creates_runs_and_commands_are_charged_to_the_rate(api, se
         assert status == 429 and body["error"] == "rate_limited", body
 
 
+async def test_e2b_commands_inside_a_sandbox_are_charged_to_its_owners_rate(api, settings):
+    """E2B's envd calls act as the sandbox's owner: a command is charged to the owner's rate, and
+    past it refused as Connect's resource_exhausted."""
+    async with sandbox_of_quota(api, settings, per_minute=2) as (token, sandbox):
+        status, detail, _ = await api.call("GET", f"/e2b/sandboxes/{sandbox['id']}", token=token)
+        assert status == 200, detail
+        headers = {"E2b-Sandbox-Id": sandbox["id"], "X-Access-Token": detail["envdAccessToken"],
+                   "Content-Type": "application/connect+json"}
+        start = b'{"process": {"cmd": "true"}}'
+        body = len(start).to_bytes(5, "big") + start
+        async with api.session.post(f"{api.base}/e2b/sandbox/process.Process/Start", data=body, headers=headers) as first:
+            assert first.status == 200 and b'"exited": true' in await first.read()
+        async with api.session.post(f"{api.base}/e2b/sandbox/process.Process/Start", data=body, headers=headers) as late:
+            assert b'"resource_exhausted"' in await late.read()
+
+
 async def test_sandbox_cpu_counts_in_usage_and_a_spent_quota_stops_it(api, settings):
     async with sandbox_of_quota(api, settings, cpu_s_per_day=1) as (token, sandbox):
         # A loop in the background keeps spending after its run has answered.
@@ -227,3 +243,15 @@ async def test_a_sandboxs_lifetime_cannot_be_extended_past_the_operators_bound(s
             assert (datetime.fromisoformat(extended["expires_at"]) - created).total_seconds() <= 120
         finally:
             await api.call("DELETE", f"/sandboxes/{sandbox['id']}", token=token)
+        # E2B's timeouts are held to the same bound, on create and after.
+        status, created, _ = await api.call("POST", "/e2b/sandboxes", token=token, json={"templateID": "base", "timeout": 10**6})
+        assert status == 201, created
+        try:
+            status, _, _ = await api.call("POST", f"/e2b/sandboxes/{created['sandboxID']}/timeout", token=token,
+                                          json={"timeout": 10**6})
+            assert status == 204
+            status, info, _ = await api.call("GET", f"/e2b/sandboxes/{created['sandboxID']}", token=token)
+            lifetime = datetime.fromisoformat(info["endAt"]) - datetime.fromisoformat(info["startedAt"])
+            assert status == 200 and lifetime.total_seconds() <= 120, info
+        finally:
+            await api.call("DELETE", f"/e2b/sandboxes/{created['sandboxID']}", token=token)

@@ -25,10 +25,11 @@ def test_document_is_valid_openapi_3_1():
     spec = document()
     assert spec["openapi"].startswith("3.1")
     validate(spec)
-    assert set(spec["components"]["securitySchemes"]) == {"bearer", "cookie", "judge0", "jobe"}
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "cookie", "judge0", "jobe", "e2b"}
 
 
 def test_every_route_is_documented_and_nothing_else():
+    from coderund.api.compat import e2b_routes
     from coderund.api.compat.jobe_routes import PREFIX, ROUTES as JOBE_ROUTES
     from coderund.api.compat.judge0_routes import ROUTES as JUDGE0_ROUTES
 
@@ -38,7 +39,8 @@ def test_every_route_is_documented_and_nothing_else():
     own = {(route.method, re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path)) for route in ROUTES + SANDBOX_ROUTES}
     assert documented == own | {
         (method, "/judge0" + path) for method, path, _ in JUDGE0_ROUTES} | piston | {
-        (method, PREFIX + path) for method, path, _ in JOBE_ROUTES}
+        (method, PREFIX + path) for method, path, _ in JOBE_ROUTES} | {
+        (method, e2b_routes.PREFIX + path) for method, path, _ in e2b_routes.ROUTES if not path.startswith(e2b_routes.ENVD)}
 
 
 def test_protected_routes_declare_security_401_and_403():

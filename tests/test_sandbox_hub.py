@@ -21,7 +21,8 @@ from tests.test_fuzz import draw, texts, values
 pytestmark = pytest.mark.timeout(900)
 EXAMPLES = 300
 OPS = ["ping", "run", "interrupt", "command", "write", "read", "list", "delete", "context_create", "context_list",
-       "context_delete", "no-such-op"]
+       "context_delete", "context_restart", "attach", "commands", "input", "close_stdin", "signal", "stat", "mkdir",
+       "move", "no-such-op"]
 paths = st.sampled_from([".", "a", "a/b/c", "../x", "a/../../x", "/etc/passwd", "x" * 300 + "/y", "a\0b", "", "f"]) | texts
 PLAUSIBLE = {
     "code": st.sampled_from(["1 + 1", "print('x')", "display(1)", "echo hi; cd /tmp", "raise ValueError(1)"]) | texts,
@@ -33,6 +34,9 @@ PLAUSIBLE = {
     "env": st.dictionaries(st.sampled_from(["A", "PATH", "A=B", "", "\0"]) | texts, texts, max_size=3), "stdin": texts,
     "data": st.sampled_from(["", "eA==", "not base64!"]) | st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()),
     "append": st.booleans(), "offset": st.integers(-5, 1 << 64), "target": texts,
+    "open_stdin": st.booleans(), "announce": st.booleans(), "tag": st.sampled_from(["t", None]) | texts,
+    "pid": st.integers(-1, 1 << 40) | values, "signal": st.sampled_from([9, 15, 2, None]) | values,
+    "source": paths, "destination": paths, "depth": st.integers(-1, 40) | values, "detail": st.booleans() | values,
 }
 operations = st.sampled_from(OPS)
 requests = st.one_of(

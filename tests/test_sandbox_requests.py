@@ -5,7 +5,7 @@ import base64
 
 import pytest
 
-from coderund.api.sandbox_routes import _command_document, _lines, _run_document
+from coderund.api.sandbox_routes import _command_document, _lines, _run_document, ndjson
 from coderund.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from coderund.mcp_server import run_content
 from coderund.sandbox.options import Isolation, container_options
@@ -79,7 +79,7 @@ def test_a_runs_events_make_one_answer_or_ndjson_lines():
     assert _run_document(events) == {"stdout": "ab", "stderr": "", "results": [{"text/plain": "2"}],
                                      "error": {"name": "E", "value": "v", "traceback": ""}, "execution_count": 3,
                                      "context": "python", "truncated": False}
-    assert _lines(events[-1]).decode().splitlines() == [
+    assert ndjson(_lines(events[-1])).decode().splitlines() == [
         '{"type": "error", "name": "E", "value": "v", "traceback": ""}',
         '{"type": "execution_count", "execution_count": 3}', '{"type": "end", "truncated": false, "context": "python"}']
     assert _command_document([{"type": "end", "exit_code": 0, "signal": None, "timed_out": False}])["exit_code"] == 0

@@ -7,7 +7,7 @@ from ..domain import MAX_BODY_BYTES
 from .. import metrics
 from . import docs, middlewares, server
 from ..compat import judge0
-from .compat import jobe_routes, judge0_routes, piston_routes
+from .compat import e2b_routes, jobe_routes, judge0_routes, piston_routes
 from .keys import PROTECTED, SERVICES, Services
 from .routes import ROUTES
 from .sandbox_routes import SANDBOX_ROUTES
@@ -26,4 +26,5 @@ def make_app(services: Services, judge0_limits: judge0.Limits | None = None,
     app.add_subapp("/judge0", judge0_routes.make_app(services, judge0_limits or judge0.Limits(), judge0_anonymous_user))
     app.add_subapp("/piston", piston_routes.make_app(services))
     app.add_subapp(jobe_routes.PREFIX, jobe_routes.make_app(services, jobe_queue_wait_s))
+    app.add_subapp(e2b_routes.PREFIX, e2b_routes.make_app(services))
     return app

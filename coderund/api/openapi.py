@@ -197,7 +197,9 @@ SCHEMAS: dict[str, Any] = {
                        "scopes": {"type": "array", "minItems": 1,
                                   "items": {"enum": ["tasks:write", "tasks:read", "account"]},
                                   "description": "default: tasks:write, tasks:read"},
-                       "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650}},
+                       "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+                       "form": {"enum": ["coderund", "e2b"], "default": "coderund",
+                                "description": "crd_… (default), or e2b_ and 64 hex digits, the form E2B's SDKs accept"}},
     },
     "ApiKey": {
         "type": "object", "required": ["id", "name", "prefix", "scopes", "created_at"],
@@ -226,7 +228,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 SCHEMAS["NewApiKey"] = {**SCHEMAS["ApiKey"], "required": [*SCHEMAS["ApiKey"]["required"], "key"],
-                        "properties": {**SCHEMAS["ApiKey"]["properties"], "key": {"type": "string", "description": "crd_…"}}}
+                        "properties": {**SCHEMAS["ApiKey"]["properties"], "key": {"type": "string", "description": "crd_… or e2b_…"}}}
 
 SCHEMAS["TaskCreated"] = {
     "type": "object", "required": ["task_id"],
@@ -520,6 +522,99 @@ def _jobe_operations() -> dict[tuple[str, str], dict[str, Any]]:
     return operations
 
 
+E2B_ERROR = {"type": "object", "required": ["code", "message"],
+             "properties": {"code": {"type": "integer"}, "message": {"type": "string"}}}
+E2B_SANDBOX = {"type": "object", "required": ["templateID", "sandboxID", "clientID", "envdVersion"],
+               "properties": {"templateID": {"type": "string"}, "sandboxID": {"type": "string"}, "alias": {"type": "string"},
+                              "clientID": {"type": "string"}, "envdVersion": {"type": "string"},
+                              "envdAccessToken": {"type": "string", "description": "the sandbox's own credential for"
+                                                  " the calls inside it (X-Access-Token)"},
+                              "trafficAccessToken": {"type": "string", "description": "the same token, which the code"
+                                                     " interpreter's SDK sends as E2B-Traffic-Access-Token"},
+                              "domain": {"type": ["string", "null"]}}}
+E2B_LISTED = {"type": "object", "required": ["templateID", "sandboxID", "clientID", "startedAt", "endAt", "cpuCount",
+                                             "memoryMB", "diskSizeMB", "state", "envdVersion"],
+              "properties": {**E2B_SANDBOX["properties"], "startedAt": {"type": "string", "format": "date-time"},
+                             "endAt": {"type": "string", "format": "date-time"}, "cpuCount": {"type": "integer"},
+                             "memoryMB": {"type": "integer"}, "diskSizeMB": {"type": "integer"},
+                             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                             "state": {"enum": ["running", "paused"]}, "allowInternetAccess": {"type": "boolean"}}}
+E2B_NEW_SANDBOX = {"type": "object", "required": ["templateID"], "properties": {
+    "templateID": {"type": "string", "description": "base (bash, python3, node), code-interpreter-v1 (Python with"
+                                                   " numpy, pandas, matplotlib), python or javascript"},
+    "timeout": {"type": "integer", "minimum": 0, "description": "seconds; clamped to the operator's lifetimes"},
+    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+    "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
+    "secure": {"type": "boolean"}, "allow_internet_access": {"type": "boolean",
+                                                             "description": "accepted; a coderund sandbox has no network"},
+    "autoPause": {"type": "boolean"}}}
+E2B_TEMPLATE = {"type": "object", "required": ["templateID", "buildID", "cpuCount", "memoryMB", "public", "aliases"],
+                "properties": {"templateID": {"type": "string"}, "buildID": {"type": "string"},
+                               "cpuCount": {"type": "integer"}, "memoryMB": {"type": "integer"},
+                               "diskSizeMB": {"type": "integer"}, "public": {"type": "boolean"},
+                               "aliases": {"type": "array", "items": {"type": "string"}}}}
+E2B_SUMMARIES = {
+    ("GET", "/health"): "health", ("POST", "/sandboxes"): "create a sandbox from a template",
+    ("GET", "/sandboxes"): "your running sandboxes", ("GET", "/v2/sandboxes"): "your sandboxes, filtered and paged",
+    ("GET", "/sandboxes/{sandbox_id}"): "a sandbox", ("DELETE", "/sandboxes/{sandbox_id}"): "kill a sandbox",
+    ("POST", "/sandboxes/{sandbox_id}/timeout"): "end it `timeout` seconds from now",
+    ("POST", "/sandboxes/{sandbox_id}/refreshes"): "keep it at least `duration` seconds more",
+    ("POST", "/sandboxes/{sandbox_id}/pause"): "pause it", ("POST", "/sandboxes/{sandbox_id}/resume"): "resume a paused one",
+    ("POST", "/sandboxes/{sandbox_id}/connect"): "resume it if paused; its end only moves later",
+    ("GET", "/templates"): "the templates (coderund's sandbox languages)",
+}
+
+
+def _e2b_operations() -> dict[tuple[str, str], dict[str, Any]]:
+    """E2B's REST API under /e2b (its SDKs' E2B_API_URL), the key in X-API-Key; envd's calls inside a
+    sandbox, under /e2b/sandbox, speak the Connect protocol and are described in docs/coming-from/e2b.md."""
+    from .compat.e2b_routes import ENVD, PREFIX, ROUTES as E2B_ROUTES
+
+    def answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"description": description, **({"content": {"application/json": {"schema": schema}}} if schema else {})}
+
+    errors = {code: answer(f"E2B's error{why}", E2B_ERROR) for code, why in (
+        ("400", ": a bad body or query"), ("401", ": no key, or an unknown one"), ("403", ": the key lacks the scope"),
+        ("404", ": no such sandbox of yours, or template"), ("408", ": the body was too slow"),
+        ("409", ": paused already, busy, or not paused"), ("413", ": the body is too large"),
+        ("429", ": a rate, quota or cap of the account"), ("503", ": no worker, or a dependency down"))}
+    sandbox, listed = answer("The sandbox", E2B_SANDBOX), answer("The sandbox", E2B_LISTED)
+    successes = {
+        ("GET", "/health"): {"200": answer("Up", {"type": "object"})}, ("POST", "/sandboxes"): {"201": sandbox},
+        ("GET", "/sandboxes"): {"200": answer("Sandboxes", {"type": "array", "items": E2B_LISTED})},
+        ("GET", "/v2/sandboxes"): {"200": {**answer("Sandboxes", {"type": "array", "items": E2B_LISTED}), "headers": {
+            "X-Next-Token": {"schema": {"type": "string"}, "description": "nextToken of the next page, if any"}}}},
+        ("GET", "/sandboxes/{sandbox_id}"): {"200": listed},
+        ("POST", "/sandboxes/{sandbox_id}/resume"): {"201": sandbox},
+        ("POST", "/sandboxes/{sandbox_id}/connect"): {"200": answer("It was running", E2B_SANDBOX),
+                                                      "201": answer("It was paused, and is resumed", E2B_SANDBOX)},
+        ("GET", "/templates"): {"200": answer("Templates", {"type": "array", "items": E2B_TEMPLATE})},
+    }
+    bodies = {"/sandboxes": E2B_NEW_SANDBOX, "/timeout": {"type": "object", "required": ["timeout"], "properties": {
+        "timeout": {"type": "integer", "minimum": 0}}}, "/refreshes": {"type": "object", "properties": {
+            "duration": {"type": "integer", "minimum": 0}}}, "/resume": {"type": "object", "properties": {
+                "timeout": {"type": "integer", "minimum": 0}}}, "/connect": {"type": "object", "required": ["timeout"],
+                                                                             "properties": {"timeout": {"type": "integer", "minimum": 0}}}}
+    operations = {}
+    for method, path, _ in E2B_ROUTES:
+        if path.startswith(ENVD):
+            continue
+        operation: dict[str, Any] = {
+            "summary": f"E2B: {E2B_SUMMARIES[(method, path)]}", "tags": ["e2b"],
+            "parameters": [SANDBOX_ID] if "{sandbox_id}" in path else [],
+            "responses": {**successes.get((method, path), {"204": {"description": "Done"}}), **errors}}
+        if path != "/health":
+            operation["security"] = [{"e2b": []}, {"bearer": []}]
+        if path == "/v2/sandboxes":
+            operation["parameters"] = [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                                       for name in ("metadata", "state", "template", "startedAfter", "order", "limit", "nextToken")]
+        if body := next((schema for suffix, schema in bodies.items() if method == "POST" and path.endswith(suffix)), None):
+            operation["requestBody"] = {"required": path in ("/sandboxes", "/sandboxes/{sandbox_id}/timeout"),
+                                        "content": {"application/json": {"schema": body}}}
+        operations[(method.lower(), PREFIX + path)] = operation
+    return operations
+
+
 SANDBOX_SCHEMAS = {
     "SandboxRequest": {
         "type": "object",
@@ -710,7 +805,7 @@ def _protected(operation: dict[str, Any]) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for (method, path), operation in {**OPERATIONS, **SANDBOX_OPERATIONS, **_judge0_operations(), **_piston_operations(),
-                                      **_jobe_operations()}.items():
+                                      **_jobe_operations(), **_e2b_operations()}.items():
         operation_id = method + path.replace("/", "_").replace("{", "").replace("}", "").replace(".", "_")
         paths.setdefault(path, {})[method] = {"operationId": operation_id, **_protected(operation)}
     return {
@@ -730,6 +825,8 @@ def document() -> dict[str, Any]:
                            "description": "a coderund API key, for the Judge0 API under /judge0"},
                 "jobe": {"type": "apiKey", "in": "header", "name": "X-API-KEY",
                          "description": "a coderund API key, for the Jobe API under /jobe/index.php/restapi"},
+                "e2b": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                        "description": "a coderund API key (of E2B's form, e2b_…, for E2B's SDKs), for the E2B API under /e2b"},
             },
         },
     }

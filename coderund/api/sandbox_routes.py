@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -59,7 +60,7 @@ async def extend(request: web.Request) -> web.Response:
     return web.json_response(document(await sandboxes.extend(request[USER_ID], _id(request), timeout_s)))
 
 
-def _gone(request: web.Request) -> Any:
+def client_gone(request: web.Request) -> Any:
     """Whether the client has hung up: its run is then interrupted."""
     return lambda: request.transport is None or request.transport.is_closing()
 
@@ -80,21 +81,33 @@ async def command(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, op: dict[str, Any], shape: Any) -> web.StreamResponse:
     """The call's events as one JSON answer, or with Accept: application/x-ndjson one line each as they come."""
-    async with aclosing(_sandboxes(request).call(request[USER_ID], _id(request), op, client_gone=_gone(request))) as events:
+    async with aclosing(_sandboxes(request).call(request[USER_ID], _id(request), op,
+                                                 client_gone=client_gone(request))) as events:
         if NDJSON not in request.headers.get("Accept", ""):
             return web.json_response(shape([message.body async for message in events]))
-        first = await anext(events)  # a refusal is still an error answer, before any line is sent
-        response = web.StreamResponse(headers={"Content-Type": NDJSON})
-        await response.prepare(request)
-        try:
-            async for message in _with_first(first, events):
-                await response.write(_lines(message.body))
-        except ConnectionError:
-            pass  # the client went: its run is interrupted (client_gone, or the call's close)
+        return await stream_lines(request, events, lambda event: ndjson(_lines(event)))
+
+
+async def stream_lines(request: web.Request, events: AsyncIterator[Any],
+                       lines: Callable[[dict[str, Any]], bytes]) -> web.StreamResponse:
+    """A call's events as NDJSON, lines(event) each, as they come; a refusal is still an error
+    answer, before any line is sent. The caller closes events."""
+    first = await anext(events)
+    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    await response.prepare(request)
+    try:
+        async for message in _with_first(first, events):
+            await response.write(lines(message.body))
+    except ConnectionError:
+        pass  # the client went: its run is interrupted (client_gone, or the call's close)
     return response  # aiohttp ends it (and minds a client that has gone)
 
 
-def _lines(event: dict[str, Any]) -> bytes:
+def ndjson(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def _lines(event: dict[str, Any]) -> list[dict[str, Any]]:
     """One event as NDJSON lines: a run's end as its error (if any), its execution count, then the end."""
     event = {key: value for key, value in event.items() if key != "id"}
     lines = []
@@ -104,7 +117,7 @@ def _lines(event: dict[str, Any]) -> bytes:
         if "execution_count" in event:
             lines.append({"type": "execution_count", "execution_count": event.pop("execution_count")})
     lines.append(event)
-    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    return lines
 
 
 def _collected(events: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -126,15 +139,24 @@ def _command_document(events: list[dict[str, Any]]) -> dict[str, Any]:
             "timed_out": bool(end.get("timed_out")), "truncated": bool(end.get("truncated"))}
 
 
-async def _ask(request: web.Request, op: dict[str, Any], data: bytes = b"", row: Any = None) -> tuple[dict[str, Any], bytes]:
-    """A call answered by its end event, and the bytes (a file's chunk) that came before it."""
+async def collect(events: AsyncIterator[Any]) -> tuple[dict[str, Any], bytes]:
+    """A call's end event, and the bytes (a file's chunk) that came before it; the call closed."""
     found = bytearray()
-    async with aclosing(_sandboxes(request).call(request[USER_ID], _id(request), op, data, row=row)) as events:
+    async with aclosing(events):
         async for message in events:
             found += message.data
             if message.body.get("type") == "end":
                 return message.body, bytes(found)
     return {}, bytes(found)
+
+
+async def drain(events: AsyncIterator[Any]) -> dict[str, Any]:
+    """A call answered by its end event alone: that event."""
+    return (await collect(events))[0]
+
+
+async def _ask(request: web.Request, op: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    return await collect(_sandboxes(request).call(request[USER_ID], _id(request), op))
 
 
 async def create_context(request: web.Request) -> web.Response:
@@ -157,34 +179,47 @@ async def put_file(request: web.Request) -> web.Response:
     sandboxes = _sandboxes(request)
     path = file_path(request.match_info["path"])
     row = await sandboxes.find(request[USER_ID], _id(request))
-    quota = row.disk_mb * MB
-    if (request.content_length or 0) > quota:
+    if (request.content_length or 0) > row.disk_mb * MB:
         raise PayloadTooLarge(f"The file is over the sandbox's disk quota of {row.disk_mb} MiB.")
-    size, append = 0, False
-    while True:
-        chunk = await request.content.read(FILE_CHUNK)
-        size += len(chunk)
-        if size > quota:
-            await _ask(request, {"op": "delete", "path": path})
-            raise PayloadTooLarge(f"The file is over the sandbox's disk quota of {row.disk_mb} MiB.")
-        if chunk or not append:
-            await _ask(request, {"op": "write", "path": path, "append": append}, chunk, row)
-        append = True
-        if not chunk:
-            break
+    size = await write_file(sandboxes, row, path, request.content.read)
     return web.json_response({"path": path, "size": size}, status=201)
 
 
+async def write_file(sandboxes: Any, row: Any, path: str, read: Callable[[int], Awaitable[bytes]]) -> int:
+    """What read() gives, to its end, to the file at path in the sandbox (its folders made as needed),
+    a chunk per call; past the sandbox's disk quota the file is removed and the answer is 413.
+    Its size."""
+    quota = row.disk_mb * MB
+    size, append = 0, False
+    while True:
+        chunk = await read(FILE_CHUNK)
+        size += len(chunk)
+        if size > quota:
+            await drain(sandboxes.call(row.user_id, str(row.id), {"op": "delete", "path": path}, row=row))
+            raise PayloadTooLarge(f"The file is over the sandbox's disk quota of {row.disk_mb} MiB.")
+        if chunk or not append:
+            await drain(sandboxes.call(row.user_id, str(row.id), {"op": "write", "path": path, "append": append},
+                                       chunk, row=row))
+        append = True
+        if not chunk:
+            return size
+
+
 async def get_file(request: web.Request) -> web.StreamResponse:
+    sandboxes = _sandboxes(request)
+    row = await sandboxes.find(request[USER_ID], _id(request))
+    return await send_file(request, sandboxes, row, file_path(request.match_info["path"]))
+
+
+async def send_file(request: web.Request, sandboxes: Any, row: Any, path: str) -> web.StreamResponse:
     """The file a chunk per call to the sandbox, each asked once the client has taken the last: what
     waits for a slow reader is one chunk, never the file. As long as the file was when it began."""
-    path = file_path(request.match_info["path"])
-    row = await _sandboxes(request).find(request[USER_ID], _id(request))
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     offset, size = 0, None
     try:
         while size is None or offset < size:
-            end, data = await _ask(request, {"op": "read", "path": path, "offset": offset}, row=row)
+            end, data = await collect(sandboxes.call(row.user_id, str(row.id), {"op": "read", "path": path, "offset": offset},
+                                                     row=row))
             if size is None:  # not found and the like answer as errors, before any byte is sent
                 size = end.get("size", 0)
                 await response.prepare(request)

@@ -2,19 +2,20 @@
 has ended, why. State moves starting → running ⇄ paused → ended, and never back from ended."""
 from __future__ import annotations
 
+import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from ..errors import RateLimited
-from ..sandbox_requests import SandboxRequest
+from ..sandbox_requests import WORK_FOLDER, SandboxRequest
 from .db import Database
 
 COLUMNS = ("id, user_id, language, memory_mb, cpus, disk_mb, idle_timeout_s, env, metadata, state, worker_id, container_id,"
-           " created_at, expires_at, ended_at, end_reason")
+           " created_at, expires_at, ended_at, end_reason, access_token, work_folder")
 USER_LOCK = 0x73627831  # with a user's id: one create of that user's at a time passes the cap check
 LIVE = "state <> 'ended'"
 
@@ -37,6 +38,8 @@ class SandboxRow:
     expires_at: datetime
     ended_at: datetime | None
     end_reason: str | None
+    access_token: str = field(default="", repr=False)  # E2B's envd calls' credential: never in a log line
+    work_folder: str = WORK_FOLDER
 
 
 class SandboxStore:
@@ -53,10 +56,11 @@ class SandboxStore:
                 raise RateLimited(f"You have {live['n']} live sandboxes, the most you may have; delete one first.", 10)
             cursor = await conn.execute(
                 "INSERT INTO sandboxes (id, user_id, language, memory_mb, cpus, disk_mb, idle_timeout_s, env, metadata,"
-                " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
-                f" RETURNING {COLUMNS}",
+                " expires_at, access_token, work_folder) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                f" now() + make_interval(secs => %s), %s, %s) RETURNING {COLUMNS}",
                 (uuid.uuid4(), user_id, request.language, request.memory_mb, request.cpus, request.disk_mb,
-                 request.idle_timeout_s, Jsonb(request.env), Jsonb(request.metadata), request.timeout_s))
+                 request.idle_timeout_s, Jsonb(request.env), Jsonb(request.metadata), request.timeout_s,
+                 secrets.token_hex(32), request.work_folder))
             return _row(await cursor.fetchone())
 
     async def get(self, sandbox_id: uuid.UUID) -> SandboxRow | None:
@@ -83,9 +87,12 @@ class SandboxStore:
         async with self.db.statement() as conn:
             await conn.execute(f"UPDATE sandboxes SET state = %s WHERE id = %s AND {LIVE}", (state, sandbox_id))
 
-    async def extend(self, sandbox_id: uuid.UUID, timeout_s: int, max_lifetime_s: int) -> SandboxRow | None:
-        """Ends it timeout_s from now, but never later than max_lifetime_s after its creation."""
-        return await self._one(f"UPDATE sandboxes SET expires_at = LEAST(now() + make_interval(secs => %s),"
+    async def extend(self, sandbox_id: uuid.UUID, timeout_s: int, max_lifetime_s: int,
+                     only_longer: bool = False) -> SandboxRow | None:
+        """Ends it timeout_s from now (with only_longer, unless it ends later already), but never later
+        than max_lifetime_s after its creation."""
+        end = "GREATEST(expires_at, now() + make_interval(secs => %s))" if only_longer else "now() + make_interval(secs => %s)"
+        return await self._one(f"UPDATE sandboxes SET expires_at = LEAST({end},"
                                f" created_at + make_interval(secs => %s)) WHERE id = %s"
                                f" AND {LIVE} AND expires_at > now() RETURNING {COLUMNS}",
                                (timeout_s, max_lifetime_s, sandbox_id))

@@ -20,8 +20,10 @@ do is refused in its end event; no request ends the hub.
 Usage: hub.py WORK_FOLDER CAPS [ENV_FD]
 CAPS is a JSON object: nproc (nobody's process limit, where the runtime's kernel counts only this
 sandbox's processes, as gVisor's does; 0 leaves it to the container's pids limit), output_bytes,
-results, result_bytes, contexts, commands, entries, chunk (see coderund/sandbox_requests.py). The hub
-starts itself again with an empty environment, the old one in the memfd ENV_FD.
+results, result_bytes, contexts, commands, entries, chunk, depth (a listing's), stdin_bytes (sent to a
+running command and not read yet), attached (a command's clients besides its own); see
+coderund/sandbox_requests.py. The hub starts itself again with an empty environment, the old one in
+the memfd ENV_FD.
 A Python context is kernel.py, a JavaScript one kernel.js (on the image's node), beside this file.
 """
 import base64
@@ -32,6 +34,7 @@ import json
 import os
 import resource
 import select
+import shlex
 import shutil
 import signal
 import stat
@@ -113,6 +116,31 @@ def strings(request, name):
     value = request.get(name, {})
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise Refused("bad_request", f"{name!r} must be an object of strings")
+    return value
+
+
+def variables(request, name):
+    """Environment variables: names a shell can assign, values with no NUL."""
+    value = strings(request, name)
+    if not all(k.isascii() and k.isidentifier() and "\0" not in v and encodable(v)
+               for k, v in value.items()):
+        raise Refused("bad_request", f"{name!r} must have names of letters, digits and _, and values of text with no NUL")
+    return value
+
+
+def encodable(value):
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def whole(request, name, default, most):
+    value = request.get(name)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise Refused("bad_request", f"{name!r} must be a whole number from 0 to {most}")
     return value
 
 
@@ -211,6 +239,27 @@ def path_error(e, name):
     return Refused("file_error", f"{name!r}: {e.strerror}")
 
 
+def kind_of(info):
+    return ("folder" if stat.S_ISDIR(info.st_mode) else "file" if stat.S_ISREG(info.st_mode)
+            else "symlink" if stat.S_ISLNK(info.st_mode) else "other")
+
+
+def describe(name, path, info, folder):
+    """An entry as stat() tells it; a symlink's target and what it is (a stat through it, as nobody:
+    what any command could learn), never opened."""
+    entry = {"name": name, "path": path, "kind": kind_of(info), "size": info.st_size, "mode": info.st_mode,
+             "uid": info.st_uid, "gid": info.st_gid, "mtime": info.st_mtime, "target": None, "target_kind": None}
+    if stat.S_ISLNK(info.st_mode) and folder is not None:
+        with contextlib.suppress(OSError):
+            entry["target"] = os.readlink(name, dir_fd=folder)
+            entry["target_kind"] = kind_of(os.stat(name, dir_fd=folder))
+    return entry
+
+
+def entry_at(folder, name, path):
+    return describe(name, "/".join(parts_of(path)), os.stat(name, dir_fd=folder, follow_symlinks=False), folder)
+
+
 class Files:
     def __init__(self, work, caps):
         self.work = work
@@ -253,26 +302,96 @@ class Files:
         finally:
             os.close(fd)
 
-    def list(self, path):
-        """The folder's entries, at most self.entries of them; and whether there were more."""
+    def list(self, path, depth=1, detail=False):
+        """The folder's entries, and with depth > 1 those of its folders below (never through a
+        symlink), at most self.entries in all; with detail, each as stat() tells it. And whether
+        there were more."""
         with as_nobody():
             folder = open_folder(self.work, parts_of(path))
             try:
                 entries = []
-                with os.scandir(folder) as found:
-                    for entry in found:
-                        if len(entries) == self.entries:
-                            return sorted(entries, key=lambda e: e["name"]), True
-                        try:
-                            info = entry.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue  # gone since the folder was read
-                        kind = ("folder" if stat.S_ISDIR(info.st_mode) else "file" if stat.S_ISREG(info.st_mode)
-                                else "symlink" if stat.S_ISLNK(info.st_mode) else "other")
-                        entries.append({"name": entry.name, "kind": kind, "size": info.st_size if kind == "file" else 0})
-                return sorted(entries, key=lambda e: e["name"]), False
+                truncated = self._walk(folder, "/".join(parts_of(path)), depth, detail, entries)
+                return sorted(entries, key=lambda e: e["path" if detail else "name"]), truncated
+            except OSError as e:  # no descriptor left: the listing is refused
+                raise path_error(e, path) from None
             finally:
                 os.close(folder)
+
+    def _walk(self, folder, prefix, depth, detail, entries):
+        """Adds the folder's entries (and below, to depth); True if the cap left some out."""
+        with os.scandir(folder) as found:
+            for entry in found:
+                if len(entries) == self.entries:
+                    return True
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since the folder was read
+                path = f"{prefix}/{entry.name}" if prefix else entry.name
+                entries.append(describe(entry.name, path, info, folder) if detail else
+                               {"name": entry.name, "kind": kind_of(info), "size": info.st_size if stat.S_ISREG(info.st_mode) else 0})
+                if depth > 1 and stat.S_ISDIR(info.st_mode):
+                    try:
+                        inner = open_entry(folder, entry.name, os.O_RDONLY | os.O_DIRECTORY)
+                    except Refused:
+                        continue  # gone, or unreadable, meanwhile
+                    try:
+                        if self._walk(inner, path, depth - 1, detail, entries):
+                            return True
+                    finally:
+                        os.close(inner)
+        return False
+
+    def stat(self, path):
+        *folders, name = parts_of(path) or [""]
+        with as_nobody():
+            if not name:
+                return describe("", "", os.stat(self.work), None)
+            folder = open_folder(self.work, folders)
+            try:
+                return entry_at(folder, name, path)
+            except OSError as e:
+                raise path_error(e, path) from None
+            finally:
+                os.close(folder)
+
+    def mkdir(self, path):
+        """The folder and those above it; Refused("exists") if it is there already."""
+        *folders, name = parts_of(path) or [""]
+        if not name:
+            raise Refused("exists", "the work folder exists")
+        with as_nobody():
+            folder = open_folder(self.work, folders, create=True)
+            try:
+                os.mkdir(name, 0o755, dir_fd=folder)
+                return entry_at(folder, name, path)
+            except FileExistsError:
+                raise Refused("exists", f"{path!r} exists") from None
+            except OSError as e:
+                raise path_error(e, path) from None
+            finally:
+                os.close(folder)
+
+    def move(self, source, destination):
+        """Renames source (a symlink itself, never what it points at) to destination, whose folders
+        are made as needed."""
+        *from_folders, from_name = parts_of(source) or [""]
+        *to_folders, to_name = parts_of(destination) or [""]
+        if not from_name or not to_name:
+            raise Refused("bad_path", "the work folder itself cannot be moved, nor replaced")
+        with as_nobody():
+            origin = open_folder(self.work, from_folders)
+            try:
+                target = open_folder(self.work, to_folders, create=True)
+                try:
+                    os.rename(from_name, to_name, src_dir_fd=origin, dst_dir_fd=target)
+                    return entry_at(target, to_name, destination)
+                except OSError as e:
+                    raise path_error(e, source) from None
+                finally:
+                    os.close(target)
+            finally:
+                os.close(origin)
 
     def delete(self, path):
         *folders, name = parts_of(path) or [""]
@@ -349,24 +468,38 @@ class Feed:
     def __init__(self, hub, fd):
         self.hub, self.fd = hub, nonblocking(fd)
         self.pending = memoryview(b"")
+        self.ending = False  # closed once what is pending is written
 
     def send(self, data):
-        self.pending = memoryview(data)
-        if self.on_writable(self.fd):
+        self.pending = memoryview(bytes(self.pending) + data) if self.pending else memoryview(data)
+        self.flush()
+
+    def end(self):
+        """Closes the pipe once what is pending is written: the child reads its end then."""
+        self.ending = True
+        self.flush()
+
+    def flush(self):
+        if self.fd is not None and self.on_writable(self.fd):
             self.hub.watch_write(self.fd, self.on_writable)
 
     def on_writable(self, fd):
         try:
-            self.pending = self.pending[os.write(fd, self.pending):]
+            if self.pending:
+                self.pending = self.pending[os.write(fd, self.pending):]
         except BlockingIOError:
             pass
         except OSError:  # the child closed its end or died: its context finds out at its next tick
             self.pending = memoryview(b"")
+        if self.ending and not self.pending:
+            self.close()
         return bool(self.pending)
 
     def close(self):
-        self.hub.unwatch_write(self.fd)
-        os.close(self.fd)
+        if self.fd is not None:
+            self.hub.unwatch_write(self.fd)
+            os.close(self.fd)
+            self.fd = None
 
 
 class Lines:
@@ -408,6 +541,7 @@ class Output:
         self.hub = hub
         self.fds = {out_fd: "stdout", err_fd: "stderr"}
         self.open = len(self.fds)  # pipes not yet at their end
+        self.listeners = []  # other requests that hear it too: a command's clients that attached later
         self.start(None)
         for fd in self.fds:
             hub.watch(fd, self.on_ready)
@@ -439,14 +573,16 @@ class Output:
             data, self.truncated = data[:max(room, 0)], True
         if data:
             self.sent[stream] += len(data)
-            emit({"id": self.request, "type": stream, "text": data.decode(errors="replace")})
+            text = data.decode(errors="replace")
+            for request in (self.request, *self.listeners):
+                emit({"id": request, "type": stream, "text": text})
 
-    def result(self, data):
-        """One result (a MIME bundle), if the run's results are still within their caps."""
+    def result(self, data, main):
+        """One result (a MIME bundle; main: the cell's value), if the run's results are still within their caps."""
         if self.request is None:
             return
         caps = self.hub.caps
-        line = (encoded({"id": self.request, "type": "result", "data": data})
+        line = (encoded({"id": self.request, "type": "result", "data": data, "main": main})
                 if self.results < caps["results"] and within(data, RESULT_DEPTH) else None)
         if line is None or self.result_bytes + len(line) > caps["result_bytes"]:
             self.truncated = True
@@ -505,7 +641,7 @@ class Context:
         self.input, self.channel = Feed(self.hub, input_fd), nonblocking(channel_fd)
         self.hub.watch(channel_fd, Lines(self.line_max, self.on_line, self.on_long).on_ready)
 
-    def run(self, request, code, timeout_s):
+    def run(self, request, code, timeout_s, env):
         if self.request is not None:
             raise Refused("busy", f"context {self.id!r} is running {self.request!r}: one run at a time")
         if self.process is None or self.process.poll() is not None:
@@ -513,14 +649,15 @@ class Context:
             self.start()
         if self.input.pending:  # only after a run its code said had ended, while it went on
             raise Refused("busy", f"context {self.id!r} has not yet taken its last run's code")
-        payload = self.payload(code)
+        payload = self.payload(code, env)
         self.count += 1
         self.request, self.note, self.timeout_s = request, None, timeout_s
         self.deadline = time.monotonic() + timeout_s
         self.output.start(request)
         self.input.send(payload)
 
-    def payload(self, code):
+    def payload(self, code, env):
+        """What the interpreter is sent to run code, with env's variables for that run alone."""
         raise NotImplementedError
 
     def interrupt(self, why):
@@ -542,6 +679,16 @@ class Context:
             code = self.process.returncode
             how = f"signal {-code}" if code < 0 else f"exit {code}"
             self.died(f"the interpreter ended ({how}: out of memory, killed or exited); a new one starts: its state is lost")
+
+    def restart(self):
+        """A fresh interpreter, its state and count gone; a run in it ends, saying so."""
+        if self.request is not None:
+            self.died("the context was restarted: its state is lost")
+        else:
+            self.stop()
+        self.count = 0
+        if self.process is None:
+            self.start()
 
     def died(self, why):
         kill_group(self.process)
@@ -611,8 +758,8 @@ class KernelContext(Context):
             os.close(events_w)
         self.started(process, out_fd, err_fd, requests_w, events_r)
 
-    def payload(self, code):
-        return encoded({"code": code, "count": self.count + 1})  # run() counts it next
+    def payload(self, code, env):
+        return encoded({"code": code, "count": self.count + 1, "env": env})  # run() counts it next
 
     def on_line(self, line):
         try:
@@ -622,7 +769,7 @@ class KernelContext(Context):
         if not isinstance(event, dict) or self.request is None or event.get("count") != self.count:
             return  # between runs, or a run's that the hub has ended
         if event.get("type") == "result" and isinstance(event.get("data"), dict):
-            self.output.result(event["data"])
+            self.output.result(event["data"], event.get("main") is True)
         elif event.get("type") == "done":
             self.finish(self.request, error_of(event.get("error")))
 
@@ -667,7 +814,7 @@ class BashContext(Context):
         self.marker = os.urandom(8).hex()
         self.started(process, out_fd, err_fd, commands_w, status_r)
 
-    def payload(self, code):
+    def payload(self, code, env):
         self.forget_script()
         script = f"{SCRIPTS}/{os.urandom(8).hex()}.sh"
         try:
@@ -682,7 +829,10 @@ class BashContext(Context):
                                           "free some of it") from None
             raise
         self.script = script
-        return f'source {script} </dev/null; printf "%d {self.marker}\\n" "$?" >&{self.status_fd}\n'.encode()
+        # Assignments before `source` hold for that run only: bash restores the variables after it.
+        assignments = "".join(f"{name}={shlex.quote(value)} " for name, value in env.items())
+        return (f'{assignments}source {script} </dev/null; printf "%d {self.marker}\\n" "$?" >&{self.status_fd}\n'
+                .encode(errors="surrogateescape"))
 
     def on_line(self, line):
         code, _, marker = line.decode(errors="replace").partition(" ")
@@ -706,24 +856,62 @@ CONTEXTS = {"python": PythonContext, "javascript": JavaScriptContext, "bash": Ba
 
 
 class Command:
-    """A program run beside the contexts, to its end or its timeout."""
+    """A program run beside the contexts, to its end or its timeout. Its stdin is what the request
+    gave, or with open_stdin a pipe that takes input while it runs (send, close_stdin); with
+    announce, its pid is the first event."""
 
-    def __init__(self, hub, request, argv, folder, env, stdin, timeout_s):
-        self.hub, self.request = hub, request
+    def __init__(self, hub, request, argv, folder, cwd, env, stdin, timeout_s, open_stdin=False, tag=None,
+                 announce=False):
+        self.hub, self.request, self.argv, self.cwd, self.env, self.tag = hub, request, argv, cwd, env, tag
+        self.stdin = None  # a Feed, with open_stdin
+        writer = None
+        if open_stdin:
+            ((feed, writer),) = pipes(1)
+        else:
+            try:
+                feed = os.memfd_create("stdin")
+            except OSError as e:
+                raise exhausted(e) from None
         try:
-            feed = os.memfd_create("stdin")
-        except OSError as e:
-            raise exhausted(e) from None
-        try:
-            write_all(feed, stdin)
-            os.lseek(feed, 0, os.SEEK_SET)
+            if writer is None:
+                write_all(feed, stdin)
+                os.lseek(feed, 0, os.SEEK_SET)
             self.process, out_fd, err_fd = spawn(argv, env, folder, stdin=feed)
+        except BaseException:
+            if writer is not None:
+                os.close(writer)
+            raise
         finally:
             os.close(feed)
+        if writer is not None:
+            self.stdin = Feed(hub, writer)
+        if announce:
+            emit({"id": request, "type": "start", "pid": self.process.pid})
         self.output = Output(hub, out_fd, err_fd)
         self.output.start(request)
         self.deadline = time.monotonic() + timeout_s
         self.timed_out = False
+
+    def send(self, data):
+        """Input for its stdin, written as the command reads it: never blocks the hub."""
+        if self.stdin is None or self.stdin.ending:
+            raise Refused("no_stdin", f"process {self.process.pid} takes no input (start it with stdin, and before closing it)")
+        if len(self.stdin.pending) + len(data) > self.hub.caps["stdin_bytes"]:
+            raise Refused("busy", f"process {self.process.pid} has not read the last {len(self.stdin.pending)} bytes sent to it")
+        self.stdin.send(data)
+
+    def close_stdin(self):
+        if self.stdin is None or self.stdin.fd is None:
+            raise Refused("no_stdin", f"process {self.process.pid} has no open stdin")
+        self.stdin.end()
+
+    def signal(self, number):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, number)
+
+    def describe(self):
+        return {"pid": self.process.pid, "cmd": self.argv, "cwd": self.cwd, "tag": self.tag,
+                "env": {key: value for key, value in self.env.items() if key not in self.hub.env}}
 
     def tick(self, now):
         if now >= self.deadline and not self.timed_out:
@@ -735,9 +923,12 @@ class Command:
             kill_group(self.process)  # whatever it left in the background goes with it
             self.output.drain()
             self.output.close()
+            if self.stdin is not None:
+                self.stdin.close()  # what it did not read is dropped
             code = self.process.returncode
-            emit({"id": self.request, "type": "end", "exit_code": code if code >= 0 else None,
-                  "signal": -code if code < 0 else None, "timed_out": self.timed_out, "truncated": self.output.truncated})
+            for request in (self.request, *self.output.listeners):
+                emit({"id": request, "type": "end", "exit_code": code if code >= 0 else None, "signal": -code if code < 0 else None,
+                      "timed_out": self.timed_out, "truncated": self.output.truncated})
             return True
         return False
 
@@ -837,7 +1028,7 @@ class Hub:
             context = self.context(optional_text(request, "context") or language or "python")
             if language and language != context.language:
                 raise Refused("bad_language", f"context {context.id!r} runs {context.language}, not {language}")
-            context.run(rid, text(request, "code", ""), seconds(request, "timeout_s", 30))
+            context.run(rid, text(request, "code", ""), seconds(request, "timeout_s", 30), variables(request, "env"))
         elif op == "interrupt":
             for context in self.contexts.values():
                 if context.request is not None and context.request == request.get("target"):
@@ -845,20 +1036,41 @@ class Hub:
             emit({"id": rid, "type": "end"})
         elif op == "command":
             self.command(rid, request)
+        elif op == "attach":  # another client of a running command: its pid, then its output from now on, its end
+            command = self.running(request)
+            if len(command.output.listeners) >= self.caps["attached"]:
+                raise Refused("busy", f"process {command.process.pid} has {self.caps['attached']} clients attached already")
+            emit({"id": rid, "type": "start", "pid": command.process.pid})
+            command.output.listeners.append(rid)
+        elif op == "commands":
+            emit({"id": rid, "type": "end", "commands": [c.describe() for c in self.commands]})
+        elif op in ("input", "close_stdin", "signal"):
+            command = self.running(request)
+            if op == "input":
+                command.send(base64.b64decode(text(request, "data", ""), validate=True))
+            elif op == "close_stdin":
+                command.close_stdin()
+            else:
+                command.signal(signal.SIGTERM if request.get("signal") == signal.SIGTERM else signal.SIGKILL)
+            emit({"id": rid, "type": "end"})
+        elif op == "stat":
+            emit({"id": rid, "type": "end", "entry": self.files.stat(text(request, "path", "."))})
+        elif op == "mkdir":
+            emit({"id": rid, "type": "end", "entry": self.files.mkdir(text(request, "path", "."))})
+        elif op == "move":
+            emit({"id": rid, "type": "end", "entry": self.files.move(text(request, "source"), text(request, "destination"))})
         elif op == "write":
             data = base64.b64decode(text(request, "data", ""), validate=True)
             self.files.write(text(request, "path"), data, bool(request.get("append")))
             emit({"id": rid, "type": "end"})
         elif op == "read":
-            offset = request.get("offset", 0)
-            if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 1 << 62:
-                raise Refused("bad_request", "'offset' must be a whole number of bytes")
-            data, size = self.files.read(text(request, "path"), offset)
+            data, size = self.files.read(text(request, "path"), whole(request, "offset", 0, (1 << 62) - 1))
             if data:
                 emit({"id": rid, "type": "chunk", "data": base64.b64encode(data).decode()})
             emit({"id": rid, "type": "end", "size": size})
         elif op == "list":
-            entries, truncated = self.files.list(text(request, "path", "."))
+            depth = max(1, whole(request, "depth", 1, self.caps["depth"]))
+            entries, truncated = self.files.list(text(request, "path", "."), depth, bool(request.get("detail")))
             emit({"id": rid, "type": "end", "entries": entries, "truncated": truncated})
         elif op == "delete":
             self.files.delete(text(request, "path"))
@@ -872,11 +1084,14 @@ class Hub:
         elif op == "context_list":
             emit({"id": rid, "type": "end", "contexts": [{"id": c.id, "language": c.language, "execution_count": c.count,
                                                            "busy": c.request is not None} for c in self.contexts.values()]})
-        elif op == "context_delete":
+        elif op in ("context_delete", "context_restart"):
             cid = request.get("context")
             if not isinstance(cid, str) or cid not in self.contexts:
                 raise Refused("no_context", f"no context {cid!r}")
-            self.contexts.pop(cid).stop()
+            if op == "context_delete":
+                self.contexts.pop(cid).stop()
+            else:
+                self.contexts[cid].restart()
             emit({"id": rid, "type": "end"})
         else:
             raise Refused("bad_op", f"no operation {op!r}")
@@ -903,12 +1118,23 @@ class Hub:
             raise Refused("too_many", f"a sandbox runs at most {self.caps['commands']} commands at once")
         env = {**self.env, **strings(request, "env")}
         stdin, timeout_s = text(request, "stdin", "").encode(errors="surrogateescape"), seconds(request, "timeout_s", 60)
+        parts = parts_of(text(request, "cwd", "."))
         with as_nobody():  # its folder, found as nobody finds it; entered by its descriptor
-            folder = open_folder(self.work, parts_of(text(request, "cwd", ".")))
+            folder = open_folder(self.work, parts)
         try:
-            self.commands.append(Command(self, rid, argv, folder, env, stdin, timeout_s))
+            self.commands.append(Command(self, rid, argv, folder, os.path.join(self.work, *parts), env, stdin, timeout_s,
+                                         bool(request.get("open_stdin")), optional_text(request, "tag"),
+                                         bool(request.get("announce"))))
         finally:
             os.close(folder)
+
+    def running(self, request):
+        """The running command a request names by its pid or its tag."""
+        pid, tag = request.get("pid"), optional_text(request, "tag")
+        for command in self.commands:
+            if command.process.returncode is None and (command.process.pid == pid or (tag and command.tag == tag)):
+                return command
+        raise Refused("not_found", f"no running process {pid or tag!r}")
 
 
 def scrubbed(argv):

@@ -73,14 +73,21 @@ async function serve() {
     const request = JSON.parse(line);
     count = request.count;
     let error = null;
+    const env = request.env || {};
+    const saved = Object.fromEntries(Object.keys(env).map((name) => [name, process.env[name]])); // this run's own variables
+    Object.assign(process.env, env);
     try {
       const value = await execute(request);
       if (value !== undefined) {
         sandbox._ = value;
-        send({ type: 'result', data: bundle(value) });
+        send({ type: 'result', data: bundle(value), main: true }); // the cell's value, not a display()
       }
     } catch (e) {
       error = errorOf(e);
+    }
+    for (const [name, value] of Object.entries(saved)) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
     }
     send({ type: 'done', error });
   }

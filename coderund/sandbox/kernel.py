@@ -56,6 +56,8 @@ def kernel(requests_fd, events_fd):
         request = json.loads(line)
         count = request["count"]
         error = None
+        saved = {name: os.environ.get(name) for name in request.get("env") or {}}  # this run's own variables
+        os.environ.update(request.get("env") or {})
         try:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
@@ -64,7 +66,7 @@ def kernel(requests_fd, events_fd):
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             if value is not None:
                 namespace["_"] = value
-                send({"type": "result", "data": bundle(value)})
+                send({"type": "result", "data": bundle(value), "main": True})  # the cell's value, not a display()
             for figure in figures():
                 send({"type": "result", "data": figure})
         except BaseException as e:  # noqa: BLE001 - the user's error, told as the run's error
@@ -72,6 +74,11 @@ def kernel(requests_fd, events_fd):
                 pass
             else:
                 error = error_of(e)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         sys.stdout.flush()
         sys.stderr.flush()
         send({"type": "done", "error": error})

@@ -35,10 +35,10 @@ class Isolation:
 def container_options(
     *, image: str, memory_mb: int, isolation: Isolation, env: dict[str, str], labels: dict[str, str],
     tools_volume: str, pids_limit: int | None = None, command: list[str] | None = None, cpus: float = 1.0,
-    disk_mb: int | None = None,
+    disk_mb: int | None = None, work_folder: str = WORKDIR,
 ) -> dict[str, Any]:
-    """A task's container, or with command, disk_mb and cpus a stateful sandbox's (its hub in place of
-    the supervisor, with the same identity and the same locks)."""
+    """A task's container, or with command, disk_mb, cpus and work_folder a stateful sandbox's (its hub
+    in place of the supervisor, with the same identity and the same locks)."""
     tmpfs = f"size={isolation.tmpfs_mb}m,nosuid,nodev"
     work_tmpfs = f"size={disk_mb or isolation.tmpfs_mb}m,nosuid,nodev"
     fsize = max(isolation.tmpfs_mb, disk_mb or 0) * MB
@@ -49,7 +49,7 @@ def container_options(
         "command": command or [SUPERVISOR, WORKDIR],
         "stdin_open": True,
         "user": SUPERVISOR_USER,
-        "environment": {"PATH": PATH, "LANG": "C.UTF-8", "HOME": WORKDIR, **env},
+        "environment": {"PATH": PATH, "LANG": "C.UTF-8", "HOME": work_folder, **env},
         "labels": labels,
         "network_mode": "none",
         # No network at all, not even Docker's "none" endpoint: an empty namespace with its own
@@ -58,7 +58,7 @@ def container_options(
         "network_disabled": True,
         "read_only": True,
         # World-writable: the program (nobody) writes its build outputs beside its sources.
-        "tmpfs": {WORKDIR: f"{work_tmpfs},exec,mode=1777", "/tmp": f"{tmpfs},mode=1777"},
+        "tmpfs": {work_folder: f"{work_tmpfs},exec,mode=1777", "/tmp": f"{tmpfs},mode=1777"},
         "mounts": [Mount(TOOLS_DIR, tools_volume, type="volume", read_only=True, no_copy=True)],
         "shm_size": 16 * MB,
         "cap_drop": ["ALL"],

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..sandbox_requests import (FILE_CHUNK, MAX_COMMANDS, MAX_CONTEXTS, MAX_ENTRIES, MAX_OUTPUT_BYTES, MAX_RESULT_BYTES,
-                                MAX_RESULTS)
+from ..sandbox_requests import (FILE_CHUNK, MAX_ATTACHED, MAX_COMMANDS, MAX_CONTEXTS, MAX_ENTRIES, MAX_LIST_DEPTH,
+                                MAX_OUTPUT_BYTES, MAX_RESULT_BYTES, MAX_RESULTS, MAX_STDIN_PENDING)
 from .box import Box
 from .engine import Engine, SandboxError, Shape
 from .options import HUB, WORKDIR
@@ -41,6 +41,7 @@ class Spec:
     cpus: float
     disk_mb: int
     env: tuple[tuple[str, str], ...] = ()
+    work_folder: str = WORKDIR
 
 
 class Hub:
@@ -57,9 +58,11 @@ class Hub:
         shape = Shape(spec.image, spec.memory_mb, spec.env, GVISOR_PIDS if runsc else PIDS)
         caps = {"nproc": GVISOR_NPROC if runsc else 0, "output_bytes": MAX_OUTPUT_BYTES, "results": MAX_RESULTS,
                 "result_bytes": MAX_RESULT_BYTES, "contexts": MAX_CONTEXTS, "commands": MAX_COMMANDS,
-                "entries": MAX_ENTRIES, "chunk": FILE_CHUNK}
-        box = await engine.make(shape, labels, command=["/usr/bin/python3", "-I", "-S", HUB, WORKDIR, json.dumps(caps)],
-                                cpus=spec.cpus, disk_mb=spec.disk_mb)
+                "entries": MAX_ENTRIES, "chunk": FILE_CHUNK, "depth": MAX_LIST_DEPTH, "stdin_bytes": MAX_STDIN_PENDING,
+                "attached": MAX_ATTACHED}
+        box = await engine.make(shape, labels, command=["/usr/bin/python3", "-I", "-S", HUB, spec.work_folder,
+                                                        json.dumps(caps)],
+                                cpus=spec.cpus, disk_mb=spec.disk_mb, work_folder=spec.work_folder)
         hub = cls(box)
         try:
             await asyncio.wait_for(hub.ask({"op": "ping"}), READY_S)

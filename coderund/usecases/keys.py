@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ..access import (KEY_PREFIX, KeyRequest, Principal, check_imported, expired, key_hash, key_prefix,
+from ..access import (E2B_KEY_PREFIX, KEY_PREFIX, KeyRequest, Principal, check_imported, expired, key_hash, key_prefix,
                       new_key)
 from ..errors import NotFound, Unavailable
 from ..repository.keys import KeyRow, Keys
@@ -39,7 +39,7 @@ class ApiKeys:
 
     async def create(self, user_id: int, request: KeyRequest, value: str | None = None) -> tuple[KeyRow, str]:
         """A new key (or the given value, imported) for the user; the only time the key is seen."""
-        key = check_imported(value) if value is not None else new_key()
+        key = check_imported(value) if value is not None else new_key(request.form)
         row = await self.keys.add(user_id, request.name, key_hash(key), key_prefix(key), request.scopes,
                                   request.expires_in_days)
         self._cache.pop(key_hash(key), None)  # it may have been looked up, as nothing, a moment ago
@@ -95,4 +95,4 @@ class ApiKeys:
 
 
 def looks_like_key(token: str) -> bool:
-    return token.startswith(KEY_PREFIX)
+    return token.startswith((KEY_PREFIX, E2B_KEY_PREFIX))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import logging
 import time
 import uuid
@@ -18,8 +19,8 @@ from datetime import datetime, UTC
 from typing import Any
 
 from ..access import cpu_quota_left
-from ..errors import (AppError, Conflict, NotFound, PayloadTooLarge, SandboxEnded, Unavailable, UnsupportedLanguage,
-                      ValidationFailed)
+from ..errors import (AppError, Conflict, NotFound, PayloadTooLarge, SandboxEnded, Unauthorized, Unavailable,
+                      UnsupportedLanguage, ValidationFailed)
 from ..plugins import Plugins
 from ..repository.sandbox_channel import START, Message, SandboxChannel
 from ..repository.sandboxes import SandboxRow, SandboxStore
@@ -40,6 +41,7 @@ REFRESH_S = 2  # and at their rows (ended or extended elsewhere)
 KILLED = 128 + 9
 GONE_WAIT_S = 5  # for the reason a sandbox whose container is gone ended
 METER_S = 10  # a running sandbox's CPU is counted in its owner's usage this often, and as it pauses or ends
+PAUSE_TRIES, PAUSE_RETRY_S = 3, 0.5  # an asked-for pause whose freeze fails
 CHARGED_OPS = ("run", "command")  # calls that start work: charged to the owner's rate, refused once the quota is spent
 
 
@@ -91,12 +93,39 @@ class Sandboxes:
         now = datetime.now(UTC)
         return [row for row in await self.store.of_user(user_id, metadata) if row.expires_at > now]
 
-    async def extend(self, user_id: int, sandbox_id: str, timeout_s: int) -> SandboxRow:
+    async def by_token(self, sandbox_id: str, token: str) -> SandboxRow:
+        """The live sandbox a call made inside it names (E2B's envd calls), if the token is its own:
+        Unauthorized otherwise, an unknown sandbox alike; 410 once it has ended."""
+        try:
+            row = await self.store.get(uuid.UUID(sandbox_id))
+        except ValueError:
+            row = None
+        if row is None or not hmac.compare_digest(row.access_token.encode(), token.encode()):
+            raise Unauthorized("The sandbox's access token is missing or wrong.")
+        return await self.find(row.user_id, sandbox_id)
+
+    async def extend(self, user_id: int, sandbox_id: str, timeout_s: int, only_longer: bool = False) -> SandboxRow:
         row = await self.find(user_id, sandbox_id)
-        extended = await self.store.extend(row.id, timeout_s, self.limits.max_lifetime_s)
+        extended = await self.store.extend(row.id, timeout_s, self.limits.max_lifetime_s, only_longer)
         if extended is None:
             raise SandboxEnded("expired")
         return extended
+
+    async def pause(self, user_id: int, sandbox_id: str) -> None:
+        """Freezes it now, as an idle one is: 409 if it is paused already, or busy with a call."""
+        row = await self.find(user_id, sandbox_id)
+        if row.state == "paused":
+            raise Conflict("The sandbox is paused already.")
+        async for _ in self.call(user_id, sandbox_id, {"op": "pause"}, row=row):
+            pass
+
+    async def resume(self, user_id: int, sandbox_id: str) -> SandboxRow:
+        """Thaws it if paused (any call would); the row as it is then."""
+        row = await self.find(user_id, sandbox_id)
+        if row.state == "paused":
+            async for _ in self.call(user_id, sandbox_id, {"op": "ping"}, row=row):
+                pass
+        return await self.find(user_id, sandbox_id)
 
     async def delete(self, user_id: int, sandbox_id: str) -> None:
         row = await self.find(user_id, sandbox_id)
@@ -183,15 +212,19 @@ class Sandboxes:
 
 
 REFUSALS: dict[str, type[AppError]] = {"busy": Conflict, "no_context": NotFound, "not_found": NotFound,
-                                       "is_folder": Conflict, "disk_quota": PayloadTooLarge, "too_many": Conflict,
+                                       "is_folder": Conflict, "disk_quota": PayloadTooLarge, "exists": Conflict,
+                                       "no_stdin": Conflict, "pause_failed": Unavailable, "too_many": Conflict,
                                        "exhausted": Conflict, "tmp_full": Conflict}
 
 
 def refusal(code: str, message: str, row: SandboxRow) -> AppError:
-    """The hub's refusal as the error to answer with: the disk's is named with its quota."""
+    """The hub's refusal as the error to answer with (its code kept as `refusal`, for the foreign
+    APIs that tell them apart): the disk's is named with its quota."""
     if code == "disk_quota":
         message = f"{message}: its disk quota is {row.disk_mb} MiB."
-    return REFUSALS.get(code, ValidationFailed)(message[:1].upper() + message[1:])
+    error = REFUSALS.get(code, ValidationFailed)(message[:1].upper() + message[1:])
+    error.refusal = code
+    return error
 
 
 @dataclass(eq=False)
@@ -269,7 +302,7 @@ class SandboxHost:
             return  # it ended before any worker took it: its creator has given up
         try:
             plugin = self.plugins.get(row.language)
-            spec = Spec(plugin.image, row.memory_mb, row.cpus, row.disk_mb, tuple(sorted(row.env.items())))
+            spec = Spec(plugin.image, row.memory_mb, row.cpus, row.disk_mb, tuple(sorted(row.env.items())), row.work_folder)
             hub = self.pool.take(spec) or await Hub.start(self.engine, spec, {f"{LABEL}.sandbox": str(row.id)})
             self.pool.wake()  # a sandbox runs nothing until asked: its replacement may start at once
         except (SandboxError, KeyError, UnsupportedLanguage) as e:  # the last: a deployment without that plugin
@@ -334,6 +367,20 @@ class SandboxHost:
         if op["op"] == "close":
             await self._end(hosted, None)
             return
+        if op["op"] == "pause":
+            end: dict[str, Any] = {"type": "end"}
+            for _ in range(PAUSE_TRIES):  # a freeze may fail while a process is in the kernel's hands
+                if await self._pause(hosted):
+                    break
+                if hosted.busy:
+                    end["error"] = {"code": "busy", "message": "the sandbox is busy with a call; pause it once that ends"}
+                    break
+                await asyncio.sleep(PAUSE_RETRY_S)
+            else:
+                end["error"] = {"code": "pause_failed", "message": "the sandbox could not be paused; try again"}
+            if reply:
+                await self.channel.reply(reply, end)
+            return
         if op["op"] == "interrupt":
             op = {**op, "target": hosted.runs.get(body.get("target", ""), "")}
         if op["op"] == "write":
@@ -395,18 +442,22 @@ class SandboxHost:
         quota, used_ms = await self.usage.quota(user_id, datetime.now(UTC).date())
         return cpu_quota_left(used_ms, self.cpu_s_per_day if quota.cpu_s_per_day is None else quota.cpu_s_per_day)
 
-    async def _pause(self, hosted: Hosted) -> None:
+    async def _pause(self, hosted: Hosted) -> bool:
+        """Whether it is paused now: not while a call to it runs."""
         async with hosted.lock:
-            if hosted.paused or hosted.busy or self.hosted.get(hosted.row.id) is not hosted:
-                return
+            if hosted.paused:
+                return True
+            if hosted.busy or self.hosted.get(hosted.row.id) is not hosted:
+                return False
             await self._meter(hosted)
             try:
                 await self.engine.pause(hosted.hub.box.id)
             except SandboxError as e:
                 log.warning("sandbox %s: could not pause: %s", hosted.row.id, e)
-                return
+                return False
             hosted.paused = True
             await self.store.set_state(hosted.row.id, "paused")
+            return True
 
     async def _refresh(self) -> None:
         """Ends what ended elsewhere (DELETE) or whose lifetime is over; takes in extensions."""
