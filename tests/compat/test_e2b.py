@@ -80,6 +80,68 @@ async def test_files_write_read_list_and_remove(e2b, sandbox):
         await call(sandbox.files.read, "notes/a.txt")
 
 
+async def test_a_watcher_tells_changes_below_its_folder(e2b, sandbox):
+    await call(sandbox.files.make_dir, "watched/old")
+    handle = await call(sandbox.files.watch_dir, "watched", recursive=True, include_entry=True)
+    await call(sandbox.files.write, "watched/a.txt", "one")
+    await call(sandbox.files.make_dir, "watched/new")
+    await call(sandbox.files.write, "watched/new/b.txt", "two")  # in a folder made after the watch began
+    await call(sandbox.commands.run, "echo three >> watched/old/c.txt; mv watched/a.txt watched/d.txt; rm watched/d.txt")
+    events = [(e.type.value, e.name) for e in await call(handle.get_new_events)]
+    assert events[:3] == [("create", "a.txt"), ("chmod", "a.txt"), ("write", "a.txt")]  # as envd's upload
+    for seen in (("create", "new"), ("create", "new/b.txt"), ("write", "new/b.txt"), ("create", "old/c.txt"),
+                 ("write", "old/c.txt"), ("rename", "a.txt"), ("create", "d.txt"), ("remove", "d.txt")):
+        assert seen in events
+    assert await call(handle.get_new_events) == []  # each event once
+    await call(sandbox.files.write, "watched/new/b.txt", "again")
+    written = [e for e in await call(handle.get_new_events) if e.type.value == "write"]
+    assert written[0].entry.path == "/home/user/watched/new/b.txt" and written[0].entry.size == 5
+    await call(handle.stop)
+    with pytest.raises(SandboxException):
+        await call(handle.get_new_events)
+
+
+async def test_a_watcher_stays_in_the_work_folder_and_is_bounded(e2b, sandbox):
+    await call(sandbox.commands.run, "mkdir -p flood && ln -sfn /etc etc-link")
+    for outside in ("/etc", "/tmp", "etc-link", "notes/../../etc"):
+        with pytest.raises(SandboxException):
+            await call(sandbox.files.watch_dir, outside)
+    with pytest.raises(NotFoundException):
+        await call(sandbox.files.watch_dir, "nowhere")
+    handle = await call(sandbox.files.watch_dir, "flood")
+    await call(sandbox.commands.run, "cd flood && for i in $(seq 2500); do echo > f$i; done")  # 5000 events
+    events = await call(handle.get_new_events)
+    assert len(events) == 4096 and events[0].name == "f1"  # the first ones kept, the rest dropped
+    assert await call(handle.get_new_events) == []
+    more = [await call(sandbox.files.watch_dir, "flood") for _ in range(15)]  # 16 in all
+    with pytest.raises(SandboxException):
+        await call(sandbox.files.watch_dir, "flood")
+    for watcher in (handle, *more):
+        await call(watcher.stop)
+
+
+async def test_file_metadata_is_kept_with_the_file_and_bounded(runtime_api, e2b, sandbox):
+    info = await call(sandbox.files.write, "meta/a.txt", "x", metadata={"Author": "mish", "purpose": "upload"})
+    assert info.metadata == {"author": "mish", "purpose": "upload"}  # keys lowercased, as envd's
+    assert (await call(sandbox.files.get_info, "meta/a.txt")).metadata == info.metadata
+    moved = await call(sandbox.files.rename, "meta/a.txt", "meta/b.txt")
+    assert moved.metadata == info.metadata
+    assert [e.metadata for e in await call(sandbox.files.list, "meta")] == [info.metadata]
+    await call(sandbox.files.write, "meta/b.txt", "y")  # an overwrite without metadata clears it
+    assert (await call(sandbox.files.get_info, "meta/b.txt")).metadata is None
+    await call(sandbox.commands.run, "python3 -c \"import os; os.setxattr('meta/b.txt', 'user.e2b.by', b'cmd');"
+                                     " os.setxattr('meta/b.txt', 'user.e2b.big', b'x' * 4000);"
+                                     " os.setxattr('meta/b.txt', 'user.other', b'o')\"")
+    assert (await call(sandbox.files.get_info, "meta/b.txt")).metadata == {"by": "cmd"}  # a value too long is left out
+    url = f"{runtime_api.base}/e2b/sandbox/files"
+    for bad in ({f"X-Metadata-k{i}": "v" for i in range(33)}, {"X-Metadata-k": "v" * 1025}, {"X-Metadata-" + "k" * 129: "v"},
+                {"X-Metadata-k": "caf\u00e9"}):
+        async with runtime_api.session.post(url, params={"path": "meta/c.txt"}, data=b"c", headers=envd_headers(
+                sandbox, **{"Content-Type": "application/octet-stream"}, **bad)) as response:
+            assert response.status == 400, await response.text()
+    assert not await call(sandbox.files.exists, "meta/c.txt")
+
+
 async def test_background_commands_take_input_are_listed_and_killed(e2b, sandbox):
     handle = await call(sandbox.commands.run, "read line; echo got $line; sleep 600", background=True, stdin=True)
     listed = await call(sandbox.commands.list)

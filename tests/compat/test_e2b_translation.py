@@ -199,12 +199,49 @@ def test_entries_and_processes_as_envd_tells_them():
              "mtime": 10.0, "target": "../y", "target_kind": "file"}
     assert envd.entry_info(entry) == {"name": "x", "type": 1, "path": "/home/user/a/x", "size": 3, "mode": 0o777,
                                       "permissions": "lrwxrwxrwx", "owner": "user", "group": "root",
-                                      "modified_time": 10.0, "symlink_target": "/home/user/y"}
+                                      "modified_time": 10.0, "symlink_target": "/home/user/y", "metadata": {}}
     assert envd.entry_info({**entry, "target": "/etc", "target_kind": None})["type"] == 3  # dangling, or unreadable
     assert envd.entry_info({**entry, "name": "", "path": "", "kind": "folder", "target": None})["name"] == "user"
     listed = envd.process_list([{"pid": 3, "cmd": ["sh", "-c", "x"], "cwd": "/box/src", "env": {"A": "1"}, "tag": None}])
     assert listed == {"processes": [{"pid": 3, "config": {"cmd": "sh", "args": ["-c", "x"], "envs": {"A": "1"},
                                                           "cwd": "/home/user/src"}}]}
+
+    assert envd.entry_info({**entry, "kind": "file", "target": None, "metadata": {"a": "1"}})["metadata"] == {"a": "1"}
+
+
+def test_watchers_and_their_events_as_envd_tells_them():
+    create = {"path": "/home/user/src", "recursive": True, "include_entry": True, "allow_network_mounts": True}
+    both_ways(m.CREATE_WATCHER_REQUEST, filesystem_pb.CreateWatcherRequest, create, filesystem_pb.CreateWatcherRequest(
+        path="/home/user/src", recursive=True, include_entry=True, allow_network_mounts=True))
+    assert envd.watch_op(create) == {"op": "watch", "path": "src", "recursive": True, "entries": True}
+    assert envd.watch_op({}) == {"op": "watch", "path": ".", "recursive": False, "entries": False}
+    with pytest.raises(connect.ConnectError):
+        envd.watch_op({"path": "/etc"})
+    entry = {"name": "b", "path": "src/a/b", "kind": "file", "size": 1, "mode": 0o100644, "uid": 65534, "gid": 65534,
+             "mtime": 10.0, "target": None, "target_kind": None, "metadata": {"k": "v"}}
+    events = envd.watch_events([{"name": "a/b", "type": "write", "entry": entry}, {"name": "a/c", "type": "remove"}])
+    sdk = filesystem_pb.GetWatcherEventsResponse(events=[
+        filesystem_pb.FilesystemEvent(name="a/b", type=filesystem_pb.EventType.WRITE, entry=filesystem_pb.EntryInfo(
+            name="b", type=filesystem_pb.FileType.FILE, path="/home/user/src/a/b", size=1, mode=0o644,
+            permissions="-rw-r--r--", owner="user", group="user", modified_time=Timestamp(seconds=10), metadata={"k": "v"})),
+        filesystem_pb.FilesystemEvent(name="a/c", type=filesystem_pb.EventType.REMOVE)])
+    both_ways(m.GET_WATCHER_EVENTS_RESPONSE, filesystem_pb.GetWatcherEventsResponse, events, sdk)
+    both_ways(m.WATCHER_REQUEST, filesystem_pb.RemoveWatcherRequest, {"watcher_id": "w1"},
+              filesystem_pb.RemoveWatcherRequest(watcher_id="w1"))
+
+
+def test_upload_metadata_from_its_headers_bounded():
+    headers = [("X-Metadata-Author", "mish"), ("x-metadata-purpose", "up load"), ("Content-Type", "text/plain")]
+    assert envd.upload_metadata(headers) == {"author": "mish", "purpose": "up load"}
+    assert envd.upload_metadata([]) == {}
+    for bad in ([("X-Metadata-", "v")], [("X-Metadata-a b", "v")], [("X-Metadata-k", "caf\u00e9")],
+                [("X-Metadata-k", "a\nb")], [("X-Metadata-k", "v" * 1025)], [("X-Metadata-" + "k" * 129, "v")],
+                [(f"X-Metadata-k{i}", "v") for i in range(33)]):
+        with pytest.raises(connect.ConnectError) as refused:
+            envd.upload_metadata(bad)
+        assert refused.value.code == "invalid_argument"
+    assert envd.written("a/b", {"k": "v"}) == {"name": "b", "type": "file", "path": "/home/user/a/b", "metadata": {"k": "v"}}
+    assert "metadata" not in envd.written("a/b", {})
 
 
 LIMITS = SandboxLimits(max_lifetime_s=7200)

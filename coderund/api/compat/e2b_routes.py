@@ -203,14 +203,15 @@ async def upload(request: web.Request) -> web.Response:
     """Multipart (each part's file name its path, or ?path for one) or the raw body to ?path; folders
     made as needed, a file replaced. The files written, as envd lists them."""
     row, sandboxes = request[ROW], _sandboxes(request)
+    metadata = envd.upload_metadata(request.headers.items())
     if (request.content_length or 0) > row.disk_mb * 1024 * 1024:
         raise PayloadTooLarge(f"The upload is over the sandbox's disk quota of {row.disk_mb} MiB.")
     if request.content_type != "multipart/form-data":
         if "path" not in request.query:
             raise e2b.E2bError(400, "A raw upload names its file in ?path.")
         path = envd.work_path(request.query["path"])
-        await write_file(sandboxes, row, path, request.content.read)
-        return _json([envd.written(path)])
+        await write_file(sandboxes, row, path, request.content.read, metadata)
+        return _json([envd.written(path, metadata)])
     written: list[dict[str, Any]] = []
     try:
         reader = await request.multipart()
@@ -221,8 +222,8 @@ async def upload(request: web.Request) -> web.Response:
             if not name:
                 raise e2b.E2bError(400, "Each file of a multipart upload names its path as its file name.")
             path = envd.work_path(name)
-            await write_file(sandboxes, row, path, part.read_chunk)
-            written.append(envd.written(path))
+            await write_file(sandboxes, row, path, part.read_chunk, metadata)
+            written.append(envd.written(path, metadata))
     except (ValueError, HttpProcessingError) as e:  # a body that is not multipart, or cut short
         raise e2b.E2bError(400, f"The multipart body does not parse: {e}") from None
     return _json(written)
@@ -281,6 +282,20 @@ async def remove(request: web.Request, message: dict[str, Any]) -> dict[str, Any
     return {}
 
 
+async def create_watcher(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
+    return {"watcher_id": (await drain(_call(request, envd.watch_op(message))))["watcher"]}
+
+
+async def watcher_events(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
+    end = await drain(_call(request, {"op": "watch_events", "watcher": message.get("watcher_id") or ""}))
+    return envd.watch_events(end["events"])
+
+
+async def remove_watcher(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
+    await drain(_call(request, {"op": "unwatch", "watcher": message.get("watcher_id") or ""}))
+    return {}
+
+
 UNARY: dict[str, tuple[Any, Any, Unary]] = {
     "process.Process/List": (m.LIST_REQUEST, m.LIST_RESPONSE, list_processes),
     "process.Process/SendInput": (m.SEND_INPUT_REQUEST, m.EMPTY, send_input),
@@ -291,6 +306,9 @@ UNARY: dict[str, tuple[Any, Any, Unary]] = {
     "filesystem.Filesystem/Move": (m.MOVE_REQUEST, m.ENTRY_RESPONSE, move),
     "filesystem.Filesystem/ListDir": (m.LIST_DIR_REQUEST, m.LIST_DIR_RESPONSE, list_dir),
     "filesystem.Filesystem/Remove": (m.PATH_REQUEST, m.EMPTY, remove),
+    "filesystem.Filesystem/CreateWatcher": (m.CREATE_WATCHER_REQUEST, m.CREATE_WATCHER_RESPONSE, create_watcher),
+    "filesystem.Filesystem/GetWatcherEvents": (m.WATCHER_REQUEST, m.GET_WATCHER_EVENTS_RESPONSE, watcher_events),
+    "filesystem.Filesystem/RemoveWatcher": (m.WATCHER_REQUEST, m.EMPTY, remove_watcher),
 }
 STREAMING = {"process.Process/Start": (m.START_REQUEST, m.START_RESPONSE),
              "process.Process/Connect": (m.CONNECT_REQUEST, m.CONNECT_RESPONSE)}

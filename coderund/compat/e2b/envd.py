@@ -12,19 +12,26 @@ runs as the sandbox's unprivileged user, whichever `user` it asks for: no call g
 from __future__ import annotations
 
 import posixpath
+import re
 import stat as stats
+from collections.abc import Iterable
 from typing import Any
 
 from ...admission import MAX_COMMAND_CHARS
 from ...errors import ValidationFailed
 from ...sandbox_requests import E2B_HOME as HOME
-from ...sandbox_requests import MAX_LIST_DEPTH, MAX_RUN_S, WORK_FOLDER, file_path, parse_command
+from ...sandbox_requests import (MAX_FILE_METADATA, MAX_FILE_METADATA_KEY, MAX_FILE_METADATA_VALUE, MAX_LIST_DEPTH,
+                                MAX_RUN_S, WORK_FOLDER, file_path, parse_command)
 from .connect import ConnectError
 
 ENVD_PORT = 49983
 OWNERS = {0: "root", 65534: "user"}  # the sandbox's user is nobody, which E2B's conventions call user
 KINDS = {"file": 1, "folder": 2, "symlink": 3}  # FileType's numbers
 SIGNALS = {9: 9, 15: 15}  # SIGKILL, SIGTERM; unspecified kills, as envd does
+EVENT_TYPES = {"create": 1, "write": 2, "remove": 3, "rename": 4, "chmod": 5}  # EventType's numbers
+METADATA_HEADER = "x-metadata-"
+METADATA_KEY = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")  # an HTTP token: a header's name
+METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
 
 
 def work_path(path: str) -> str:
@@ -149,7 +156,7 @@ def entry_info(entry: dict[str, Any]) -> dict[str, Any]:
     info = {"name": entry["name"] or path.rsplit("/", 1)[-1], "type": KINDS.get(kind, 0), "path": path,
             "size": entry["size"], "mode": entry["mode"] & 0o7777, "permissions": stats.filemode(entry["mode"]),
             "owner": OWNERS.get(entry["uid"], str(entry["uid"])), "group": OWNERS.get(entry["gid"], str(entry["gid"])),
-            "modified_time": entry["mtime"]}
+            "modified_time": entry["mtime"], "metadata": entry.get("metadata") or {}}
     if entry.get("target") is not None:
         info["symlink_target"] = posixpath.normpath(posixpath.join(posixpath.dirname(path), entry["target"]))
     return info
@@ -160,10 +167,44 @@ def list_op(request: dict[str, Any]) -> dict[str, Any]:
     return {"op": "list", "path": work_path(request.get("path") or HOME), "depth": min(depth, MAX_LIST_DEPTH), "detail": True}
 
 
-def written(path: str) -> dict[str, Any]:
-    """One file of POST /files' answer."""
+def written(path: str, metadata: dict[str, str]) -> dict[str, Any]:
+    """One file of POST /files' answer, with the metadata it was given, as envd's."""
     full = e2b_path(path)
-    return {"name": full.rsplit("/", 1)[-1], "type": "file", "path": full}
+    return {"name": full.rsplit("/", 1)[-1], "type": "file", "path": full, **({"metadata": metadata} if metadata else {})}
+
+
+def upload_metadata(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """An upload's metadata, from its X-Metadata-<key> headers as E2B's SDKs send it: keys
+    lowercased (as envd's), HTTP tokens; values printable ASCII; each and their number bounded."""
+    metadata = {}
+    for name, value in headers:
+        if not name.lower().startswith(METADATA_HEADER):
+            continue
+        key = name[len(METADATA_HEADER):].lower()
+        if not METADATA_KEY.fullmatch(key) or len(key) > MAX_FILE_METADATA_KEY:
+            raise ConnectError("invalid_argument", f"A metadata key is an HTTP token of at most {MAX_FILE_METADATA_KEY}"
+                                                   f" characters, not {key[:200]!r}.")
+        if not METADATA_VALUE.fullmatch(value) or len(value) > MAX_FILE_METADATA_VALUE:
+            raise ConnectError("invalid_argument", f"Metadata {key!r}'s value is printable ASCII of at most"
+                                                   f" {MAX_FILE_METADATA_VALUE} characters.")
+        metadata[key] = value
+    if len(metadata) > MAX_FILE_METADATA:
+        raise ConnectError("invalid_argument", f"A file has at most {MAX_FILE_METADATA} metadata keys.")
+    return metadata
+
+
+def watch_op(request: dict[str, Any]) -> dict[str, Any]:
+    """CreateWatcher's request as the hub's watcher; network mounts are none here, so allowing them
+    changes nothing."""
+    return {"op": "watch", "path": work_path(request.get("path") or HOME), "recursive": bool(request.get("recursive")),
+            "entries": bool(request.get("include_entry"))}
+
+
+def watch_events(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The hub's watcher events as a GetWatcherEventsResponse: names relative to the watched
+    folder, entries as EntryInfo."""
+    return {"events": [{"name": event["name"], "type": EVENT_TYPES[event["type"]],
+                        **({"entry": entry_info(event["entry"])} if event.get("entry") else {})} for event in events]}
 
 
 def envd_error(status: int, message: str) -> dict[str, Any]:
