@@ -142,6 +142,45 @@ async def test_file_metadata_is_kept_with_the_file_and_bounded(runtime_api, e2b,
     assert not await call(sandbox.files.exists, "meta/c.txt")
 
 
+async def test_signed_urls_stand_for_the_token_for_their_path_operation_and_time(runtime_api, e2b, sandbox):
+    """The SDK's signed URLs name no sandbox through E2B_SANDBOX_URL (they are made for E2B's
+    per-sandbox hosts), so the sandbox is named here in its header, with no token."""
+    await call(sandbox.files.write, "signed/a.txt", "signed content")
+    url = f"{runtime_api.base}/e2b/sandbox/files"
+    named = {"E2b-Sandbox-Id": sandbox.sandbox_id}
+
+    def query(signed: str) -> str:
+        return signed.split("?", 1)[1]
+
+    for signed in (sandbox.download_url("signed/a.txt", "user"), sandbox.download_url("signed/a.txt", "user", 120),
+                   sandbox.download_url("signed/a.txt")):
+        async with runtime_api.session.get(f"{url}?{query(signed)}", headers=named) as response:
+            assert response.status == 200 and await response.read() == b"signed content"
+    upload = query(sandbox.upload_url("signed/b.txt", use_signature_expiration=60))
+    async with runtime_api.session.post(f"{url}?{upload}", data=b"uploaded",
+                                        headers={**named, "Content-Type": "application/octet-stream"}) as response:
+        assert response.status == 200, await response.text()
+    assert await call(sandbox.files.read, "signed/b.txt") == "uploaded"
+    expired = query(sandbox.download_url("signed/a.txt", "user", use_signature_expiration=-120))
+    forged = query(sandbox.download_url("signed/a.txt")).replace("signature=v1_", "signature=v1_A")
+    other_path = query(sandbox.download_url("signed/b.txt")).replace("b.txt", "a.txt")
+    later = query(sandbox.download_url("signed/a.txt", use_signature_expiration=60))
+    stretched = later.replace(later.rsplit("=", 1)[1], str(int(later.rsplit("=", 1)[1]) + 3600))
+    for method, signed, message in (("GET", expired, "signature is already expired"), ("GET", forged, "invalid signature"),
+                                    ("GET", other_path, "invalid signature"), ("GET", stretched, "invalid signature"),
+                                    ("POST", query(sandbox.download_url("signed/c.txt")), "invalid signature")):
+        async with runtime_api.session.request(method, f"{url}?{signed}", data=b"x", headers=named) as response:
+            assert (response.status, await response.json()) == (401, {"code": 401, "message": message})
+    other = await call(Sandbox.create)
+    try:  # another sandbox's signature opens nothing here, nor this one's there
+        for box, signed in ((sandbox, query(other.download_url("signed/a.txt"))), (other, query(sandbox.download_url("signed/a.txt")))):
+            async with runtime_api.session.get(f"{url}?{signed}", headers={"E2b-Sandbox-Id": box.sandbox_id}) as response:
+                assert response.status == 401
+    finally:
+        await call(other.kill)
+    assert not await call(sandbox.files.exists, "signed/c.txt")
+
+
 async def test_background_commands_take_input_are_listed_and_killed(e2b, sandbox):
     handle = await call(sandbox.commands.run, "read line; echo got $line; sleep 600", background=True, stdin=True)
     listed = await call(sandbox.commands.list)

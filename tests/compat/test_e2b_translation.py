@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from e2b.envd.filesystem import filesystem_pb
 from e2b.envd.process import process_pb
+from e2b.sandbox.signature import get_signature
 from hypothesis import given, settings, strategies as st
 from protobuf import Oneof
 from protobuf.wkt import Timestamp
@@ -18,7 +19,7 @@ from protobuf.wkt import Timestamp
 from coderund.access import new_key, parse_key_request
 from coderund.compat.e2b import api, connect, envd, interpreter, proto
 from coderund.compat.e2b import messages as m
-from coderund.errors import Conflict, NotFound, SandboxEnded, ValidationFailed
+from coderund.errors import Conflict, NotFound, SandboxEnded, Unauthorized, ValidationFailed
 from coderund.sandbox_requests import SandboxLimits
 
 E2B_KEY = re.compile(r"\Ae2b_[0-9a-f]+\Z")  # what E2B's SDK checks a key against
@@ -242,6 +243,39 @@ def test_upload_metadata_from_its_headers_bounded():
         assert refused.value.code == "invalid_argument"
     assert envd.written("a/b", {"k": "v"}) == {"name": "b", "type": "file", "path": "/home/user/a/b", "metadata": {"k": "v"}}
     assert "metadata" not in envd.written("a/b", {})
+
+
+@pytest.mark.parametrize("path, operation, user, expiration", [
+    ("a.txt", "read", "user", None), ("/home/user/é b", "write", "", 1_700_000_000), ("", "read", "root", -5)])
+def test_signatures_as_the_sdk_makes_them(path, operation, user, expiration):
+    token = "ab" * 32
+    ours = envd.signature(path, operation, user, token, expiration)
+    if expiration is None:
+        assert ours == get_signature(path, operation, user, token)["signature"]
+    query = {"path": path, "username": user, "signature": ours}
+    if expiration is not None:
+        query["signature_expiration"] = str(expiration)
+    envd.check_signature(query, operation, token, now=(expiration or 0) - 1)  # passes before it expires
+    for changed, why in (({"path": path + "x"}, "invalid signature"), ({"username": "other"}, "invalid signature"),
+                         ({"signature": ours[:-1]}, "invalid signature"), ({"signature": "é"}, "invalid signature"),
+                         ({"signature_expiration": "x1"}, "invalid signature expiration")):
+        with pytest.raises(Unauthorized) as refused:
+            envd.check_signature({**query, **changed}, operation, token, now=0)
+        assert refused.value.message == why
+    with pytest.raises(Unauthorized) as refused:
+        envd.check_signature(query, "write" if operation == "read" else "read", token, now=0)
+    with pytest.raises(Unauthorized):
+        envd.check_signature(query, operation, "cd" * 32, now=0)
+    if expiration is not None:
+        with pytest.raises(Unauthorized) as refused:
+            envd.check_signature(query, operation, token, now=expiration + 1)
+        assert refused.value.message == "signature is already expired"
+
+
+def test_signature_with_expiration_matches_the_sdk(monkeypatch):
+    monkeypatch.setattr("e2b.sandbox.signature.time.time", lambda: 1_700_000_000)
+    sdk = get_signature("p", "read", None, "t" * 64, 120)
+    assert envd.signature("p", "read", "", "t" * 64, sdk["expiration"]) == sdk["signature"]
 
 
 LIMITS = SandboxLimits(max_lifetime_s=7200)

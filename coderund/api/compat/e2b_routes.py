@@ -12,6 +12,7 @@ coderund/compat/e2b.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
@@ -90,6 +91,11 @@ async def _sandbox(request: web.Request) -> SandboxRow:
         raise e2b.E2bError(404, f"Port {port} of the sandbox serves no {request.method} {request.path}.")
     sandbox_id = credential(request.headers.get(SANDBOX_ID, ""))
     token = credential(request.headers.get(ACCESS_TOKEN, "") or request.headers.get(TRAFFIC_TOKEN, ""))
+    if sandbox_id and not token and "signature" in request.query and request.match_info.handler in SIGNED:
+        # a signed URL (E2B's download_url, upload_url): the signature, made with the token, stands for it
+        operation = SIGNED[request.match_info.handler]
+        return await _sandboxes(request).by_signature(
+            sandbox_id, lambda secret: envd.check_signature(request.query, operation, secret, time.time()))
     if not sandbox_id or not token:
         raise Unauthorized(f"An envd call names its sandbox in {SANDBOX_ID} and carries its access token in {ACCESS_TOKEN}.")
     return await _sandboxes(request).by_token(sandbox_id, token)
@@ -229,6 +235,7 @@ async def upload(request: web.Request) -> web.Response:
     return _json(written)
 
 
+SIGNED = {download: "read", upload: "write"}  # what a signed URL may do, as envd names it
 Unary = Callable[[web.Request, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 

@@ -11,14 +11,17 @@ runs as the sandbox's unprivileged user, whichever `user` it asks for: no call g
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import posixpath
 import re
 import stat as stats
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...admission import MAX_COMMAND_CHARS
-from ...errors import ValidationFailed
+from ...errors import Unauthorized, ValidationFailed
 from ...sandbox_requests import E2B_HOME as HOME
 from ...sandbox_requests import (MAX_FILE_METADATA, MAX_FILE_METADATA_KEY, MAX_FILE_METADATA_VALUE, MAX_LIST_DEPTH,
                                 MAX_RUN_S, WORK_FOLDER, file_path, parse_command)
@@ -191,6 +194,28 @@ def upload_metadata(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     if len(metadata) > MAX_FILE_METADATA:
         raise ConnectError("invalid_argument", f"A file has at most {MAX_FILE_METADATA} metadata keys.")
     return metadata
+
+
+def signature(path: str, operation: str, user: str, token: str, expiration: int | None) -> str:
+    """A signed file URL's signature, as E2B's SDKs make it and envd checks it: v1_ and the SHA-256,
+    base64 unpadded, of path:operation:user:token[:expiration]."""
+    raw = ":".join([path, operation, user, token, *([str(expiration)] if expiration is not None else [])])
+    return "v1_" + base64.b64encode(hashlib.sha256(raw.encode()).digest()).decode().rstrip("=")
+
+
+def check_signature(query: Mapping[str, str], operation: str, token: str, now: float) -> None:
+    """A signed URL's query (path, username, signature, signature_expiration) checked against the
+    sandbox's token, as envd checks it, with envd's messages: Unauthorized unless signed for this
+    operation on this path, by this token, and not expired."""
+    expiration = query.get("signature_expiration")
+    if expiration is not None and not re.fullmatch(r"-?[0-9]{1,18}", expiration):
+        raise Unauthorized("invalid signature expiration")
+    expected = signature(query.get("path", ""), operation, query.get("username", ""), token,
+                         None if expiration is None else int(expiration))
+    if not hmac.compare_digest(expected.encode(), query.get("signature", "").encode(errors="replace")):
+        raise Unauthorized("invalid signature")
+    if expiration is not None and int(expiration) < now:
+        raise Unauthorized("signature is already expired")
 
 
 def watch_op(request: dict[str, Any]) -> dict[str, Any]:
