@@ -30,6 +30,7 @@ import base64
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import resource
@@ -41,6 +42,7 @@ import stat
 import struct
 import subprocess
 import sys
+import termios
 import time
 
 UID = 65534  # nobody
@@ -86,11 +88,16 @@ def nonblocking(fd):
 
 
 def read_ready(fd):
-    """What the pipe holds now; b"" at its end, None when nothing is there yet."""
+    """What the pipe (or a terminal's master side) holds now; b"" at its end, None when nothing is
+    there yet. A terminal whose other side is closed by all reads EIO: its end."""
     try:
         return os.read(fd, 65536)
     except BlockingIOError:
         return None
+    except OSError as e:
+        if e.errno == errno.EIO:
+            return b""
+        raise
 
 
 # ---- a request's fields ----
@@ -128,6 +135,14 @@ def variables(request, name):
                for k, v in value.items()):
         raise Refused("bad_request", f"{name!r} must have names of letters, digits and _, and values of text with no NUL")
     return value
+
+
+def terminal_size(request):
+    """A terminal's (cols, rows), each from 1 to 65535 (a winsize's)."""
+    size = request.get("terminal")
+    if not isinstance(size, dict):
+        raise Refused("bad_request", "'terminal' must be an object of cols and rows")
+    return whole(size, "cols", 80, 65535) or 1, whole(size, "rows", 24, 65535) or 1
 
 
 def encodable(value):
@@ -577,6 +592,35 @@ def pipes(count):
     return made
 
 
+def spawn_terminal(argv, env, folder, size):
+    """argv as spawn() starts it, its stdin, stdout and stderr a new terminal of that size (cols,
+    rows), its controlling one: the terminal's master side, and the process."""
+    try:
+        master, terminal = os.openpty()
+    except OSError as e:
+        raise exhausted(e) from None
+    try:
+        resize(master, size)
+
+        def enter():
+            os.fchdir(folder)
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env, user=UID, group=UID,
+                                   extra_groups=[], start_new_session=True, close_fds=True, preexec_fn=enter)
+    except (OSError, ValueError, TypeError, subprocess.SubprocessError) as e:
+        os.close(master)
+        raise spawn_error(e, argv) from None
+    finally:
+        os.close(terminal)
+    return process, nonblocking(master)
+
+
+def resize(master, size):
+    cols, rows = size
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
 def spawn(argv, env, folder, stdin=subprocess.DEVNULL, pass_fds=()):
     """argv as nobody in a session of its own, in folder: an open folder it enters by its descriptor,
     as nobody, so no path is resolved that its files' owner could swap."""
@@ -683,9 +727,9 @@ class Lines:
 class Output:
     """A run's stdout, stderr and results, handed on as events up to the caps."""
 
-    def __init__(self, hub, out_fd, err_fd):
+    def __init__(self, hub, fds):
         self.hub = hub
-        self.fds = {out_fd: "stdout", err_fd: "stderr"}
+        self.fds = fds  # fd -> its stream: stdout, stderr, or a terminal's pty
         self.open = len(self.fds)  # pipes not yet at their end
         self.listeners = []  # other requests that hear it too: a command's clients that attached later
         self.start(None)
@@ -693,7 +737,7 @@ class Output:
             hub.watch(fd, self.on_ready)
 
     def start(self, request):
-        self.request, self.sent, self.truncated = request, {"stdout": 0, "stderr": 0}, False
+        self.request, self.sent, self.truncated = request, dict.fromkeys(self.fds.values(), 0), False
         self.results, self.result_bytes = 0, 0
 
     def on_ready(self, fd):
@@ -719,9 +763,10 @@ class Output:
             data, self.truncated = data[:max(room, 0)], True
         if data:
             self.sent[stream] += len(data)
-            text = data.decode(errors="replace")
+            # a terminal's bytes as they are (a character may be cut between two reads); text otherwise
+            body = {"data": base64.b64encode(data).decode()} if stream == "pty" else {"text": data.decode(errors="replace")}
             for request in (self.request, *self.listeners):
-                emit({"id": request, "type": stream, "text": text})
+                emit({"id": request, "type": stream, **body})
 
     def result(self, data, main):
         """One result (a MIME bundle; main: the cell's value), if the run's results are still within their caps."""
@@ -783,7 +828,7 @@ class Context:
         raise NotImplementedError
 
     def started(self, process, out_fd, err_fd, input_fd, channel_fd):
-        self.process, self.output = process, Output(self.hub, out_fd, err_fd)
+        self.process, self.output = process, Output(self.hub, {out_fd: "stdout", err_fd: "stderr"})
         self.input, self.channel = Feed(self.hub, input_fd), nonblocking(channel_fd)
         self.hub.watch(channel_fd, Lines(self.line_max, self.on_line, self.on_long).on_ready)
 
@@ -1003,13 +1048,29 @@ CONTEXTS = {"python": PythonContext, "javascript": JavaScriptContext, "bash": Ba
 
 class Command:
     """A program run beside the contexts, to its end or its timeout. Its stdin is what the request
-    gave, or with open_stdin a pipe that takes input while it runs (send, close_stdin); with
-    announce, its pid is the first event."""
+    gave, or with open_stdin a pipe that takes input while it runs (send, close_stdin); with a
+    terminal (cols, rows), a terminal of that size is its stdin, stdout and stderr, its input sent
+    as a pipe's, its output one stream; with announce, its pid is the first event."""
 
     def __init__(self, hub, request, argv, folder, cwd, env, stdin, timeout_s, open_stdin=False, tag=None,
-                 announce=False):
+                 announce=False, terminal=None):
         self.hub, self.request, self.argv, self.cwd, self.env, self.tag = hub, request, argv, cwd, env, tag
-        self.stdin = None  # a Feed, with open_stdin
+        self.stdin = None  # a Feed, with open_stdin or a terminal
+        self.master = None  # a terminal's master side
+        if terminal is not None:
+            self.process, self.master = spawn_terminal(argv, env, folder, terminal)
+            self.stdin = Feed(hub, os.dup(self.master))  # its own descriptor: the output's is closed apart
+            fds = {self.master: "pty"}
+        else:
+            fds = self.spawn(argv, env, folder, stdin, open_stdin)
+        if announce:
+            emit({"id": request, "type": "start", "pid": self.process.pid})
+        self.output = Output(hub, fds)
+        self.output.start(request)
+        self.deadline = time.monotonic() + timeout_s
+        self.timed_out = False
+
+    def spawn(self, argv, env, folder, stdin, open_stdin):
         writer = None
         if open_stdin:
             ((feed, writer),) = pipes(1)
@@ -1030,13 +1091,13 @@ class Command:
         finally:
             os.close(feed)
         if writer is not None:
-            self.stdin = Feed(hub, writer)
-        if announce:
-            emit({"id": request, "type": "start", "pid": self.process.pid})
-        self.output = Output(hub, out_fd, err_fd)
-        self.output.start(request)
-        self.deadline = time.monotonic() + timeout_s
-        self.timed_out = False
+            self.stdin = Feed(self.hub, writer)
+        return {out_fd: "stdout", err_fd: "stderr"}
+
+    def resize(self, size):
+        if self.master is None:
+            raise Refused("no_terminal", f"process {self.process.pid} has no terminal")
+        resize(self.master, size)
 
     def send(self, data):
         """Input for its stdin, written as the command reads it: never blocks the hub."""
@@ -1063,7 +1124,8 @@ class Command:
         if now >= self.deadline and not self.timed_out:
             self.timed_out = True
             kill_group(self.process)
-        if self.output.open == 0 or self.timed_out:
+        # a terminal ends with its program: gVisor never tells its master side that the other is closed
+        if self.output.open == 0 or self.timed_out or (self.master is not None and self.process.poll() is not None):
             if self.process.poll() is None:
                 return False
             kill_group(self.process)  # whatever it left in the background goes with it
@@ -1193,9 +1255,11 @@ class Hub:
             command.output.listeners.append(rid)
         elif op == "commands":
             emit({"id": rid, "type": "end", "commands": [c.describe() for c in self.commands]})
-        elif op in ("input", "close_stdin", "signal"):
+        elif op in ("input", "close_stdin", "signal", "resize"):
             command = self.running(request)
-            if op == "input":
+            if op == "resize":
+                command.resize(terminal_size(request))
+            elif op == "input":
                 command.send(base64.b64decode(text(request, "data", ""), validate=True))
             elif op == "close_stdin":
                 command.close_stdin()
@@ -1289,13 +1353,14 @@ class Hub:
             raise Refused("too_many", f"a sandbox runs at most {self.caps['commands']} commands at once")
         env = {**self.env, **strings(request, "env")}
         stdin, timeout_s = text(request, "stdin", "").encode(errors="surrogateescape"), seconds(request, "timeout_s", 60)
+        terminal = None if request.get("terminal") is None else terminal_size(request)
         parts = parts_of(text(request, "cwd", "."))
         with as_nobody():  # its folder, found as nobody finds it; entered by its descriptor
             folder = open_folder(self.work, parts)
         try:
             self.commands.append(Command(self, rid, argv, folder, os.path.join(self.work, *parts), env, stdin, timeout_s,
                                          bool(request.get("open_stdin")), optional_text(request, "tag"),
-                                         bool(request.get("announce"))))
+                                         bool(request.get("announce")), terminal))
         finally:
             os.close(folder)
 

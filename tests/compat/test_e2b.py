@@ -11,6 +11,7 @@ import struct
 import pytest
 from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
 from e2b.envd.process import process_pb
+from e2b.sandbox.commands.command_handle import PtySize
 from e2b.exceptions import AuthenticationException, SandboxException
 from e2b_code_interpreter import Sandbox as CodeInterpreter
 from protobuf import Oneof
@@ -179,6 +180,40 @@ async def test_signed_urls_stand_for_the_token_for_their_path_operation_and_time
     finally:
         await call(other.kill)
     assert not await call(sandbox.files.exists, "signed/c.txt")
+
+
+async def test_a_pty_session_takes_input_resizes_reconnects_and_ends(e2b, sandbox):
+    terminal = await call(sandbox.pty.create, PtySize(cols=80, rows=24), envs={"FOO": "bar"})
+    await call(sandbox.pty.send_stdin, terminal.pid, b"tty; echo $FOO; tput cols\n")
+    await call(terminal.disconnect)
+    await call(sandbox.pty.resize, terminal.pid, PtySize(cols=132, rows=40))
+    again = await call(sandbox.pty.connect, terminal.pid)
+    await call(sandbox.pty.send_stdin, terminal.pid, b"tput cols; stty size; exit\n")
+    output = []
+    result = await call(again.wait, on_pty=output.append)
+    text = b"".join(output).decode()
+    assert result.exit_code == 0 and "132" in text and "40 132" in text
+    first = await call(sandbox.pty.create, PtySize(cols=80, rows=24))
+    await call(sandbox.pty.send_stdin, first.pid, b"tty; tput cols; exit\n")
+    seen = []
+    assert (await call(first.wait, on_pty=seen.append)).exit_code == 0
+    assert "/dev/pts/" in b"".join(seen).decode() and "80" in b"".join(seen).decode()
+    killed = await call(sandbox.pty.create, PtySize(cols=80, rows=24))
+    assert await call(sandbox.pty.kill, killed.pid)
+    assert not await call(sandbox.pty.kill, 999999)
+
+
+async def test_a_pty_flood_is_bounded_and_the_terminal_stays_confined(e2b, sandbox):
+    terminal = await call(sandbox.pty.create, PtySize(cols=80, rows=24))
+    await call(sandbox.pty.send_stdin, terminal.pid, b"head -c 3000000 /dev/zero | tr '\\0' x; exit\n")
+    output = []
+    result = await call(terminal.wait, on_pty=output.append)
+    assert result.exit_code == 0 and result.error and "1 MiB" in result.error
+    assert sum(map(len, output)) <= 1024 * 1024  # the rest dropped, never held
+    with pytest.raises(SandboxException):
+        await call(sandbox.pty.create, PtySize(cols=80, rows=24), cwd="/etc")
+    with pytest.raises(SandboxException):
+        await call(sandbox.pty.resize, 999999, PtySize(cols=80, rows=24))
 
 
 async def test_background_commands_take_input_are_listed_and_killed(e2b, sandbox):

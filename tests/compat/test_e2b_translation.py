@@ -171,12 +171,32 @@ def test_start_as_a_hub_command():
                                              "env": {"A": "1"}, "timeout_s": 2.5, "announce": True, "open_stdin": True}
     assert envd.command_op({"process": {"cmd": "ls"}}, None)["timeout_s"] == 3600  # bounded without a deadline
     assert envd.command_op({"process": {"cmd": "ls"}}, 10**6)["timeout_s"] == 3600
-    for bad, code in (({"process": {"cmd": "ls"}, "pty": {"size": {}}}, "unimplemented"), ({"process": {}}, "invalid_argument"),
+    for bad, code in (({"process": {"cmd": "ls"}, "pty": {"size": {"cols": 70000, "rows": 5}}}, "invalid_argument"),
+                      ({"process": {"cmd": "ls"}, "pty": {"size": {"cols": 80, "rows": 65536}}}, "invalid_argument"),
+                      ({"process": {}}, "invalid_argument"),
                       ({"process": {"cmd": "ls", "envs": {"A=B": "x"}}}, "invalid_argument"),
                       ({"process": {"cmd": "ls", "cwd": "/etc"}}, "invalid_argument")):
         with pytest.raises(connect.ConnectError) as refused:
             envd.command_op(bad, None)
         assert refused.value.code == code
+
+
+def test_ptys_as_hub_terminals():
+    start = {"process": {"cmd": "/bin/bash", "args": ["-i", "-l"], "envs": {"TERM": "xterm-256color"}},
+             "pty": {"size": {"cols": 100, "rows": 30}}}
+    both_ways(m.START_REQUEST, process_pb.StartRequest, start, process_pb.StartRequest(
+        process=process_pb.ProcessConfig(cmd="/bin/bash", args=["-i", "-l"], envs={"TERM": "xterm-256color"}),
+        pty=process_pb.PTY(size=process_pb.PTY.Size(cols=100, rows=30))))
+    assert envd.command_op(start, None)["terminal"] == {"cols": 100, "rows": 30}
+    assert envd.command_op({**start, "pty": {}}, None)["terminal"] == {"cols": 80, "rows": 24}
+    assert "terminal" not in envd.command_op({"process": start["process"]}, None)
+    resize = {"process": {"pid": 7}, "pty": {"size": {"cols": 120, "rows": 40}}}
+    both_ways(m.UPDATE_REQUEST, process_pb.UpdateRequest, resize, process_pb.UpdateRequest(
+        process=process_pb.ProcessSelector(selector=Oneof("pid", 7)), pty=process_pb.PTY(size=process_pb.PTY.Size(cols=120, rows=40))))
+    assert envd.update_op(resize) == {"op": "resize", "pid": 7, "terminal": {"cols": 120, "rows": 40}}
+    assert envd.update_op({"process": {"pid": 7}}) is None
+    assert envd.input_op({"process": {"pid": 7}, "input": {"pty": b"ls\n"}}) == ({"op": "input", "pid": 7}, b"ls\n")
+    assert envd.process_events({"type": "pty", "data": "AP/h"}) == [{"event": {"data": {"pty": b"\x00\xff\xe1"}}}]
 
 
 def test_listings_are_bounded_in_depth():

@@ -259,6 +259,12 @@ async def close_stdin(request: web.Request, message: dict[str, Any]) -> dict[str
     return {}
 
 
+async def update(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
+    if (op := envd.update_op(message)) is not None:
+        await drain(_call(request, op))
+    return {}
+
+
 async def stat(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
     end = await drain(_call(request, {"op": "stat", "path": envd.work_path(message.get("path") or envd.HOME)}))
     return {"entry": envd.entry_info(end["entry"])}
@@ -308,6 +314,7 @@ UNARY: dict[str, tuple[Any, Any, Unary]] = {
     "process.Process/SendInput": (m.SEND_INPUT_REQUEST, m.EMPTY, send_input),
     "process.Process/SendSignal": (m.SEND_SIGNAL_REQUEST, m.EMPTY, send_signal),
     "process.Process/CloseStdin": (m.CLOSE_STDIN_REQUEST, m.EMPTY, close_stdin),
+    "process.Process/Update": (m.UPDATE_REQUEST, m.EMPTY, update),
     "filesystem.Filesystem/Stat": (m.PATH_REQUEST, m.ENTRY_RESPONSE, stat),
     "filesystem.Filesystem/MakeDir": (m.PATH_REQUEST, m.ENTRY_RESPONSE, make_dir),
     "filesystem.Filesystem/Move": (m.MOVE_REQUEST, m.ENTRY_RESPONSE, move),

@@ -31,6 +31,7 @@ ENVD_PORT = 49983
 OWNERS = {0: "root", 65534: "user"}  # the sandbox's user is nobody, which E2B's conventions call user
 KINDS = {"file": 1, "folder": 2, "symlink": 3}  # FileType's numbers
 SIGNALS = {9: 9, 15: 15}  # SIGKILL, SIGTERM; unspecified kills, as envd does
+MAX_TERMINAL = 65535  # a PTY's cols and rows, as a winsize holds them
 EVENT_TYPES = {"create": 1, "write": 2, "remove": 3, "rename": 4, "chmod": 5}  # EventType's numbers
 METADATA_HEADER = "x-metadata-"
 METADATA_KEY = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")  # an HTTP token: a header's name
@@ -71,8 +72,6 @@ def e2b_path(path: str) -> str:
 def command_op(request: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
     """process.Process/Start's request as the hub's command, announced by its pid; its stdin open
     only if asked. A command runs at most MAX_RUN_S, or the call's own timeout when shorter."""
-    if request.get("pty"):
-        raise ConnectError("unimplemented", "PTY sessions are not offered yet; run the command without a PTY.")
     config = request.get("process") or {}
     if not config.get("cmd"):
         raise ConnectError("invalid_argument", "'process.cmd' names the program to run.")
@@ -90,7 +89,25 @@ def command_op(request: dict[str, Any], timeout_s: float | None) -> dict[str, An
           "timeout_s": parsed.timeout_s, "announce": True, "open_stdin": bool(request.get("stdin"))}
     if request.get("tag"):
         op["tag"] = request["tag"]
+    if request.get("pty") is not None:
+        op["terminal"] = terminal_size(request["pty"])
     return op
+
+
+def terminal_size(pty: dict[str, Any]) -> dict[str, int]:
+    """A PTY's size as the hub's terminal: E2B's cols and rows, each 1 to 65535 (80 by 24 unsaid)."""
+    size = pty.get("size") or {}
+    cols, rows = size.get("cols") or 80, size.get("rows") or 24
+    if not (1 <= cols <= MAX_TERMINAL and 1 <= rows <= MAX_TERMINAL):
+        raise ConnectError("invalid_argument", f"A PTY's cols and rows are each from 1 to {MAX_TERMINAL}.")
+    return {"cols": cols, "rows": rows}
+
+
+def update_op(request: dict[str, Any]) -> dict[str, Any] | None:
+    """process.Process/Update's request as the hub's resize; None if it changes nothing."""
+    if request.get("pty") is None:
+        return None
+    return {"op": "resize", **selector(request), "terminal": terminal_size(request["pty"])}
 
 
 def process_events(event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -100,6 +117,8 @@ def process_events(event: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"event": {"start": {"pid": event["pid"]}}}]
     if kind in ("stdout", "stderr"):
         return [{"event": {"data": {kind: event["text"].encode()}}}]
+    if kind == "pty":
+        return [{"event": {"data": {"pty": base64.b64decode(event["data"])}}}]
     if kind != "end":
         return []
     if event.get("timed_out"):
@@ -127,10 +146,9 @@ def selector(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def input_op(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """SendInput's request: its bytes for the command's stdin, or its terminal's (pty)."""
     given = request.get("input") or {}
-    if given.get("pty") is not None:
-        raise ConnectError("unimplemented", "PTY sessions are not offered yet.")
-    return {"op": "input", **selector(request)}, given.get("stdin") or b""
+    return {"op": "input", **selector(request)}, given.get("stdin") or given.get("pty") or b""
 
 
 def signal_op(request: dict[str, Any]) -> dict[str, Any]:

@@ -45,9 +45,11 @@ SEND_INPUT_REQUEST = Message("process.SendInputRequest", (
 SEND_SIGNAL_REQUEST = Message("process.SendSignalRequest", (
     Field(1, "process", "message", PROCESS_SELECTOR), Field(2, "signal", "enum", SIGNAL)))
 CLOSE_STDIN_REQUEST = Message("process.CloseStdinRequest", (Field(1, "process", "message", PROCESS_SELECTOR),))
+UPDATE_REQUEST = Message("process.UpdateRequest", (
+    Field(1, "process", "message", PROCESS_SELECTOR), Field(2, "pty", "message", PTY)))
 CONNECT_REQUEST = Message("process.ConnectRequest", (Field(1, "process", "message", PROCESS_SELECTOR),))
 CONNECT_RESPONSE = Message("process.ConnectResponse", (Field(1, "event", "message", PROCESS_EVENT),))
-EMPTY = Message("Empty", ())  # SendInputResponse, SendSignalResponse, CloseStdinResponse, RemoveResponse
+EMPTY = Message("Empty", ())  # SendInputResponse, SendSignalResponse, CloseStdinResponse, UpdateResponse, RemoveResponse...
 
 # ---- filesystem.Filesystem ----
 ENTRY_INFO = Message("filesystem.EntryInfo", (
