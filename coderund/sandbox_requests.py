@@ -32,6 +32,13 @@ MAX_ENTRIES = 10_000  # of one listing, however deep
 MAX_LIST_DEPTH = 16  # of a listing: the hub holds a folder open at each level
 MAX_STDIN_PENDING = 1024 * 1024  # bytes sent to a running command's stdin that it has not read yet
 MAX_ATTACHED = 16  # clients attached to a running command besides the one that started it
+MAX_WATCHERS = 16  # a sandbox's folder watchers
+MAX_WATCH_EVENTS = 4096  # a watcher's events not yet taken; later ones are dropped
+MAX_WATCHED_FOLDERS = 1024  # folders one recursive watcher follows
+MAX_FILE_METADATA = 32  # a file's metadata: keys, each name and value bounded
+MAX_FILE_METADATA_KEY = 128
+MAX_FILE_METADATA_VALUE = 1024
+MAX_LISTED_METADATA = 1024 * 1024  # of a listing's metadata, all entries together; past it, entries have none
 FILE_CHUNK = 1024 * 1024  # of a file, per call to the sandbox: a download's pace is its reader's
 
 

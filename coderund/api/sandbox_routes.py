@@ -185,10 +185,11 @@ async def put_file(request: web.Request) -> web.Response:
     return web.json_response({"path": path, "size": size}, status=201)
 
 
-async def write_file(sandboxes: Any, row: Any, path: str, read: Callable[[int], Awaitable[bytes]]) -> int:
+async def write_file(sandboxes: Any, row: Any, path: str, read: Callable[[int], Awaitable[bytes]],
+                     metadata: dict[str, str] | None = None) -> int:
     """What read() gives, to its end, to the file at path in the sandbox (its folders made as needed),
     a chunk per call; past the sandbox's disk quota the file is removed and the answer is 413.
-    Its size."""
+    With metadata, the file's is replaced by it. Its size."""
     quota = row.disk_mb * MB
     size, append = 0, False
     while True:
@@ -198,8 +199,10 @@ async def write_file(sandboxes: Any, row: Any, path: str, read: Callable[[int], 
             await drain(sandboxes.call(row.user_id, str(row.id), {"op": "delete", "path": path}, row=row))
             raise PayloadTooLarge(f"The file is over the sandbox's disk quota of {row.disk_mb} MiB.")
         if chunk or not append:
-            await drain(sandboxes.call(row.user_id, str(row.id), {"op": "write", "path": path, "append": append},
-                                       chunk, row=row))
+            op = {"op": "write", "path": path, "append": append}
+            if metadata is not None and not append:
+                op["metadata"] = metadata
+            await drain(sandboxes.call(row.user_id, str(row.id), op, chunk, row=row))
         append = True
         if not chunk:
             return size

@@ -31,6 +31,7 @@ import base64
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import resource
@@ -39,8 +40,10 @@ import shlex
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 UID = 65534  # nobody
@@ -55,6 +58,7 @@ MAX_SECONDS = 1e6  # a run's or command's timeout
 GRACE_S = 2  # between the interrupt at a run's timeout and the kill of its interpreter
 SCRIPTS = "/tmp/.coderund-hub"  # bash runs' code, root's: nobody reads them, never changes them
 PR_SET_DUMPABLE = 4
+METADATA_PREFIX = "user.e2b."  # a file's metadata, as extended attributes: they go with it when it is renamed
 
 
 class Refused(Exception):
@@ -85,11 +89,16 @@ def nonblocking(fd):
 
 
 def read_ready(fd):
-    """What the pipe holds now; b"" at its end, None when nothing is there yet."""
+    """What the pipe (or a terminal's master side) holds now; b"" at its end, None when nothing is
+    there yet. A terminal whose other side is closed by all reads EIO: its end."""
     try:
         return os.read(fd, 65536)
     except BlockingIOError:
         return None
+    except OSError as e:
+        if e.errno == errno.EIO:
+            return b""
+        raise
 
 
 # ---- a request's fields ----
@@ -127,6 +136,14 @@ def variables(request, name):
                for k, v in value.items()):
         raise Refused("bad_request", f"{name!r} must have names of letters, digits and _, and values of text with no NUL")
     return value
+
+
+def terminal_size(request):
+    """A terminal's (cols, rows), each from 1 to 65535 (a winsize's)."""
+    size = request.get("terminal")
+    if not isinstance(size, dict):
+        raise Refused("bad_request", "'terminal' must be an object of cols and rows")
+    return whole(size, "cols", 80, 65535) or 1, whole(size, "rows", 24, 65535) or 1
 
 
 def encodable(value):
@@ -245,29 +262,62 @@ def kind_of(info):
             else "symlink" if stat.S_ISLNK(info.st_mode) else "other")
 
 
-def describe(name, path, info, folder):
+def describe(name, path, info, folder, caps=None):
     """An entry as stat() tells it; a symlink's target and what it is (a stat through it, as nobody:
-    what any command could learn), never opened."""
+    what any command could learn), never opened. With caps, a file's or folder's metadata too."""
     entry = {"name": name, "path": path, "kind": kind_of(info), "size": info.st_size, "mode": info.st_mode,
              "uid": info.st_uid, "gid": info.st_gid, "mtime": info.st_mtime, "target": None, "target_kind": None}
     if stat.S_ISLNK(info.st_mode) and folder is not None:
         with contextlib.suppress(OSError):
             entry["target"] = os.readlink(name, dir_fd=folder)
             entry["target_kind"] = kind_of(os.stat(name, dir_fd=folder))
+    elif caps is not None and folder is not None:
+        with contextlib.suppress(Refused, OSError):
+            fd = open_entry(folder, name, os.O_RDONLY)
+            try:
+                entry["metadata"] = metadata_of(fd, caps)
+            finally:
+                os.close(fd)
     return entry
 
 
-def entry_at(folder, name, path):
-    return describe(name, "/".join(parts_of(path)), os.stat(name, dir_fd=folder, follow_symlinks=False), folder)
+def metadata_of(fd, caps):
+    """The file's user metadata: its user.e2b.* extended attributes (as E2B's envd keeps them), the
+    first caps["metadata"] of them, each value at most caps["metadata_value"] bytes (a longer one,
+    set by a command, is left out)."""
+    found = {}
+    for attribute in sorted(os.listxattr(fd)):
+        if not attribute.startswith(METADATA_PREFIX) or len(found) == caps["metadata"]:
+            continue
+        with contextlib.suppress(OSError):  # removed meanwhile, or too long for the buffer
+            value = os.getxattr(fd, attribute)
+            if len(value) <= caps["metadata_value"]:
+                found[attribute[len(METADATA_PREFIX):]] = value.decode(errors="replace")
+    return found
+
+
+def set_metadata(fd, metadata):
+    """Replaces the file's user metadata by these keys and values (checked by the caller)."""
+    for attribute in os.listxattr(fd):
+        if attribute.startswith(METADATA_PREFIX):
+            os.removexattr(fd, attribute)
+    for key, value in metadata.items():
+        os.setxattr(fd, METADATA_PREFIX + key, value.encode())
+
+
+def entry_at(folder, name, path, caps):
+    return describe(name, "/".join(parts_of(path)), os.stat(name, dir_fd=folder, follow_symlinks=False), folder, caps)
 
 
 class Files:
     def __init__(self, work, caps):
         self.work = work
+        self.caps = caps
         self.entries = caps["entries"]  # most entries a listing holds
         self.chunk = caps["chunk"]  # most bytes a read brings
 
-    def write(self, path, data, append):
+    def write(self, path, data, append, metadata=None):
+        """With metadata (a new file's, or {}), the file's metadata is replaced, as an upload's is."""
         *folders, name = parts_of(path) or [""]
         if not name:
             raise Refused("bad_path", "a file needs a name")
@@ -276,6 +326,10 @@ class Files:
             try:
                 fd = open_entry(folder, name, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC))
                 try:
+                    if metadata is not None:
+                        with contextlib.suppress(PermissionError):  # as envd gives an upload its owner: watchers see its chmod
+                            os.fchown(fd, UID, UID)
+                        set_metadata(fd, metadata)
                     write_all(fd, data)
                 except OSError as e:
                     with contextlib.suppress(OSError):
@@ -311,6 +365,7 @@ class Files:
             folder = open_folder(self.work, parts_of(path))
             try:
                 entries = []
+                self.metadata_left = self.caps["listed_metadata"]  # a listing's metadata, all entries together
                 truncated = self._walk(folder, "/".join(parts_of(path)), depth, detail, entries)
                 return sorted(entries, key=lambda e: e["path" if detail else "name"]), truncated
             except OSError as e:  # no descriptor left: the listing is refused
@@ -329,8 +384,12 @@ class Files:
                 except FileNotFoundError:
                     continue  # gone since the folder was read
                 path = f"{prefix}/{entry.name}" if prefix else entry.name
-                entries.append(describe(entry.name, path, info, folder) if detail else
-                               {"name": entry.name, "kind": kind_of(info), "size": info.st_size if stat.S_ISREG(info.st_mode) else 0})
+                if detail:
+                    entries.append(describe(entry.name, path, info, folder, self.caps if self.metadata_left > 0 else None))
+                    self.metadata_left -= sum(len(k) + len(v) for k, v in entries[-1].get("metadata", {}).items())
+                else:
+                    entries.append({"name": entry.name, "kind": kind_of(info),
+                                    "size": info.st_size if stat.S_ISREG(info.st_mode) else 0})
                 if depth > 1 and stat.S_ISDIR(info.st_mode):
                     try:
                         inner = open_entry(folder, entry.name, os.O_RDONLY | os.O_DIRECTORY)
@@ -350,7 +409,7 @@ class Files:
                 return describe("", "", os.stat(self.work), None)
             folder = open_folder(self.work, folders)
             try:
-                return entry_at(folder, name, path)
+                return entry_at(folder, name, path, self.caps)
             except OSError as e:
                 raise path_error(e, path) from None
             finally:
@@ -365,7 +424,7 @@ class Files:
             folder = open_folder(self.work, folders, create=True)
             try:
                 os.mkdir(name, 0o755, dir_fd=folder)
-                return entry_at(folder, name, path)
+                return entry_at(folder, name, path, self.caps)
             except FileExistsError:
                 raise Refused("exists", f"{path!r} exists") from None
             except OSError as e:
@@ -386,7 +445,7 @@ class Files:
                 target = open_folder(self.work, to_folders, create=True)
                 try:
                     os.rename(from_name, to_name, src_dir_fd=origin, dst_dir_fd=target)
-                    return entry_at(target, to_name, destination)
+                    return entry_at(target, to_name, destination, self.caps)
                 except OSError as e:
                     raise path_error(e, source) from None
                 finally:
@@ -412,6 +471,108 @@ class Files:
                 os.close(folder)
 
 
+# ---- watchers: inotify on folders of the work folder ----
+
+IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE = 0x2, 0x4, 0x40, 0x80, 0x100
+IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF, IN_IGNORED, IN_ISDIR = 0x200, 0x400, 0x800, 0x8000, 0x40000000
+IN_ONLYDIR, IN_DONT_FOLLOW, IN_NONBLOCK, IN_CLOEXEC = 0x01000000, 0x02000000, os.O_NONBLOCK, os.O_CLOEXEC
+WATCHED = IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+# inotify's events as E2B's (fsnotify's): a move in is a create, a move out a rename, as envd tells them
+EVENT_KINDS = ((IN_CREATE | IN_MOVED_TO, "create"), (IN_MODIFY, "write"), (IN_DELETE | IN_DELETE_SELF, "remove"),
+               (IN_MOVED_FROM | IN_MOVE_SELF, "rename"), (IN_ATTRIB, "chmod"))
+LIBC = ctypes.CDLL(None, use_errno=True)
+WATCH_READS = 16  # reads of 64 KiB of a watcher's events at a poll
+
+
+class Watcher:
+    """A folder's changes (and with recursive, its folders' below), kept as they come, up to
+    caps["watch_events"] (later ones are dropped), for a poll to take. The inotify watches are added
+    as nobody, never following a symlink at the watched folder's name, so a watcher sees at most
+    what the sandbox's user may list."""
+
+    def __init__(self, hub, path, recursive, entries):
+        self.hub, self.recursive, self.entries = hub, recursive, entries
+        self.events = []
+        self.folders = {}  # watch descriptor -> its folder, relative to the watched one
+        self.root = "/".join(parts_of(path))
+        with as_nobody():
+            folder = open_folder(hub.work, parts_of(path))  # there, a folder, reached through no symlink
+            os.close(folder)
+        self.fd = LIBC.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if self.fd < 0:
+            raise Refused("too_many", f"no watcher can be made: {os.strerror(ctypes.get_errno())}")
+        try:
+            self.add("")
+        except BaseException:
+            os.close(self.fd)
+            raise
+        hub.watch(self.fd, self.on_ready)
+
+    def add(self, folder):
+        """Watches the folder (relative to the watched one) and, if recursive, those below it, up to
+        caps["watched"] folders in all."""
+        pending = [folder]
+        while pending and len(self.folders) < self.hub.caps["watched"]:
+            relative = pending.pop()
+            path = os.path.join(self.hub.work, self.root, relative)
+            with as_nobody():
+                wd = LIBC.inotify_add_watch(self.fd, os.fsencode(path), WATCHED | IN_ONLYDIR | IN_DONT_FOLLOW)
+            if wd < 0:
+                if relative:
+                    continue  # gone, or turned into a symlink, meanwhile
+                raise path_error(OSError(ctypes.get_errno(), "watch"), self.root or ".")
+            self.folders[wd] = relative
+            if self.recursive:
+                with as_nobody(), contextlib.suppress(OSError), os.scandir(path) as found:
+                    pending += [os.path.join(relative, e.name) for e in found if e.is_dir(follow_symlinks=False)]
+
+    def on_ready(self, fd):
+        data = read_ready(fd)
+        if data:
+            self.parse(data)
+        return data != b""
+
+    def parse(self, data):
+        at = 0
+        while at + 16 <= len(data):
+            wd, mask, _, size = struct.unpack_from("iIII", data, at)
+            name = data[at + 16:at + 16 + size].rstrip(b"\0").decode(errors="surrogateescape")
+            at += 16 + size
+            if mask & IN_IGNORED:
+                self.folders.pop(wd, None)
+                continue
+            if wd not in self.folders:
+                continue
+            relative = os.path.join(self.folders[wd], name) if name else self.folders[wd]
+            if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+                self.add(relative)
+            for bits, kind in EVENT_KINDS:
+                if mask & bits:
+                    self.record({"name": relative, "type": kind})
+
+    def record(self, event):
+        if self.entries and event["type"] not in ("remove", "rename"):
+            with contextlib.suppress(Refused, OSError):
+                event["entry"] = self.hub.files.stat("/".join(filter(None, (self.root, event["name"]))))
+        if len(self.events) < self.hub.caps["watch_events"]:
+            self.events.append(event)
+
+    def take(self):
+        """The events since the last take, those the kernel holds now too (a bounded read: a
+        writer's flood is not followed)."""
+        for _ in range(WATCH_READS):
+            data = read_ready(self.fd)
+            if not data:
+                break
+            self.parse(data)
+        events, self.events = self.events, []
+        return events
+
+    def close(self):
+        self.hub.unwatch(self.fd)
+        os.close(self.fd)
+
+
 # ---- processes run as nobody ----
 
 def exhausted(e):
@@ -430,6 +591,35 @@ def pipes(count):
                 os.close(fd)
         raise exhausted(e) from None
     return made
+
+
+def spawn_terminal(argv, env, folder, size):
+    """argv as spawn() starts it, its stdin, stdout and stderr a new terminal of that size (cols,
+    rows), its controlling one: the terminal's master side, and the process."""
+    try:
+        master, terminal = os.openpty()
+    except OSError as e:
+        raise exhausted(e) from None
+    try:
+        resize(master, size)
+
+        def enter():
+            os.fchdir(folder)
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env, user=UID, group=UID,
+                                   extra_groups=[], start_new_session=True, close_fds=True, preexec_fn=enter)
+    except (OSError, ValueError, TypeError, subprocess.SubprocessError) as e:
+        os.close(master)
+        raise spawn_error(e, argv) from None
+    finally:
+        os.close(terminal)
+    return process, nonblocking(master)
+
+
+def resize(master, size):
+    cols, rows = size
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
 def spawn(argv, env, folder, stdin=subprocess.DEVNULL, pass_fds=()):
@@ -538,9 +728,9 @@ class Lines:
 class Output:
     """A run's stdout, stderr and results, handed on as events up to the caps."""
 
-    def __init__(self, hub, out_fd, err_fd):
+    def __init__(self, hub, fds):
         self.hub = hub
-        self.fds = {out_fd: "stdout", err_fd: "stderr"}
+        self.fds = fds  # fd -> its stream: stdout, stderr, or a terminal's pty
         self.open = len(self.fds)  # pipes not yet at their end
         self.listeners = []  # other requests that hear it too: a command's clients that attached later
         self.start(None)
@@ -548,7 +738,7 @@ class Output:
             hub.watch(fd, self.on_ready)
 
     def start(self, request):
-        self.request, self.sent, self.truncated = request, {"stdout": 0, "stderr": 0}, False
+        self.request, self.sent, self.truncated = request, dict.fromkeys(self.fds.values(), 0), False
         self.results, self.result_bytes = 0, 0
 
     def on_ready(self, fd):
@@ -574,9 +764,10 @@ class Output:
             data, self.truncated = data[:max(room, 0)], True
         if data:
             self.sent[stream] += len(data)
-            text = data.decode(errors="replace")
+            # a terminal's bytes as they are (a character may be cut between two reads); text otherwise
+            body = {"data": base64.b64encode(data).decode()} if stream == "pty" else {"text": data.decode(errors="replace")}
             for request in (self.request, *self.listeners):
-                emit({"id": request, "type": stream, "text": text})
+                emit({"id": request, "type": stream, **body})
 
     def result(self, data, main):
         """One result (a MIME bundle; main: the cell's value), if the run's results are still within their caps."""
@@ -638,7 +829,7 @@ class Context:
         raise NotImplementedError
 
     def started(self, process, out_fd, err_fd, input_fd, channel_fd):
-        self.process, self.output = process, Output(self.hub, out_fd, err_fd)
+        self.process, self.output = process, Output(self.hub, {out_fd: "stdout", err_fd: "stderr"})
         self.input, self.channel = Feed(self.hub, input_fd), nonblocking(channel_fd)
         self.hub.watch(channel_fd, Lines(self.line_max, self.on_line, self.on_long).on_ready)
 
@@ -865,13 +1056,29 @@ CONTEXTS = {"python": PythonContext, "javascript": JavaScriptContext, "typescrip
 
 class Command:
     """A program run beside the contexts, to its end or its timeout. Its stdin is what the request
-    gave, or with open_stdin a pipe that takes input while it runs (send, close_stdin); with
-    announce, its pid is the first event."""
+    gave, or with open_stdin a pipe that takes input while it runs (send, close_stdin); with a
+    terminal (cols, rows), a terminal of that size is its stdin, stdout and stderr, its input sent
+    as a pipe's, its output one stream; with announce, its pid is the first event."""
 
     def __init__(self, hub, request, argv, folder, cwd, env, stdin, timeout_s, open_stdin=False, tag=None,
-                 announce=False):
+                 announce=False, terminal=None):
         self.hub, self.request, self.argv, self.cwd, self.env, self.tag = hub, request, argv, cwd, env, tag
-        self.stdin = None  # a Feed, with open_stdin
+        self.stdin = None  # a Feed, with open_stdin or a terminal
+        self.master = None  # a terminal's master side
+        if terminal is not None:
+            self.process, self.master = spawn_terminal(argv, env, folder, terminal)
+            self.stdin = Feed(hub, os.dup(self.master))  # its own descriptor: the output's is closed apart
+            fds = {self.master: "pty"}
+        else:
+            fds = self.spawn(argv, env, folder, stdin, open_stdin)
+        if announce:
+            emit({"id": request, "type": "start", "pid": self.process.pid})
+        self.output = Output(hub, fds)
+        self.output.start(request)
+        self.deadline = time.monotonic() + timeout_s
+        self.timed_out = False
+
+    def spawn(self, argv, env, folder, stdin, open_stdin):
         writer = None
         if open_stdin:
             ((feed, writer),) = pipes(1)
@@ -892,13 +1099,13 @@ class Command:
         finally:
             os.close(feed)
         if writer is not None:
-            self.stdin = Feed(hub, writer)
-        if announce:
-            emit({"id": request, "type": "start", "pid": self.process.pid})
-        self.output = Output(hub, out_fd, err_fd)
-        self.output.start(request)
-        self.deadline = time.monotonic() + timeout_s
-        self.timed_out = False
+            self.stdin = Feed(self.hub, writer)
+        return {out_fd: "stdout", err_fd: "stderr"}
+
+    def resize(self, size):
+        if self.master is None:
+            raise Refused("no_terminal", f"process {self.process.pid} has no terminal")
+        resize(self.master, size)
 
     def send(self, data):
         """Input for its stdin, written as the command reads it: never blocks the hub."""
@@ -925,7 +1132,8 @@ class Command:
         if now >= self.deadline and not self.timed_out:
             self.timed_out = True
             kill_group(self.process)
-        if self.output.open == 0 or self.timed_out:
+        # a terminal ends with its program: gVisor never tells its master side that the other is closed
+        if self.output.open == 0 or self.timed_out or (self.master is not None and self.process.poll() is not None):
             if self.process.poll() is None:
                 return False
             kill_group(self.process)  # whatever it left in the background goes with it
@@ -952,6 +1160,7 @@ class Hub:
         self.writers = {}  # fd -> callback(fd) -> False once nothing is left to write
         self.contexts = {}
         self.commands = []
+        self.watchers = {}
         self.contexts["python"] = PythonContext(self, "python", "python")  # ready before the first run
 
     def watch(self, fd, callback):
@@ -1029,6 +1238,8 @@ class Hub:
 
     def handle(self, request):
         rid, op = request.get("id"), request.get("op")
+        for watcher in self.watchers.values():  # changes before this request are seen before its own
+            watcher.on_ready(watcher.fd)
         if op == "ping":  # the worker's first word: it is attached, so the answer cannot be lost
             emit({"id": rid, "type": "end"})
         elif op == "run":
@@ -1052,9 +1263,11 @@ class Hub:
             command.output.listeners.append(rid)
         elif op == "commands":
             emit({"id": rid, "type": "end", "commands": [c.describe() for c in self.commands]})
-        elif op in ("input", "close_stdin", "signal"):
+        elif op in ("input", "close_stdin", "signal", "resize"):
             command = self.running(request)
-            if op == "input":
+            if op == "resize":
+                command.resize(terminal_size(request))
+            elif op == "input":
                 command.send(base64.b64decode(text(request, "data", ""), validate=True))
             elif op == "close_stdin":
                 command.close_stdin()
@@ -1069,7 +1282,13 @@ class Hub:
             emit({"id": rid, "type": "end", "entry": self.files.move(text(request, "source"), text(request, "destination"))})
         elif op == "write":
             data = base64.b64decode(text(request, "data", ""), validate=True)
-            self.files.write(text(request, "path"), data, bool(request.get("append")))
+            metadata = None if request.get("metadata") is None else strings(request, "metadata")
+            if metadata is not None and (len(metadata) > self.caps["metadata"] or not all(metadata) or any(
+                    len(v.encode()) > self.caps["metadata_value"] or len(k) > self.caps["metadata_key"] for k, v in metadata.items())):
+                raise Refused("bad_request", f"'metadata' has at most {self.caps['metadata']} keys, each a name of at most"
+                                             f" {self.caps['metadata_key']} characters with a value of at most"
+                                             f" {self.caps['metadata_value']} bytes")
+            self.files.write(text(request, "path"), data, bool(request.get("append")), metadata)
             emit({"id": rid, "type": "end"})
         elif op == "read":
             data, size = self.files.read(text(request, "path"), whole(request, "offset", 0, (1 << 62) - 1))
@@ -1083,6 +1302,22 @@ class Hub:
         elif op == "delete":
             self.files.delete(text(request, "path"))
             emit({"id": rid, "type": "end"})
+        elif op == "watch":
+            if len(self.watchers) >= self.caps["watchers"]:
+                raise Refused("too_many", f"a sandbox has at most {self.caps['watchers']} watchers: remove one first")
+            watcher = Watcher(self, text(request, "path", "."), bool(request.get("recursive")), bool(request.get("entries")))
+            wid = os.urandom(8).hex()
+            self.watchers[wid] = watcher
+            emit({"id": rid, "type": "end", "watcher": wid})
+        elif op in ("watch_events", "unwatch"):
+            wid = request.get("watcher")
+            if not isinstance(wid, str) or wid not in self.watchers:
+                raise Refused("not_found", f"no watcher {wid!r}")
+            if op == "unwatch":
+                self.watchers.pop(wid).close()
+                emit({"id": rid, "type": "end"})
+            else:
+                emit({"id": rid, "type": "end", "events": self.watchers[wid].take()})
         elif op == "context_create":
             language = text(request, "language", "python")
             if language not in CONTEXTS:
@@ -1126,13 +1361,14 @@ class Hub:
             raise Refused("too_many", f"a sandbox runs at most {self.caps['commands']} commands at once")
         env = {**self.env, **strings(request, "env")}
         stdin, timeout_s = text(request, "stdin", "").encode(errors="surrogateescape"), seconds(request, "timeout_s", 60)
+        terminal = None if request.get("terminal") is None else terminal_size(request)
         parts = parts_of(text(request, "cwd", "."))
         with as_nobody():  # its folder, found as nobody finds it; entered by its descriptor
             folder = open_folder(self.work, parts)
         try:
             self.commands.append(Command(self, rid, argv, folder, os.path.join(self.work, *parts), env, stdin, timeout_s,
                                          bool(request.get("open_stdin")), optional_text(request, "tag"),
-                                         bool(request.get("announce"))))
+                                         bool(request.get("announce")), terminal))
         finally:
             os.close(folder)
 

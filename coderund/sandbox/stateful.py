@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..sandbox_requests import (FILE_CHUNK, MAX_ATTACHED, MAX_COMMANDS, MAX_CONTEXTS, MAX_ENTRIES, MAX_LIST_DEPTH,
-                                MAX_OUTPUT_BYTES, MAX_RESULT_BYTES, MAX_RESULTS, MAX_STDIN_PENDING)
+from ..sandbox_requests import (FILE_CHUNK, MAX_ATTACHED, MAX_COMMANDS, MAX_CONTEXTS, MAX_ENTRIES, MAX_FILE_METADATA,
+                                MAX_FILE_METADATA_KEY, MAX_FILE_METADATA_VALUE, MAX_LIST_DEPTH, MAX_LISTED_METADATA,
+                                MAX_OUTPUT_BYTES, MAX_RESULT_BYTES, MAX_RESULTS, MAX_STDIN_PENDING, MAX_WATCH_EVENTS,
+                                MAX_WATCHED_FOLDERS, MAX_WATCHERS)
 from .box import Box
 from .engine import Engine, SandboxError, Shape
 from .options import HUB, WORKDIR
@@ -59,7 +61,9 @@ class Hub:
         caps = {"nproc": GVISOR_NPROC if runsc else 0, "output_bytes": MAX_OUTPUT_BYTES, "results": MAX_RESULTS,
                 "result_bytes": MAX_RESULT_BYTES, "contexts": MAX_CONTEXTS, "commands": MAX_COMMANDS,
                 "entries": MAX_ENTRIES, "chunk": FILE_CHUNK, "depth": MAX_LIST_DEPTH, "stdin_bytes": MAX_STDIN_PENDING,
-                "attached": MAX_ATTACHED}
+                "attached": MAX_ATTACHED, "watchers": MAX_WATCHERS, "watch_events": MAX_WATCH_EVENTS,
+                "watched": MAX_WATCHED_FOLDERS, "metadata": MAX_FILE_METADATA, "metadata_key": MAX_FILE_METADATA_KEY,
+                "metadata_value": MAX_FILE_METADATA_VALUE, "listed_metadata": MAX_LISTED_METADATA}
         box = await engine.make(shape, labels, command=["/usr/bin/python3", "-I", "-S", HUB, spec.work_folder,
                                                         json.dumps(caps)],
                                 cpus=spec.cpus, disk_mb=spec.disk_mb, work_folder=spec.work_folder)

@@ -104,6 +104,18 @@ class Sandboxes:
             raise Unauthorized("The sandbox's access token is missing or wrong.")
         return await self.find(row.user_id, sandbox_id)
 
+    async def by_signature(self, sandbox_id: str, check: Callable[[str], None]) -> SandboxRow:
+        """The live sandbox a signed URL (E2B's download_url, upload_url) names, if check(its token)
+        passes: check raises Unauthorized otherwise; an unknown sandbox is refused as a bad signature."""
+        try:
+            row = await self.store.get(uuid.UUID(sandbox_id))
+        except ValueError:
+            row = None
+        if row is None:
+            raise Unauthorized("invalid signature")
+        check(row.access_token)
+        return await self.find(row.user_id, sandbox_id)
+
     async def extend(self, user_id: int, sandbox_id: str, timeout_s: int, only_longer: bool = False) -> SandboxRow:
         row = await self.find(user_id, sandbox_id)
         extended = await self.store.extend(row.id, timeout_s, self.limits.max_lifetime_s, only_longer)

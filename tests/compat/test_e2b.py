@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
 from e2b.envd.process import process_pb
+from e2b.sandbox.commands.command_handle import PtySize
 from e2b.exceptions import AuthenticationException, SandboxException
 from e2b_code_interpreter import Sandbox as CodeInterpreter
 from protobuf import Oneof
@@ -81,6 +82,141 @@ async def test_files_write_read_list_and_remove(e2b, sandbox):
     assert not await call(sandbox.files.exists, "notes/a.txt")
     with pytest.raises(NotFoundException):
         await call(sandbox.files.read, "notes/a.txt")
+
+
+async def test_a_watcher_tells_changes_below_its_folder(e2b, sandbox):
+    await call(sandbox.files.make_dir, "watched/old")
+    handle = await call(sandbox.files.watch_dir, "watched", recursive=True, include_entry=True)
+    await call(sandbox.files.write, "watched/a.txt", "one")
+    await call(sandbox.files.make_dir, "watched/new")
+    await call(sandbox.files.write, "watched/new/b.txt", "two")  # in a folder made after the watch began
+    await call(sandbox.commands.run, "echo three >> watched/old/c.txt; mv watched/a.txt watched/d.txt; rm watched/d.txt")
+    events = [(e.type.value, e.name) for e in await call(handle.get_new_events)]
+    assert events[:3] == [("create", "a.txt"), ("chmod", "a.txt"), ("write", "a.txt")]  # as envd's upload
+    for seen in (("create", "new"), ("create", "new/b.txt"), ("write", "new/b.txt"), ("create", "old/c.txt"),
+                 ("write", "old/c.txt"), ("rename", "a.txt"), ("create", "d.txt"), ("remove", "d.txt")):
+        assert seen in events
+    assert await call(handle.get_new_events) == []  # each event once
+    await call(sandbox.files.write, "watched/new/b.txt", "again")
+    written = [e for e in await call(handle.get_new_events) if e.type.value == "write"]
+    assert written[0].entry.path == "/home/user/watched/new/b.txt" and written[0].entry.size == 5
+    await call(handle.stop)
+    with pytest.raises(SandboxException):
+        await call(handle.get_new_events)
+
+
+async def test_a_watcher_stays_in_the_work_folder_and_is_bounded(e2b, sandbox):
+    await call(sandbox.commands.run, "mkdir -p flood && ln -sfn /etc etc-link")
+    for outside in ("/etc", "/tmp", "etc-link", "notes/../../etc"):
+        with pytest.raises(SandboxException):
+            await call(sandbox.files.watch_dir, outside)
+    with pytest.raises(NotFoundException):
+        await call(sandbox.files.watch_dir, "nowhere")
+    handle = await call(sandbox.files.watch_dir, "flood")
+    await call(sandbox.commands.run, "cd flood && for i in $(seq 2500); do echo > f$i; done")  # 5000 events
+    events = await call(handle.get_new_events)
+    assert len(events) == 4096 and events[0].name == "f1"  # the first ones kept, the rest dropped
+    assert await call(handle.get_new_events) == []
+    more = [await call(sandbox.files.watch_dir, "flood") for _ in range(15)]  # 16 in all
+    with pytest.raises(SandboxException):
+        await call(sandbox.files.watch_dir, "flood")
+    for watcher in (handle, *more):
+        await call(watcher.stop)
+
+
+async def test_file_metadata_is_kept_with_the_file_and_bounded(runtime_api, e2b, sandbox):
+    info = await call(sandbox.files.write, "meta/a.txt", "x", metadata={"Author": "mish", "purpose": "upload"})
+    assert info.metadata == {"author": "mish", "purpose": "upload"}  # keys lowercased, as envd's
+    assert (await call(sandbox.files.get_info, "meta/a.txt")).metadata == info.metadata
+    moved = await call(sandbox.files.rename, "meta/a.txt", "meta/b.txt")
+    assert moved.metadata == info.metadata
+    assert [e.metadata for e in await call(sandbox.files.list, "meta")] == [info.metadata]
+    await call(sandbox.files.write, "meta/b.txt", "y")  # an overwrite without metadata clears it
+    assert (await call(sandbox.files.get_info, "meta/b.txt")).metadata is None
+    await call(sandbox.commands.run, "python3 -c \"import os; os.setxattr('meta/b.txt', 'user.e2b.by', b'cmd');"
+                                     " os.setxattr('meta/b.txt', 'user.e2b.big', b'x' * 4000);"
+                                     " os.setxattr('meta/b.txt', 'user.other', b'o')\"")
+    assert (await call(sandbox.files.get_info, "meta/b.txt")).metadata == {"by": "cmd"}  # a value too long is left out
+    url = f"{runtime_api.base}/e2b/sandbox/files"
+    for bad in ({f"X-Metadata-k{i}": "v" for i in range(33)}, {"X-Metadata-k": "v" * 1025}, {"X-Metadata-" + "k" * 129: "v"},
+                {"X-Metadata-k": "caf\u00e9"}):
+        async with runtime_api.session.post(url, params={"path": "meta/c.txt"}, data=b"c", headers=envd_headers(
+                sandbox, **{"Content-Type": "application/octet-stream"}, **bad)) as response:
+            assert response.status == 400, await response.text()
+    assert not await call(sandbox.files.exists, "meta/c.txt")
+
+
+async def test_signed_urls_stand_for_the_token_for_their_path_operation_and_time(runtime_api, e2b, sandbox):
+    """The SDK's signed URLs name no sandbox through E2B_SANDBOX_URL (they are made for E2B's
+    per-sandbox hosts), so the sandbox is named here in its header, with no token."""
+    await call(sandbox.files.write, "signed/a.txt", "signed content")
+    url = f"{runtime_api.base}/e2b/sandbox/files"
+    named = {"E2b-Sandbox-Id": sandbox.sandbox_id}
+
+    def query(signed: str) -> str:
+        return signed.split("?", 1)[1]
+
+    for signed in (sandbox.download_url("signed/a.txt", "user"), sandbox.download_url("signed/a.txt", "user", 120),
+                   sandbox.download_url("signed/a.txt")):
+        async with runtime_api.session.get(f"{url}?{query(signed)}", headers=named) as response:
+            assert response.status == 200 and await response.read() == b"signed content"
+    upload = query(sandbox.upload_url("signed/b.txt", use_signature_expiration=60))
+    async with runtime_api.session.post(f"{url}?{upload}", data=b"uploaded",
+                                        headers={**named, "Content-Type": "application/octet-stream"}) as response:
+        assert response.status == 200, await response.text()
+    assert await call(sandbox.files.read, "signed/b.txt") == "uploaded"
+    expired = query(sandbox.download_url("signed/a.txt", "user", use_signature_expiration=-120))
+    forged = query(sandbox.download_url("signed/a.txt")).replace("signature=v1_", "signature=v1_A")
+    other_path = query(sandbox.download_url("signed/b.txt")).replace("b.txt", "a.txt")
+    later = query(sandbox.download_url("signed/a.txt", use_signature_expiration=60))
+    stretched = later.replace(later.rsplit("=", 1)[1], str(int(later.rsplit("=", 1)[1]) + 3600))
+    for method, signed, message in (("GET", expired, "signature is already expired"), ("GET", forged, "invalid signature"),
+                                    ("GET", other_path, "invalid signature"), ("GET", stretched, "invalid signature"),
+                                    ("POST", query(sandbox.download_url("signed/c.txt")), "invalid signature")):
+        async with runtime_api.session.request(method, f"{url}?{signed}", data=b"x", headers=named) as response:
+            assert (response.status, await response.json()) == (401, {"code": 401, "message": message})
+    other = await call(Sandbox.create)
+    try:  # another sandbox's signature opens nothing here, nor this one's there
+        for box, signed in ((sandbox, query(other.download_url("signed/a.txt"))), (other, query(sandbox.download_url("signed/a.txt")))):
+            async with runtime_api.session.get(f"{url}?{signed}", headers={"E2b-Sandbox-Id": box.sandbox_id}) as response:
+                assert response.status == 401
+    finally:
+        await call(other.kill)
+    assert not await call(sandbox.files.exists, "signed/c.txt")
+
+
+async def test_a_pty_session_takes_input_resizes_reconnects_and_ends(e2b, sandbox):
+    terminal = await call(sandbox.pty.create, PtySize(cols=80, rows=24), envs={"FOO": "bar"})
+    await call(sandbox.pty.send_stdin, terminal.pid, b"tty; echo $FOO; tput cols\n")
+    await call(terminal.disconnect)
+    await call(sandbox.pty.resize, terminal.pid, PtySize(cols=132, rows=40))
+    again = await call(sandbox.pty.connect, terminal.pid)
+    await call(sandbox.pty.send_stdin, terminal.pid, b"tput cols; stty size; exit\n")
+    output = []
+    result = await call(again.wait, on_pty=output.append)
+    text = b"".join(output).decode()
+    assert result.exit_code == 0 and "132" in text and "40 132" in text
+    first = await call(sandbox.pty.create, PtySize(cols=80, rows=24))
+    await call(sandbox.pty.send_stdin, first.pid, b"tty; tput cols; exit\n")
+    seen = []
+    assert (await call(first.wait, on_pty=seen.append)).exit_code == 0
+    assert "/dev/pts/" in b"".join(seen).decode() and "80" in b"".join(seen).decode()
+    killed = await call(sandbox.pty.create, PtySize(cols=80, rows=24))
+    assert await call(sandbox.pty.kill, killed.pid)
+    assert not await call(sandbox.pty.kill, 999999)
+
+
+async def test_a_pty_flood_is_bounded_and_the_terminal_stays_confined(e2b, sandbox):
+    terminal = await call(sandbox.pty.create, PtySize(cols=80, rows=24))
+    await call(sandbox.pty.send_stdin, terminal.pid, b"head -c 3000000 /dev/zero | tr '\\0' x; exit\n")
+    output = []
+    result = await call(terminal.wait, on_pty=output.append)
+    assert result.exit_code == 0 and result.error and "1 MiB" in result.error
+    assert sum(map(len, output)) <= 1024 * 1024  # the rest dropped, never held
+    with pytest.raises(SandboxException):
+        await call(sandbox.pty.create, PtySize(cols=80, rows=24), cwd="/etc")
+    with pytest.raises(SandboxException):
+        await call(sandbox.pty.resize, 999999, PtySize(cols=80, rows=24))
 
 
 async def test_background_commands_take_input_are_listed_and_killed(e2b, sandbox):

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from e2b.envd.filesystem import filesystem_pb
 from e2b.envd.process import process_pb
+from e2b.sandbox.signature import get_signature
 from hypothesis import given, settings, strategies as st
 from protobuf import Oneof
 from protobuf.wkt import Timestamp
@@ -18,7 +19,7 @@ from protobuf.wkt import Timestamp
 from coderund.access import new_key, parse_key_request
 from coderund.compat.e2b import api, connect, envd, interpreter, proto
 from coderund.compat.e2b import messages as m
-from coderund.errors import Conflict, NotFound, SandboxEnded, ValidationFailed
+from coderund.errors import Conflict, NotFound, SandboxEnded, Unauthorized, ValidationFailed
 from coderund.sandbox_requests import SandboxLimits
 
 E2B_KEY = re.compile(r"\Ae2b_[0-9a-f]+\Z")  # what E2B's SDK checks a key against
@@ -170,12 +171,32 @@ def test_start_as_a_hub_command():
                                              "env": {"A": "1"}, "timeout_s": 2.5, "announce": True, "open_stdin": True}
     assert envd.command_op({"process": {"cmd": "ls"}}, None)["timeout_s"] == 3600  # bounded without a deadline
     assert envd.command_op({"process": {"cmd": "ls"}}, 10**6)["timeout_s"] == 3600
-    for bad, code in (({"process": {"cmd": "ls"}, "pty": {"size": {}}}, "unimplemented"), ({"process": {}}, "invalid_argument"),
+    for bad, code in (({"process": {"cmd": "ls"}, "pty": {"size": {"cols": 70000, "rows": 5}}}, "invalid_argument"),
+                      ({"process": {"cmd": "ls"}, "pty": {"size": {"cols": 80, "rows": 65536}}}, "invalid_argument"),
+                      ({"process": {}}, "invalid_argument"),
                       ({"process": {"cmd": "ls", "envs": {"A=B": "x"}}}, "invalid_argument"),
                       ({"process": {"cmd": "ls", "cwd": "/etc"}}, "invalid_argument")):
         with pytest.raises(connect.ConnectError) as refused:
             envd.command_op(bad, None)
         assert refused.value.code == code
+
+
+def test_ptys_as_hub_terminals():
+    start = {"process": {"cmd": "/bin/bash", "args": ["-i", "-l"], "envs": {"TERM": "xterm-256color"}},
+             "pty": {"size": {"cols": 100, "rows": 30}}}
+    both_ways(m.START_REQUEST, process_pb.StartRequest, start, process_pb.StartRequest(
+        process=process_pb.ProcessConfig(cmd="/bin/bash", args=["-i", "-l"], envs={"TERM": "xterm-256color"}),
+        pty=process_pb.PTY(size=process_pb.PTY.Size(cols=100, rows=30))))
+    assert envd.command_op(start, None)["terminal"] == {"cols": 100, "rows": 30}
+    assert envd.command_op({**start, "pty": {}}, None)["terminal"] == {"cols": 80, "rows": 24}
+    assert "terminal" not in envd.command_op({"process": start["process"]}, None)
+    resize = {"process": {"pid": 7}, "pty": {"size": {"cols": 120, "rows": 40}}}
+    both_ways(m.UPDATE_REQUEST, process_pb.UpdateRequest, resize, process_pb.UpdateRequest(
+        process=process_pb.ProcessSelector(selector=Oneof("pid", 7)), pty=process_pb.PTY(size=process_pb.PTY.Size(cols=120, rows=40))))
+    assert envd.update_op(resize) == {"op": "resize", "pid": 7, "terminal": {"cols": 120, "rows": 40}}
+    assert envd.update_op({"process": {"pid": 7}}) is None
+    assert envd.input_op({"process": {"pid": 7}, "input": {"pty": b"ls\n"}}) == ({"op": "input", "pid": 7}, b"ls\n")
+    assert envd.process_events({"type": "pty", "data": "AP/h"}) == [{"event": {"data": {"pty": b"\x00\xff\xe1"}}}]
 
 
 def test_listings_are_bounded_in_depth():
@@ -199,12 +220,82 @@ def test_entries_and_processes_as_envd_tells_them():
              "mtime": 10.0, "target": "../y", "target_kind": "file"}
     assert envd.entry_info(entry) == {"name": "x", "type": 1, "path": "/home/user/a/x", "size": 3, "mode": 0o777,
                                       "permissions": "lrwxrwxrwx", "owner": "user", "group": "root",
-                                      "modified_time": 10.0, "symlink_target": "/home/user/y"}
+                                      "modified_time": 10.0, "symlink_target": "/home/user/y", "metadata": {}}
     assert envd.entry_info({**entry, "target": "/etc", "target_kind": None})["type"] == 3  # dangling, or unreadable
     assert envd.entry_info({**entry, "name": "", "path": "", "kind": "folder", "target": None})["name"] == "user"
     listed = envd.process_list([{"pid": 3, "cmd": ["sh", "-c", "x"], "cwd": "/box/src", "env": {"A": "1"}, "tag": None}])
     assert listed == {"processes": [{"pid": 3, "config": {"cmd": "sh", "args": ["-c", "x"], "envs": {"A": "1"},
                                                           "cwd": "/home/user/src"}}]}
+
+    assert envd.entry_info({**entry, "kind": "file", "target": None, "metadata": {"a": "1"}})["metadata"] == {"a": "1"}
+
+
+def test_watchers_and_their_events_as_envd_tells_them():
+    create = {"path": "/home/user/src", "recursive": True, "include_entry": True, "allow_network_mounts": True}
+    both_ways(m.CREATE_WATCHER_REQUEST, filesystem_pb.CreateWatcherRequest, create, filesystem_pb.CreateWatcherRequest(
+        path="/home/user/src", recursive=True, include_entry=True, allow_network_mounts=True))
+    assert envd.watch_op(create) == {"op": "watch", "path": "src", "recursive": True, "entries": True}
+    assert envd.watch_op({}) == {"op": "watch", "path": ".", "recursive": False, "entries": False}
+    with pytest.raises(connect.ConnectError):
+        envd.watch_op({"path": "/etc"})
+    entry = {"name": "b", "path": "src/a/b", "kind": "file", "size": 1, "mode": 0o100644, "uid": 65534, "gid": 65534,
+             "mtime": 10.0, "target": None, "target_kind": None, "metadata": {"k": "v"}}
+    events = envd.watch_events([{"name": "a/b", "type": "write", "entry": entry}, {"name": "a/c", "type": "remove"}])
+    sdk = filesystem_pb.GetWatcherEventsResponse(events=[
+        filesystem_pb.FilesystemEvent(name="a/b", type=filesystem_pb.EventType.WRITE, entry=filesystem_pb.EntryInfo(
+            name="b", type=filesystem_pb.FileType.FILE, path="/home/user/src/a/b", size=1, mode=0o644,
+            permissions="-rw-r--r--", owner="user", group="user", modified_time=Timestamp(seconds=10), metadata={"k": "v"})),
+        filesystem_pb.FilesystemEvent(name="a/c", type=filesystem_pb.EventType.REMOVE)])
+    both_ways(m.GET_WATCHER_EVENTS_RESPONSE, filesystem_pb.GetWatcherEventsResponse, events, sdk)
+    both_ways(m.WATCHER_REQUEST, filesystem_pb.RemoveWatcherRequest, {"watcher_id": "w1"},
+              filesystem_pb.RemoveWatcherRequest(watcher_id="w1"))
+
+
+def test_upload_metadata_from_its_headers_bounded():
+    headers = [("X-Metadata-Author", "mish"), ("x-metadata-purpose", "up load"), ("Content-Type", "text/plain")]
+    assert envd.upload_metadata(headers) == {"author": "mish", "purpose": "up load"}
+    assert envd.upload_metadata([]) == {}
+    for bad in ([("X-Metadata-", "v")], [("X-Metadata-a b", "v")], [("X-Metadata-k", "caf\u00e9")],
+                [("X-Metadata-k", "a\nb")], [("X-Metadata-k", "v" * 1025)], [("X-Metadata-" + "k" * 129, "v")],
+                [(f"X-Metadata-k{i}", "v") for i in range(33)]):
+        with pytest.raises(connect.ConnectError) as refused:
+            envd.upload_metadata(bad)
+        assert refused.value.code == "invalid_argument"
+    assert envd.written("a/b", {"k": "v"}) == {"name": "b", "type": "file", "path": "/home/user/a/b", "metadata": {"k": "v"}}
+    assert "metadata" not in envd.written("a/b", {})
+
+
+@pytest.mark.parametrize("path, operation, user, expiration", [
+    ("a.txt", "read", "user", None), ("/home/user/é b", "write", "", 1_700_000_000), ("", "read", "root", -5)])
+def test_signatures_as_the_sdk_makes_them(path, operation, user, expiration):
+    token = "ab" * 32
+    ours = envd.signature(path, operation, user, token, expiration)
+    if expiration is None:
+        assert ours == get_signature(path, operation, user, token)["signature"]
+    query = {"path": path, "username": user, "signature": ours}
+    if expiration is not None:
+        query["signature_expiration"] = str(expiration)
+    envd.check_signature(query, operation, token, now=(expiration or 0) - 1)  # passes before it expires
+    for changed, why in (({"path": path + "x"}, "invalid signature"), ({"username": "other"}, "invalid signature"),
+                         ({"signature": ours[:-1]}, "invalid signature"), ({"signature": "é"}, "invalid signature"),
+                         ({"signature_expiration": "x1"}, "invalid signature expiration")):
+        with pytest.raises(Unauthorized) as refused:
+            envd.check_signature({**query, **changed}, operation, token, now=0)
+        assert refused.value.message == why
+    with pytest.raises(Unauthorized) as refused:
+        envd.check_signature(query, "write" if operation == "read" else "read", token, now=0)
+    with pytest.raises(Unauthorized):
+        envd.check_signature(query, operation, "cd" * 32, now=0)
+    if expiration is not None:
+        with pytest.raises(Unauthorized) as refused:
+            envd.check_signature(query, operation, token, now=expiration + 1)
+        assert refused.value.message == "signature is already expired"
+
+
+def test_signature_with_expiration_matches_the_sdk(monkeypatch):
+    monkeypatch.setattr("e2b.sandbox.signature.time.time", lambda: 1_700_000_000)
+    sdk = get_signature("p", "read", None, "t" * 64, 120)
+    assert envd.signature("p", "read", "", "t" * 64, sdk["expiration"]) == sdk["signature"]
 
 
 LIMITS = SandboxLimits(max_lifetime_s=7200)

@@ -12,6 +12,7 @@ coderund/compat/e2b.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
@@ -94,6 +95,11 @@ async def _sandbox(request: web.Request) -> SandboxRow:
         raise e2b.E2bError(404, f"Port {port} of the sandbox serves no {request.method} {request.path}.")
     sandbox_id = named[1] if named else credential(request.headers.get(SANDBOX_ID, ""))
     token = credential(request.headers.get(ACCESS_TOKEN, "") or request.headers.get(TRAFFIC_TOKEN, ""))
+    if sandbox_id and not token and "signature" in request.query and request.match_info.handler in SIGNED:
+        # a signed URL (E2B's download_url, upload_url): the signature, made with the token, stands for it
+        operation = SIGNED[request.match_info.handler]
+        return await _sandboxes(request).by_signature(
+            sandbox_id, lambda secret: envd.check_signature(request.query, operation, secret, time.time()))
     if not sandbox_id or not token:
         raise Unauthorized(f"An envd call names its sandbox in {SANDBOX_ID} and carries its access token in {ACCESS_TOKEN}.")
     return await _sandboxes(request).by_token(sandbox_id, token)
@@ -207,14 +213,15 @@ async def upload(request: web.Request) -> web.Response:
     """Multipart (each part's file name its path, or ?path for one) or the raw body to ?path; folders
     made as needed, a file replaced. The files written, as envd lists them."""
     row, sandboxes = request[ROW], _sandboxes(request)
+    metadata = envd.upload_metadata(request.headers.items())
     if (request.content_length or 0) > row.disk_mb * 1024 * 1024:
         raise PayloadTooLarge(f"The upload is over the sandbox's disk quota of {row.disk_mb} MiB.")
     if request.content_type != "multipart/form-data":
         if "path" not in request.query:
             raise e2b.E2bError(400, "A raw upload names its file in ?path.")
         path = envd.work_path(request.query["path"])
-        await write_file(sandboxes, row, path, request.content.read)
-        return _json([envd.written(path)])
+        await write_file(sandboxes, row, path, request.content.read, metadata)
+        return _json([envd.written(path, metadata)])
     written: list[dict[str, Any]] = []
     try:
         reader = await request.multipart()
@@ -225,13 +232,14 @@ async def upload(request: web.Request) -> web.Response:
             if not name:
                 raise e2b.E2bError(400, "Each file of a multipart upload names its path as its file name.")
             path = envd.work_path(name)
-            await write_file(sandboxes, row, path, part.read_chunk)
-            written.append(envd.written(path))
+            await write_file(sandboxes, row, path, part.read_chunk, metadata)
+            written.append(envd.written(path, metadata))
     except (ValueError, HttpProcessingError) as e:  # a body that is not multipart, or cut short
         raise e2b.E2bError(400, f"The multipart body does not parse: {e}") from None
     return _json(written)
 
 
+SIGNED = {download: "read", upload: "write"}  # what a signed URL may do, as envd names it
 Unary = Callable[[web.Request, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -252,6 +260,12 @@ async def send_signal(request: web.Request, message: dict[str, Any]) -> dict[str
 
 async def close_stdin(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
     await drain(_call(request, {"op": "close_stdin", **envd.selector(message)}))
+    return {}
+
+
+async def update(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
+    if (op := envd.update_op(message)) is not None:
+        await drain(_call(request, op))
     return {}
 
 
@@ -285,16 +299,34 @@ async def remove(request: web.Request, message: dict[str, Any]) -> dict[str, Any
     return {}
 
 
+async def create_watcher(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
+    return {"watcher_id": (await drain(_call(request, envd.watch_op(message))))["watcher"]}
+
+
+async def watcher_events(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
+    end = await drain(_call(request, {"op": "watch_events", "watcher": message.get("watcher_id") or ""}))
+    return envd.watch_events(end["events"])
+
+
+async def remove_watcher(request: web.Request, message: dict[str, Any]) -> dict[str, Any]:
+    await drain(_call(request, {"op": "unwatch", "watcher": message.get("watcher_id") or ""}))
+    return {}
+
+
 UNARY: dict[str, tuple[Any, Any, Unary]] = {
     "process.Process/List": (m.LIST_REQUEST, m.LIST_RESPONSE, list_processes),
     "process.Process/SendInput": (m.SEND_INPUT_REQUEST, m.EMPTY, send_input),
     "process.Process/SendSignal": (m.SEND_SIGNAL_REQUEST, m.EMPTY, send_signal),
     "process.Process/CloseStdin": (m.CLOSE_STDIN_REQUEST, m.EMPTY, close_stdin),
+    "process.Process/Update": (m.UPDATE_REQUEST, m.EMPTY, update),
     "filesystem.Filesystem/Stat": (m.PATH_REQUEST, m.ENTRY_RESPONSE, stat),
     "filesystem.Filesystem/MakeDir": (m.PATH_REQUEST, m.ENTRY_RESPONSE, make_dir),
     "filesystem.Filesystem/Move": (m.MOVE_REQUEST, m.ENTRY_RESPONSE, move),
     "filesystem.Filesystem/ListDir": (m.LIST_DIR_REQUEST, m.LIST_DIR_RESPONSE, list_dir),
     "filesystem.Filesystem/Remove": (m.PATH_REQUEST, m.EMPTY, remove),
+    "filesystem.Filesystem/CreateWatcher": (m.CREATE_WATCHER_REQUEST, m.CREATE_WATCHER_RESPONSE, create_watcher),
+    "filesystem.Filesystem/GetWatcherEvents": (m.WATCHER_REQUEST, m.GET_WATCHER_EVENTS_RESPONSE, watcher_events),
+    "filesystem.Filesystem/RemoveWatcher": (m.WATCHER_REQUEST, m.EMPTY, remove_watcher),
 }
 STREAMING = {"process.Process/Start": (m.START_REQUEST, m.START_RESPONSE),
              "process.Process/Connect": (m.CONNECT_REQUEST, m.CONNECT_RESPONSE)}

@@ -21,7 +21,8 @@ from ...sandbox_requests import E2B_HOME, LANGUAGES, SandboxLimits, SandboxReque
 
 TEMPLATES = {"base": "javascript", "code-interpreter-v1": "python"}  # E2B's template → coderund's sandbox language
 ALIASES = {**TEMPLATES, **{language: language for language in LANGUAGES}, "code-interpreter": "python"}
-ENVD_VERSION = "0.5.7"  # the envd whose calls are served: commands' stdin (0.3.0), closing it (0.5.2), uploads (0.5.7)
+ENVD_VERSION = "0.6.4"  # the envd whose calls are served: commands' stdin (0.3.0), closing it (0.5.2), uploads
+# (0.5.7), file metadata (0.6.2), watchers' entries (0.6.3) and their network mounts (0.6.4, none here)
 CLIENT_ID = "coderund"
 STATES = ("running", "paused")
 PAGE_MAX = 100

@@ -11,20 +11,31 @@ runs as the sandbox's unprivileged user, whichever `user` it asks for: no call g
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import posixpath
+import re
 import stat as stats
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...admission import MAX_COMMAND_CHARS
-from ...errors import ValidationFailed
+from ...errors import Unauthorized, ValidationFailed
 from ...sandbox_requests import E2B_HOME as HOME
-from ...sandbox_requests import MAX_LIST_DEPTH, MAX_RUN_S, WORK_FOLDER, file_path, parse_command
+from ...sandbox_requests import (MAX_FILE_METADATA, MAX_FILE_METADATA_KEY, MAX_FILE_METADATA_VALUE, MAX_LIST_DEPTH,
+                                MAX_RUN_S, WORK_FOLDER, file_path, parse_command)
 from .connect import ConnectError
 
 ENVD_PORT = 49983
 OWNERS = {0: "root", 65534: "user"}  # the sandbox's user is nobody, which E2B's conventions call user
 KINDS = {"file": 1, "folder": 2, "symlink": 3}  # FileType's numbers
 SIGNALS = {9: 9, 15: 15}  # SIGKILL, SIGTERM; unspecified kills, as envd does
+MAX_TERMINAL = 65535  # a PTY's cols and rows, as a winsize holds them
+EVENT_TYPES = {"create": 1, "write": 2, "remove": 3, "rename": 4, "chmod": 5}  # EventType's numbers
+METADATA_HEADER = "x-metadata-"
+METADATA_KEY = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")  # an HTTP token: a header's name
+METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
 
 
 def work_path(path: str) -> str:
@@ -61,8 +72,6 @@ def e2b_path(path: str) -> str:
 def command_op(request: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
     """process.Process/Start's request as the hub's command, announced by its pid; its stdin open
     only if asked. A command runs at most MAX_RUN_S, or the call's own timeout when shorter."""
-    if request.get("pty"):
-        raise ConnectError("unimplemented", "PTY sessions are not offered yet; run the command without a PTY.")
     config = request.get("process") or {}
     if not config.get("cmd"):
         raise ConnectError("invalid_argument", "'process.cmd' names the program to run.")
@@ -80,7 +89,25 @@ def command_op(request: dict[str, Any], timeout_s: float | None) -> dict[str, An
           "timeout_s": parsed.timeout_s, "announce": True, "open_stdin": bool(request.get("stdin"))}
     if request.get("tag"):
         op["tag"] = request["tag"]
+    if request.get("pty") is not None:
+        op["terminal"] = terminal_size(request["pty"])
     return op
+
+
+def terminal_size(pty: dict[str, Any]) -> dict[str, int]:
+    """A PTY's size as the hub's terminal: E2B's cols and rows, each 1 to 65535 (80 by 24 unsaid)."""
+    size = pty.get("size") or {}
+    cols, rows = size.get("cols") or 80, size.get("rows") or 24
+    if not (1 <= cols <= MAX_TERMINAL and 1 <= rows <= MAX_TERMINAL):
+        raise ConnectError("invalid_argument", f"A PTY's cols and rows are each from 1 to {MAX_TERMINAL}.")
+    return {"cols": cols, "rows": rows}
+
+
+def update_op(request: dict[str, Any]) -> dict[str, Any] | None:
+    """process.Process/Update's request as the hub's resize; None if it changes nothing."""
+    if request.get("pty") is None:
+        return None
+    return {"op": "resize", **selector(request), "terminal": terminal_size(request["pty"])}
 
 
 def process_events(event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,6 +117,8 @@ def process_events(event: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"event": {"start": {"pid": event["pid"]}}}]
     if kind in ("stdout", "stderr"):
         return [{"event": {"data": {kind: event["text"].encode()}}}]
+    if kind == "pty":
+        return [{"event": {"data": {"pty": base64.b64decode(event["data"])}}}]
     if kind != "end":
         return []
     if event.get("timed_out"):
@@ -117,10 +146,9 @@ def selector(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def input_op(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """SendInput's request: its bytes for the command's stdin, or its terminal's (pty)."""
     given = request.get("input") or {}
-    if given.get("pty") is not None:
-        raise ConnectError("unimplemented", "PTY sessions are not offered yet.")
-    return {"op": "input", **selector(request)}, given.get("stdin") or b""
+    return {"op": "input", **selector(request)}, given.get("stdin") or given.get("pty") or b""
 
 
 def signal_op(request: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +177,7 @@ def entry_info(entry: dict[str, Any]) -> dict[str, Any]:
     info = {"name": entry["name"] or path.rsplit("/", 1)[-1], "type": KINDS.get(kind, 0), "path": path,
             "size": entry["size"], "mode": entry["mode"] & 0o7777, "permissions": stats.filemode(entry["mode"]),
             "owner": OWNERS.get(entry["uid"], str(entry["uid"])), "group": OWNERS.get(entry["gid"], str(entry["gid"])),
-            "modified_time": entry["mtime"]}
+            "modified_time": entry["mtime"], "metadata": entry.get("metadata") or {}}
     if entry.get("target") is not None:
         info["symlink_target"] = posixpath.normpath(posixpath.join(posixpath.dirname(path), entry["target"]))
     return info
@@ -160,10 +188,66 @@ def list_op(request: dict[str, Any]) -> dict[str, Any]:
     return {"op": "list", "path": work_path(request.get("path") or HOME), "depth": min(depth, MAX_LIST_DEPTH), "detail": True}
 
 
-def written(path: str) -> dict[str, Any]:
-    """One file of POST /files' answer."""
+def written(path: str, metadata: dict[str, str]) -> dict[str, Any]:
+    """One file of POST /files' answer, with the metadata it was given, as envd's."""
     full = e2b_path(path)
-    return {"name": full.rsplit("/", 1)[-1], "type": "file", "path": full}
+    return {"name": full.rsplit("/", 1)[-1], "type": "file", "path": full, **({"metadata": metadata} if metadata else {})}
+
+
+def upload_metadata(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """An upload's metadata, from its X-Metadata-<key> headers as E2B's SDKs send it: keys
+    lowercased (as envd's), HTTP tokens; values printable ASCII; each and their number bounded."""
+    metadata = {}
+    for name, value in headers:
+        if not name.lower().startswith(METADATA_HEADER):
+            continue
+        key = name[len(METADATA_HEADER):].lower()
+        if not METADATA_KEY.fullmatch(key) or len(key) > MAX_FILE_METADATA_KEY:
+            raise ConnectError("invalid_argument", f"A metadata key is an HTTP token of at most {MAX_FILE_METADATA_KEY}"
+                                                   f" characters, not {key[:200]!r}.")
+        if not METADATA_VALUE.fullmatch(value) or len(value) > MAX_FILE_METADATA_VALUE:
+            raise ConnectError("invalid_argument", f"Metadata {key!r}'s value is printable ASCII of at most"
+                                                   f" {MAX_FILE_METADATA_VALUE} characters.")
+        metadata[key] = value
+    if len(metadata) > MAX_FILE_METADATA:
+        raise ConnectError("invalid_argument", f"A file has at most {MAX_FILE_METADATA} metadata keys.")
+    return metadata
+
+
+def signature(path: str, operation: str, user: str, token: str, expiration: int | None) -> str:
+    """A signed file URL's signature, as E2B's SDKs make it and envd checks it: v1_ and the SHA-256,
+    base64 unpadded, of path:operation:user:token[:expiration]."""
+    raw = ":".join([path, operation, user, token, *([str(expiration)] if expiration is not None else [])])
+    return "v1_" + base64.b64encode(hashlib.sha256(raw.encode()).digest()).decode().rstrip("=")
+
+
+def check_signature(query: Mapping[str, str], operation: str, token: str, now: float) -> None:
+    """A signed URL's query (path, username, signature, signature_expiration) checked against the
+    sandbox's token, as envd checks it, with envd's messages: Unauthorized unless signed for this
+    operation on this path, by this token, and not expired."""
+    expiration = query.get("signature_expiration")
+    if expiration is not None and not re.fullmatch(r"-?[0-9]{1,18}", expiration):
+        raise Unauthorized("invalid signature expiration")
+    expected = signature(query.get("path", ""), operation, query.get("username", ""), token,
+                         None if expiration is None else int(expiration))
+    if not hmac.compare_digest(expected.encode(), query.get("signature", "").encode(errors="replace")):
+        raise Unauthorized("invalid signature")
+    if expiration is not None and int(expiration) < now:
+        raise Unauthorized("signature is already expired")
+
+
+def watch_op(request: dict[str, Any]) -> dict[str, Any]:
+    """CreateWatcher's request as the hub's watcher; network mounts are none here, so allowing them
+    changes nothing."""
+    return {"op": "watch", "path": work_path(request.get("path") or HOME), "recursive": bool(request.get("recursive")),
+            "entries": bool(request.get("include_entry"))}
+
+
+def watch_events(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The hub's watcher events as a GetWatcherEventsResponse: names relative to the watched
+    folder, entries as EntryInfo."""
+    return {"events": [{"name": event["name"], "type": EVENT_TYPES[event["type"]],
+                        **({"entry": entry_info(event["entry"])} if event.get("entry") else {})} for event in events]}
 
 
 def envd_error(status: int, message: str) -> dict[str, Any]:

@@ -45,9 +45,11 @@ SEND_INPUT_REQUEST = Message("process.SendInputRequest", (
 SEND_SIGNAL_REQUEST = Message("process.SendSignalRequest", (
     Field(1, "process", "message", PROCESS_SELECTOR), Field(2, "signal", "enum", SIGNAL)))
 CLOSE_STDIN_REQUEST = Message("process.CloseStdinRequest", (Field(1, "process", "message", PROCESS_SELECTOR),))
+UPDATE_REQUEST = Message("process.UpdateRequest", (
+    Field(1, "process", "message", PROCESS_SELECTOR), Field(2, "pty", "message", PTY)))
 CONNECT_REQUEST = Message("process.ConnectRequest", (Field(1, "process", "message", PROCESS_SELECTOR),))
 CONNECT_RESPONSE = Message("process.ConnectResponse", (Field(1, "event", "message", PROCESS_EVENT),))
-EMPTY = Message("Empty", ())  # SendInputResponse, SendSignalResponse, CloseStdinResponse, RemoveResponse
+EMPTY = Message("Empty", ())  # SendInputResponse, SendSignalResponse, CloseStdinResponse, UpdateResponse, RemoveResponse...
 
 # ---- filesystem.Filesystem ----
 ENTRY_INFO = Message("filesystem.EntryInfo", (
@@ -60,3 +62,15 @@ ENTRY_RESPONSE = Message("filesystem.EntryResponse", (Field(1, "entry", "message
 MOVE_REQUEST = Message("filesystem.MoveRequest", (Field(1, "source", "string"), Field(2, "destination", "string")))
 LIST_DIR_REQUEST = Message("filesystem.ListDirRequest", (Field(1, "path", "string"), Field(2, "depth", "uint32")))
 LIST_DIR_RESPONSE = Message("filesystem.ListDirResponse", (Field(1, "entries", "message", ENTRY_INFO, repeated=True),))
+
+EVENT_TYPE = Enum("filesystem.EventType", {"EVENT_TYPE_UNSPECIFIED": 0, "EVENT_TYPE_CREATE": 1, "EVENT_TYPE_WRITE": 2,
+                                           "EVENT_TYPE_REMOVE": 3, "EVENT_TYPE_RENAME": 4, "EVENT_TYPE_CHMOD": 5})
+FILESYSTEM_EVENT = Message("filesystem.FilesystemEvent", (
+    Field(1, "name", "string"), Field(2, "type", "enum", EVENT_TYPE), Field(3, "entry", "message", ENTRY_INFO)))
+CREATE_WATCHER_REQUEST = Message("filesystem.CreateWatcherRequest", (
+    Field(1, "path", "string"), Field(2, "recursive", "bool"), Field(3, "include_entry", "bool"),
+    Field(4, "allow_network_mounts", "bool")))
+CREATE_WATCHER_RESPONSE = Message("filesystem.CreateWatcherResponse", (Field(1, "watcher_id", "string"),))
+WATCHER_REQUEST = Message("filesystem.WatcherRequest", (Field(1, "watcher_id", "string"),))  # GetWatcherEvents, RemoveWatcher
+GET_WATCHER_EVENTS_RESPONSE = Message("filesystem.GetWatcherEventsResponse", (
+    Field(1, "events", "message", FILESYSTEM_EVENT, repeated=True),))
