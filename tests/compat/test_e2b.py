@@ -10,7 +10,7 @@ import struct
 
 import aiohttp
 import pytest
-from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
+from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState, TimeoutException
 from e2b.envd.process import process_pb
 from e2b.sandbox.commands.command_handle import PtySize
 from e2b.exceptions import AuthenticationException, SandboxException
@@ -514,3 +514,17 @@ async def test_the_host_form_serves_e2b_domain_clients(settings):
             assert status == 200  # any other host is coderund's own API
         finally:
             await api.call("DELETE", f"/sandboxes/{box}", headers={"Host": "api.e2b.test", "X-API-Key": key})
+
+
+async def test_a_sandbox_killed_under_a_call_is_told_as_killed(e2b):
+    """E2B's SDKs tell a sandbox killed under a streamed call from a timeout by the connection being
+    cut, then the sandbox found gone: a command's wait and a run_code both say it was killed."""
+    box = await call(Sandbox.create)
+    command = await call(box.commands.run, "sleep 60", background=True)
+    await call(box.kill)
+    with pytest.raises(TimeoutException, match="killed or reached its end of life"):
+        await call(command.wait)
+    notebook = await call(CodeInterpreter.create)
+    asyncio.get_running_loop().call_later(2, lambda: asyncio.ensure_future(call(notebook.kill)))
+    with pytest.raises(TimeoutException, match="killed while the request was in progress"):
+        await call(notebook.run_code, "import time; time.sleep(60)", timeout=60)

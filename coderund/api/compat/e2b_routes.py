@@ -12,6 +12,8 @@ coderund/compat/e2b.
 from __future__ import annotations
 
 import base64
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -378,6 +380,8 @@ async def stream_process(request: web.Request, codec: connect.Codec, op: dict[st
             await response.write(connect.end_stream())
         except connect.ConnectError as e:
             await response.write(connect.end_stream(e))
+        except SandboxEnded:
+            cut(request, reset=True)
         except AppError as e:
             await response.write(connect.end_stream(connect.from_app_error(e)))
         await response.write_eof()
@@ -397,11 +401,21 @@ async def execute(request: web.Request) -> web.StreamResponse:
         try:
             return await stream_lines(request, events, lambda event: ndjson(interpreter.lines(event)))
         except SandboxEnded:
-            # E2B's interpreter answers at once, so a sandbox ending under a run cuts its answer: the
-            # SDK then finds the sandbox gone and says it was killed, not that the run timed out.
-            if request.transport is not None:
-                request.transport.close()
+            cut(request)
             return web.Response()
+
+
+def cut(request: web.Request, reset: bool = False) -> None:
+    """A sandbox that ends under a streamed call cuts the connection, as E2B's proxy does when its
+    host goes: E2B's SDKs then find the sandbox gone and say it was killed, not that the call timed
+    out. envd's client takes only a reset connection for a dropped one once an answer has begun; the
+    interpreter's takes a closed one before it."""
+    if request.transport is None:
+        return
+    sock = request.transport.get_extra_info("socket")
+    if reset and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    request.transport.abort()
 
 
 async def list_contexts(request: web.Request) -> web.Response:
