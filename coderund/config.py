@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ class Settings:
     judge0_anonymous_user: str = _setting("", "a user's name: /judge0 requests with no credential run as that user, within "
                                            "their quotas, as Judge0 CE's default of no authentication (empty: a "
                                            "credential is needed)")
+    e2b_domain: str = _setting("", "a domain whose hosts reach E2B's API as its SDKs' E2B_DOMAIN does: api.DOMAIN, and "
+                                   "{port}-{sandbox}.DOMAIN for a sandbox's calls (empty: the paths under /e2b only)")
     jobe_queue_wait_s: int = _setting(10, "seconds a Jobe run may wait in the queue before it is answered as an overload (outcome 21), as Jobe waits for a free user")
     stored_files_mb: int = _setting(64, "disk a user's stored files (Jobe's file cache) may use, in MiB; the least recently used go first")
     login_per_address: int = _setting(30, "logins and registrations a minute per client address (0 = no limit)")
@@ -195,5 +198,7 @@ def _check(s: Settings) -> None:
     for name in ("warm_max", "compile_cache_mb", "user_rate", "retention_days"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 0")
+    if s.e2b_domain and not re.fullmatch(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{1,63}", s.e2b_domain):
+        raise ConfigError(f"{env_name('e2b_domain')}={s.e2b_domain!r} is not a lower-case DNS name such as e2b.example.com")
     if not Path(s.plugins_dir).is_dir():
         raise ConfigError(f"{env_name('plugins_dir')}={s.plugins_dir!r} is not a folder")

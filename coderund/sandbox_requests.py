@@ -11,7 +11,7 @@ from .errors import PayloadTooLarge, ValidationFailed
 # A sandbox's language names its image and its first context; the hub runs on the image's python3,
 # and bash contexts run in any sandbox, JavaScript ones where the image has node.
 LANGUAGES = ("python", "javascript")
-CONTEXT_LANGUAGES = ("python", "javascript", "bash")
+CONTEXT_LANGUAGES = ("python", "javascript", "typescript", "bash")
 MAX_RUN_S = 3600
 DEFAULT_RUN_S = 60
 MAX_ENV = 64

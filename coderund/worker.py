@@ -64,7 +64,9 @@ class Worker:
                 try:
                     consuming.result()
                     delay = 1.0
-                except BROKER_ERRORS as e:
+                # A consume whose connection is closed under it ends cancelled; this loop's own
+                # cancellation arrives at the wait above, never here.
+                except (*BROKER_ERRORS, asyncio.CancelledError) as e:
                     log.warning("broker connection lost (%r); reconnecting in %.0f s", e, delay)
                     await self.queue.close()
                     await asyncio.wait({asyncio.create_task(self._stopping.wait())}, timeout=delay)

@@ -135,11 +135,11 @@ async def test_javascript_keeps_its_state_awaits_and_is_interrupted(runtime_api,
         assert time.monotonic() - started < 5
         assert stopped["error"]["name"] == "KeyboardInterrupt" and "timeout of 1 s" in stopped["error"]["value"]
         assert (await run(runtime_api, owner, js, "x"))["results"] == [{"text/plain": "41"}]  # kept
-        # Python and bash contexts run beside it; a python sandbox's image has no node.
+        # Python and bash contexts run beside it, and JavaScript ones beside a python sandbox's Python.
         assert (await run(runtime_api, owner, js, "6 * 7", language="python"))["results"] == [{"text/plain": "42"}]
-        status, body, _ = await runtime_api.call("POST", f"/sandboxes/{sandbox['id']}/run", token=owner,
-                                                 json={"code": "1", "language": "javascript"})
-        assert status == 400 and "has no node" in body["message"], body
+        beside = await run(runtime_api, owner, sandbox, "import { sep } from 'path'\nawait Promise.resolve(sep + 'x')",
+                           language="javascript")
+        assert beside["results"] == [{"text/plain": "'/x'"}] and beside["error"] is None, beside
     finally:
         await runtime_api.call("DELETE", f"/sandboxes/{js['id']}", token=owner)
 

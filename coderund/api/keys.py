@@ -26,6 +26,6 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
-PROTECTED = web.AppKey("protected", dict)  # (method, path) of a protected route: the scope it needs
+PROTECTED = web.AppKey("protected", dict)  # (method, resource) of a protected route: the scope it needs
 USER_ID = web.RequestKey("user_id", int)
 TOKEN = web.RequestKey("token", str)

@@ -99,7 +99,7 @@ async def same_site(request: web.Request, handler: Handler) -> web.StreamRespons
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Protected routes answer 401 before anything looks at the body."""
     route = request.match_info.route.resource
-    scope = request.app[PROTECTED].get((request.method, route.canonical)) if route is not None else None
+    scope = request.app[PROTECTED].get((request.method, route)) if route is not None else None
     if scope is not None:
         token = request_token(request)
         await authorize(request, token, scope)

@@ -94,8 +94,8 @@ async def stream_lines(request: web.Request, events: AsyncIterator[Any],
     answer, before any line is sent. The caller closes events."""
     first = await anext(events)
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
-    await response.prepare(request)
     try:
+        await response.prepare(request)
         async for message in _with_first(first, events):
             await response.write(lines(message.body))
     except ConnectionError:

@@ -24,7 +24,8 @@ results, result_bytes, contexts, commands, entries, chunk, depth (a listing's), 
 running command and not read yet), attached (a command's clients besides its own); see
 coderund/sandbox_requests.py. The hub starts itself again with an empty environment, the old one in
 the memfd ENV_FD.
-A Python context is kernel.py, a JavaScript one kernel.js (on the image's node), beside this file.
+A Python context is kernel.py, a JavaScript one kernel.js (on the image's node), beside this file; a
+TypeScript one is kernel.js too, compiling each run with the image's TypeScript.
 """
 import base64
 import contextlib
@@ -983,6 +984,13 @@ class JavaScriptContext(KernelContext):
         return ["node", KERNEL_JS, str(requests_fd), str(events_fd)]
 
 
+class TypeScriptContext(JavaScriptContext):
+    """kernel.js, each run's code first made JavaScript by the image's TypeScript compiler."""
+
+    def argv(self, requests_fd, events_fd):
+        return [*super().argv(requests_fd, events_fd), "--typescript"]
+
+
 class BashContext(Context):
     """A shell that sources each run's code with stdin from /dev/null, so cwd, variables and functions
     persist; its status comes back on a pipe of its own after a marker only the hub knows."""
@@ -1043,7 +1051,7 @@ class BashContext(Context):
         super().stop()
 
 
-CONTEXTS = {"python": PythonContext, "javascript": JavaScriptContext, "bash": BashContext}
+CONTEXTS = {"python": PythonContext, "javascript": JavaScriptContext, "typescript": TypeScriptContext, "bash": BashContext}
 
 
 class Command:

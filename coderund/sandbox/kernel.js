@@ -6,11 +6,15 @@
 //
 // Each run is a script in one vm context, so globals, functions and top-level let/const persist from
 // run to run; the script's completion value is the run's value, awaited when it is a promise (as
-// Node's REPL does). Code with a top-level await runs as the body of an async function: its
-// declarations stay its own (globalThis.name = ... keeps a value). The hub's SIGINT (a timeout) stops
-// a running script and is ignored between runs.
+// Node's REPL does). Code with a top-level await runs as the body of an async function whose value is
+// its last line's, when that line is an expression: its declarations stay its own (globalThis.name =
+// ... keeps a value). ES module imports (`import { x } from 'fs'`) become require() calls, as a
+// script cannot import. The hub's SIGINT (a timeout) stops a running script and is ignored between runs.
 //
-// Usage: node kernel.js REQUEST_FD EVENT_FD
+// With --typescript, each run's code is TypeScript: the image's compiler (Debian's node-typescript) makes
+// it JavaScript first, types removed and not checked, as a notebook's TypeScript kernel does.
+//
+// Usage: node kernel.js REQUEST_FD EVENT_FD [--typescript]
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -19,7 +23,8 @@ const util = require('util');
 const vm = require('vm');
 const { createRequire } = require('module');
 
-const [requestFd, eventFd] = process.argv.slice(2).map(Number);
+const [requestFd, eventFd] = process.argv.slice(2, 4).map(Number);
+const typescript = process.argv[4] === '--typescript';
 let count = 0; // the run's: the hub takes only its current run's events
 const send = (event) => fs.writeSync(eventFd, JSON.stringify({ ...event, count }) + '\n');
 const bundle = (value) => ({ 'text/plain': typeof value === 'string' ? util.inspect(value) : util.inspect(value, { depth: 4 }) });
@@ -28,6 +33,7 @@ const sandbox = {
   console, process, Buffer, URL, URLSearchParams, TextEncoder, TextDecoder, setTimeout, clearTimeout, setInterval,
   clearInterval, setImmediate, clearImmediate, queueMicrotask, structuredClone,
   require: createRequire(path.join(process.cwd(), 'main.js')),
+  __importDefault: (module) => (module && module.__esModule ? module.default : module),
   display: (...values) => values.forEach((value) => send({ type: 'result', data: bundle(value) })),
 };
 const context = vm.createContext(sandbox);
@@ -51,12 +57,44 @@ function errorOf(e) {
   return { name: 'Error', value: cut(`thrown: ${util.inspect(e)}`), traceback: '' };
 }
 
+// import X, { a, b as c } from 'm' | import * as X from 'm' | import 'm', one per line
+const IMPORT = /^[ \t]*import\s+(?:([\w$]+)\s*,?\s*)?(?:\*\s*as\s+([\w$]+)|\{([^}]*)\})?\s*(?:from\s*)?(['"][^'"\n]+['"])[ \t]*;?[ \t]*$/gm;
+const imports = (code) => code.replace(IMPORT, (line, name, all, names, from) => {
+  const parts = [];
+  if (name) parts.push(`var ${name} = __importDefault(require(${from}));`);
+  if (all) parts.push(`var ${all} = require(${from});`);
+  if (names) parts.push(`var { ${names.replace(/\s+as\s+/g, ': ')} } = require(${from});`);
+  return parts.length ? parts.join(' ') : `require(${from});`;
+});
+
+// TypeScript to JavaScript of the same shape: imports and a top-level await left for compile() below.
+function javascriptOf(code) {
+  let ts;
+  try {
+    ts = require('typescript');
+  } catch (e) {
+    throw new Error("this sandbox's image has no TypeScript (Debian's node-typescript)");
+  }
+  const options = { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.ESNext, removeComments: false };
+  return ts.transpileModule(code, { compilerOptions: options, reportDiagnostics: false }).outputText;
+}
+
 function compile(code, filename) {
+  code = imports(typescript ? javascriptOf(code) : code);
   try {
     return new vm.Script(code, { filename });
   } catch (e) {
     if (!(e instanceof SyntaxError) || !/await is only valid/.test(e.message)) throw e;
-    return new vm.Script(`(async () => {\n${code}\n})()`, { filename, lineOffset: -1 });
+  }
+  // An async function's body: its last line, when an expression, is its value.
+  const lines = code.replace(/\s+$/, '').split('\n');
+  const last = lines.pop().replace(/;\s*$/, '');
+  for (const body of [`${lines.join('\n')}\nreturn (${last}\n);`, code]) {
+    try {
+      return new vm.Script(`(async () => {\n${body}\n})()`, { filename, lineOffset: -1 });
+    } catch (e) {
+      if (body === code) throw e;
+    }
   }
 }
 

@@ -8,13 +8,16 @@ import base64
 import json
 import struct
 
+import aiohttp
 import pytest
-from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
+from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState, TimeoutException
 from e2b.envd.process import process_pb
 from e2b.sandbox.commands.command_handle import PtySize
 from e2b.exceptions import AuthenticationException, SandboxException
 from e2b_code_interpreter import Sandbox as CodeInterpreter
 from protobuf import Oneof
+
+from tests.conftest import own_server
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -415,6 +418,16 @@ async def test_a_matplotlib_chart_comes_back_as_png(e2b, notebook):
     assert shown.error is None and len(pngs) == 1 and pngs[0][:8] == b"\x89PNG\r\n\x1a\n"
 
 
+async def test_notebook_code_written_for_ipython_runs(e2b, notebook):
+    shell = await call(notebook.run_code, "!pwd\nfor _ in range(2):\n    !echo \"$HOME\" 'it''s'")
+    assert shell.error is None and "".join(shell.logs.stdout) == "/home/user\n" + "/home/user its\n" * 2
+    raw = await call(notebook.run_code, "from IPython.display import display, HTML\n"
+                                        "display({'text/latex': r'\\text{x}'}, raw=True)\ndisplay(HTML('<b>hi</b>'))")
+    assert [r.formats() for r in raw.results] == [["latex"], ["text", "html"]] and raw.results[1].html == "<b>hi</b>"
+    frame = await call(notebook.run_code, "import pandas as pd\npd.DataFrame({'a': [1, 2, None]})")
+    assert frame.results[0].data == {"a": {"0": 1.0, "1": 2.0, "2": None}} and "html" in frame.results[0].formats()
+
+
 async def test_contexts_javascript_bash_restart_and_remove(e2b, notebook):
     """JavaScript contexts run where the image has node: the base template's (code-interpreter-v1's
     image is the Python one)."""
@@ -437,8 +450,11 @@ async def test_contexts_javascript_bash_restart_and_remove(e2b, notebook):
     finally:
         await call(base.kill)
     assert (await call(notebook.run_code, "echo $((6 * 7))", language="bash")).logs.stdout == ["42\n"]
-    with pytest.raises(SandboxException, match="no node"):
-        await call(notebook.run_code, "1", language="javascript")
+    # code-interpreter-v1 runs JavaScript beside Python, ES module imports and a top-level await's value too
+    assert (await call(notebook.run_code, "import { readFileSync } from 'fs'\ntypeof readFileSync", language="js")).text == "function"
+    assert (await call(notebook.run_code, "await Promise.resolve('Hello World!')", language="js")).text == "Hello World!"
+    typed = await call(notebook.run_code, "interface N { n: number }\nconst given: N = {n: 41}\ngiven.n + 1", language="ts")
+    assert typed.text == "42" and typed.error is None
 
 
 async def test_the_interpreter_needs_the_sandbox_token_too(runtime_api, e2b, notebook):
@@ -468,3 +484,55 @@ async def test_a_client_connects_to_a_running_command(e2b, sandbox):
     assert (await call(again.wait)).stdout == "done\n"
     with pytest.raises(NotFoundException):
         await call(sandbox.commands.connect, handle.pid)  # it has ended
+
+
+async def test_the_host_form_serves_e2b_domain_clients(settings):
+    """With --e2b-domain, api.DOMAIN is E2B's API and {port}-{sandbox}.DOMAIN a sandbox's envd or
+    interpreter, whatever the path, as a wildcard DNS name and a TLS proxy in front deliver them."""
+    async with own_server(settings, e2b_domain="e2b.test") as api:
+        key = await e2b_key(api, await api.user("e2bhost"))
+        status, made, _ = await api.call("POST", "/sandboxes", headers={"Host": "api.e2b.test", "X-API-Key": key},
+                                         json={"templateID": "code-interpreter-v1", "timeout": 60})
+        assert status == 201 and made["envdAccessToken"], made
+        box, token = made["sandboxID"], made["envdAccessToken"]
+        try:
+            envd = {"Host": f"49983-{box}.e2b.test", "X-Access-Token": token}
+            status, _, _ = await api.call("GET", "/health", headers=envd)
+            assert status == 204
+            form = aiohttp.FormData()
+            form.add_field("file", b"by host", filename="host.txt")
+            status, _, _ = await api.call("POST", "/files", params={"path": "/home/user/host.txt"}, headers=envd, data=form)
+            assert status == 200
+            async with api.session.get(f"{api.base}/files", params={"path": "host.txt"}, headers=envd) as response:
+                assert response.status == 200 and await response.read() == b"by host"
+            notebook = {"Host": f"49999-{box}.e2b.test", "X-Access-Token": token}
+            async with api.session.post(f"{api.base}/execute", json={"code": "6 * 7"}, headers=notebook) as response:
+                lines = [json.loads(line) for line in (await response.read()).splitlines()]
+            assert [line.get("text") for line in lines if line["type"] == "result"] == ["42"], lines
+            # The token is still the credential; another sandbox's name, another port, another host are not this one
+            for headers, expected in (({"Host": f"49983-{box}.e2b.test"}, 401),
+                                      ({**envd, "Host": f"49983-{box[:-1]}x.e2b.test"}, 401),
+                                      ({**envd, "Host": f"8080-{box}.e2b.test"}, 502),
+                                      ({**envd, "Host": f"49983-{box}.other.test"}, 404)):
+                status, body, _ = await api.call("GET", "/files", params={"path": "host.txt"}, headers=headers)
+                assert status == expected, (headers, status, body)
+            status, body, _ = await api.call("GET", "/sandboxes", headers={"Host": "api.e2b.test"})
+            assert status == 401 and body["code"] == 401  # E2B's API, in E2B's shape, wants its key
+            status, _, _ = await api.call("GET", "/healthz", headers={"Host": "coderund.e2b-elsewhere.test"})
+            assert status == 200  # any other host is coderund's own API
+        finally:
+            await api.call("DELETE", f"/sandboxes/{box}", headers={"Host": "api.e2b.test", "X-API-Key": key})
+
+
+async def test_a_sandbox_killed_under_a_call_is_told_as_killed(e2b):
+    """E2B's SDKs tell a sandbox killed under a streamed call from a timeout by the connection being
+    cut, then the sandbox found gone: a command's wait and a run_code both say it was killed."""
+    box = await call(Sandbox.create)
+    command = await call(box.commands.run, "sleep 60", background=True)
+    await call(box.kill)
+    with pytest.raises(TimeoutException, match="killed or reached its end of life"):
+        await call(command.wait)
+    notebook = await call(CodeInterpreter.create)
+    asyncio.get_running_loop().call_later(2, lambda: asyncio.ensure_future(call(notebook.kill)))
+    with pytest.raises(TimeoutException, match="killed while the request was in progress"):
+        await call(notebook.run_code, "import time; time.sleep(60)", timeout=60)

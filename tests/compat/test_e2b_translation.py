@@ -402,3 +402,18 @@ def test_interpreter_runs_and_lines():
     assert interpreter.parse_context({}) == "python"
     with pytest.raises(api.E2bError):
         interpreter.parse_context({"cwd": "/tmp"})
+
+
+def test_a_sandbox_host_names_its_port_and_sandbox_under_the_domain_alone():
+    assert api.sandbox_host("49983-abc123.e2b.example.com", "e2b.example.com") == ("49983", "abc123")
+    assert api.sandbox_host("49999-AbC.E2B.example.com", "e2b.example.com") == ("49999", "AbC")
+    for host in ("49983-abc.e2b.example.com.evil.test", "49983-abc.evil.test", "api.e2b.example.com", "abc.e2b.example.com",
+                 "49983-.e2b.example.com", "49983-a.b.e2b.example.com", "49983-abc.e2b.example.com:8080", ""):
+        assert api.sandbox_host(host, "e2b.example.com") is None, host
+
+
+def test_the_languages_own_contexts_are_listed_before_they_start():
+    assert [c["id"] for c in interpreter.contexts([])] == ["python", "javascript"]
+    started = interpreter.contexts([{"id": "javascript", "language": "javascript"}, {"id": "a1", "language": "python"}])
+    assert [(c["id"], c["language"], c["cwd"]) for c in started] == [
+        ("python", "python", "/home/user"), ("javascript", "javascript", "/home/user"), ("a1", "python", "/home/user")]

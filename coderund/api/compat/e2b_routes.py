@@ -12,6 +12,8 @@ coderund/compat/e2b.
 from __future__ import annotations
 
 import base64
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -40,6 +42,8 @@ SANDBOX_ID, SANDBOX_PORT, ACCESS_TOKEN = "E2b-Sandbox-Id", "E2b-Sandbox-Port", "
 TRAFFIC_TOKEN = "E2B-Traffic-Access-Token"  # the code interpreter's SDK sends the token only there on some calls
 ROW = web.RequestKey("e2b_sandbox", SandboxRow)
 STARTED = web.AppKey("e2b_started", datetime)
+FORM = web.AppKey("e2b_form", str)  # which of make_app's forms an app serves
+DOMAIN = web.AppKey("e2b_domain", str)  # the sandboxes' domain, when calls inside one name it by host
 MAX_UPLOAD_FILES = 100  # files of one multipart upload
 
 
@@ -54,11 +58,12 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 @web.middleware
 async def e2b_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Who calls (an API key, or a sandbox's token inside it), and every error in E2B's shape."""
-    inside = request.path.startswith(PREFIX + ENVD + "/")
+    form = request.app[FORM]
+    inside = form == "sandbox" or (form == "path" and request.path.startswith(PREFIX + ENVD + "/"))
     try:
         if inside:
             request[ROW] = await _sandbox(request)
-        elif request.path != PREFIX + "/health":
+        elif request.match_info.handler is not health:
             token = credential(request.headers.get("X-API-Key", "")) or request_token(request)
             await authorize(request, token, TASKS_READ if request.method in ("GET", "HEAD") else TASKS_WRITE)
         return await handler(request)
@@ -83,13 +88,14 @@ async def e2b_api(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _sandbox(request: web.Request) -> SandboxRow:
     """The sandbox a call inside it names, if it carries its token: 401 without, 502 once it has
     ended or for a port nothing serves, 404 for a path its port does not serve."""
-    port = request.headers.get(SANDBOX_PORT, str(envd.ENVD_PORT))
+    named = e2b.sandbox_host(request.headers.get("Host", ""), request.app[DOMAIN]) if request.app[DOMAIN] else None
+    port = named[0] if named else request.headers.get(SANDBOX_PORT, str(envd.ENVD_PORT))
     if port not in (str(envd.ENVD_PORT), str(interpreter.INTERPRETER_PORT)):
         raise e2b.E2bError(502, f"Port {port[:10]!r} of the sandbox is not served; only envd's, {envd.ENVD_PORT},"
                                 f" and the code interpreter's, {interpreter.INTERPRETER_PORT}.")
     if (request.match_info.handler in INTERPRETER) != (port == str(interpreter.INTERPRETER_PORT)):
         raise e2b.E2bError(404, f"Port {port} of the sandbox serves no {request.method} {request.path}.")
-    sandbox_id = credential(request.headers.get(SANDBOX_ID, ""))
+    sandbox_id = named[1] if named else credential(request.headers.get(SANDBOX_ID, ""))
     token = credential(request.headers.get(ACCESS_TOKEN, "") or request.headers.get(TRAFFIC_TOKEN, ""))
     if sandbox_id and not token and "signature" in request.query and request.match_info.handler in SIGNED:
         # a signed URL (E2B's download_url, upload_url): the signature, made with the token, stands for it
@@ -374,6 +380,8 @@ async def stream_process(request: web.Request, codec: connect.Codec, op: dict[st
             await response.write(connect.end_stream())
         except connect.ConnectError as e:
             await response.write(connect.end_stream(e))
+        except SandboxEnded:
+            cut(request, reset=True)
         except AppError as e:
             await response.write(connect.end_stream(connect.from_app_error(e)))
         await response.write_eof()
@@ -390,11 +398,28 @@ async def execute(request: web.Request) -> web.StreamResponse:
     """A run's events as E2B's NDJSON lines as they come; its client leaving interrupts it."""
     op = interpreter.run_op(await _body(request))
     async with aclosing(_call(request, op, client_gone=client_gone(request))) as events:
-        return await stream_lines(request, events, lambda event: ndjson(interpreter.lines(event)))
+        try:
+            return await stream_lines(request, events, lambda event: ndjson(interpreter.lines(event)))
+        except SandboxEnded:
+            cut(request)
+            return web.Response()
+
+
+def cut(request: web.Request, reset: bool = False) -> None:
+    """A sandbox that ends under a streamed call cuts the connection, as E2B's proxy does when its
+    host goes: E2B's SDKs then find the sandbox gone and say it was killed, not that the call timed
+    out. envd's client takes only a reset connection for a dropped one once an answer has begun; the
+    interpreter's takes a closed one before it."""
+    if request.transport is None:
+        return
+    sock = request.transport.get_extra_info("socket")
+    if reset and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    request.transport.abort()
 
 
 async def list_contexts(request: web.Request) -> web.Response:
-    return _json([interpreter.context(found) for found in (await drain(_call(request, {"op": "context_list"})))["contexts"]])
+    return _json(interpreter.contexts((await drain(_call(request, {"op": "context_list"})))["contexts"]))
 
 
 async def create_context(request: web.Request) -> web.Response:
@@ -415,13 +440,26 @@ async def restart_context(request: web.Request) -> web.Response:
 INTERPRETER = {execute, list_contexts, create_context, delete_context, restart_context}
 
 
-def make_app(services: object) -> web.Application:
+def make_app(services: object, form: str = "path", domain: str = "") -> web.Application:
+    """E2B's calls as one form serves them: "path" under PREFIX (the API, and a sandbox's calls under
+    ENVD naming it in headers), "api" the API at api.{domain}'s root, "sandbox" a sandbox's calls at
+    {port}-{sandboxID}.{domain}'s root."""
     app = web.Application(middlewares=[e2b_api], client_max_size=MAX_BODY_BYTES)
     app[SERVICES] = services
     app[STARTED] = datetime.now(UTC)
+    app[FORM], app[DOMAIN] = form, domain
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        inside = handler in ENVD_HANDLERS
+        if form == "path" or (form == "sandbox") == inside:
+            app.router.add_route(method, path.removeprefix(ENVD) if form == "sandbox" else path, handler)
     return app
+
+
+def add_host_forms(app: web.Application, services: object, domain: str) -> None:
+    """E2B's hosts under domain (E2B_DOMAIN): api.{domain} and {port}-{sandboxID}.{domain}. Added
+    before any other route, as a host names its form whatever the path."""
+    app.add_domain(f"api.{domain}", make_app(services, "api"))
+    app.add_domain(f"*.{domain}", make_app(services, "sandbox", domain))
 
 
 ONE = "/sandboxes/{sandbox_id}"
@@ -448,3 +486,4 @@ ROUTES = [
     ("DELETE", ENVD + "/contexts/{context_id}", delete_context),
     ("POST", ENVD + "/contexts/{context_id}/restart", restart_context),
 ]
+ENVD_HANDLERS = {handler for _, path, handler in ROUTES if path.startswith(ENVD + "/")}  # calls inside a sandbox

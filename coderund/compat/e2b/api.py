@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import urllib.parse
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,17 @@ CLIENT_ID = "coderund"
 STATES = ("running", "paused")
 PAGE_MAX = 100
 MAX_QUERY_CHARS = 4096
+
+
+SANDBOX_HOST = re.compile(r"(\d{1,5})-([A-Za-z0-9_-]{1,64})\.")  # E2B's per-sandbox host: {port}-{sandboxID}.{domain}
+
+
+def sandbox_host(host: str, domain: str) -> tuple[str, str] | None:
+    """The port and sandbox a host of the form {port}-{sandboxID}.{domain} names; None for another host."""
+    found = SANDBOX_HOST.match(host.lower())
+    if found is None or host.lower()[found.end():] != domain.lower():
+        return None
+    return found[1], host[found.start(2):found.end(2)]
 
 
 class E2bError(Exception):

@@ -18,10 +18,13 @@ from .api import E2bError
 from .envd import HOME
 
 INTERPRETER_PORT = 49999
-LANGUAGES = {"python": "python", "javascript": "javascript", "js": "javascript", "bash": "bash"}
+DEFAULT_CONTEXTS = ("python", "javascript")  # a language's own context is named by its language (hub.py)
+LANGUAGES = {"python": "python", "javascript": "javascript", "js": "javascript", "typescript": "typescript",
+             "ts": "typescript", "bash": "bash"}
 FORMATS = {"text/plain": "text", "text/html": "html", "text/markdown": "markdown", "image/svg+xml": "svg",
            "image/png": "png", "image/jpeg": "jpeg", "application/pdf": "pdf", "text/latex": "latex",
-           "application/json": "json", "application/javascript": "javascript"}
+           "application/json": "json", "application/javascript": "javascript",
+           "application/vnd.coderund.data+json": "data"}  # a data frame's columns (kernel.py)
 
 
 def _language(value: Any) -> str | None:
@@ -89,3 +92,11 @@ def parse_context(body: Any) -> str:
 
 def context(found: dict[str, Any]) -> dict[str, Any]:
     return {"id": found["id"], "language": found["language"], "cwd": HOME}
+
+
+def contexts(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The contexts, with the languages' own ones that start at their first run, as E2B's interpreter
+    lists its default Python and JavaScript contexts from the start."""
+    listed = [context(each) for each in found]
+    have = {each["id"] for each in listed}
+    return [{"id": own, "language": own, "cwd": HOME} for own in DEFAULT_CONTEXTS if own not in have] + listed
