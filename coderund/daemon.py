@@ -19,6 +19,7 @@ from .api.app import make_app
 from .api.routes import readiness
 from .compat import judge0
 from .api.keys import Services
+from .addresses import parse_networks
 from .admission import Ceiling
 from .api.server import Runner
 from .config import ConfigError, Settings, env_name
@@ -40,6 +41,7 @@ from .repository.users import Users
 from .repository.workers import Workers
 from .sandbox import supervisor
 from .sandbox.compile_cache import CompileCache
+from .sandbox.egress import Egress, Rules
 from .sandbox.engine import Engine
 from .sandbox.gate import FairGate
 from .sandbox.options import LABEL, Isolation
@@ -87,7 +89,19 @@ def make_sandbox(settings: Settings, worker_id: str, deployment: str) -> Sandbox
                     max_total=settings.warm_max, per_shape=2 * settings.concurrency + 2, max_age_s=settings.warm_max_age_s,
                     idle_s=settings.warm_idle_s, fill_parallel=FILL_PARALLEL)
     cache = CompileCache(Path(settings.cache_dir) / "builds", settings.compile_cache_mb * 1024 * 1024)
-    return Sandbox(engine, pool, cache, FairGate(settings.concurrency), output_limit=settings.output_limit)
+    return Sandbox(engine, pool, cache, FairGate(settings.concurrency), output_limit=settings.output_limit,
+                   egress=egress(settings))
+
+
+def egress(s: Settings) -> Egress | None:
+    """The worker's egress proxy, when egress is on; its sockets live in the cache folder, which the
+    engine must see as the worker does (a bind mount's source is a path on the engine's host)."""
+    if s.egress_widest is None:
+        return None
+    rules = Rules(widest=s.egress_widest, resolve=s.egress_resolve, hosts=s.egress_host_table,
+                  allow_private=parse_networks(s.egress_allow_private), max_bytes=s.egress_max_mb * 1024 * 1024,
+                  max_connections=s.egress_max_connections)
+    return Egress(rules, Path(s.cache_dir).resolve() / "egress")
 
 
 def warm_sandboxes(settings: Settings, engine: Engine, plugins: plugin_loader.Plugins) -> WarmPool:
@@ -216,7 +230,8 @@ def sandbox_limits(s: Settings) -> SandboxLimits:
 
 
 def ceiling(s: Settings) -> Ceiling:
-    return Ceiling(pids_limit=s.pids_limit, disk_mb=s.tmpfs_mb, max_case_ms=s.max_case_seconds * 1000)
+    return Ceiling(pids_limit=s.pids_limit, disk_mb=s.tmpfs_mb, max_case_ms=s.max_case_seconds * 1000,
+                   network=s.egress_widest)
 
 
 def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions,

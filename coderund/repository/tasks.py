@@ -11,6 +11,7 @@ from psycopg.types.json import Jsonb
 
 from ..checkers import parse_checker
 from ..domain import Artifact, CaseResult, Limits, Program, Result, Task, TaskState, TestCase, Verdict
+from ..network import NetworkPolicy
 from ..errors import Unavailable
 from .db import Database
 from .notify import CANCEL, FINISHED
@@ -23,7 +24,7 @@ COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
     " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, tty, compat,"
-    " program, outputs, artifacts"
+    " program, outputs, artifacts, network"
 )
 # What a result needs, without the submission's own texts: code, stdin and files come empty, and
 # the test cases only counted (a batch of large tasks once made the API hold every byte of them).
@@ -143,6 +144,7 @@ def _task(row: dict[str, Any]) -> Task:
         compat=row["compat"],
         program=None if row["program"] is None else Program.from_document(row["program"]),
         outputs=tuple(row["outputs"]),
+        network=None if row["network"] is None else NetworkPolicy(tuple(row["network"]["allow"])),
         state=TaskState(row["state"]),
         attempts=row["attempts"],
         created_at=row["created_at"],
@@ -178,8 +180,8 @@ class Tasks:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USER_LOCK, task.user_id))
                 cursor = await conn.execute(
                     "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                    " stop_on_failure, callback_url, live, tty, compat, program, outputs, queue)"
-                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+                    " stop_on_failure, callback_url, live, tty, compat, program, outputs, network, queue)"
+                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
                     " WHERE (SELECT count(*) FROM tasks WHERE user_id = %s AND state <> 'done') < %s RETURNING id",
                     (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                      task.limits.time_ms, task.limits.memory_mb,
@@ -188,7 +190,7 @@ class Tasks:
                      Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live, task.tty,
                      None if task.compat is None else Jsonb(task.compat),
                      None if task.program is None else Jsonb(task.program.document()), Jsonb(list(task.outputs)),
-                     self.queue, task.user_id, max_unfinished),
+                     None if task.network is None else Jsonb(task.network.document()), self.queue, task.user_id, max_unfinished),
                 )
             return await cursor.fetchone() is not None
 

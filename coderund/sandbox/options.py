@@ -6,6 +6,9 @@ from typing import Any
 
 from docker.types import Mount
 
+from .egress import MOUNT as EGRESS_MOUNT
+from .egress import environment as egress_environment
+
 WORKDIR = "/box"  # the task's files; writable by the task
 TOOLS_DIR = "/.coderund"  # the supervisor, from a read-only volume, so a run cannot tamper with it
 SUPERVISOR = f"{TOOLS_DIR}/supervise"
@@ -35,10 +38,12 @@ class Isolation:
 def container_options(
     *, image: str, memory_mb: int, isolation: Isolation, env: dict[str, str], labels: dict[str, str],
     tools_volume: str, pids_limit: int | None = None, command: list[str] | None = None, cpus: float = 1.0,
-    disk_mb: int | None = None, work_folder: str = WORKDIR,
+    disk_mb: int | None = None, work_folder: str = WORKDIR, egress: str | None = None,
 ) -> dict[str, Any]:
     """A task's container, or with command, disk_mb, cpus and work_folder a stateful sandbox's (its hub
-    in place of the supervisor, with the same identity and the same locks)."""
+    in place of the supervisor, with the same identity and the same locks). With egress (a host folder
+    holding the worker's egress socket for it), that folder is mounted and the proxy variables set:
+    the container still has no network of its own (egress.py)."""
     tmpfs = f"size={isolation.tmpfs_mb}m,nosuid,nodev"
     work_tmpfs = f"size={disk_mb or isolation.tmpfs_mb}m,nosuid,nodev"
     fsize = max(isolation.tmpfs_mb, disk_mb or 0) * MB
@@ -49,7 +54,8 @@ def container_options(
         "command": command or [SUPERVISOR, WORKDIR],
         "stdin_open": True,
         "user": SUPERVISOR_USER,
-        "environment": {"PATH": PATH, "LANG": "C.UTF-8", "HOME": work_folder, **env},
+        "environment": {"PATH": PATH, "LANG": "C.UTF-8", "HOME": work_folder, **env,
+                        **(egress_environment() if egress else {})},
         "labels": labels,
         "network_mode": "none",
         # No network at all, not even Docker's "none" endpoint: an empty namespace with its own
@@ -59,7 +65,8 @@ def container_options(
         "read_only": True,
         # World-writable: the program (nobody) writes its build outputs beside its sources.
         "tmpfs": {work_folder: f"{work_tmpfs},exec,mode=1777", "/tmp": f"{tmpfs},mode=1777"},
-        "mounts": [Mount(TOOLS_DIR, tools_volume, type="volume", read_only=True, no_copy=True)],
+        "mounts": [Mount(TOOLS_DIR, tools_volume, type="volume", read_only=True, no_copy=True),
+                   *([Mount(EGRESS_MOUNT, egress, type="bind", read_only=True)] if egress else [])],
         "shm_size": 16 * MB,
         "cap_drop": ["ALL"],
         "cap_add": SUPERVISOR_CAPS,
