@@ -194,7 +194,8 @@ async def start_worker(
                         max_attempts=settings.max_attempts, case_parallel=settings.concurrency)
     host = SandboxHost(SandboxStore(db), SandboxChannel(redis), sandbox.engine, plugins, Usage(db), worker_id=worker_id,
                        queue=settings.queue, max_sandboxes=settings.worker_max_sandboxes,
-                       pool=warm_sandboxes(settings, sandbox.engine, plugins), cpu_s_per_day=settings.user_cpu_s_per_day)
+                       pool=warm_sandboxes(settings, sandbox.engine, plugins), cpu_s_per_day=settings.user_cpu_s_per_day,
+                       egress=sandbox.egress)
     worker = Worker(queue=queue, executor=executor, workers=workers, sandbox=sandbox, concurrency=settings.concurrency,
                     retention_days=settings.retention_days, host=host)
     running = asyncio.create_task(worker.run())

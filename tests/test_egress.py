@@ -273,3 +273,36 @@ print(json.dumps(answers))
     got, then = await run_task(egress_api, download)
     assert 1024 * 1024 < got <= MAX_MB * 1024 * 1024 and then == 429  # cut at the cap; nothing more goes
     assert await run_task(egress_api, connections) == {"200": MAX_CONNECTIONS, "429": 5}
+
+
+async def test_a_sandbox_reaches_its_policy_and_a_new_one_applies_at_once(egress_api, upstreams):
+    api, port = egress_api, upstreams["ports"]["open"]
+    status, made, _ = await api.call("POST", "/sandboxes", token=api.token, json={"network": {"allow": ["allowed.test"]}})
+    assert status == 201 and made["network"] == {"allow": ["allowed.test"]}, made
+    fetch = ("import urllib.request\ndef fetch(host):\n    try:\n        return urllib.request.urlopen(f'http://{host}:"
+             f"{port}/hello', timeout=20).read().decode()\n    except urllib.error.HTTPError as e:\n        return e.code\n")
+
+    async def reach(*hosts: str) -> list:
+        status, body, _ = await api.call("POST", f"/sandboxes/{made['id']}/run", token=api.token,
+                                         json={"code": f"{fetch}[fetch(h) for h in {list(hosts)!r}]"})
+        assert status == 200 and not body.get("error"), body
+        return json.loads(body["results"][0]["text/plain"].replace("'", '"'))
+
+    try:
+        assert await reach("allowed.test", "other.test") == [f"open GET allowed.test:{port} 0", 403]
+        status, changed, _ = await api.call("PUT", f"/sandboxes/{made['id']}/network", token=api.token,
+                                            json={"allow": ["other.test"]})
+        assert status == 200 and changed["network"] == {"allow": ["other.test"]}, changed
+        assert await reach("allowed.test", "other.test") == [403, f"open GET other.test:{port} 0"]
+        status, body, _ = await api.call("PUT", f"/sandboxes/{made['id']}/network", token=api.token, json={"allow": "x"})
+        assert status == 400 and "'network.allow'" in body["message"], body
+    finally:
+        await api.call("DELETE", f"/sandboxes/{made['id']}", token=api.token)
+    status, plain, _ = await api.call("POST", "/sandboxes", token=api.token, json={})
+    try:
+        assert plain["network"] is None
+        status, body, _ = await api.call("PUT", f"/sandboxes/{plain['id']}/network", token=api.token,
+                                         json={"allow": ["allowed.test"]})
+        assert status == 409, body
+    finally:
+        await api.call("DELETE", f"/sandboxes/{plain['id']}", token=api.token)

@@ -175,8 +175,7 @@ class Session:
     refused: int = 0
     bytes: int = 0
     over: str = ""  # the cap reached, once it is
-    streams: set[asyncio.StreamWriter] = field(default_factory=set)
-    handlers: set[asyncio.Task[None]] = field(default_factory=set)
+    handlers: dict[asyncio.Task[None], str] = field(default_factory=dict)  # each connection's, and its host once known
 
     def counts(self) -> dict[str, int]:
         return {"allowed": self.allowed, "refused": self.refused, "bytes": self.bytes}
@@ -198,30 +197,33 @@ class Egress:
         os.chmod(path, 0o666)  # the forwarder runs as nobody
         return session
 
+    def replace(self, session: Session, policy: NetworkPolicy) -> None:
+        """A new policy, in force at once: open connections to hosts it does not allow are closed."""
+        session.policy = policy
+        for handler, host in list(session.handlers.items()):
+            if host and not policy.allows(host):
+                handler.cancel()
+
     async def close(self, session: Session) -> None:
         if session.server is not None:
             session.server.close()
-        for stream in list(session.streams):
-            stream.close()
         for handler in list(session.handlers):
             handler.cancel()
         if session.handlers:
-            await asyncio.wait(session.handlers, timeout=5)
+            await asyncio.wait(list(session.handlers), timeout=5)
         shutil.rmtree(session.folder, ignore_errors=True)
         log.info("egress %s: %s", session.key, session.counts())
 
     async def _serve(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handler = asyncio.current_task()
         assert handler is not None
-        session.handlers.add(handler)
-        session.streams.add(writer)
+        session.handlers[handler] = ""
         try:
             await self._handle(session, reader, writer)
-        except (ConnectionError, CapReached, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, CapReached, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # cancelled: its session closed, its host fell out of the policy, or a cap was reached
         finally:
-            session.handlers.discard(handler)
-            session.streams.discard(writer)
+            session.handlers.pop(handler, None)
             writer.close()
 
     async def _handle(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -243,7 +245,6 @@ class Egress:
                 await writer.drain()
             return
         up_reader, up_writer = upstream
-        session.streams.add(up_writer)
         try:
             if ask.tunnel:
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -257,7 +258,6 @@ class Egress:
                 out.cancel()
                 await asyncio.gather(out, return_exceptions=True)
         finally:
-            session.streams.discard(up_writer)
             up_writer.close()
 
     async def _connect(self, session: Session, ask: Ask) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -267,6 +267,9 @@ class Egress:
             raise Refused(403, f"{ask.host[:100]!r} is not a host name (addresses are never reached directly)")
         if not (session.policy.allows(host) and self.rules.widest.allows(host)):
             raise Refused(403, f"{host} is not in this sandbox's network policy")
+        current = asyncio.current_task()
+        assert current is not None
+        session.handlers[current] = host
         if session.over:
             raise Refused(429, session.over)
         if session.allowed >= self.rules.max_connections:
@@ -320,6 +323,8 @@ class Egress:
         if session.bytes > self.rules.max_bytes and not session.over:
             session.over = f"this run's {self.rules.max_bytes // (1024 * 1024)} MiB of network traffic are used"
             log.info("egress %s: %s", session.key, session.over)
-            for stream in list(session.streams):
-                stream.close()
+            current = asyncio.current_task()
+            for handler in list(session.handlers):
+                if handler is not current:
+                    handler.cancel()
             raise CapReached(session.over)

@@ -1161,6 +1161,12 @@ def serve(argv):
         resource.setrlimit(resource.RLIMIT_NPROC, (caps["nproc"], caps["nproc"]))
     os.makedirs(SCRIPTS, mode=0o711, exist_ok=True)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a child's closed pipe is an error to handle, not the hub's end
+    if env.get("CODERUND_EGRESS"):
+        # The egress forwarder (supervise.c): 127.0.0.1:3128, the proxy the environment names, to the
+        # worker's proxy socket. It takes nobody's identity itself; the hub reaps it as any orphan.
+        subprocess.Popen([os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervise"), "--egress"],
+                         env={"CODERUND_EGRESS": env["CODERUND_EGRESS"]}, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL)
     try:
         Hub(argv[1], caps, env).serve()
     except BrokenPipeError:  # the worker went: so does the sandbox
