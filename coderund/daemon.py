@@ -293,7 +293,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             stack.push_async_callback(revocations.close)
             services = make_services(settings, db, queue, plugins, sessions, finished, revocations)
             services.checks = checks
-            judge0_limits = judge0.Limits(max_submission_batch_size=settings.judge0_batch_max)
+            judge0_limits = judge0.Limits(max_submission_batch_size=settings.judge0_batch_max,
+                                          allow_enable_network=settings.egress == "on")
             await listen(stack, make_app(services, judge0_limits, settings.jobe_queue_wait_s, settings.judge0_anonymous_user),
                          settings, "port")
             await start_webhooks(settings, db, plugins, stack)  # once serving: a start that fails leaves nothing half-done
