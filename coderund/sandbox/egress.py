@@ -198,7 +198,7 @@ class Egress:
         return session
 
     def replace(self, session: Session, policy: NetworkPolicy) -> None:
-        """A new policy, in force at once: open connections to hosts it does not allow are closed."""
+        """A new policy, in force at once: open connections to hosts outside it are closed."""
         session.policy = policy
         for handler, host in list(session.handlers.items()):
             if host and not policy.allows(host):

@@ -133,7 +133,7 @@ class Sandboxes:
 
     async def set_network(self, user_id: int, sandbox_id: str, policy: NetworkPolicy) -> SandboxRow:
         """Replaces its network policy, in force once this returns: new connections are judged by
-        it, and open ones to hosts it no longer allows are closed. 409 for a sandbox made without
+        it, and open ones to hosts outside it are closed. 409 for a sandbox made without
         one (its container has no way out to open)."""
         policy = self.admission.network(policy)
         assert policy is not None
