@@ -52,6 +52,7 @@ clean:
 
 bench: test-env
 	$(VENV)/bin/python bench/latency.py
+	$(VENV)/bin/python bench/egress.py
 
 lint:
 	$(VENV)/bin/ruff check coderund tests bench
