@@ -15,24 +15,23 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import time
-import uuid
 
 import aiohttp
 from aiohttp import web
 
+from latency import Client, Server, free_port  # bench/, the script's own folder
+
 PROGRAM = r'''
 import json, sys, time, urllib.request
-url, size = sys.argv[1], int(sys.argv[2])
+url = sys.argv[1]
 started = time.perf_counter()
 urllib.request.urlopen(url + "/hello").read()
 first = time.perf_counter() - started
 started, got = time.perf_counter(), 0
-with urllib.request.urlopen(f"{url}/big?mb={size}") as response:
+with urllib.request.urlopen(f"{url}/big") as response:
     while chunk := response.read(1 << 16):
         got += len(chunk)
 took = time.perf_counter() - started
@@ -40,90 +39,50 @@ print(json.dumps({"first_ms": first * 1000, "mb_s": got / took / 1e6, "bytes": g
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+async def upstream(port: int, mb: int) -> web.AppRunner:
+    """/hello, and /big: mb megabytes, made once."""
+    big = b"x" * (mb * 1_000_000)
 
-
-async def upstream(port: int) -> web.AppRunner:
-    async def hello(request: web.Request) -> web.Response:
-        return web.Response(text="hello")
-
-    async def big(request: web.Request) -> web.StreamResponse:
-        size = int(request.query["mb"]) * 1_000_000
-        response = web.StreamResponse(headers={"Content-Length": str(size)})
-        await response.prepare(request)
-        chunk = b"x" * 100_000
-        for _ in range(size // len(chunk)):
-            await response.write(chunk)
-        return response
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=big if request.path == "/big" else b"hello")
 
     app = web.Application()
-    app.router.add_get("/hello", hello)
-    app.router.add_get("/big", big)
+    app.router.add_get("/{name}", answer)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner
 
 
-def on_host(port: int, mb: int) -> dict[str, float]:
+def on_host(port: int) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    done = subprocess.run([sys.executable, "-c", PROGRAM, f"http://127.0.0.1:{port}", str(mb)], env=env,
+    done = subprocess.run([sys.executable, "-c", PROGRAM, f"http://127.0.0.1:{port}"], env=env,
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
 
 
-class Server:
-    def __init__(self, runtime: str, upstream_port: int) -> None:
-        self.port = free_port()
-        env = os.environ | {"CODERUND_PORT": str(self.port), "CODERUND_HOST": "127.0.0.1", "CODERUND_RUNTIME": runtime,
-                            "CODERUND_QUEUE": f"coderund.bench.egress.{uuid.uuid4().hex[:6]}", "CODERUND_LOG_LEVEL": "WARNING",
-                            "CODERUND_EGRESS": "on", "CODERUND_EGRESS_RESOLVE": "static",
-                            "CODERUND_EGRESS_HOSTS": "bench.test=127.0.0.1", "CODERUND_EGRESS_ALLOW_PRIVATE": "127.0.0.1/32"}
-        self.process = subprocess.Popen([sys.executable, "-m", "coderund", "--role", "all"], env=env)
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    async def ready(self, session: aiohttp.ClientSession) -> dict[str, str]:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(f"{self.base}/readyz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        credentials = {"username": f"bench_{uuid.uuid4().hex[:8]}", "password": "password123"}
-        async with session.post(f"{self.base}/register", json=credentials):
-            pass
-        async with session.post(f"{self.base}/login", json=credentials) as response:
-            return {"Authorization": f"Bearer {(await response.json())['token']}"}
-
-    async def task(self, session: aiohttp.ClientSession, auth: dict[str, str], upstream_port: int, mb: int) -> dict[str, float]:
-        body = {"language": "python", "code": PROGRAM, "args": [f"http://bench.test:{upstream_port}", str(mb)],
-                "limits": {"time_ms": 20000}, "network": {"allow": ["bench.test"]}}
-        async with session.post(f"{self.base}/task?wait=30", json=body, headers=auth) as response:
-            result = await response.json()
-        assert result.get("verdict") == "ok", result
-        return json.loads(result["stdout"])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(60)
+async def in_task(client: Client, auth: dict[str, str], upstream_port: int) -> dict[str, float]:
+    body = {"language": "python", "code": PROGRAM, "args": [f"http://bench.test:{upstream_port}"],
+            "limits": {"time_ms": 20000}, "network": {"allow": ["bench.test"]}}
+    async with client.session.post(f"{client.base}/task?wait=30", json=body, headers=auth) as response:
+        result = await response.json()
+    assert result.get("verdict") == "ok", result
+    return json.loads(result["stdout"])
 
 
 async def measure(runtime: str, port: int, args: argparse.Namespace) -> None:
-    server = Server(runtime, port)
+    server = Server(runtime, CODERUND_EGRESS="on", CODERUND_EGRESS_RESOLVE="static",
+                    CODERUND_EGRESS_HOSTS="bench.test=127.0.0.1", CODERUND_EGRESS_ALLOW_PRIVATE="127.0.0.1/32")
     try:
+        await server.ready()
         async with aiohttp.ClientSession() as session:
-            auth = await server.ready(session)
-            await server.task(session, auth, port, 1)  # the image and the engine warmed
+            client = Client(session, server.base)
+            auth = await client.user()
+            await in_task(client, auth, port)  # the image and the engine warmed
             through, direct = [], []
             for _ in range(args.runs):
-                through.append(await server.task(session, auth, port, args.mb))
-                direct.append(await asyncio.to_thread(on_host, port, args.mb))
+                through.append(await in_task(client, auth, port))
+                direct.append(await asyncio.to_thread(on_host, port))
     finally:
         server.stop()
     mb_s = statistics.median(r["mb_s"] for r in through), statistics.median(r["mb_s"] for r in direct)
@@ -140,7 +99,7 @@ async def main() -> None:
     parser.add_argument("--runtimes", default="runc,runsc")
     args = parser.parse_args()
     port = free_port()
-    runner = await upstream(port)
+    runner = await upstream(port, args.mb)
     try:
         for runtime in args.runtimes.split(","):
             await measure(runtime, port, args)
