@@ -218,6 +218,22 @@ async def test_a_task_reaches_what_its_policy_allows_and_nothing_else(egress_api
     assert out["huge"].startswith("HTTP/1.1 431")
     assert out["direct"] == "ConnectionRefusedError"
     assert out["route"] in (errno.ENETUNREACH, errno.EHOSTUNREACH)  # no route of its own (runc, gVisor)
+    status, metrics, _ = await egress_api.call("GET", "/metrics")
+    counted = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines() if line.startswith("coderund_egress")}
+    assert counted['coderund_egress_connections_total{outcome="allowed"}'] >= 4
+    assert counted['coderund_egress_connections_total{outcome="refused"}'] >= 9
+    assert counted['coderund_egress_bytes_total{direction="in"}'] > 0 and counted['coderund_egress_bytes_total{direction="out"}'] > 0
+
+
+async def test_a_policy_is_refused_where_egress_is_off_and_when_malformed(api, egress_api):
+    token = await api.user("egress")
+    for where, body in ((api, {"network": {"allow": ["pypi.org"]}}), (egress_api, {"network": {"allow": ["10.0.0.1"]}}),
+                        (egress_api, {"network": ["pypi.org"]})):
+        status, answer, _ = await where.call("POST", "/task", token=token if where is api else where.token,
+                                             json={"language": "python", "code": "1", **body})
+        assert status == 400 and "'network" in answer["message"], answer
+    status, answer, _ = await api.call("POST", "/sandboxes", token=token, json={"network": {"allow": ["pypi.org"]}})
+    assert status == 400 and "egress is off" in answer["message"], answer
 
 
 async def test_without_a_policy_a_task_reaches_nothing(egress_api, upstreams):
@@ -306,3 +322,12 @@ async def test_a_sandbox_reaches_its_policy_and_a_new_one_applies_at_once(egress
         assert status == 409, body
     finally:
         await api.call("DELETE", f"/sandboxes/{plain['id']}", token=api.token)
+
+
+async def test_each_test_case_has_the_policy(egress_api, upstreams):
+    port = upstreams["ports"]["open"]
+    code = f"import urllib.request\nprint(urllib.request.urlopen('http://allowed.test:{port}/hello').read().decode())"
+    expected = f"open GET allowed.test:{port} 0"
+    result = await egress_api.run(egress_api.token, language="python", code=code, network=POLICY,
+                                  tests=[{"expected": expected}] * 3)
+    assert [case["verdict"] for case in result["tests"]] == ["ok"] * 3, result
