@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import RUNTIMES, free_port, gvisor_missing, own_server
+from tests.test_live import connect, start, until_result
 
 pytestmark = pytest.mark.timeout(600)
 MAX_MB = 6
@@ -331,3 +332,22 @@ async def test_each_test_case_has_the_policy(egress_api, upstreams):
     result = await egress_api.run(egress_api.token, language="python", code=code, network=POLICY,
                                   tests=[{"expected": expected}] * 3)
     assert [case["verdict"] for case in result["tests"]] == ["ok"] * 3, result
+
+
+async def test_live_runs_and_batch_items_take_a_policy_too(egress_api, upstreams):
+    port = upstreams["ports"]["open"]
+    code = f"import urllib.request\nprint(urllib.request.urlopen('http://allowed.test:{port}/hello').read().decode())"
+    ws = await connect(egress_api, egress_api.token)
+    try:
+        await start(ws, language="python", code=code, network=POLICY)
+        _, message = await until_result(ws)
+    finally:
+        await ws.close()
+    result = message["result"]
+    assert result["verdict"] == "ok" and result["stdout"] == f"open GET allowed.test:{port} 0\n", result
+    status, body, _ = await egress_api.call("POST", "/tasks", token=egress_api.token, json={"tasks": [
+        {"language": "python", "code": code, "network": POLICY}, {"language": "python", "code": code},
+        {"language": "python", "code": code, "network": {"allow": "allowed.test"}}]})
+    assert status == 201 and "'network" in body["tasks"][2]["message"], body
+    reached, sealed = [await egress_api.result(egress_api.token, item["task_id"]) for item in body["tasks"][:2]]
+    assert reached["verdict"] == "ok" and sealed["verdict"] == "runtime_error" and "URLError" in sealed["stderr"]
