@@ -244,6 +244,9 @@ def _check_egress(s: Settings) -> None:
         parse_patterns([p.strip() for p in s.egress_max.split(",") if p.strip()], "egress_max")
     except ValidationFailed as e:
         raise ConfigError(f"{env_name('egress_max')}: {e}") from None
+    # A Unix socket's path is at most 107 bytes: the folder, a session's 32 hex digits and "/s".
+    if s.egress == "on" and len(str(Path(s.cache_dir).resolve() / "egress")) + 35 > 107:
+        raise ConfigError(f"{env_name('cache_dir')}={s.cache_dir!r} is too long a path for egress sockets (72 bytes at most)")
     for name in ("egress_max_mb", "egress_max_connections"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 1")

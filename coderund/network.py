@@ -8,6 +8,7 @@ program never picks the address it reaches. Pure rules, no I/O.
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +38,18 @@ def normal_name(host: str) -> str | None:
     """A host name in lower case without a trailing dot, or None when it is not one (an address
     literal, a name with other characters, labels empty or too long)."""
     name = host.lower().rstrip(".")
-    if len(name) > MAX_NAME or not _NAME_RE.fullmatch(name) or name.replace(".", "").isdigit():
+    if len(name) > MAX_NAME or not _NAME_RE.fullmatch(name) or _ipv4_literal(name):
         return None
     return name
+
+
+def _ipv4_literal(name: str) -> bool:
+    """Whether a resolver would take it for an IPv4 address (inet_aton's forms: 127.1, 0x7f.1, 2130706433)."""
+    try:
+        socket.inet_aton(name)
+    except OSError:
+        return False
+    return True
 
 
 def _pattern(value: object, where: str) -> str:

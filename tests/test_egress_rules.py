@@ -8,7 +8,7 @@ from coderund.addresses import is_allowed, parse_networks
 from coderund.admission import Ceiling, admit_network
 from coderund.config import ConfigError, load
 from coderund.errors import ValidationFailed
-from coderund.network import NetworkPolicy, clamp, parse_policy
+from coderund.network import NetworkPolicy, clamp, normal_name, parse_policy
 from coderund.sandbox.egress import Refused, parse_request
 
 CEILING = Ceiling(pids_limit=128, disk_mb=64, max_case_ms=320_000, network=NetworkPolicy(("*",)))
@@ -74,10 +74,16 @@ def test_the_egress_settings_are_checked() -> None:
     assert ok.egress_host_table == {"pypi.test": "127.0.0.1", "mirror.test": "::1"}
     assert ok.egress_widest == NetworkPolicy(("pypi.org", "*.test"))
     assert load({}, environ={}).egress_widest is None
-    for flags in ({"egress_hosts": "pypi.test"}, {"egress_hosts": "pypi.test=nowhere"}, {"egress_allow_private": "10.0.0.0/40"},
+    for flags in ({"egress": "on", "cache_dir": "/" + "c" * 80}, {"egress_hosts": "pypi.test"}, {"egress_hosts": "pypi.test=nowhere"}, {"egress_allow_private": "10.0.0.0/40"},
                   {"egress_max": "10.0.0.1"}, {"egress_max_mb": 0}):
         with pytest.raises(ConfigError):
             load(flags, environ={})
+
+
+def test_only_names_are_names() -> None:
+    for literal in ("127.0.0.1", "[::1]", "::1", "0x7f.1", "2130706433", "1.2.3.4.", "a b", ""):
+        assert normal_name(literal) is None, literal
+    assert normal_name("Files.PythonHosted.org.") == "files.pythonhosted.org"
 
 
 def test_a_tunnel_and_a_plain_request_are_read() -> None:

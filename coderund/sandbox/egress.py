@@ -32,12 +32,10 @@ from urllib.parse import urlsplit
 from .. import metrics
 from ..addresses import Networks, is_allowed
 from ..network import NetworkPolicy, normal_name
+from .engine import SandboxError
+from .options import EGRESS_SOCKET
 
 log = logging.getLogger(__name__)
-MOUNT = "/.coderund-egress"  # the session's folder, inside the container
-SOCKET = "s"
-PORT = 3128  # supervise.c's EGRESS_PORT
-PROXY = f"http://127.0.0.1:{PORT}"
 MAX_HEAD = 16 * 1024  # a request's line and headers
 MAX_HEADERS = 100
 HEAD_TIMEOUT_S = 30
@@ -49,15 +47,6 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authorization", "prox
                         "te", "trailer", "upgrade"})
 REASONS = {400: "Bad Request", 403: "Forbidden", 411: "Length Required", 429: "Too Many Requests",
            431: "Request Header Fields Too Large", 502: "Bad Gateway"}
-
-
-def environment() -> dict[str, str]:
-    """What a container with a policy gets: its forwarder's socket, and the proxy variables that
-    every common client reads (NO_PROXY keeps the sandbox's own loopback direct)."""
-    proxies = {name: PROXY for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                                        "all_proxy", "npm_config_proxy", "npm_config_https_proxy")}
-    local = "localhost,127.0.0.1,::1"
-    return {"CODERUND_EGRESS": f"{MOUNT}/{SOCKET}", **proxies, "NO_PROXY": local, "no_proxy": local}
 
 
 @dataclass(frozen=True)
@@ -190,11 +179,15 @@ class Egress:
         """A session's socket, listening; close it when its container is gone."""
         folder = self.root / key
         shutil.rmtree(folder, ignore_errors=True)  # a worker's leftover of an earlier attempt
-        folder.mkdir(mode=0o755, parents=True)
         session = Session(key, policy, folder)
-        path = str(folder / SOCKET)
-        session.server = await asyncio.start_unix_server(functools.partial(self._serve, session), path, limit=MAX_HEAD)
-        os.chmod(path, 0o666)  # the forwarder runs as nobody
+        path = str(folder / EGRESS_SOCKET)
+        try:
+            folder.mkdir(mode=0o755, parents=True)
+            session.server = await asyncio.start_unix_server(functools.partial(self._serve, session), path, limit=MAX_HEAD)
+            os.chmod(path, 0o666)  # the forwarder runs as nobody
+        except OSError as e:
+            await self.close(session)
+            raise SandboxError(f"egress: cannot listen on {path}: {e}") from e
         return session
 
     def replace(self, session: Session, policy: NetworkPolicy) -> None:

@@ -6,9 +6,6 @@ from typing import Any
 
 from docker.types import Mount
 
-from .egress import MOUNT as EGRESS_MOUNT
-from .egress import environment as egress_environment
-
 WORKDIR = "/box"  # the task's files; writable by the task
 TOOLS_DIR = "/.coderund"  # the supervisor, from a read-only volume, so a run cannot tamper with it
 SUPERVISOR = f"{TOOLS_DIR}/supervise"
@@ -18,6 +15,10 @@ HUB = f"{TOOLS_DIR}/hub.py"  # a stateful sandbox's first process, on the image'
 SUPERVISOR_USER = "0:0"
 SUPERVISOR_CAPS = ["SETUID", "SETGID", "KILL", "CHOWN"]
 LABEL = "coderund"
+# A container with a network policy: the folder of the worker's egress socket for it (egress.py), and
+# the address its forwarder (supervise.c's EGRESS_PORT) listens on, which the proxy variables name.
+EGRESS_MOUNT, EGRESS_SOCKET = "/.coderund-egress", "s"
+EGRESS_PROXY = "http://127.0.0.1:3128"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 MB = 1024 * 1024
 # Options of the container itself; the rest of container_options() is host configuration.
@@ -33,6 +34,15 @@ class Isolation:
     tmpfs_mb: int = 64
     pids_limit: int = 128
     nofile: int = 256
+
+
+def egress_environment() -> dict[str, str]:
+    """What a container with a policy gets: its forwarder's socket, and the proxy variables that
+    every common client reads (NO_PROXY keeps the sandbox's own loopback direct)."""
+    proxies = {name: EGRESS_PROXY for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                                               "all_proxy", "npm_config_proxy", "npm_config_https_proxy")}
+    local = "localhost,127.0.0.1,::1"
+    return {"CODERUND_EGRESS": f"{EGRESS_MOUNT}/{EGRESS_SOCKET}", **proxies, "NO_PROXY": local, "no_proxy": local}
 
 
 def container_options(
