@@ -8,7 +8,6 @@ here can reach beyond loopback.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import errno
