@@ -180,6 +180,7 @@ class Result:
     tests: tuple[CaseResult, ...] | None = None  # with test cases: each one's, in order
     artifacts: tuple[Artifact, ...] = ()  # the files asked back (outputs) that fit the caps
     artifacts_truncated: bool = False  # more matched than the caps let through
+    network_usage: dict[str, int] | None = None  # with a network policy: connections allowed, refused, and bytes
 
     def spent(self) -> tuple[int, int]:
         """CPU and wall ms the task used: with test cases, all of them."""
@@ -563,6 +564,7 @@ def result_document(task: Task) -> dict[str, Any]:
         "finished_at": iso(task.finished_at),
         **(_cases(task, r) if task.tests else {}),
         **(_artifacts(r) if task.outputs else {}),
+        **({"network_usage": r.network_usage} if r.network_usage is not None else {}),
     }
 
 

@@ -193,13 +193,16 @@ print(json.dumps(out))
 
 
 async def run_task(api, code: str, *args: object, network: dict | None = POLICY, files=(), **extra) -> dict:
+    """The program's JSON output; the result's network_usage, if any, under "usage"."""
     body = {"language": "python", "code": code, "args": [str(a) for a in args], "files": list(files),
             "limits": {"time_ms": 20000}, **extra}
     if network is not None:
         body["network"] = network
     result = await api.run(api.token, **body)
     assert result["verdict"] == "ok", result
-    return json.loads(result["stdout"])
+    assert ("network_usage" in result) is (network is not None), result
+    output = json.loads(result["stdout"])
+    return {**output, "usage": result["network_usage"]} if network is not None and isinstance(output, dict) else output
 
 
 async def test_a_task_reaches_what_its_policy_allows_and_nothing_else(egress_api, upstreams):
@@ -218,6 +221,8 @@ async def test_a_task_reaches_what_its_policy_allows_and_nothing_else(egress_api
     assert out["huge"].startswith("HTTP/1.1 431")
     assert out["direct"] == "ConnectionRefusedError"
     assert out["route"] in (errno.ENETUNREACH, errno.EHOSTUNREACH)  # no route of its own (runc, gVisor)
+    # Counted for the task: 4 reached (allowed, post, wild, tls), 9 refused (the 403s, 400s and the 431).
+    assert out["usage"]["allowed"] == 4 and out["usage"]["refused"] == 9 and out["usage"]["bytes"] > 0, out["usage"]
     status, metrics, _ = await egress_api.call("GET", "/metrics")
     counted = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines() if line.startswith("coderund_egress")}
     assert counted['coderund_egress_connections_total{outcome="allowed"}'] >= 4
@@ -288,7 +293,8 @@ print(json.dumps(answers))
 """
     got, then = await run_task(egress_api, download)
     assert 1024 * 1024 < got <= MAX_MB * 1024 * 1024 and then == 429  # cut at the cap; nothing more goes
-    assert await run_task(egress_api, connections) == {"200": MAX_CONNECTIONS, "429": 5}
+    answers = await run_task(egress_api, connections)
+    assert (answers.pop("usage")["allowed"], answers) == (MAX_CONNECTIONS, {"200": MAX_CONNECTIONS, "429": 5})
 
 
 async def test_a_sandbox_reaches_its_policy_and_a_new_one_applies_at_once(egress_api, upstreams):

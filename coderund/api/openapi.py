@@ -185,6 +185,10 @@ SCHEMAS: dict[str, Any] = {
                                     "properties": {"name": {"type": "string"}, "size": {"type": "integer"},
                                                    "content_base64": {"type": "string"}}}},
             "artifacts_truncated": {"type": "boolean", "description": "more files matched than the caps let through"},
+            "network_usage": {"type": "object", "description": "with a network policy: what the run did with it",
+                              "properties": {"allowed": {"type": "integer", "description": "connections made"},
+                                             "refused": {"type": "integer", "description": "connections refused"},
+                                             "bytes": {"type": "integer", "description": "both ways"}}},
         },
     },
     "Language": {

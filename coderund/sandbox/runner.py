@@ -83,9 +83,10 @@ class Sandbox:
             raise SandboxRefused("this task has a network policy and this worker's egress is off")
         session = await self.egress.open(task.id.hex, task.network)
         try:
-            return await self._execute(plugin, task, labels, case_parallel, live, str(session.folder))
+            result = await self._execute(plugin, task, labels, case_parallel, live, str(session.folder))
         finally:
             await self.egress.close(session)
+        return dataclasses.replace(result, network_usage=session.counts())
 
     async def _execute(self, plugin: Plugin, task: Task, labels: dict[str, str], case_parallel: int, live: Live | None,
                        egress: str | None) -> Result:
