@@ -182,7 +182,11 @@ class Egress:
         session = Session(key, policy, folder)
         path = str(folder / EGRESS_SOCKET)
         try:
-            folder.mkdir(mode=0o755, parents=True)
+            # Only root (the engine, at the mount) passes the root folder: no one else on the host finds
+            # or reaches a session's socket. Inside the container its own folder is all there is.
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.root.chmod(0o700)
+            folder.mkdir(mode=0o755)
             session.server = await asyncio.start_unix_server(functools.partial(self._serve, session), path, limit=MAX_HEAD)
             os.chmod(path, 0o666)  # the forwarder runs as nobody
         except OSError as e:
