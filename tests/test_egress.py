@@ -8,6 +8,7 @@ here can reach beyond loopback.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import errno
@@ -316,6 +317,12 @@ async def test_a_sandbox_reaches_its_policy_and_a_new_one_applies_at_once(egress
                                             json={"allow": ["other.test"]})
         assert status == 200 and changed["network"] == {"allow": ["other.test"]}, changed
         assert await reach("allowed.test", "other.test") == [403, f"open GET other.test:{port} 0"]
+        # A program that kills every process of its user's kills the forwarder too: the sandbox gets it back.
+        status, body, _ = await api.call("POST", f"/sandboxes/{made['id']}/commands", token=api.token,
+                                         json={"cmd": ["python3", "-c", "import os, signal; os.kill(-1, signal.SIGKILL)"]})
+        assert status == 200, body
+        await asyncio.sleep(1.5)
+        assert await reach("other.test") == [f"open GET other.test:{port} 0"]
         status, body, _ = await api.call("PUT", f"/sandboxes/{made['id']}/network", token=api.token, json={"allow": "x"})
         assert status == 400 and "'network.allow'" in body["message"], body
     finally:
