@@ -7,6 +7,7 @@ program never picks the address it reaches. Pure rules, no I/O.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from dataclasses import dataclass
@@ -45,11 +46,10 @@ def normal_name(host: str) -> str | None:
 
 def _ipv4_literal(name: str) -> bool:
     """Whether a resolver would take it for an IPv4 address (inet_aton's forms: 127.1, 0x7f.1, 2130706433)."""
-    try:
+    with contextlib.suppress(OSError):
         socket.inet_aton(name)
-    except OSError:
-        return False
-    return True
+        return True
+    return False
 
 
 def _pattern(value: object, where: str) -> str:
