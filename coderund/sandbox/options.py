@@ -42,7 +42,9 @@ def egress_environment() -> dict[str, str]:
     proxies = {name: EGRESS_PROXY for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
                                                "all_proxy", "npm_config_proxy", "npm_config_https_proxy")}
     local = "localhost,127.0.0.1,::1"
-    return {"CODERUND_EGRESS": f"{EGRESS_MOUNT}/{EGRESS_SOCKET}", **proxies, "NO_PROXY": local, "no_proxy": local}
+    # pip installs into the user's home, the root being read-only; Debian's pip needs leave to do so.
+    return {"CODERUND_EGRESS": f"{EGRESS_MOUNT}/{EGRESS_SOCKET}", **proxies, "NO_PROXY": local, "no_proxy": local,
+            "PIP_BREAK_SYSTEM_PACKAGES": "1"}
 
 
 def container_options(
