@@ -204,7 +204,8 @@ def result(task: Task, plugin: Plugin) -> dict[str, Any]:
     status, message = STATUS.get(r.verdict, (None, None))
     if r.verdict is Verdict.RUNTIME_ERROR:
         status, message = ("SG", f"Killed by signal {r.signal}") if r.signal else ("RE", f"Exited with error status {r.exit_code}")
-    signal = "SIGKILL" if status in ("TO", "OL") else _signal_name(r.signal)
+    # SIGKILL, as Piston names it, for a run ended from outside: at a limit, or cancelled (a socket's signal)
+    signal = "SIGKILL" if status in ("TO", "OL") or r.verdict is Verdict.CANCELLED else _signal_name(r.signal)
     stage = {"stdout": stdout, "stderr": stderr, "output": stdout + stderr, "code": r.exit_code, "signal": signal,
              "message": message, "status": status, "cpu_time": r.time_ms, "wall_time": r.wall_ms,
              "memory": None if r.memory_kb is None else r.memory_kb * 1024}

@@ -84,6 +84,8 @@ def test_results_in_pistons_shape():
         "cpu_time": 5, "wall_time": 9, "memory": 8000 * 1024}}
     killed = piston.result(task(Result(Verdict.TIME_LIMIT, signal=9)), PLUGINS.get("python"))["run"]
     assert killed["status"] == "TO" and killed["signal"] == "SIGKILL"
+    cancelled = piston.result(task(Result(Verdict.CANCELLED)), PLUGINS.get("python"))["run"]
+    assert cancelled["status"] == "XX" and cancelled["signal"] == "SIGKILL" and cancelled["code"] is None
     segv = piston.result(task(Result(Verdict.RUNTIME_ERROR, signal=11)), PLUGINS.get("python"))["run"]
     assert segv["status"] == "SG" and segv["signal"] == "SIGSEGV"
     broken = piston.result(task(Result(Verdict.COMPILE_ERROR, exit_code=1, compile_output=b"error"), "c"), PLUGINS.get("c"))
@@ -162,6 +164,15 @@ async def test_the_websocket_protocol(api):
         assert (await ws.receive_json(timeout=30)) == {"type": "exit", "stage": "run", "code": 0, "signal": None}
         closing = await ws.receive(timeout=30)
         assert closing.type.name in ("CLOSE", "CLOSED", "CLOSING") and ws.close_code == 4999
+    async with api.session.ws_connect(url, headers=headers) as ws:  # a signal ends the run: killed
+        await ws.send_json({"type": "init", "language": "python", "version": "*",
+                            "files": [{"content": "import time\nprint('ready', flush=True)\ntime.sleep(60)"}]})
+        seen = [await ws.receive_json(timeout=30) for _ in range(3)]
+        assert seen[2] == {"type": "data", "stream": "stdout", "data": "ready\n"}
+        await ws.send_json({"type": "signal", "signal": "SIGTERM"})
+        assert (await ws.receive_json(timeout=30)) == {"type": "exit", "stage": "run", "code": None, "signal": "SIGKILL"}
+        await ws.receive(timeout=30)
+        assert ws.close_code == 4999
     async with api.session.ws_connect(url, headers=headers) as ws:  # no init within a second
         await ws.receive(timeout=10)
         assert ws.close_code == 4001
