@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from coderund.sandbox.options import WORKDIR
 from tests.conftest import RUNTIMES, free_port, gvisor_missing, own_server
 from tests.test_live import connect, start, until_result
 
@@ -245,7 +246,8 @@ async def test_pip_installs_a_wheel_from_an_allowed_index(egress_api, upstreams)
 import json, subprocess, sys
 # The image's pip, unchanged: the root is read-only, so it installs into the user's home
 done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                       "--index-url", "http://mirror.test:{port}/simple/", "egress-demo"], capture_output=True, text=True)
+                       "--index-url", "http://mirror.test:{port}/simple/", "--trusted-host", "mirror.test", "egress-demo"],
+                      capture_output=True, text=True)
 found = subprocess.run([sys.executable, "-c", "import egress_demo; print(egress_demo.ANSWER, egress_demo.__file__)"],
                        capture_output=True, text=True)
 print(json.dumps([done.returncode, done.stderr[-300:], found.stdout.split()]))
@@ -303,6 +305,15 @@ async def test_a_sandbox_reaches_its_policy_and_a_new_one_applies_at_once(egress
 
     try:
         assert await reach("allowed.test", "other.test") == [f"open GET allowed.test:{port} 0", 403]
+        # An agent's usual step: pip install by a command, then import it in the running Python context
+        status, body, _ = await api.call("POST", f"/sandboxes/{made['id']}/run", token=api.token, json={"code": "1"})
+        status, body, _ = await api.call("POST", f"/sandboxes/{made['id']}/commands", token=api.token, json={
+            "cmd": ["python3", "-m", "pip", "install", "-q", "--index-url", f"http://allowed.test:{port}/simple/",
+                    "--trusted-host", "allowed.test", "egress-demo"], "timeout_s": 60})
+        assert status == 200 and body["exit_code"] == 0, body
+        status, body, _ = await api.call("POST", f"/sandboxes/{made['id']}/run", token=api.token,
+                                         json={"code": "import egress_demo\negress_demo.ANSWER"})
+        assert body["results"] == [{"text/plain": "'installed through the policy'"}], body
         status, changed, _ = await api.call("PUT", f"/sandboxes/{made['id']}/network", token=api.token,
                                             json={"allow": ["other.test"]})
         assert status == 200 and changed["network"] == {"allow": ["other.test"]}, changed
