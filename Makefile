@@ -53,6 +53,7 @@ clean:
 bench: test-env
 	$(VENV)/bin/python bench/latency.py
 	$(VENV)/bin/python bench/e2b_sdk.py
+	$(VENV)/bin/python bench/egress.py
 
 lint:
 	$(VENV)/bin/ruff check coderund tests bench

@@ -310,11 +310,12 @@ def wrk(url: str, headers: dict[str, str]) -> float:
 
 
 class Server:
-    def __init__(self, runtime: str) -> None:
+    def __init__(self, runtime: str, **settings: str) -> None:
+        """A coderund of the bench's own; settings are more CODERUND_* variables (bench/egress.py's)."""
         self.port = free_port()
         env = os.environ | {"CODERUND_PORT": str(self.port), "CODERUND_QUEUE": f"coderund.bench.{uuid.uuid4().hex[:6]}",
                             "CODERUND_LOG_LEVEL": "WARNING", "CODERUND_HOST": "127.0.0.1", "CODERUND_RUNTIME": runtime,
-                            "CODERUND_USER_MAX_PENDING": "1000"}
+                            "CODERUND_USER_MAX_PENDING": "1000", **settings}
         self.process = subprocess.Popen([sys.executable, "-m", "coderund", "--role", "all"], env=env)
         self.base = f"http://127.0.0.1:{self.port}"
 

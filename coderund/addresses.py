@@ -14,6 +14,10 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765's IPv4-translated
 COMPATIBLE = ipaddress.ip_network("::/96")  # the deprecated IPv4-compatible form (:: and ::1 among them)
+# Global by some Python versions' tables, but never a destination of ours: IETF protocol assignments,
+# which hold a cloud's metadata service (Oracle's 192.0.0.192). The others' (169.254.169.254,
+# 100.100.100.200, fd00:ec2::254) are link-local, shared or unique-local: refused as such.
+REFUSED = (ipaddress.ip_network("192.0.0.0/24"),)
 
 
 def _embedded(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -26,12 +30,23 @@ def _embedded(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def is_allowed(address: str) -> bool:
-    """True for a global unicast address that embeds nothing but global unicast."""
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def parse_networks(text: str) -> Networks:
+    """An operator's comma-separated CIDR list ("10.0.0.0/8,fd00::/8"); ValueError naming a bad one."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+
+
+def is_allowed(address: str, also: Networks = ()) -> bool:
+    """True for a global unicast address that embeds nothing but global unicast, or for an address
+    in one of the networks an operator allowed (also), or an IPv6 form that embeds one."""
     try:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:
         return False
+    if any(candidate in net for net in also for candidate in (ip, _embedded_any(ip)) if candidate is not None):
+        return True
     if ip.version == 6:
         if ip.teredo is not None or ip in LOCAL_NAT64 or ip.is_site_local:
             return False
@@ -40,7 +55,19 @@ def is_allowed(address: str) -> bool:
             return False
         if embedded is not None:
             return True  # the embedded IPv4 address decides (Python calls some of these forms reserved)
-    return ip.is_global and not ip.is_multicast
+    return ip.is_global and not ip.is_multicast and not any(ip in net for net in REFUSED)
+
+
+def is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _embedded_any(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    return _embedded(ip) if isinstance(ip, ipaddress.IPv6Address) else None
 
 
 def client_network(address: str) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .domain import (MAX_ARG_CHARS, MAX_ARGS, MAX_CODE_BYTES, MAX_FILES, MAX_STDIN_BYTES, MAX_TESTS, Limits, Program,
                      TaskRequest, utf8_size)
 from .errors import PayloadTooLarge, ValidationFailed
+from .network import NetworkPolicy, clamp
 from .plugins import Plugin, Plugins
 
 FILE_NAME_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
@@ -30,6 +31,7 @@ class Ceiling:
     pids_limit: int  # processes and threads of a run
     disk_mb: int  # the work folder's size, and so the largest file a run can write
     max_case_ms: int  # a task's test cases times its time limit
+    network: NetworkPolicy | None = None  # the widest network policy a request may have; None: egress is off
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,22 @@ def admit_task(request: TaskRequest, plugins: Plugins, ceiling: Ceiling) -> Admi
     if request.compat is not None and len(json.dumps(request.compat)) > MAX_COMPAT_BYTES:
         raise PayloadTooLarge(f"The request's own API details are over {MAX_COMPAT_BYTES // 1024} KiB.")
     program = clamp_program(request.program, ceiling) if request.program else None
-    request = dataclasses.replace(request, program=program)
+    request = dataclasses.replace(request, program=program, network=admit_network(request.network, ceiling))
     plugin, limits = plugins.for_request(request)
     if len(request.tests) * limits.time_ms > ceiling.max_case_ms:
         raise ValidationFailed(f"{len(request.tests)} test cases at {limits.time_ms} ms each could hold a sandbox for"
                                f" longer than {ceiling.max_case_ms // 1000} s; lower 'limits.time_ms' or send fewer cases.")
     return Admitted(dataclasses.replace(request, code=plugin.prepared(request.code)), plugin, limits)
+
+
+def admit_network(policy: NetworkPolicy | None, ceiling: Ceiling, name: str = "network") -> NetworkPolicy | None:
+    """A request's network policy within the operator's widest (network.clamp); ValidationFailed
+    naming it when egress is off."""
+    if policy is None:
+        return None
+    if ceiling.network is None:
+        raise ValidationFailed(f"'{name}': network egress is off on this server (the operator's --egress).")
+    return clamp(policy, ceiling.network, name)
 
 
 def check_args(args: tuple[str, ...], name: str) -> None:

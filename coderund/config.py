@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .addresses import is_address, parse_networks
+from .errors import ValidationFailed
+from .network import NetworkPolicy, normal_name, parse_patterns
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -99,11 +103,38 @@ class Settings:
     sandbox_max_cpus: float = _setting(2.0, "most CPUs a stateful sandbox may ask for (default 1)")
     warm_sandboxes: int = _setting(1, "stateful sandboxes of the default size a worker keeps started ahead of creates (0: none)")
     worker_max_sandboxes: int = _setting(16, "stateful sandboxes a worker hosts at once; more wait for another worker")
+    egress: str = _setting("off", "network egress of tasks and sandboxes through coderund's proxy: off (a request with "
+                                  "a 'network' policy is refused) or on", choices=("off", "on"))
+    egress_resolve: str = _setting("system", "how the egress proxy resolves names: system (the host's resolver) or "
+                                             "static (only --egress-hosts, for mirrors and tests)",
+                                   choices=("system", "static"))
+    egress_hosts: str = _setting("", "NAME=ADDRESS,... names the egress proxy resolves itself, before (static: instead "
+                                     "of) the system's resolver")
+    egress_allow_private: str = _setting("", "CIDR,... non-global networks egress may reach all the same (default none: "
+                                             "loopback, private, link-local, CGNAT, metadata and the like are refused)")
+    egress_max: str = _setting("*", "the widest network policy a request may ask for: host names, *.domain or *, "
+                                    "comma-separated; wider requests are narrowed to it")
+    egress_max_mb: int = _setting(1024, "bytes a task or sandbox may move through egress, both ways, in MiB; its "
+                                        "connections are closed past it")
+    egress_max_connections: int = _setting(256, "connections a task or sandbox may open through egress")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     @property
     def database_name(self) -> str:
         return urlsplit(self.database_url).path.lstrip("/") or "postgres"
+
+    @property
+    def egress_widest(self) -> NetworkPolicy | None:
+        """--egress-max as a policy; None when egress is off."""
+        if self.egress == "off":
+            return None
+        return NetworkPolicy(parse_patterns([p.strip() for p in self.egress_max.split(",") if p.strip()], "egress_max"))
+
+    @property
+    def egress_host_table(self) -> dict[str, str]:
+        """--egress-hosts as name: address."""
+        pairs = (part.split("=", 1) for part in self.egress_hosts.split(",") if part.strip())
+        return {name.strip().lower().rstrip("."): address.strip() for name, address in pairs}
 
     @property
     def output_limit(self) -> int:
@@ -200,5 +231,27 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 0")
     if s.e2b_domain and not re.fullmatch(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{1,63}", s.e2b_domain):
         raise ConfigError(f"{env_name('e2b_domain')}={s.e2b_domain!r} is not a lower-case DNS name such as e2b.example.com")
+    _check_egress(s)
     if not Path(s.plugins_dir).is_dir():
         raise ConfigError(f"{env_name('plugins_dir')}={s.plugins_dir!r} is not a folder")
+
+
+def _check_egress(s: Settings) -> None:
+    for part in (p for p in s.egress_hosts.split(",") if p.strip()):
+        name, _, address = part.partition("=")
+        if normal_name(name.strip()) is None or not is_address(address.strip()):
+            raise ConfigError(f"{env_name('egress_hosts')}: {part!r} is not NAME=ADDRESS")
+    try:
+        parse_networks(s.egress_allow_private)
+    except ValueError as e:
+        raise ConfigError(f"{env_name('egress_allow_private')}: {e}") from None
+    try:
+        parse_patterns([p.strip() for p in s.egress_max.split(",") if p.strip()], "egress_max")
+    except ValidationFailed as e:
+        raise ConfigError(f"{env_name('egress_max')}: {e}") from None
+    # A Unix socket's path is at most 107 bytes: the folder, a session's 32 hex digits and "/s".
+    if s.egress == "on" and len(str(Path(s.cache_dir).resolve() / "egress")) + 35 > 107:
+        raise ConfigError(f"{env_name('cache_dir')}={s.cache_dir!r} is too long a path for egress sockets (72 bytes at most)")
+    for name in ("egress_max_mb", "egress_max_connections"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 1")

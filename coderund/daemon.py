@@ -19,6 +19,7 @@ from .api.app import make_app
 from .api.routes import readiness
 from .compat import judge0
 from .api.keys import Services
+from .addresses import parse_networks
 from .admission import Ceiling
 from .api.server import Runner
 from .config import ConfigError, Settings, env_name
@@ -40,6 +41,7 @@ from .repository.users import Users
 from .repository.workers import Workers
 from .sandbox import supervisor
 from .sandbox.compile_cache import CompileCache
+from .sandbox.egress import Egress, Rules
 from .sandbox.engine import Engine
 from .sandbox.gate import FairGate
 from .sandbox.options import LABEL, Isolation
@@ -87,7 +89,19 @@ def make_sandbox(settings: Settings, worker_id: str, deployment: str) -> Sandbox
                     max_total=settings.warm_max, per_shape=2 * settings.concurrency + 2, max_age_s=settings.warm_max_age_s,
                     idle_s=settings.warm_idle_s, fill_parallel=FILL_PARALLEL)
     cache = CompileCache(Path(settings.cache_dir) / "builds", settings.compile_cache_mb * 1024 * 1024)
-    return Sandbox(engine, pool, cache, FairGate(settings.concurrency), output_limit=settings.output_limit)
+    return Sandbox(engine, pool, cache, FairGate(settings.concurrency), output_limit=settings.output_limit,
+                   egress=egress(settings))
+
+
+def egress(s: Settings) -> Egress | None:
+    """The worker's egress proxy, when egress is on; its sockets live in the cache folder, which the
+    engine must see as the worker does (a bind mount's source is a path on the engine's host)."""
+    if s.egress_widest is None:
+        return None
+    rules = Rules(widest=s.egress_widest, resolve=s.egress_resolve, hosts=s.egress_host_table,
+                  allow_private=parse_networks(s.egress_allow_private), max_bytes=s.egress_max_mb * 1024 * 1024,
+                  max_connections=s.egress_max_connections)
+    return Egress(rules, Path(s.cache_dir).resolve() / "egress")
 
 
 def warm_sandboxes(settings: Settings, engine: Engine, plugins: plugin_loader.Plugins) -> WarmPool:
@@ -180,7 +194,8 @@ async def start_worker(
                         max_attempts=settings.max_attempts, case_parallel=settings.concurrency)
     host = SandboxHost(SandboxStore(db), SandboxChannel(redis), sandbox.engine, plugins, Usage(db), worker_id=worker_id,
                        queue=settings.queue, max_sandboxes=settings.worker_max_sandboxes,
-                       pool=warm_sandboxes(settings, sandbox.engine, plugins), cpu_s_per_day=settings.user_cpu_s_per_day)
+                       pool=warm_sandboxes(settings, sandbox.engine, plugins), cpu_s_per_day=settings.user_cpu_s_per_day,
+                       egress=sandbox.egress)
     worker = Worker(queue=queue, executor=executor, workers=workers, sandbox=sandbox, concurrency=settings.concurrency,
                     retention_days=settings.retention_days, host=host)
     running = asyncio.create_task(worker.run())
@@ -216,7 +231,8 @@ def sandbox_limits(s: Settings) -> SandboxLimits:
 
 
 def ceiling(s: Settings) -> Ceiling:
-    return Ceiling(pids_limit=s.pids_limit, disk_mb=s.tmpfs_mb, max_case_ms=s.max_case_seconds * 1000)
+    return Ceiling(pids_limit=s.pids_limit, disk_mb=s.tmpfs_mb, max_case_ms=s.max_case_seconds * 1000,
+                   network=s.egress_widest)
 
 
 def make_services(settings: Settings, db: Database, queue: Queue, plugins: plugin_loader.Plugins, sessions: Sessions,
@@ -277,7 +293,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             stack.push_async_callback(revocations.close)
             services = make_services(settings, db, queue, plugins, sessions, finished, revocations)
             services.checks = checks
-            judge0_limits = judge0.Limits(max_submission_batch_size=settings.judge0_batch_max)
+            judge0_limits = judge0.Limits(max_submission_batch_size=settings.judge0_batch_max,
+                                          allow_enable_network=settings.egress == "on")
             await listen(stack, make_app(services, judge0_limits, settings.jobe_queue_wait_s,
                                             settings.judge0_anonymous_user, settings.e2b_domain),
                          settings, "port")

@@ -16,6 +16,7 @@ from .addresses import ascii_host
 from .checkers import DEFAULT as DEFAULT_CHECKER
 from .checkers import Checker, parse_checker
 from .errors import InvalidJson, ValidationFailed
+from .network import NetworkPolicy, parse_policy
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{3,64}")
 PASSWORD_LENGTH = (8, 256)
@@ -120,6 +121,7 @@ class TaskRequest:
     compat: dict[str, Any] | None = None  # a foreign API's own details of the request (e.g. Judge0's)
     program: Program | None = None  # its own commands, in place of the plugin's
     outputs: tuple[str, ...] = ()  # patterns of files in the work folder to bring back
+    network: NetworkPolicy | None = None  # the hosts it may reach through the egress proxy; None: no network
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class Result:
     tests: tuple[CaseResult, ...] | None = None  # with test cases: each one's, in order
     artifacts: tuple[Artifact, ...] = ()  # the files asked back (outputs) that fit the caps
     artifacts_truncated: bool = False  # more matched than the caps let through
+    network_usage: dict[str, int] | None = None  # with a network policy: connections allowed, refused, and bytes
 
     def spent(self) -> tuple[int, int]:
         """CPU and wall ms the task used: with test cases, all of them."""
@@ -205,6 +208,7 @@ class Task:
     compat: dict[str, Any] | None = None  # as TaskRequest.compat
     program: Program | None = None  # as TaskRequest.program
     outputs: tuple[str, ...] = ()  # as TaskRequest.outputs
+    network: NetworkPolicy | None = None  # as TaskRequest.network, within the operator's widest
     cancel_requested: bool = False
     state: TaskState = TaskState.QUEUED
     attempts: int = 0
@@ -263,7 +267,7 @@ def utf8_size(value: str, name: str) -> int:
 
 
 TASK_FIELDS = frozenset({"language", "translator", "code", "stdin", "args", "files", "tests", "checker",
-                         "stop_on_failure", "callback_url", "limits", "outputs"})
+                         "stop_on_failure", "callback_url", "limits", "outputs", "network"})
 
 
 def parse_task_request(body: object) -> TaskRequest:
@@ -296,8 +300,9 @@ def parse_task_request(body: object) -> TaskRequest:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValidationFailed(f"'limits.{name}' must be a positive integer.")
     outputs = _outputs(body.get("outputs", []))
+    network = parse_policy(body["network"]) if body.get("network") is not None else None
     return TaskRequest(language, code, stdin, args, dict(limits), files, tests, checker, stop_on_failure, callback_url,
-                       outputs=outputs)
+                       outputs=outputs, network=network)
 
 
 def _outputs(outputs: Any) -> tuple[str, ...]:
@@ -559,6 +564,7 @@ def result_document(task: Task) -> dict[str, Any]:
         "finished_at": iso(task.finished_at),
         **(_cases(task, r) if task.tests else {}),
         **(_artifacts(r) if task.outputs else {}),
+        **({"network_usage": r.network_usage} if r.network_usage is not None else {}),
     }
 
 

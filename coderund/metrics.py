@@ -31,6 +31,10 @@ COMPILE_TIME = Histogram("coderund_task_compile_seconds", "Wall time of compile 
 RUN_TIME = Histogram("coderund_task_run_seconds", "Wall time of program runs", ["language"], buckets=SECONDS)
 CONTAINER_START = Histogram("coderund_sandbox_container_start_seconds", "Creating, starting and attaching to a sandbox container",
                             buckets=SECONDS)
+EGRESS_CONNECTIONS = Counter("coderund_egress_connections_total", "Connections asked of the egress proxy, by outcome"
+                             " (allowed, refused)", ["outcome"])
+EGRESS_BYTES = Counter("coderund_egress_bytes_total", "Bytes through the egress proxy, by direction (out: from sandboxes)",
+                       ["direction"])
 DOCKER_CALLS = Counter("coderund_docker_api_calls_total", "Docker engine API calls by route", ["call"])
 WARM_TAKES = Counter("coderund_warm_pool_takes_total", "Steps by where their container came from: warm (hit), made now for a warm shape (miss) or another (cold)",
                      ["outcome"])

@@ -7,6 +7,7 @@ from typing import Any
 
 from .domain import MAX_ARG_CHARS, MAX_ARGS, MAX_CODE_BYTES, MAX_STDIN_BYTES
 from .errors import PayloadTooLarge, ValidationFailed
+from .network import NetworkPolicy, parse_policy
 
 # A sandbox's language names its image and its first context; the hub runs on the image's python3,
 # and bash contexts run in any sandbox, JavaScript ones where the image has node.
@@ -68,6 +69,7 @@ class SandboxRequest:
     env: dict[str, str]
     metadata: dict[str, str]
     work_folder: str = WORK_FOLDER
+    network: NetworkPolicy | None = None  # as a task's (admission clamps it); None: no network
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ def parse_sandbox_request(body: object, limits: SandboxLimits) -> SandboxRequest
         idle_timeout_s=_number(body, "idle_timeout_s", limits.idle_timeout_s, 1, limits.max_lifetime_s),
         env=_strings(body, "env", MAX_ENV, ENV_NAME),
         metadata=_strings(body, "metadata", MAX_METADATA),
+        network=parse_policy(body["network"]) if body.get("network") is not None else None,
     )
 
 

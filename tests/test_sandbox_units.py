@@ -33,6 +33,20 @@ def test_container_options_lock_the_container_down():
     [mount] = options["mounts"]
     assert mount["Source"] == "tools" and mount["Target"] == "/.coderund" and mount["ReadOnly"] is True
     assert options["command"] == ["/.coderund/supervise", "/box"] and options["stdin_open"] is True
+    assert not any("proxy" in name.lower() or name.startswith("CODERUND") for name in options["environment"])
+
+
+def test_a_container_with_egress_gets_its_socket_folder_and_the_proxy_variables_and_still_no_network():
+    options = container_options(image="img", memory_mb=128, isolation=Isolation(), env={"HTTP_PROXY": "mine"}, labels={},
+                                tools_volume="tools", egress="/cache/egress/abc")
+    assert options["network_mode"] == "none" and options["network_disabled"] is True
+    _, socket_folder = options["mounts"]
+    assert (socket_folder["Source"], socket_folder["Target"], socket_folder["Type"], socket_folder["ReadOnly"]) == \
+        ("/cache/egress/abc", "/.coderund-egress", "bind", True)
+    env = options["environment"]
+    assert env["CODERUND_EGRESS"] == "/.coderund-egress/s"
+    assert env["HTTP_PROXY"] == env["https_proxy"] == env["ALL_PROXY"] == "http://127.0.0.1:3128"  # ours, not the request's
+    assert "127.0.0.1" in env["NO_PROXY"]
 
 
 def test_parse_report():

@@ -11,6 +11,7 @@ from ..sandbox_requests import (CONTEXT_LANGUAGES, DEFAULT_RUN_S, LANGUAGES, MAX
                                 MAX_OUTPUT_BYTES, MAX_RESULT_BYTES, MAX_RESULTS, MAX_RUN_S, STATES)
 from ..domain import (HISTORY_STATES, MAX_ARTIFACT_BYTES, MAX_ARTIFACTS, MAX_OUTPUTS, MAX_ARG_CHARS, MAX_ARGS, MAX_BATCH, MAX_FILES, MAX_TESTS, MAX_WAIT_S, PASSWORD_LENGTH,
                       Verdict)
+from ..network import MAX_NAME, MAX_PATTERNS
 from .keys import SESSION_COOKIE
 
 ERROR_CODES = [
@@ -118,7 +119,19 @@ SCHEMAS: dict[str, Any] = {
             "outputs": {"type": "array", "maxItems": MAX_OUTPUTS, "items": {"type": "string", "maxLength": 256},
                         "description": "files the run writes to bring back in `artifacts`: paths in the work folder, each "
                                        "part a shell pattern (`plot.png`, `out/*.csv`); a single run only, not with tests"},
+            "network": _ref("NetworkPolicy"),
         },
+    },
+    "NetworkPolicy": {
+        "type": "object", "required": ["allow"], "additionalProperties": False,
+        "description": "the hosts the run (not its build) may reach through coderund's egress proxy (HTTP and HTTPS via "
+                       "the proxy variables it sets); absent: no network. 400 when the operator has egress off; wider "
+                       "than the operator's --egress-max is narrowed to it. Names only: what they resolve to is checked, "
+                       "and loopback, private, link-local and metadata addresses are never reached.",
+        "properties": {"allow": {"type": "array", "maxItems": MAX_PATTERNS, "items": {
+            "type": "string", "maxLength": MAX_NAME + 2,
+            "description": "a host name (`pypi.org`), `*.` and a domain (`*.githubusercontent.com`: names under it) or `*`"},
+            "examples": [["pypi.org", "files.pythonhosted.org"]]}},
     },
     "Batch": {"type": "object", "required": ["tasks"],
               # Items are plain objects here (each is checked as POST /task checks its body): a $ref to TaskRequest
@@ -172,6 +185,10 @@ SCHEMAS: dict[str, Any] = {
                                     "properties": {"name": {"type": "string"}, "size": {"type": "integer"},
                                                    "content_base64": {"type": "string"}}}},
             "artifacts_truncated": {"type": "boolean", "description": "more files matched than the caps let through"},
+            "network_usage": {"type": "object", "description": "with a network policy: what the run did with it",
+                              "properties": {"allowed": {"type": "integer", "description": "connections made"},
+                                             "refused": {"type": "integer", "description": "connections refused"},
+                                             "bytes": {"type": "integer", "description": "both ways"}}},
         },
     },
     "Language": {
@@ -545,8 +562,11 @@ E2B_NEW_SANDBOX = {"type": "object", "required": ["templateID"], "properties": {
     "timeout": {"type": "integer", "minimum": 0, "description": "seconds; clamped to the operator's lifetimes"},
     "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
     "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
-    "secure": {"type": "boolean"}, "allow_internet_access": {"type": "boolean",
-                                                             "description": "accepted; a coderund sandbox has no network"},
+    "secure": {"type": "boolean"}, "allow_internet_access": {
+        "type": "boolean", "description": "true: the operator's widest network policy where egress is on (else no network)"},
+    "network": {"type": "object", "properties": {
+        "allow_out": {"type": "array", "items": {"type": "string"}, "description": "host names and *.domain patterns"},
+        "deny_out": {"type": "array", "items": {"enum": ["0.0.0.0/0", "::/0"]}}}},
     "autoPause": {"type": "boolean"}}}
 E2B_TEMPLATE = {"type": "object", "required": ["templateID", "buildID", "cpuCount", "memoryMB", "public", "aliases"],
                 "properties": {"templateID": {"type": "string"}, "buildID": {"type": "string"},
@@ -631,6 +651,7 @@ SANDBOX_SCHEMAS = {
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
             "metadata": {"type": "object", "additionalProperties": {"type": "string"},
                          "description": "yours to filter GET /sandboxes by"},
+            "network": _ref("NetworkPolicy"),
         },
     },
     "Sandbox": {
@@ -639,7 +660,8 @@ SANDBOX_SCHEMAS = {
                        "language": {"type": "string"}, "memory_mb": {"type": "integer"}, "cpus": {"type": "number"},
                        "disk_mb": {"type": "integer"}, "idle_timeout_s": {"type": "integer"},
                        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-                       "created_at": {"type": "string"}, "expires_at": {"type": "string"}},
+                       "created_at": {"type": "string"}, "expires_at": {"type": "string"},
+                       "network": {"oneOf": [_ref("NetworkPolicy"), {"type": "null"}]}},
     },
     "SandboxRun": {
         "type": "object", "required": ["code"],
@@ -742,6 +764,12 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                                             " longest lifetime after its creation",
                                             {"200": _json(_ref("Sandbox"), "Extended")}, body="SandboxTimeout",
                                             errors=(*CALL_ERRORS, "400", "408", "413")),
+    ("put", f"{ONE}/network"): _sandbox_op("Replace its network policy, in force at once: open connections to hosts "
+                                           "outside it are closed",
+                                           {"200": _json(_ref("Sandbox"), "The policy is in force")}, body="NetworkPolicy",
+                                           errors=(*CALL_ERRORS, "400", "413"),
+                                           description="409 for a sandbox created without `network`: it has no way out "
+                                                       "to open."),
     ("post", f"{ONE}/run"): _sandbox_op(
         "Run code in a persistent context (Python keeps variables, imports, definitions; bash keeps cwd and env)",
         {"200": _streamed("RunOutcome", "The run's outcome; with Accept: application/x-ndjson, events as they happen")},

@@ -11,6 +11,7 @@ from aiohttp import web
 from ..access import TASKS_READ, TASKS_WRITE
 from ..domain import iso
 from ..errors import PayloadTooLarge
+from ..network import parse_policy
 from ..sandbox_requests import (FILE_CHUNK, CommandRequest, RunRequest, file_path, metadata_filter, parse_command,
                                 parse_context, parse_run, parse_sandbox_request, parse_timeout)
 from .keys import SERVICES, USER_ID
@@ -23,7 +24,8 @@ MB = 1024 * 1024
 def document(row: Any) -> dict[str, Any]:
     return {"id": str(row.id), "state": row.state, "language": row.language, "memory_mb": row.memory_mb,
             "cpus": row.cpus, "disk_mb": row.disk_mb, "idle_timeout_s": row.idle_timeout_s, "metadata": row.metadata,
-            "created_at": iso(row.created_at), "expires_at": iso(row.expires_at)}
+            "created_at": iso(row.created_at), "expires_at": iso(row.expires_at),
+            "network": None if row.network is None else row.network.document()}
 
 
 def _sandboxes(request: web.Request) -> Any:
@@ -252,6 +254,11 @@ async def list_files(request: web.Request) -> web.Response:
     return web.json_response({"path": path, "entries": end["entries"], "truncated": bool(end.get("truncated"))})
 
 
+async def set_network(request: web.Request) -> web.Response:
+    policy = parse_policy(await read_json(request))
+    return web.json_response(document(await _sandboxes(request).set_network(request[USER_ID], _id(request), policy)))
+
+
 W, R = TASKS_WRITE, TASKS_READ
 ONE = "/sandboxes/{sandbox_id}"
 SANDBOX_ROUTES = [
@@ -260,6 +267,7 @@ SANDBOX_ROUTES = [
     Route("GET", ONE, get, scope=R),
     Route("DELETE", ONE, delete, scope=W),
     Route("POST", f"{ONE}/timeout", extend, scope=W),
+    Route("PUT", f"{ONE}/network", set_network, scope=W),
     Route("POST", f"{ONE}/run", run, scope=W),
     Route("POST", f"{ONE}/commands", command, scope=W),
     Route("POST", f"{ONE}/contexts", create_context, scope=W),

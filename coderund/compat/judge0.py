@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from ..domain import MAX_FILES, Task, TaskRequest, TaskState, Verdict
+from ..network import ANY, NetworkPolicy
 from ..plugins import Plugin, Plugins
 
 VERSION = "1.13.1"
@@ -79,6 +80,7 @@ class Limits:
     max_max_file_size: int = 4096
     max_extract_size: int = 10240
     max_submission_batch_size: int = 20
+    allow_enable_network: bool = False  # egress is on: enable_network asks for the operator's widest policy
 
 
 class NotUtf8(Exception):
@@ -229,7 +231,7 @@ def parse_submission(body: Any, plugins: Plugins, limits: Limits, *, base64_enco
             errors.setdefault(name, []).append("is too long (maximum is 512 characters)")
     if body.get("compiler_options"):
         errors.setdefault("compiler_options", []).append("setting compiler options is not allowed")
-    if body.get("enable_network"):
+    if body.get("enable_network") and not limits.allow_enable_network:
         errors.setdefault("enable_network", []).append("enabling network is not allowed")
     for name in ("enable_per_process_and_thread_time_limit", "enable_per_process_and_thread_memory_limit"):
         if body.get(name):
@@ -283,7 +285,10 @@ def parse_submission(body: Any, plugins: Plugins, limits: Limits, *, base64_enco
         files, code = ((EXECUTABLE_FILE, code),), RUN_EXECUTABLE
     elif language_id == MULTI_FILE:
         code = "if [ -f compile ]; then bash compile || exit $?; fi\nexec bash run \"$@\"\n"
-    return TaskRequest(name, code, stdin, args, requested, files, callback_url=callback or None, compat=compat)
+    # Judge0's switch has no list: the widest policy there is, which admission narrows to the operator's.
+    network = NetworkPolicy((ANY,)) if body.get("enable_network") else None
+    return TaskRequest(name, code, stdin, args, requested, files, callback_url=callback or None, compat=compat,
+                       network=network)
 
 
 def fit_limits(request: TaskRequest, plugin: Plugin) -> TaskRequest:
@@ -375,7 +380,7 @@ def document(task: Task, plugins: Plugins, fields: tuple[str, ...], *, base64_en
         "message": message, "number_of_runs": 1, "compiler_options": None,
         "command_line_arguments": compat.get("command_line_arguments"),
         "redirect_stderr_to_stdout": bool(compat.get("redirect_stderr_to_stdout")), "callback_url": task.callback_url,
-        "additional_files": None, "enable_network": False,
+        "additional_files": None, "enable_network": task.network is not None,
         "cpu_time_limit": f"{task.limits.time_ms / 1000:.1f}", "cpu_extra_time": "0.0",
         "wall_time_limit": f"{task.limits.time_ms / 1000:.1f}", "memory_limit": task.limits.memory_mb * 1024,
         "stack_limit": request.get("stack_limit") or 64000,
@@ -421,8 +426,8 @@ def config_info(limits: Limits, *, max_queue: int) -> dict[str, Any]:
         "max_file_size": limits.max_file_size, "max_max_file_size": limits.max_max_file_size, "number_of_runs": 1,
         "max_number_of_runs": 1, "redirect_stderr_to_stdout": False, "max_extract_size": limits.max_extract_size,
         "enable_batched_submissions": True, "max_submission_batch_size": limits.max_submission_batch_size,
-        "submission_cache_duration": 1.0, "use_docs_as_homepage": False, "allow_enable_network": False,
-        "enable_network": False,
+        "submission_cache_duration": 1.0, "use_docs_as_homepage": False,
+        "allow_enable_network": limits.allow_enable_network, "enable_network": False,
     }
 
 

@@ -1,9 +1,10 @@
 """Piston v2, translated: /api/v2/execute bodies into TaskRequests, stored tasks into its answer, and
 coderund's plugins into its runtimes. Pure functions, no I/O.
 
-Piston runs files[0] with its language's run script; coderund saves `code` as the plugin's entry file.
-A Java program's public class is renamed Main (Piston's own tests declare `public class HelloWorld`
-in test.java), the only rewrite; what cannot be said in coderund's terms is a 400 with Piston's words.
+Piston runs files[0] with its language's run script; coderund saves `code` as the plugin's entry file,
+but a Java program's public class, which Piston's `java File.java` runs whatever it is called, is
+built and run under its own name (Piston's own tests declare `public class HelloWorld` in test.java).
+What cannot be said in coderund's terms is a 400 with Piston's words.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import math
 import binascii
 import re
 import signal as signals
+from pathlib import PurePosixPath
 from typing import Any
 
-from ..domain import Task, TaskRequest, Verdict
+from ..domain import Program, Task, TaskRequest, Verdict
 from ..plugins import Plugin, Plugins
 
 # Piston's language names (and runtime) where they differ from coderund's plugin names.
@@ -24,6 +26,7 @@ EXTRA_ALIASES = {"cpp": ["g++"], "assembly": ["asm64"], "javascript": ["node-jav
                  "python": ["py", "py3", "python3"], "csharp": ["mono", "mono-csharp", "mono-c#", "mono-cs", "c#", "cs"]}
 JAVA_CLASS = re.compile(r"\bpublic\s+(?:final\s+)?class\s+([A-Za-z_$][\w$]*)")
 SEMVER = re.compile(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+NAME_MAX = 255  # bytes of a file name (Linux): a Java entry file named after its class must fit
 LIMIT_NAMES = ("compile_timeout", "run_timeout", "compile_cpu_time", "run_cpu_time", "compile_memory_limit",
                "run_memory_limit")
 
@@ -108,6 +111,18 @@ def _content(file: dict[str, Any], i: int) -> str:
         raise ValueError(f"files[{i}] is not UTF-8 text once decoded (coderund takes text files)") from None
 
 
+def _java_program(plugin: Plugin, code: str) -> Program | None:
+    """The plugin's own commands for a public class not called as its entry file's: the class saved in a
+    file of its name and run by it, so that its name, in its output, strings and stack traces, stays."""
+    found = JAVA_CLASS.search(code)
+    main = PurePosixPath(plugin.source_file).stem
+    if found is None or found.group(1) == main:
+        return None
+    name = found.group(1)
+    return Program(source_file=f"{name}.java", compile=plugin.compile,
+                   run=tuple(name if part == main else part for part in plugin.run))
+
+
 def parse_execute(body: Any, plugins: Plugins, *, interactive: bool = False) -> TaskRequest | str:
     """The TaskRequest an execute body (or a WebSocket init) means, or Piston's message for a 400.
     Interactive, stdin is only what comes later, as Piston does."""
@@ -153,16 +168,18 @@ def parse_execute(body: Any, plugins: Plugins, *, interactive: bool = False) -> 
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         return "args must be a list of strings"
     code = texts[0]
-    if plugin.name == "java" and (found := JAVA_CLASS.search(code)) and found.group(1) != "Main":
-        code = re.sub(rf"\b{re.escape(found.group(1))}\b", "Main", code)
+    program = _java_program(plugin, code) if plugin.name == "java" else None
+    if program and len(program.source_file.encode()) > NAME_MAX:
+        return f"files[0]'s public class name is too long: its file name would be over {NAME_MAX} bytes"
+    entry = program.source_file if program else plugin.source_file
     others = []
     for i, (file, text) in enumerate(zip(files[1:], texts[1:], strict=True), start=1):
         name = file.get("name") or f"file{i}.code"
-        if not isinstance(name, str) or name == plugin.source_file:
+        if not isinstance(name, str) or name == entry:
             return f"files[{i}].name must be a string other than the entry file"
         others.append((name, text))
     compat = {"api": "piston", "language": language_name(plugin), "version": version(plugin)}
-    return TaskRequest(plugin.name, code, stdin, tuple(args), limits, tuple(others), compat=compat)
+    return TaskRequest(plugin.name, code, stdin, tuple(args), limits, tuple(others), compat=compat, program=program)
 
 
 def _signal_name(number: int | None) -> str | None:
@@ -187,7 +204,8 @@ def result(task: Task, plugin: Plugin) -> dict[str, Any]:
     status, message = STATUS.get(r.verdict, (None, None))
     if r.verdict is Verdict.RUNTIME_ERROR:
         status, message = ("SG", f"Killed by signal {r.signal}") if r.signal else ("RE", f"Exited with error status {r.exit_code}")
-    signal = "SIGKILL" if status in ("TO", "OL") else _signal_name(r.signal)
+    # SIGKILL, as Piston names it, for a run ended from outside: at a limit, or cancelled (a socket's signal)
+    signal = "SIGKILL" if status in ("TO", "OL") or r.verdict is Verdict.CANCELLED else _signal_name(r.signal)
     stage = {"stdout": stdout, "stderr": stderr, "output": stdout + stderr, "code": r.exit_code, "signal": signal,
              "message": message, "status": status, "cpu_time": r.time_ms, "wall_time": r.wall_ms,
              "memory": None if r.memory_kb is None else r.memory_kb * 1024}

@@ -11,11 +11,12 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from ..errors import RateLimited
+from ..network import NetworkPolicy
 from ..sandbox_requests import WORK_FOLDER, SandboxRequest
 from .db import Database
 
 COLUMNS = ("id, user_id, language, memory_mb, cpus, disk_mb, idle_timeout_s, env, metadata, state, worker_id, container_id,"
-           " created_at, expires_at, ended_at, end_reason, access_token, work_folder")
+           " created_at, expires_at, ended_at, end_reason, access_token, work_folder, network")
 USER_LOCK = 0x73627831  # with a user's id: one create of that user's at a time passes the cap check
 LIVE = "state <> 'ended'"
 
@@ -40,6 +41,7 @@ class SandboxRow:
     end_reason: str | None
     access_token: str = field(default="", repr=False)  # E2B's envd calls' credential: never in a log line
     work_folder: str = WORK_FOLDER
+    network: NetworkPolicy | None = None  # within the operator's widest; None: no network at all
 
 
 class SandboxStore:
@@ -56,11 +58,12 @@ class SandboxStore:
                 raise RateLimited(f"You have {live['n']} live sandboxes, the most you may have; delete one first.", 10)
             cursor = await conn.execute(
                 "INSERT INTO sandboxes (id, user_id, language, memory_mb, cpus, disk_mb, idle_timeout_s, env, metadata,"
-                " expires_at, access_token, work_folder) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                f" now() + make_interval(secs => %s), %s, %s) RETURNING {COLUMNS}",
+                " expires_at, access_token, work_folder, network) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                f" now() + make_interval(secs => %s), %s, %s, %s) RETURNING {COLUMNS}",
                 (uuid.uuid4(), user_id, request.language, request.memory_mb, request.cpus, request.disk_mb,
                  request.idle_timeout_s, Jsonb(request.env), Jsonb(request.metadata), request.timeout_s,
-                 secrets.token_hex(32), request.work_folder))
+                 secrets.token_hex(32), request.work_folder,
+                 None if request.network is None else Jsonb(request.network.document())))
             return _row(await cursor.fetchone())
 
     async def get(self, sandbox_id: uuid.UUID) -> SandboxRow | None:
@@ -97,6 +100,12 @@ class SandboxStore:
                                f" AND {LIVE} AND expires_at > now() RETURNING {COLUMNS}",
                                (timeout_s, max_lifetime_s, sandbox_id))
 
+    async def set_network(self, sandbox_id: uuid.UUID, policy: NetworkPolicy) -> SandboxRow | None:
+        """Its policy replaced, if it is live and has one (a sandbox made without a network has no way
+        out to open); None otherwise."""
+        return await self._one(f"UPDATE sandboxes SET network = %s WHERE id = %s AND {LIVE} AND network IS NOT NULL"
+                               f" RETURNING {COLUMNS}", (Jsonb(policy.document()), sandbox_id))
+
     async def end(self, sandbox_id: uuid.UUID, reason: str) -> SandboxRow | None:
         """Ends it, with the reason; None if it had ended already (its first reason stays)."""
         return await self._one(f"UPDATE sandboxes SET state = 'ended', ended_at = now(), end_reason = %s"
@@ -126,4 +135,5 @@ class SandboxStore:
 
 
 def _row(row: dict[str, Any]) -> SandboxRow:
-    return SandboxRow(**row)
+    network = row["network"] and NetworkPolicy(tuple(row["network"]["allow"]))
+    return SandboxRow(**{**row, "network": network})

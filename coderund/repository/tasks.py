@@ -11,6 +11,7 @@ from psycopg.types.json import Jsonb
 
 from ..checkers import parse_checker
 from ..domain import Artifact, CaseResult, Limits, Program, Result, Task, TaskState, TestCase, Verdict
+from ..network import NetworkPolicy
 from ..errors import Unavailable
 from .db import Database
 from .notify import CANCEL, FINISHED
@@ -23,7 +24,7 @@ COLUMNS = (
     "id, user_id, language, code, stdin, args, time_ms, memory_mb, state, attempts, created_at, started_at,"
     " finished_at, verdict, exit_code, signal, stdout, stderr, compile_output, truncated, cpu_ms, wall_ms, memory_kb,"
     " files, tests, checker, stop_on_failure, case_results, cancel_requested, callback_url, live, tty, compat,"
-    " program, outputs, artifacts"
+    " program, outputs, artifacts, network, network_usage"
 )
 # What a result needs, without the submission's own texts: code, stdin and files come empty, and
 # the test cases only counted (a batch of large tasks once made the API hold every byte of them).
@@ -123,6 +124,7 @@ def _task(row: dict[str, Any]) -> Task:
             tests=None if row["case_results"] is None else tuple(_case(c) for c in row["case_results"]),
             artifacts=tuple(Artifact(a["name"], base64.b64decode(a["content"])) for a in (row["artifacts"] or {}).get("files", [])),
             artifacts_truncated=bool((row["artifacts"] or {}).get("truncated")),
+            network_usage=row["network_usage"],
         )
     return Task(
         id=row["id"],
@@ -143,6 +145,7 @@ def _task(row: dict[str, Any]) -> Task:
         compat=row["compat"],
         program=None if row["program"] is None else Program.from_document(row["program"]),
         outputs=tuple(row["outputs"]),
+        network=None if row["network"] is None else NetworkPolicy(tuple(row["network"]["allow"])),
         state=TaskState(row["state"]),
         attempts=row["attempts"],
         created_at=row["created_at"],
@@ -178,8 +181,8 @@ class Tasks:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USER_LOCK, task.user_id))
                 cursor = await conn.execute(
                     "INSERT INTO tasks (id, user_id, language, code, stdin, args, time_ms, memory_mb, files, tests, checker,"
-                    " stop_on_failure, callback_url, live, tty, compat, program, outputs, queue)"
-                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+                    " stop_on_failure, callback_url, live, tty, compat, program, outputs, network, queue)"
+                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
                     " WHERE (SELECT count(*) FROM tasks WHERE user_id = %s AND state <> 'done') < %s RETURNING id",
                     (task.id, task.user_id, task.language, task.code.encode(), task.stdin.encode(), Jsonb(task.args),
                      task.limits.time_ms, task.limits.memory_mb,
@@ -188,7 +191,7 @@ class Tasks:
                      Jsonb(task.checker.document()), task.stop_on_failure, task.callback_url, task.live, task.tty,
                      None if task.compat is None else Jsonb(task.compat),
                      None if task.program is None else Jsonb(task.program.document()), Jsonb(list(task.outputs)),
-                     self.queue, task.user_id, max_unfinished),
+                     None if task.network is None else Jsonb(task.network.document()), self.queue, task.user_id, max_unfinished),
                 )
             return await cursor.fetchone() is not None
 
@@ -346,7 +349,7 @@ class Tasks:
                 "UPDATE tasks SET state = 'done', finished_at = now(), verdict = %(verdict)s, exit_code = %(exit)s,"
                 " signal = %(signal)s, stdout = %(stdout)s, stderr = %(stderr)s, compile_output = %(compile)s,"
                 " truncated = %(truncated)s, cpu_ms = %(cpu)s, wall_ms = %(wall)s, memory_kb = %(memory)s,"
-                " container = %(container)s, case_results = %(cases)s, artifacts = %(artifacts)s"
+                " container = %(container)s, case_results = %(cases)s, artifacts = %(artifacts)s, network_usage = %(usage)s"
                 " WHERE id = %(id)s AND state <> 'done'"
                 " RETURNING id, callback_url, user_id, language, (finished_at AT TIME ZONE 'UTC')::date AS day",
                 "id", also=", usage AS (INSERT INTO usage_daily (user_id, day, language, tasks, cpu_ms, wall_ms)"
@@ -357,6 +360,7 @@ class Tasks:
                  "stderr": result.stderr, "compile": result.compile_output, "truncated": result.truncated,
                  "cpu": result.time_ms, "wall": result.wall_ms, "memory": result.memory_kb, "container": result.container,
                  "cases": None if result.tests is None else Jsonb([_case_document(c) for c in result.tests]),
-                 "artifacts": _artifacts_document(result), "id": task_id, "spent_cpu": cpu_ms, "spent_wall": wall_ms,
+                 "artifacts": _artifacts_document(result),
+                 "usage": None if result.network_usage is None else Jsonb(result.network_usage), "id": task_id, "spent_cpu": cpu_ms, "spent_wall": wall_ms,
                  "hook": uuid.uuid4()})
             return await cursor.fetchone() is not None

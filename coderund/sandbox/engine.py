@@ -76,6 +76,7 @@ class Shape:
     memory_mb: int
     env: tuple[tuple[str, str], ...] = ()
     pids_limit: int | None = None  # None: the isolation's
+    egress: str | None = None  # the host folder of the worker's egress socket for it (never a warm shape's)
 
 
 def api_route(method: str, url: str) -> str:
@@ -136,7 +137,7 @@ class Engine:
         name = f"coderund-{uuid.uuid4().hex[:12]}"
         options = container_options(image=shape.image, memory_mb=shape.memory_mb, isolation=self.isolation,
                                     env=dict(shape.env), labels={**self.labels, **labels}, pids_limit=shape.pids_limit,
-                                    tools_volume=self.tools_volume, **stateful)
+                                    tools_volume=self.tools_volume, egress=shape.egress, **stateful)
         api = self.client.api
         body = api.create_container_config(host_config=api.create_host_config(
             **{k: v for k, v in options.items() if k not in CREATE_KEYS}), **{k: v for k, v in options.items() if k in CREATE_KEYS})

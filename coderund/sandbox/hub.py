@@ -1162,6 +1162,20 @@ class Hub:
         self.commands = []
         self.watchers = {}
         self.contexts["python"] = PythonContext(self, "python", "python")  # ready before the first run
+        self.forwarder, self.forwarder_at = None, 0.0
+        self.keep_forwarder(time.monotonic())
+
+    def keep_forwarder(self, now):
+        """With a network policy, the egress forwarder (supervise.c: 127.0.0.1:3128, the proxy the
+        environment names, to the worker's proxy socket), started again within a second when it is
+        gone: it takes nobody's identity, so a program's kill(-1) reaches it too."""
+        path = self.env.get("CODERUND_EGRESS")
+        if not path or now < self.forwarder_at or (self.forwarder is not None and self.forwarder.poll() is None):
+            return
+        self.forwarder_at = now + 1
+        self.forwarder = subprocess.Popen([os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervise"),
+                                           "--egress"], env={"CODERUND_EGRESS": path}, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL)
 
     def watch(self, fd, callback):
         self.readers[fd] = callback
@@ -1190,6 +1204,7 @@ class Hub:
                 context.tick(now)
             self.commands = [c for c in self.commands if not c.tick(now)]
             self.reap()
+            self.keep_forwarder(now)
 
     def reap(self):
         """As the first process, the hub inherits every orphan: it reaps those that are not its own."""

@@ -22,9 +22,10 @@ import io
 import json
 import linecache
 import os
-import shutil
 import re
+import shutil
 import signal
+import site
 import subprocess
 import sys
 import traceback
@@ -51,6 +52,10 @@ def kernel(requests_fd, events_fd):
                                                errors="backslashreplace", line_buffering=True) for fd in (1, 2))
     prepare_matplotlib()
     sys.path.insert(0, os.getcwd())
+    # What pip installs into the home (a run with a network policy) is importable at once, as Python
+    # adds the user's site-packages at start only if it is there already.
+    if (user_site := site.getusersitepackages()) not in sys.path:
+        sys.path.append(user_site)
     sys.argv = [""]
     warnings.filterwarnings("ignore", message=".*(non-GUI backend|non-interactive).*")
     namespace = {"__name__": "__main__", "__builtins__": builtins}
@@ -77,6 +82,7 @@ def kernel(requests_fd, events_fd):
         error = None
         saved = {name: os.environ.get(name) for name in request.get("env") or {}}  # this run's own variables
         os.environ.update(request.get("env") or {})
+        importlib.invalidate_caches()  # folders and packages made since the last run are found
         try:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             try:

@@ -15,6 +15,10 @@ HUB = f"{TOOLS_DIR}/hub.py"  # a stateful sandbox's first process, on the image'
 SUPERVISOR_USER = "0:0"
 SUPERVISOR_CAPS = ["SETUID", "SETGID", "KILL", "CHOWN"]
 LABEL = "coderund"
+# A container with a network policy: the folder of the worker's egress socket for it (egress.py), and
+# the address its forwarder (supervise.c's EGRESS_PORT) listens on, which the proxy variables name.
+EGRESS_MOUNT, EGRESS_SOCKET = "/.coderund-egress", "s"
+EGRESS_PROXY = "http://127.0.0.1:3128"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 MB = 1024 * 1024
 # Options of the container itself; the rest of container_options() is host configuration.
@@ -32,13 +36,26 @@ class Isolation:
     nofile: int = 256
 
 
+def egress_environment() -> dict[str, str]:
+    """What a container with a policy gets: its forwarder's socket, and the proxy variables that
+    every common client reads (NO_PROXY keeps the sandbox's own loopback direct)."""
+    proxies = {name: EGRESS_PROXY for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                                               "all_proxy", "npm_config_proxy", "npm_config_https_proxy")}
+    local = "localhost,127.0.0.1,::1"
+    # pip installs into the user's home, the root being read-only; Debian's pip needs leave to do so.
+    return {"CODERUND_EGRESS": f"{EGRESS_MOUNT}/{EGRESS_SOCKET}", **proxies, "NO_PROXY": local, "no_proxy": local,
+            "PIP_BREAK_SYSTEM_PACKAGES": "1"}
+
+
 def container_options(
     *, image: str, memory_mb: int, isolation: Isolation, env: dict[str, str], labels: dict[str, str],
     tools_volume: str, pids_limit: int | None = None, command: list[str] | None = None, cpus: float = 1.0,
-    disk_mb: int | None = None, work_folder: str = WORKDIR,
+    disk_mb: int | None = None, work_folder: str = WORKDIR, egress: str | None = None,
 ) -> dict[str, Any]:
     """A task's container, or with command, disk_mb, cpus and work_folder a stateful sandbox's (its hub
-    in place of the supervisor, with the same identity and the same locks)."""
+    in place of the supervisor, with the same identity and the same locks). With egress (a host folder
+    holding the worker's egress socket for it), that folder is mounted and the proxy variables set:
+    the container still has no network of its own (egress.py)."""
     tmpfs = f"size={isolation.tmpfs_mb}m,nosuid,nodev"
     work_tmpfs = f"size={disk_mb or isolation.tmpfs_mb}m,nosuid,nodev"
     fsize = max(isolation.tmpfs_mb, disk_mb or 0) * MB
@@ -49,7 +66,8 @@ def container_options(
         "command": command or [SUPERVISOR, WORKDIR],
         "stdin_open": True,
         "user": SUPERVISOR_USER,
-        "environment": {"PATH": PATH, "LANG": "C.UTF-8", "HOME": work_folder, **env},
+        "environment": {"PATH": PATH, "LANG": "C.UTF-8", "HOME": work_folder, **env,
+                        **(egress_environment() if egress else {})},
         "labels": labels,
         "network_mode": "none",
         # No network at all, not even Docker's "none" endpoint: an empty namespace with its own
@@ -59,7 +77,8 @@ def container_options(
         "read_only": True,
         # World-writable: the program (nobody) writes its build outputs beside its sources.
         "tmpfs": {work_folder: f"{work_tmpfs},exec,mode=1777", "/tmp": f"{tmpfs},mode=1777"},
-        "mounts": [Mount(TOOLS_DIR, tools_volume, type="volume", read_only=True, no_copy=True)],
+        "mounts": [Mount(TOOLS_DIR, tools_volume, type="volume", read_only=True, no_copy=True),
+                   *([Mount(EGRESS_MOUNT, egress, type="bind", read_only=True)] if egress else [])],
         "shm_size": 16 * MB,
         "cap_drop": ["ALL"],
         "cap_add": SUPERVISOR_CAPS,

@@ -22,7 +22,8 @@ from ..plugins import Plugin
 from . import supervisor
 from .box import Box, Died, Live
 from .compile_cache import Build, CompileCache, key
-from .engine import SETTLE_S, Engine, SandboxError, Shape
+from .egress import Egress
+from .engine import SETTLE_S, Engine, SandboxError, SandboxRefused, Shape
 from .gate import FairGate
 from .options import LABEL, MB
 from .pool import WarmPool
@@ -44,8 +45,10 @@ WARM_LANE_S = 0.01
 
 
 class Sandbox:
-    def __init__(self, engine: Engine, pool: WarmPool, cache: CompileCache, gate: FairGate, *, output_limit: int) -> None:
+    def __init__(self, engine: Engine, pool: WarmPool, cache: CompileCache, gate: FairGate, *, output_limit: int,
+                 egress: Egress | None = None) -> None:
         self.engine = engine
+        self.egress = egress  # None: egress is off, and no task has a network policy
         self.gate = gate  # every step holds one of the worker's slots, shared fairly among users
         self.pool = pool
         self.cache = cache
@@ -71,7 +74,22 @@ class Sandbox:
         container of its own. A failing program is a result; a failing platform raises SandboxError.
         With live, the compiler's and the program's output go to it as they come, and the program's
         stdin comes from it (test cases are never live). A task's own Program replaces the plugin's
-        commands and adds its process limits to the run."""
+        commands and adds its process limits to the run. With a network policy, the run (not the build:
+        a cached build must not depend on what the network said) reaches what the policy allows through
+        an egress session of its own."""
+        if task.network is None:
+            return await self._execute(plugin, task, labels, case_parallel, live, None)
+        if self.egress is None:
+            raise SandboxRefused("this task has a network policy and this worker's egress is off")
+        session = await self.egress.open(task.id.hex, task.network)
+        try:
+            result = await self._execute(plugin, task, labels, case_parallel, live, str(session.folder))
+        finally:
+            await self.egress.close(session)
+        return dataclasses.replace(result, network_usage=session.counts())
+
+    async def _execute(self, plugin: Plugin, task: Task, labels: dict[str, str], case_parallel: int, live: Live | None,
+                       egress: str | None) -> Result:
         plugin = plugin.adapted(task.program)
         pids, rlimits = self.program_limits(task.program)
         files = Files({plugin.source_file: task.code.encode(), **{name: text.encode() for name, text in task.files}})
@@ -83,7 +101,8 @@ class Sandbox:
             files, compile_output = build.files, build.compile_output
         if not task.tests:
             report, container, left = await self._run(plugin, task.user_id, task.limits, labels, files, task.stdin,
-                                                      task.args, live, pids=pids, rlimits=rlimits, collect=bool(task.outputs))
+                                                      task.args, live, pids=pids, rlimits=rlimits, collect=bool(task.outputs),
+                                                      egress=egress)
             result = run_result(report, task.limits.memory_mb, compile_output, container)
             if not task.outputs:
                 return result
@@ -92,19 +111,20 @@ class Sandbox:
                        if files.data.get(name, FOLDER) != content}
             artifacts, truncated = select_artifacts(written, task.outputs)
             return dataclasses.replace(result, artifacts=artifacts, artifacts_truncated=truncated)
-        return await self._judge(plugin, task, labels, files, compile_output, case_parallel, pids, rlimits)
+        return await self._judge(plugin, task, labels, files, compile_output, case_parallel, pids, rlimits, egress)
 
     async def _run(self, plugin: Plugin, who: int, limits: Limits, labels: dict[str, str], files: Files, stdin: str,
                    args: list[str] | tuple[str, ...], live: Live | None = None, pids: int | None = None,
-                   rlimits: RunLimits = NO_LIMITS, collect: bool = False) -> tuple[RunReport, str, Files | None]:
+                   rlimits: RunLimits = NO_LIMITS, collect: bool = False,
+                   egress: str | None = None) -> tuple[RunReport, str, Files | None]:
         """The run, and with collect the work folder it left (its names still to be made safe)."""
-        report, left, container = await self._step(run_shape(plugin, limits, pids), who, labels, files, stdin.encode(),
+        report, left, container = await self._step(run_shape(plugin, limits, pids, egress), who, labels, files, stdin.encode(),
                                                    plugin.run_command(limits, args), limits, collect=collect, live=live,
                                                    rlimits=rlimits)
         return _ran(plugin, report), container, work_files(left, self.engine.isolation.tmpfs_mb * MB) if left else None
 
     async def _judge(self, plugin: Plugin, task: Task, labels: dict[str, str], files: Files, compile_output: bytes,
-                     parallel: int, pids: int | None, rlimits: RunLimits) -> Result:
+                     parallel: int, pids: int | None, rlimits: RunLimits, egress: str | None) -> Result:
         """The cases run in a few sandboxes (lanes, up to `parallel`), each running its share one after
         another: every case a fresh process tree in the work folder laid anew, with the task's limits,
         nothing of the last case left (the supervisor's MULTI mode). A case that kills its sandbox fails
@@ -113,7 +133,7 @@ class Sandbox:
         results: list[CaseResult | None] = [None] * len(task.tests)
         containers: list[str] = []
         todo = collections.deque(enumerate(task.tests))
-        shape = run_shape(plugin, task.limits, pids)
+        shape = run_shape(plugin, task.limits, pids, egress)
         max_bytes = 4 * self.output_limit + REPORT_SLACK
         failed = False
 
@@ -242,8 +262,8 @@ class Sandbox:
         return build
 
     async def _box(self, shape: Shape, labels: dict[str, str]) -> Box:
-        """A warm container of that shape, or one made now."""
-        return self.pool.take(shape) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
+        """A warm container of that shape, or one made now (always, with egress: its folder is this task's)."""
+        return (None if shape.egress else self.pool.take(shape)) or await self.engine.make(shape, {f"{LABEL}.task": labels[f"{LABEL}.task"]})
 
     async def _step(self, shape: Shape, who: int, labels: dict[str, str], files: Files, stdin: bytes,
                     program: tuple[str, ...], limits: Limits, *, collect: bool = False, live: Live | None = None,
@@ -322,8 +342,8 @@ def _ran(plugin: Plugin, report: RunReport) -> RunReport:
     return plugin.read_errors(report)
 
 
-def run_shape(plugin: Plugin, limits: Limits, pids: int | None = None) -> Shape:
-    return Shape(plugin.image, limits.memory_mb, plugin.environment(limits), pids)
+def run_shape(plugin: Plugin, limits: Limits, pids: int | None = None, egress: str | None = None) -> Shape:
+    return Shape(plugin.image, limits.memory_mb, plugin.environment(limits), pids, egress)
 
 
 def _compile_problem(report: RunReport, limits: Limits) -> str | None:

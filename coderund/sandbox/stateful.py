@@ -44,6 +44,7 @@ class Spec:
     disk_mb: int
     env: tuple[tuple[str, str], ...] = ()
     work_folder: str = WORKDIR
+    egress: str | None = None  # as Shape.egress: a sandbox with a network policy (never a warm one)
 
 
 class Hub:
@@ -57,7 +58,7 @@ class Hub:
     @classmethod
     async def start(cls, engine: Engine, spec: Spec, labels: dict[str, str]) -> Hub:
         runsc = engine.isolation.runtime == "runsc"
-        shape = Shape(spec.image, spec.memory_mb, spec.env, GVISOR_PIDS if runsc else PIDS)
+        shape = Shape(spec.image, spec.memory_mb, spec.env, GVISOR_PIDS if runsc else PIDS, spec.egress)
         caps = {"nproc": GVISOR_NPROC if runsc else 0, "output_bytes": MAX_OUTPUT_BYTES, "results": MAX_RESULTS,
                 "result_bytes": MAX_RESULT_BYTES, "contexts": MAX_CONTEXTS, "commands": MAX_COMMANDS,
                 "entries": MAX_ENTRIES, "chunk": FILE_CHUNK, "depth": MAX_LIST_DEPTH, "stdin_bytes": MAX_STDIN_PENDING,

@@ -2,7 +2,8 @@
  * stdin, runs that one program, reports on it on its stdout, and exits, which ends the container:
  * a container serves one task and no more.
  *
- * Usage: supervise WORK_FOLDER (its files, and the program's working folder)
+ * Usage: supervise WORK_FOLDER (its files, and the program's working folder), or supervise --egress
+ * (a stateful sandbox's egress forwarder alone, see start_egress).
  *
  * Request and report are made of items, each "<decimal length>:<bytes>".
  * Request: "coderund-5", WALL_MS, OUTPUT_CAP, COLLECT (0|1), LIVE (0|1), TERMINAL (0|1), MULTI (0|1), AS, FSIZE, NPROC
@@ -57,8 +58,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/ipc.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/mman.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
@@ -79,6 +83,8 @@
 #define SANDBOX_UID 65534        /* nobody: the program's identity, never ours */
 #define REAP_TRIES 2000          /* 1 ms apart: how long we wait for killed processes to be gone */
 #define LINE_MAX_BYTES 4000      /* of a terminal's line: a canonical line holds 4095, Linux drops the rest */
+#define EGRESS_PORT 3128       /* the egress forwarder's, on the container's own loopback */
+#define EGRESS_BUFFER 65536
 #define TERMINAL_ROWS 24
 #define TERMINAL_COLUMNS 80
 #if defined(__x86_64__)
@@ -691,7 +697,106 @@ static int open_terminal(void) {
 
 /* Reads a run's STDIN and program from our stdin and runs it; with LIVE, stdin is a pipe (or a
  * terminal) fed as it comes. */
+/* The egress forwarder (with CODERUND_EGRESS, the path of the worker's proxy socket in the
+ * container): it listens on 127.0.0.1:EGRESS_PORT, the proxy address the program's environment names,
+ * and hands each connection's bytes both ways to that socket, unread. The container has no network of
+ * its own: this is its only way out, and the worker's proxy decides what it reaches. It runs as the
+ * program's identity under its seccomp filter, one process per connection: a program that kills it
+ * only loses its own way out. */
+static void splice_both(int a, int b) {
+    static char buf[2][EGRESS_BUFFER];
+    int fd[2] = {a, b}, eof[2] = {0, 0};
+    size_t len[2] = {0, 0}, off[2] = {0, 0}; /* direction i: from fd[i] to fd[1 - i] */
+    fcntl(a, F_SETFL, O_NONBLOCK);
+    fcntl(b, F_SETFL, O_NONBLOCK);
+    for (;;) {
+        struct pollfd p[2] = {{a, 0, 0}, {b, 0, 0}};
+        for (int i = 0; i < 2; i++) {
+            if (off[i] < len[i]) p[1 - i].events |= POLLOUT;
+            else if (!eof[i]) p[i].events |= POLLIN;
+        }
+        if (!p[0].events && !p[1].events) return;
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (off[i] < len[i]) {
+                if (!p[1 - i].revents) continue;
+                ssize_t n = send(fd[1 - i], buf[i] + off[i], len[i] - off[i], MSG_NOSIGNAL);
+                if (n < 0 && errno != EAGAIN && errno != EINTR) return;
+                if (n > 0 && (off[i] += (size_t)n) == len[i]) off[i] = len[i] = 0;
+            } else if (!eof[i] && p[i].revents) {
+                ssize_t n = recv(fd[i], buf[i], EGRESS_BUFFER, 0);
+                if (n < 0 && errno != EAGAIN && errno != EINTR) return;
+                if (n == 0) {
+                    eof[i] = 1;
+                    shutdown(fd[1 - i], SHUT_WR);
+                } else if (n > 0) {
+                    len[i] = (size_t)n;
+                }
+            }
+        }
+    }
+}
+
+static void forward(int client, const char *path) {
+    struct sockaddr_un proxy = {.sun_family = AF_UNIX};
+    strncpy(proxy.sun_path, path, sizeof proxy.sun_path - 1);
+    int up = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (up < 0 || connect(up, (struct sockaddr *)&proxy, sizeof proxy) < 0) {
+        fprintf(stderr, "coderund-supervise: egress: %s: %s\n", path, strerror(errno));
+        return;
+    }
+    splice_both(client, up);
+}
+
+static int egress_listener(void) {
+    int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(EGRESS_PORT),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (listener < 0 || setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(listener, (struct sockaddr *)&address, sizeof address) < 0 || listen(listener, 128) < 0)
+        fail("egress: listening on 127.0.0.1");
+    return listener;
+}
+
+/* Serves for good as the program's identity, in a process of its own. */
+static void serve_egress(int listener, const char *path) {
+    /* Nothing of ours but the listener and stderr: not the report stream, nor a program's pipes. */
+    int null = open("/dev/null", O_RDWR);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(listener, 3) < 0) fail("egress: descriptors");
+    for (int fd = 4; fd < 1024; fd++) close(fd);
+    struct sigaction ignore = {.sa_handler = SIG_IGN};
+    sigaction(SIGCHLD, &ignore, NULL); /* connections' processes are reaped by the kernel */
+    sigaction(SIGPIPE, &ignore, NULL);
+    become_program();
+    for (;;) {
+        int client = accept4(3, NULL, NULL, SOCK_CLOEXEC);
+        if (client < 0) continue;
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(3);
+            forward(client, path);
+            _exit(0);
+        }
+        close(client);
+    }
+}
+
+/* Each run's forwarder, listening before the program starts (the last one died with the last run). */
+static void start_egress(void) {
+    const char *path = getenv("CODERUND_EGRESS");
+    if (!path || !*path) return;
+    int listener = egress_listener();
+    pid_t pid = fork();
+    if (pid < 0) fail("fork");
+    if (pid == 0) serve_egress(listener, path);
+    close(listener);
+}
+
 static void run(long wall_ms, size_t output_cap, int collect, int terminal) {
+    start_egress();
     int in, out, ours, ends[2];
     if (live) {
         if (terminal) {
@@ -833,7 +938,11 @@ int main(int argc, char **argv) {
     /* Not dumpable, besides being another identity: nothing may ptrace us or open /proc/1/fd. */
     prctl(PR_SET_DUMPABLE, 0);
     umask(022);
-    if (argc != 2 || chdir(argv[1]) < 0) fail("usage: supervise WORK_FOLDER");
+    /* A stateful sandbox's hub starts the forwarder alone, once. */
+    if (argc == 2 && strcmp(argv[1], "--egress") == 0 && getenv("CODERUND_EGRESS")) {
+        serve_egress(egress_listener(), getenv("CODERUND_EGRESS"));
+    }
+    if (argc != 2 || chdir(argv[1]) < 0) fail("usage: supervise WORK_FOLDER | supervise --egress");
     /* Unbuffered: what follows the request on our stdin (live input) is read only when polled for. */
     setvbuf(stdin, NULL, _IONBF, 0);
     char *magic = item();

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ..access import cpu_quota_left, seconds_to_next_day
-from ..admission import Admitted, Ceiling, admit_task
+from ..admission import Admitted, Ceiling, admit_network, admit_task
 from ..domain import TaskRequest
 from ..errors import QuotaExceeded, RateLimited, ValidationFailed
+from ..network import NetworkPolicy
 from ..plugins import Plugins
 from ..repository.callbacks import AddressRefused, check
 from ..repository.rates import Rates
@@ -34,6 +35,10 @@ class Admission:
         if request.callback_url:
             await self._check_callback(request.callback_url)
         return admitted, await self.charge(user_id)
+
+    def network(self, policy: NetworkPolicy | None) -> NetworkPolicy | None:
+        """A sandbox's network policy (at its create, or replacing its own) within the operator's widest."""
+        return admit_network(policy, self.ceiling)
 
     async def charge(self, user_id: int) -> Quota:
         """The user's quotas, once one start of work is charged to their rate: QuotaExceeded when the

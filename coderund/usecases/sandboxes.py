@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hmac
 import logging
 import time
@@ -21,10 +22,12 @@ from typing import Any
 from ..access import cpu_quota_left
 from ..errors import (AppError, Conflict, NotFound, PayloadTooLarge, SandboxEnded, Unauthorized, Unavailable,
                       UnsupportedLanguage, ValidationFailed)
+from ..network import NetworkPolicy
 from ..plugins import Plugins
 from ..repository.sandbox_channel import START, Message, SandboxChannel
 from ..repository.sandboxes import SandboxRow, SandboxStore
 from ..repository.usage import Usage
+from ..sandbox.egress import Egress, Session
 from ..sandbox.engine import Engine, SandboxError
 from ..sandbox.options import LABEL
 from ..sandbox.pool import WarmPool
@@ -58,6 +61,7 @@ class Sandboxes:
         self.cap = cap
 
     async def create(self, user_id: int, request: SandboxRequest) -> SandboxRow:
+        request = dataclasses.replace(request, network=self.admission.network(request.network))
         await self.admission.charge(user_id)
         row = await self.store.add(user_id, request, self.cap)
         reply = self.channel.new_reply()
@@ -138,6 +142,22 @@ class Sandboxes:
             async for _ in self.call(user_id, sandbox_id, {"op": "ping"}, row=row):
                 pass
         return await self.find(user_id, sandbox_id)
+
+    async def set_network(self, user_id: int, sandbox_id: str, policy: NetworkPolicy) -> SandboxRow:
+        """Replaces its network policy, in force once this returns: new connections are judged by
+        it, and open ones to hosts outside it are closed. 409 for a sandbox made without
+        one (its container has no way out to open)."""
+        policy = self.admission.network(policy)
+        assert policy is not None
+        row = await self.find(user_id, sandbox_id)
+        if row.network is None:
+            raise Conflict("The sandbox was created without a network policy; create one with 'network' to reach hosts.")
+        if row.worker_id is None or row.state == "starting":
+            raise Conflict("The sandbox is still starting.")
+        updated = await self.store.set_network(row.id, policy) or await self.find(user_id, sandbox_id)
+        async for _ in self.call(user_id, sandbox_id, {"op": "network", "allow": list(policy.allow)}, row=row):
+            pass
+        return updated
 
     async def delete(self, user_id: int, sandbox_id: str) -> None:
         row = await self.find(user_id, sandbox_id)
@@ -250,14 +270,17 @@ class Hosted:
     metered_at: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     runs: dict[str, str] = field(default_factory=dict)  # a run's reply key → the hub's request id
+    egress: Session | None = None  # its way out, with a network policy
 
 
 class SandboxHost:
     """The worker side: the sandboxes this worker hosts."""
 
     def __init__(self, store: SandboxStore, channel: SandboxChannel, engine: Engine, plugins: Plugins, usage: Usage, *,
-                 worker_id: str, queue: str, max_sandboxes: int, pool: WarmPool, cpu_s_per_day: int = 0) -> None:
+                 worker_id: str, queue: str, max_sandboxes: int, pool: WarmPool, cpu_s_per_day: int = 0,
+                 egress: Egress | None = None) -> None:
         self.usage = usage
+        self.egress = egress  # None: egress is off
         self.cpu_s_per_day = cpu_s_per_day  # the default daily quota; a user's own replaces it
         self.pool = pool  # sandboxes started ahead of their creates, of the default spec (and those in demand)
         self.store = store
@@ -312,17 +335,25 @@ class SandboxHost:
         row = await self.store.claim(sandbox_id, self.worker_id)
         if row is None:
             return  # it ended before any worker took it: its creator has given up
+        egress = None
         try:
             plugin = self.plugins.get(row.language)
-            spec = Spec(plugin.image, row.memory_mb, row.cpus, row.disk_mb, tuple(sorted(row.env.items())), row.work_folder)
-            hub = self.pool.take(spec) or await Hub.start(self.engine, spec, {f"{LABEL}.sandbox": str(row.id)})
+            if row.network is not None:
+                if self.egress is None:
+                    raise SandboxError("it has a network policy and this worker's egress is off")
+                egress = await self.egress.open(row.id.hex, row.network)
+            spec = Spec(plugin.image, row.memory_mb, row.cpus, row.disk_mb, tuple(sorted(row.env.items())), row.work_folder,
+                        egress and str(egress.folder))
+            hub = (None if egress else self.pool.take(spec)) or await Hub.start(self.engine, spec, {f"{LABEL}.sandbox": str(row.id)})
             self.pool.wake()  # a sandbox runs nothing until asked: its replacement may start at once
         except (SandboxError, KeyError, UnsupportedLanguage) as e:  # the last: a deployment without that plugin
             log.warning("sandbox %s: could not start: %s", row.id, e)
+            if egress is not None:
+                await self.egress.close(egress)
             await self.store.end(row.id, "start_failed")
             await self.channel.reply(reply, {"type": "end", "error": {"code": "start_failed", "message": str(e)}})
             return
-        hosted = Hosted(row, hub)
+        hosted = Hosted(row, hub, egress=egress)
         self.hosted[row.id] = hosted
         if not await self.store.started(row.id, hub.box.id):
             await self._end(hosted, None)
@@ -351,6 +382,8 @@ class SandboxHost:
         with contextlib.suppress(Unavailable):
             await self._meter(hosted)
         self.engine.discard(hosted.hub.box)
+        if hosted.egress is not None and self.egress is not None:
+            await self.egress.close(hosted.egress)
         if reason is not None:
             with contextlib.suppress(Unavailable):
                 await self.store.end(hosted.row.id, reason)
@@ -378,6 +411,12 @@ class SandboxHost:
             return
         if op["op"] == "close":
             await self._end(hosted, None)
+            return
+        if op["op"] == "network":
+            if hosted.egress is not None and self.egress is not None:
+                self.egress.replace(hosted.egress, NetworkPolicy(tuple(op["allow"])))
+            if reply:
+                await self.channel.reply(reply, {"type": "end"})
             return
         if op["op"] == "pause":
             end: dict[str, Any] = {"type": "end"}

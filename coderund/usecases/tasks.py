@@ -51,7 +51,7 @@ class TaskService:
         task = Task(uuid.uuid4(), user_id, plugin.name, request.code, request.stdin, list(request.args), limits,
                     request.files, request.tests, request.checker, request.stop_on_failure,
                     callback_url=request.callback_url, live=live, tty=live and tty, compat=request.compat,
-                    program=request.program, outputs=request.outputs)
+                    program=request.program, outputs=request.outputs, network=request.network)
         try:
             if not await self.tasks.add(task, max_pending or 1 << 31):
                 raise RateLimited(f"You have {max_pending} unfinished tasks; wait for some to finish.", BUSY_RETRY_S)

@@ -2,6 +2,7 @@
 (from the SDK), the Connect protocol's framing, envd's paths and events, the REST API's bodies."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
@@ -20,6 +21,7 @@ from coderund.access import new_key, parse_key_request
 from coderund.compat.e2b import api, connect, envd, interpreter, proto
 from coderund.compat.e2b import messages as m
 from coderund.errors import Conflict, NotFound, SandboxEnded, Unauthorized, ValidationFailed
+from coderund.network import NetworkPolicy
 from coderund.sandbox_requests import SandboxLimits
 
 E2B_KEY = re.compile(r"\Ae2b_[0-9a-f]+\Z")  # what E2B's SDK checks a key against
@@ -308,6 +310,20 @@ def test_signature_with_expiration_matches_the_sdk(monkeypatch):
 LIMITS = SandboxLimits(max_lifetime_s=7200)
 
 
+def test_e2b_network_rules_become_a_policy():
+    widest = NetworkPolicy(("*",))
+    new = functools.partial(api.parse_new_sandbox, limits=LIMITS, internet=widest)
+    assert new({"templateID": "base", "allow_internet_access": True}).network == widest
+    assert new({"templateID": "base", "allow_internet_access": False}).network is None
+    assert api.parse_new_sandbox({"templateID": "base", "allow_internet_access": True}, LIMITS).network is None  # egress off
+    assert new({"templateID": "base", "network": {"allow_out": ["pypi.org"], "deny_out": ["0.0.0.0/0"]}}).network == \
+        NetworkPolicy(("pypi.org",))
+    for network, words in (({"allow_out": ["10.0.0.0/8"]}, "network.allow_out[0]"), ({"deny_out": ["evil.com"]}, "deny_out"),
+                           ({"allow_out": "pypi.org"}, "network.allow_out"), ({"mask": 1}, "allow_out")):
+        with pytest.raises(api.E2bError, match=re.escape(words)):
+            new({"templateID": "base", "network": network})
+
+
 def test_new_sandboxes_from_templates_with_timeouts_clamped():
     base = api.parse_new_sandbox({"templateID": "base", "timeout": 300, "envVars": {"A": "1"}, "metadata": {"k": "v"},
                                   "secure": True, "allow_internet_access": True, "autoPause": False}, LIMITS)
@@ -327,7 +343,7 @@ def test_new_sandboxes_from_templates_with_timeouts_clamped():
 def row(n, state="running", language="python", metadata=None):
     return SimpleNamespace(id=f"id{n}", state=state, language=language, metadata=metadata or {}, cpus=0.5,
                            memory_mb=512, disk_mb=64, created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=n),
-                           expires_at=datetime(2026, 1, 2, tzinfo=UTC), access_token="t" * 64)
+                           expires_at=datetime(2026, 1, 2, tzinfo=UTC), access_token="t" * 64, network=None)
 
 
 def test_lists_filter_order_and_page():

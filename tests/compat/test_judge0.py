@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import uuid
 import zipfile
@@ -16,6 +17,7 @@ from coderund import plugins as plugin_loader
 from coderund.compat import judge0 as adapter
 from coderund.config import DEFAULT_PLUGINS_DIR
 from coderund.domain import Limits, Result, Task, TaskState, Verdict
+from coderund.network import NetworkPolicy
 
 PLUGINS = plugin_loader.load(DEFAULT_PLUGINS_DIR)
 LIMITS = adapter.Limits()
@@ -65,6 +67,15 @@ def test_a_submission_becomes_a_task_request():
 def test_validation_errors_are_judge0s(body, field, message):
     errors = parse(body)
     assert isinstance(errors, dict) and message in errors[field], errors
+
+
+def test_enable_network_asks_for_the_widest_policy_where_egress_is_on():
+    on = dataclasses.replace(LIMITS, allow_enable_network=True)
+    asked = adapter.parse_submission({"source_code": "x", "language_id": 71, "enable_network": True}, PLUGINS, on,
+                                     base64_encoded=False)
+    assert asked.network == NetworkPolicy(("*",))  # admission narrows it to --egress-max
+    assert parse({"source_code": "x", "language_id": 71}).network is None
+    assert adapter.config_info(on, max_queue=1)["allow_enable_network"] is True
 
 
 def zipped(files: dict[str, bytes]) -> str:

@@ -45,9 +45,13 @@ def test_an_execute_body_becomes_a_task_request():
     assert request.language == "python" and request.code == "print(input())" and request.stdin == "x\n"
     assert request.files == (("util.py", "X = 1"), ("file2.code", "A")) and request.args == ("a",)
     assert request.limits == {"time_ms": 3000, "memory_mb": 64}
-    java = piston.parse_execute({"language": "java", "version": "*", "files": [{"name": "test.java", "content":
-        "public class HelloWorld { public static void main(String[] a) { new HelloWorld(); System.out.println(\"OK\"); } }"}]}, PLUGINS)
-    assert "class Main" in java.code and "new Main()" in java.code and "HelloWorld" not in java.code
+    source = "public class HelloWorld { public static void main(String[] a) { new HelloWorld(); System.out.println(\"OK\"); } }"
+    java = piston.parse_execute({"language": "java", "version": "*", "files": [{"name": "test.java", "content": source}]}, PLUGINS)
+    plugin = PLUGINS.get("java")
+    assert java.code == source and java.program.source_file == "HelloWorld.java" and java.program.compile == plugin.compile
+    assert java.program.run == (*plugin.run[:-1], "HelloWorld") and plugin.run[-1] == "Main"
+    main = piston.parse_execute({"language": "java", "version": "*", "files": [{"content": "public class Main {}"}]}, PLUGINS)
+    assert main.program is None
 
 
 @pytest.mark.parametrize("body, message", [
@@ -58,6 +62,10 @@ def test_an_execute_body_becomes_a_task_request():
     ({"language": "python", "version": "2", "files": [{"content": "x"}]}, "python-2 runtime is unknown"),
     ({"language": "python", "version": "*", "files": [{"content": "x"}], "run_timeout": "1"}, "If specified, run_timeout must be a number"),
     ({"language": "python", "version": "*", "files": [{"content": "!!", "encoding": "base64"}]}, "files[0].content is not valid base64"),
+    ({"language": "java", "version": "*", "files": [{"content": "public class " + "C" * 251 + " {}"}]},
+     "files[0]'s public class name is too long: its file name would be over 255 bytes"),
+    ({"language": "java", "version": "*", "files": [{"content": "public class Hi {}"}, {"name": "Hi.java", "content": ""}]},
+     "files[1].name must be a string other than the entry file"),
 ])
 def test_errors_are_pistons(body, message):
     assert piston.parse_execute(body, PLUGINS) == message
@@ -76,10 +84,33 @@ def test_results_in_pistons_shape():
         "cpu_time": 5, "wall_time": 9, "memory": 8000 * 1024}}
     killed = piston.result(task(Result(Verdict.TIME_LIMIT, signal=9)), PLUGINS.get("python"))["run"]
     assert killed["status"] == "TO" and killed["signal"] == "SIGKILL"
+    cancelled = piston.result(task(Result(Verdict.CANCELLED)), PLUGINS.get("python"))["run"]
+    assert cancelled["status"] == "XX" and cancelled["signal"] == "SIGKILL" and cancelled["code"] is None
     segv = piston.result(task(Result(Verdict.RUNTIME_ERROR, signal=11)), PLUGINS.get("python"))["run"]
     assert segv["status"] == "SG" and segv["signal"] == "SIGSEGV"
     broken = piston.result(task(Result(Verdict.COMPILE_ERROR, exit_code=1, compile_output=b"error"), "c"), PLUGINS.get("c"))
     assert broken["compile"]["code"] == 1 and broken["compile"]["stderr"] == "error" and broken["run"] == broken["compile"]
+
+
+JAVA = """public class HelloWorld {
+    public static void main(String[] args) {
+        System.out.println("HelloWorld says " + args[0]);
+        System.out.println(HelloWorld.class.getName());
+        System.out.println(new Throwable().getStackTrace()[0].getClassName());
+    }
+}
+"""
+
+
+async def test_a_java_class_runs_under_its_own_name(runtime_api):
+    """Piston runs `java File.java`, whatever the public class is called: its name stays the program's,
+    in what it prints of it and in its strings (as Piston's multi_request test's HelloWorld in Test.java)."""
+    token = await runtime_api.user("pistonjava")
+    status, answer, _ = await runtime_api.call("POST", "/piston/api/v2/execute", token=token, json={
+        "language": "java", "version": "*", "args": ["hi"], "files": [{"name": "Test.java", "content": JAVA}]})
+    assert status == 200, answer
+    assert answer["compile"]["code"] == 0 and answer["run"]["code"] == 0, answer
+    assert answer["run"]["stdout"] == "HelloWorld says hi\nHelloWorld\nHelloWorld\n"
 
 
 CLIENT = """
@@ -133,6 +164,15 @@ async def test_the_websocket_protocol(api):
         assert (await ws.receive_json(timeout=30)) == {"type": "exit", "stage": "run", "code": 0, "signal": None}
         closing = await ws.receive(timeout=30)
         assert closing.type.name in ("CLOSE", "CLOSED", "CLOSING") and ws.close_code == 4999
+    async with api.session.ws_connect(url, headers=headers) as ws:  # a signal ends the run: killed
+        await ws.send_json({"type": "init", "language": "python", "version": "*",
+                            "files": [{"content": "import time\nprint('ready', flush=True)\ntime.sleep(60)"}]})
+        seen = [await ws.receive_json(timeout=30) for _ in range(3)]
+        assert seen[2] == {"type": "data", "stream": "stdout", "data": "ready\n"}
+        await ws.send_json({"type": "signal", "signal": "SIGTERM"})
+        assert (await ws.receive_json(timeout=30)) == {"type": "exit", "stage": "run", "code": None, "signal": "SIGKILL"}
+        await ws.receive(timeout=30)
+        assert ws.close_code == 4999
     async with api.session.ws_connect(url, headers=headers) as ws:  # no init within a second
         await ws.receive(timeout=10)
         assert ws.close_code == 4001

@@ -123,7 +123,8 @@ async def health(request: web.Request) -> web.Response:
 
 async def create(request: web.Request) -> web.Response:
     sandboxes = _sandboxes(request)
-    row = await sandboxes.create(request[USER_ID], e2b.parse_new_sandbox(await _body(request), sandboxes.limits))
+    row = await sandboxes.create(request[USER_ID], e2b.parse_new_sandbox(await _body(request), sandboxes.limits,
+                                                                         sandboxes.admission.ceiling.network))
     return _json(e2b.sandbox(row), 201)
 
 

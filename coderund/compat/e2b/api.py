@@ -17,6 +17,7 @@ from typing import Any
 
 from ...domain import iso
 from ...errors import PayloadTooLarge, ValidationFailed
+from ...network import NetworkPolicy, parse_patterns
 from ...sandbox_requests import E2B_HOME, LANGUAGES, SandboxLimits, SandboxRequest, parse_sandbox_request
 
 TEMPLATES = {"base": "javascript", "code-interpreter-v1": "python"}  # E2B's template → coderund's sandbox language
@@ -52,13 +53,18 @@ def error(status: int, message: str) -> dict[str, Any]:
     return {"code": status, "message": message}
 
 
+DENY_ALL = {"0.0.0.0/0", "::/0"}
+
+
 def template_of(language: str) -> str:
     return next((template for template, of in TEMPLATES.items() if of == language), language)
 
 
-def parse_new_sandbox(body: Any, limits: SandboxLimits) -> SandboxRequest:
+def parse_new_sandbox(body: Any, limits: SandboxLimits, internet: NetworkPolicy | None = None) -> SandboxRequest:
     """A NewSandbox as coderund's request: its timeout clamped to the operator's lifetimes; what a
-    coderund sandbox cannot be (MCP servers, volumes) a 400 naming it."""
+    coderund sandbox cannot be (MCP servers, volumes) a 400 naming it. Its network: network.allow_out's
+    host names, or with allow_internet_access the operator's widest policy (internet; None where
+    egress is off, and then E2B's default switch changes nothing)."""
     if not isinstance(body, dict):
         raise E2bError(400, "The body must be a JSON object.")
     template = body.get("templateID")
@@ -75,9 +81,24 @@ def parse_new_sandbox(body: Any, limits: SandboxLimits) -> SandboxRequest:
     native = {"language": ALIASES[template], "timeout_s": max(1, min(timeout, limits.max_lifetime_s)),
               "env": body.get("envVars") or {}, "metadata": body.get("metadata") or {}}
     try:
-        return dataclasses.replace(parse_sandbox_request(native, limits), work_folder=E2B_HOME)
+        return dataclasses.replace(parse_sandbox_request(native, limits), work_folder=E2B_HOME,
+                                   network=_network(body, internet))
     except (ValidationFailed, PayloadTooLarge) as e:
         raise E2bError(400, e.message.replace("'env'", "'envVars'")) from None
+
+
+def _network(body: dict[str, Any], internet: NetworkPolicy | None) -> NetworkPolicy | None:
+    """E2B's egress rules as a policy: coderund's is an allow list of names, denying the rest, so
+    deny_out may only say that (0.0.0.0/0); addresses are never allowed, only names."""
+    network = body.get("network")
+    if network is None:
+        return internet if body.get("allow_internet_access") is True else None
+    if not isinstance(network, dict) or set(network) - {"allow_out", "deny_out"}:
+        raise E2bError(400, "'network' takes allow_out (host names) and deny_out (0.0.0.0/0 only).")
+    if set(network.get("deny_out") or []) - DENY_ALL:
+        raise E2bError(400, "'network.deny_out': this server allows a list of host names and denies the rest;"
+                            " deny_out may only be 0.0.0.0/0.")
+    return NetworkPolicy(parse_patterns(network.get("allow_out") or [], "network.allow_out"))
 
 
 def parse_timeout(body: Any, name: str, limits: SandboxLimits, default: int | None = None) -> int:
@@ -107,7 +128,8 @@ def listed(row: Any) -> dict[str, Any]:
 
 
 def detail(row: Any) -> dict[str, Any]:
-    return {**listed(row), "envdAccessToken": row.access_token, "domain": None, "allowInternetAccess": False}
+    return {**listed(row), "envdAccessToken": row.access_token, "domain": None,
+            "allowInternetAccess": row.network is not None}
 
 
 def parse_list(query: dict[str, str], default_states: tuple[str, ...]) -> dict[str, Any]:
