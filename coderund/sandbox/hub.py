@@ -1377,11 +1377,19 @@ class Hub:
         env = {**self.env, **strings(request, "env")}
         stdin, timeout_s = text(request, "stdin", "").encode(errors="surrogateescape"), seconds(request, "timeout_s", 60)
         terminal = None if request.get("terminal") is None else terminal_size(request)
-        parts = parts_of(text(request, "cwd", "."))
+        cwd = text(request, "cwd", ".")
         with as_nobody():  # its folder, found as nobody finds it; entered by its descriptor
-            folder = open_folder(self.work, parts)
+            if cwd.startswith("/"):  # outside the work folder: reached as the command's own `cd` would
+                try:
+                    folder = os.open(cwd, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
+                except (OSError, ValueError) as e:
+                    raise path_error(e if isinstance(e, OSError) else OSError(errno.EINVAL, "bad"), cwd) from None
+            else:
+                parts = parts_of(cwd)
+                folder = open_folder(self.work, parts)
+                cwd = os.path.join(self.work, *parts)
         try:
-            self.commands.append(Command(self, rid, argv, folder, os.path.join(self.work, *parts), env, stdin, timeout_s,
+            self.commands.append(Command(self, rid, argv, folder, cwd, env, stdin, timeout_s,
                                          bool(request.get("open_stdin")), optional_text(request, "tag"),
                                          bool(request.get("announce")), terminal))
         finally:

@@ -214,7 +214,15 @@ async def test_a_pty_flood_is_bounded_and_the_terminal_stays_confined(e2b, sandb
     assert result.exit_code == 0 and result.error and "1 MiB" in result.error
     assert sum(map(len, output)) <= 1024 * 1024  # the rest dropped, never held
     with pytest.raises(SandboxException):
-        await call(sandbox.pty.create, PtySize(cols=80, rows=24), cwd="/etc")
+        await call(sandbox.pty.create, PtySize(cols=80, rows=24), cwd="/nowhere")
+    with pytest.raises(SandboxException):  # a folder nobody may enter
+        await call(sandbox.pty.create, PtySize(cols=80, rows=24), cwd="/root")
+    outside = await call(sandbox.pty.create, PtySize(cols=80, rows=24), cwd="/etc")  # as the user's own `cd /etc`
+    await call(sandbox.pty.send_stdin, outside.pid, b"pwd; id -u; touch x; exit 0\n")
+    seen = []
+    await call(outside.wait, on_pty=seen.append)
+    text = b"".join(seen).decode()
+    assert "/etc\r\n65534\r\n" in text and ("Read-only file system" in text or "Permission denied" in text)
     with pytest.raises(SandboxException):
         await call(sandbox.pty.resize, 999999, PtySize(cols=80, rows=24))
 

@@ -177,10 +177,17 @@ def test_start_as_a_hub_command():
                       ({"process": {"cmd": "ls"}, "pty": {"size": {"cols": 80, "rows": 65536}}}, "invalid_argument"),
                       ({"process": {}}, "invalid_argument"),
                       ({"process": {"cmd": "ls", "envs": {"A=B": "x"}}}, "invalid_argument"),
-                      ({"process": {"cmd": "ls", "cwd": "/etc"}}, "invalid_argument")):
+                      ({"process": {"cmd": "ls", "cwd": "/et\0c"}}, "invalid_argument"),
+                      ({"process": {"cmd": "ls", "cwd": "/" + "x" * 4096}}, "invalid_argument")):
         with pytest.raises(connect.ConnectError) as refused:
             envd.command_op(bad, None)
         assert refused.value.code == code
+
+
+def test_commands_may_start_outside_the_work_folder():
+    for cwd, expected in (("/", "/"), ("/etc/../tmp/", "/tmp"), ("/home/user/src", "src"), ("/home/user", "."), ("~", ".")):
+        assert envd.command_op({"process": {"cmd": "ls", "cwd": cwd}}, None)["cwd"] == expected
+    assert envd.e2b_path("/tmp") == "/tmp" and envd.e2b_path("/box/src") == "/home/user/src"
 
 
 def test_ptys_as_hub_terminals():

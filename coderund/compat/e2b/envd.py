@@ -6,7 +6,7 @@ sandbox's files live in its work folder, where its user (nobody) may write; a sa
 E2B's API has it at /home/user, and is HOME there too. E2B's paths under /home/user (and relative
 ones, and ~) name the work folder whatever its place (a sandbox made through coderund's own API has
 it at /box), and an answer names it /home/user. Other absolute paths (/tmp, /etc) cannot be reached
-by the file calls, and a command's working folder is the work folder or one below it. Every call
+by the file calls, though a command may start in any folder its user may enter. Every call
 runs as the sandbox's unprivileged user, whichever `user` it asks for: no call gets root.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ...admission import MAX_COMMAND_CHARS
 from ...errors import Unauthorized, ValidationFailed
 from ...sandbox_requests import E2B_HOME as HOME
 from ...sandbox_requests import (MAX_FILE_METADATA, MAX_FILE_METADATA_KEY, MAX_FILE_METADATA_VALUE, MAX_LIST_DEPTH,
-                                MAX_RUN_S, WORK_FOLDER, file_path, parse_command)
+                                MAX_PATH_CHARS, MAX_RUN_S, WORK_FOLDER, file_path, parse_command)
 from .connect import ConnectError
 
 ENVD_PORT = 49983
@@ -61,10 +61,23 @@ def _root_of(path: str) -> str | None:
     return next((root for root in (HOME, WORK_FOLDER) if path == root or path.startswith(root + "/")), None)
 
 
+def command_cwd(path: str) -> str:
+    """A command's working folder: in the work folder as work_path() names it, or another absolute
+    folder (E2B's cwd="/"), where the command may go itself: it runs as the sandbox's user there."""
+    if not isinstance(path, str) or not path.startswith("/") or _root_of(posixpath.normpath(path)) is not None:
+        return work_path(path)
+    if "\0" in path or len(path) > MAX_PATH_CHARS:
+        raise ConnectError("invalid_argument", f"A working folder has no NUL and at most {MAX_PATH_CHARS} characters.")
+    return posixpath.normpath(path)
+
+
 def e2b_path(path: str) -> str:
-    """A work folder's path (relative, or absolute as the hub names a command's cwd) as E2B names it."""
+    """A work folder's path (relative, or absolute as the hub names a command's cwd) as E2B names it;
+    an absolute path outside it (a command's cwd) as it is."""
     if root := _root_of(path):
         path = path[len(root):]
+    elif path.startswith("/"):
+        return path
     path = path.strip("/")
     return f"{HOME}/{path}" if path and path != "." else HOME
 
@@ -85,7 +98,7 @@ def command_op(request: dict[str, Any], timeout_s: float | None) -> dict[str, An
     except ValidationFailed as e:
         raise ConnectError("invalid_argument", e.message.replace("'cmd'", "'process.cmd' and 'args'")
                            .replace("'env'", "'process.envs'")) from None
-    op = {"op": "command", "cmd": list(parsed.cmd), "cwd": work_path(config.get("cwd") or HOME), "env": parsed.env,
+    op = {"op": "command", "cmd": list(parsed.cmd), "cwd": command_cwd(config.get("cwd") or HOME), "env": parsed.env,
           "timeout_s": parsed.timeout_s, "announce": True, "open_stdin": bool(request.get("stdin"))}
     if request.get("tag"):
         op["tag"] = request["tag"]
