@@ -4,18 +4,17 @@ hosts; one killed outright is noticed at once; a fork is a sandbox of its own; a
 is its own, and stays inside its folders."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
+import os
 import signal
 import tarfile
 import time
 
-import docker
 import psycopg
 import pytest
 
-from tests.conftest import api_of, free_port
+from tests.conftest import RUNTIMES, api_of, free_port, gvisor_missing, own_server
 from tests.test_sandboxes import command, container_exists, container_of_sandbox, create, run, wait_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -78,3 +77,160 @@ async def test_pause_persists_files_releases_the_container_and_a_call_restores_t
     async with await psycopg.AsyncConnection.connect(runtime_api.settings.database_url) as conn:
         left = await (await conn.execute("SELECT count(*) FROM sandbox_state WHERE sandbox_id = %s", (box["id"],))).fetchone()
     assert left[0] == 0  # deleted with the sandbox
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request):
+    if request.param == "runsc" and (missing := gvisor_missing()):
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}; CI runs every test under both runtimes")
+        pytest.skip(missing)
+    return request.param
+
+
+def own(settings, name, runtime, **changes):
+    return dataclasses.replace(settings, queue=f"{settings.queue}.{name}.{runtime}", port=free_port(), runtime=runtime,
+                               **changes)
+
+
+async def test_a_graceful_stop_stores_live_and_paused_sandboxes_for_the_next_worker(settings, spawn, runtime):
+    s = own(settings, "stop", runtime)
+    spawn(s, "--role", "api")
+    first = spawn(s, "--role", "worker")
+    async with api_of(s) as api:
+        token = await api.user("stop")
+        paused, live = await create(api, token), await create(api, token)
+        for box in (paused, live):
+            await leave_files(api, token, box)
+        await pause(api, token, paused)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(90) == 0
+        found = await sandbox(api, token, live)
+        assert found["state"] == "paused" and found["stored"], found  # stored as its worker stopped, not ended
+        spawn(s, "--role", "worker")
+        for box in (paused, live):
+            await files_are_back(api, token, box)
+
+
+async def test_a_killed_worker_s_sandboxes_come_back_from_their_last_persisted_point(settings, spawn, runtime):
+    s = own(settings, "kill", runtime)
+    spawn(s, "--role", "api")
+    doomed = spawn(s, "--role", "worker")
+    async with api_of(s) as api:
+        token = await api.user("kill")
+        kept, never = await create(api, token), await create(api, token)
+        await leave_files(api, token, kept)
+        await pause(api, token, kept)
+        await command(api, token, kept, "echo after the pause > later.txt")  # back on the worker, then lost with it
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        started = time.monotonic()
+        status, body, _ = await api.call("POST", f"/sandboxes/{never['id']}/run", token=token, json={"code": "1"})
+        assert status == 410 and "worker_lost" in body["message"], body  # no persisted point: lost, said at once
+        assert time.monotonic() - started < 10
+        spawn(s, "--role", "worker")
+        await files_are_back(api, token, kept)
+        assert (await command(api, token, kept, "ls later.txt"))["exit_code"] != 0  # what changed since is lost
+
+
+async def test_a_fork_is_a_sandbox_of_its_own(runtime_api, owner):
+    source = await create(runtime_api, owner, memory_mb=512, metadata={"case": "fork"})
+    forks = []
+    try:
+        await leave_files(runtime_api, owner, source)
+        status, fork, _ = await runtime_api.call("POST", f"/sandboxes/{source['id']}/fork", token=owner)
+        assert status == 201, fork
+        forks.append(fork)
+        assert fork["id"] != source["id"] and fork["memory_mb"] == 512 and fork["metadata"] == {"case": "fork"}
+        assert fork["state"] == "running" and fork["restored"] == "files"
+        await files_are_back(runtime_api, owner, fork)
+        await command(runtime_api, owner, fork, "echo fork > data/in.txt && echo mine > fork.txt")
+        await command(runtime_api, owner, source, "echo source > source.txt")
+        assert (await command(runtime_api, owner, source, "cat data/in.txt; ls"))["stdout"].split() == [
+            "work", "folder", "data", "source.txt"]
+        assert (await command(runtime_api, owner, fork, "cat data/in.txt; ls"))["stdout"].split() == ["fork", "data", "fork.txt"]
+        await pause(runtime_api, owner, source)  # a stored source forks too, without waking
+        status, second, _ = await runtime_api.call("POST", f"/sandboxes/{source['id']}/fork", token=owner)
+        assert status == 201, second
+        forks.append(second)
+        assert (await command(runtime_api, owner, second, "ls"))["stdout"].split() == ["data", "source.txt"]
+        assert (await sandbox(runtime_api, owner, source))["stored"]
+    finally:
+        for box in (source, *forks):
+            await runtime_api.call("DELETE", f"/sandboxes/{box['id']}", token=owner)
+
+
+def crafted(*members):
+    """A tar as a hostile store would hold it: (TarInfo fields, data) each."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for fields, data in members:
+            info = tarfile.TarInfo(fields.pop("name"))
+            for key, value in fields.items():
+                setattr(info, key, value)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def swap_state(settings, box, data):
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        await conn.execute("DELETE FROM sandbox_state WHERE sandbox_id = %s AND seq > 0", (box["id"],))
+        await conn.execute("UPDATE sandbox_state SET data = %s WHERE sandbox_id = %s", (data, box["id"]))
+
+
+class TestHostile:
+    async def test_anothers_sandbox_cannot_be_paused_resumed_forked_or_read(self, runtime_api, owner):
+        box = await create(runtime_api, owner)
+        stranger = await runtime_api.user("stranger")
+        try:
+            await leave_files(runtime_api, owner, box)
+            await pause(runtime_api, owner, box)
+            for method, path in (("POST", "/pause"), ("POST", "/resume"), ("POST", "/fork"), ("GET", ""),
+                                 ("GET", "/files/data/in.txt"), ("POST", "/run")):
+                status, body, _ = await runtime_api.call(method, f"/sandboxes/{box['id']}{path}", token=stranger,
+                                                         json={"code": "1"})
+                assert status == 404, (method, path, body)
+            assert (await sandbox(runtime_api, owner, box))["stored"]  # untouched by any of it
+            await files_are_back(runtime_api, owner, box)
+        finally:
+            await runtime_api.call("DELETE", f"/sandboxes/{box['id']}", token=owner)
+
+    async def test_a_tampered_state_stays_inside_its_sandbox(self, runtime_api, owner):
+        """The restore unpacks as the sandbox's user inside its new container: a leading slash is dropped,
+        and `..`, a symlink to climb out of, a device or a path outside its folders fails the restore
+        (the state is kept)."""
+        box = await create(runtime_api, owner)
+        try:
+            await pause(runtime_api, owner, box)
+            await swap_state(runtime_api.settings, box, crafted(({"name": "/box/abs.txt"}, b"a")))
+            listed = await command(runtime_api, owner, box, "ls /box")
+            assert listed["stdout"].split() == ["abs.txt"], listed  # the leading slash dropped: inside, as it was
+            for members in ([({"name": "../../box/dots.txt"}, b"d")],
+                            [({"name": "box/out", "type": tarfile.SYMTYPE, "linkname": "/etc"}, b""),
+                             ({"name": "box/out/evil.txt"}, b"x")],
+                            [({"name": "box/dev", "type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}, b"")],
+                            [({"name": "etc/evil.txt"}, b"x")]):
+                if not (await sandbox(runtime_api, owner, box))["stored"]:
+                    await pause(runtime_api, owner, box)
+                await swap_state(runtime_api.settings, box, crafted(*members))
+                status, body, _ = await runtime_api.call("POST", f"/sandboxes/{box['id']}/run", token=owner,
+                                                         json={"code": "1"})
+                assert status == 503 and "could not start" in body["message"], (members, body)
+                assert (await sandbox(runtime_api, owner, box))["stored"]  # refused whole, and kept for the owner
+        finally:
+            await runtime_api.call("DELETE", f"/sandboxes/{box['id']}", token=owner)
+
+    async def test_a_state_over_its_bound_is_refused_and_nothing_kept(self, runtime_api, owner):
+        async with own_server(runtime_api.settings, sandbox_state_max_mb=1, queue=f"{runtime_api.settings.queue}.bounded") as small:
+            token = await small.user("bounded")
+            box = await create(small, token)
+            try:
+                await command(small, token, box, "head -c 2000000 /dev/urandom > big.bin")
+                status, body, _ = await small.call("POST", f"/sandboxes/{box['id']}/pause", token=token)
+                assert status == 413 and "1 MiB" in body["message"], body
+                found = await sandbox(small, token, box)
+                assert not found["stored"] and found["persisted_bytes"] == 0
+                assert (await command(small, token, box, "wc -c < big.bin"))["stdout"] == "2000000\n"
+            finally:
+                await small.call("DELETE", f"/sandboxes/{box['id']}", token=token)
