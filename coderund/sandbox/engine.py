@@ -301,10 +301,15 @@ class Engine:
 
 
 async def _feed(writer: asyncio.StreamWriter, chunks: AsyncIterator[bytes]) -> None:
-    """An exec's standard input, then its end (a half close: its output still comes back)."""
-    async for chunk in chunks:
-        writer.write(chunk)
-        await writer.drain()
+    """An exec's standard input, then its end (a half close: its output still comes back); cut
+    whole if chunks fail, so the exec's output ends too."""
+    try:
+        async for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+    except BaseException:
+        writer.close()
+        raise
     writer.write_eof()
 
 

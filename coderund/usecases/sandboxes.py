@@ -31,6 +31,7 @@ from ..repository.usage import Usage
 from ..sandbox.engine import Engine, SandboxError
 from ..sandbox.options import LABEL
 from ..sandbox.pool import WarmPool
+from ..sandbox.state_tar import BadState, TarCheck
 from ..sandbox.stateful import Hub, HubGone, Spec
 from ..sandbox_requests import SandboxLimits, SandboxRequest, StateLimits
 from .admission import Admission
@@ -297,6 +298,17 @@ class Sandboxes:
                                                 "op": {"op": "interrupt"}})
 
 
+async def checked(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A persisted state's chunks, each passed once TarCheck has seen it: SandboxError at a bad member."""
+    check = TarCheck()
+    async for chunk in chunks:
+        try:
+            check.feed(chunk)
+        except BadState as e:
+            raise SandboxError(f"the sandbox's persisted state was refused: {e}") from None
+        yield chunk
+
+
 class Moved(Exception):
     """The sandbox is no longer on the worker the call went to."""
 
@@ -489,10 +501,11 @@ class SandboxHost:
     async def _restore(self, row: SandboxRow, hub: Hub) -> None:
         """The sandbox's own persisted tar, unpacked inside its new container as its user: nothing it
         holds can reach past what that user's own code can: tar drops leading slashes and refuses `..`,
-        and nobody makes no device, owns no file of root's and writes nothing on the read-only root
-        (a member there fails the restore); what a symlink in it reaches, that user reaches anyway."""
+        and nobody owns no file of root's and writes nothing on the read-only root (a member there
+        fails the restore); what a symlink in it reaches, that user reaches anyway. And checked on its
+        way: a device or a FIFO fails it too."""
         async for _ in self.engine.exec_stream(hub.box.id, ["tar", "-C", "/", "-xf", "-"], NOBODY,
-                                               stdin=self.store.load_state(row.id, row.state_generation)):
+                                               stdin=checked(self.store.load_state(row.id, row.state_generation))):
             pass
 
     async def _persist(self, hosted: Hosted, *, wait: bool = False) -> str | None:
