@@ -52,6 +52,7 @@ clean:
 
 bench: test-env
 	$(VENV)/bin/python bench/latency.py
+	$(VENV)/bin/python bench/sandbox_pause.py
 
 lint:
 	$(VENV)/bin/ruff check coderund tests bench

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import signal
+import subprocess
 import tarfile
 import time
+from pathlib import Path
 
+import docker
 import psycopg
 import pytest
 
@@ -18,6 +22,7 @@ from tests.conftest import RUNTIMES, api_of, free_port, gvisor_missing, own_serv
 from tests.test_sandboxes import command, container_exists, container_of_sandbox, create, run, wait_for
 
 pytestmark = pytest.mark.timeout(600)
+PYTHON_IMAGE = "coderund/python:bookworm"
 SITE = ".local/lib/python3.11/site-packages"  # pip install --user's, under the home (the work folder)
 
 
@@ -259,3 +264,64 @@ def test_the_tar_check_passes_what_tar_writes_and_refuses_devices_fifos_and_garb
                 b"not a tar at all" * 64):
         with pytest.raises(BadState):
             TarCheck().feed(bad)
+
+
+ENGINE2 = Path("/tmp/coderund-engine2")  # kept between runs: the python image is loaded into it once
+
+
+@pytest.fixture(scope="module")
+def engine2():
+    """A second Docker engine, a second "host": its own data root, exec root and unix socket, no bridge,
+    no iptables, no registry (the python image comes from the system engine by docker save | load)."""
+    socket_path = ENGINE2 / "docker.sock"
+    url = f"unix://{socket_path}"
+    ENGINE2.mkdir(exist_ok=True)
+    (ENGINE2 / "daemon.json").write_text(json.dumps({"runtimes": {"runsc": {"path": "/usr/bin/runsc",
+                                                                             "runtimeArgs": ["--network=none"]}}}))
+    with open(ENGINE2 / "dockerd.log", "ab") as log:
+        dockerd = subprocess.Popen(["dockerd", "--data-root", str(ENGINE2 / "data"), "--exec-root", str(ENGINE2 / "exec"),
+                                    "--pidfile", str(ENGINE2 / "docker.pid"), "-H", url, "--config-file",
+                                    str(ENGINE2 / "daemon.json"), "--bridge=none", "--iptables=false",
+                                    "--ip6tables=false"], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = docker.DockerClient(base_url=url)
+                break
+            except docker.errors.DockerException:
+                assert time.monotonic() < deadline and dockerd.poll() is None, (ENGINE2 / "dockerd.log").read_text()[-2000:]
+                time.sleep(0.5)
+        for leftover in client.api.containers(all=True, quiet=True):
+            client.api.remove_container(leftover["Id"], force=True)
+        if not client.api.images(name=PYTHON_IMAGE):
+            subprocess.run(f"docker save {PYTHON_IMAGE} | docker -H {url} load -q", shell=True, check=True)
+        client.close()
+        yield dockerd, url
+    finally:
+        if dockerd.poll() is None:
+            dockerd.terminate()
+            dockerd.wait(60)
+
+
+async def test_two_hosts_one_stops_and_its_sandboxes_go_on_on_the_other(settings, spawn, runtime, engine2):
+    dockerd, url = engine2
+    s = own(settings, "hosts", runtime, warm_max=0, warm_sandboxes=0)
+    spawn(s, "--role", "api")
+    host_a = spawn(dataclasses.replace(s, docker_url=url), "--role", "worker")
+    async with api_of(s) as api:
+        token = await api.user("hosts")
+        paused, live = await create(api, token), await create(api, token)
+        on_a = {c["Id"] for c in docker.DockerClient(base_url=url).api.containers(quiet=True)}
+        assert await container_of_sandbox(s, live["id"]) in on_a  # made on the second engine
+        for box in (paused, live):
+            await leave_files(api, token, box)
+        await pause(api, token, paused)
+        host_a.send_signal(signal.SIGTERM)  # host A goes: its worker, then its engine
+        assert host_a.wait(90) == 0
+        dockerd.terminate()
+        dockerd.wait(60)
+        spawn(s, "--role", "worker")  # host B: the system engine
+        for box in (paused, live):
+            await files_are_back(api, token, box)
+            assert await container_of_sandbox(s, box["id"]) not in on_a
