@@ -48,6 +48,7 @@ STATE_CHUNK = 1024 * 1024  # of the persisted tar, one row each
 SWEEP_S = 1  # the worker's look at its sandboxes' idleness
 REFRESH_S = 2  # and at their rows (ended or extended elsewhere)
 KILLED = 128 + 9
+MOVE_WAIT_S = 5  # for a sandbox's row to say where it went, once its worker said it is not there
 GONE_WAIT_S = 5  # for the reason a sandbox whose container is gone ended
 METER_S = 10  # a running sandbox's CPU is counted in its owner's usage this often, and as it pauses or ends
 CHARGED_OPS = ("run", "command")  # calls that start work: charged to the owner's rate, refused once the quota is spent
@@ -222,7 +223,17 @@ class Sandboxes:
             except Moved:
                 if answered or not tries_left:  # tried again only where nothing of it was done
                     raise Unavailable("The sandbox moved between workers during the call; call it again.") from None
-                row = await self.find(user_id, sandbox_id)
+                row = await self._moved(row)
+
+    async def _moved(self, row: SandboxRow) -> SandboxRow:
+        """The sandbox once its row says where it went (its worker lets go of it a moment after it stops
+        serving it there), or as it is after MOVE_WAIT_S."""
+        deadline = time.monotonic() + MOVE_WAIT_S
+        while True:
+            now = await self.find(row.user_id, str(row.id))
+            if (now.worker_id, now.state) != (row.worker_id, row.state) or time.monotonic() > deadline:
+                return now
+            await asyncio.sleep(0.1)
 
     async def _call(self, row: SandboxRow, op: dict[str, Any], data: bytes,
                     client_gone: Callable[[], bool] | None) -> AsyncIterator[Message]:
@@ -469,12 +480,12 @@ class SandboxHost:
         lets go of the sandbox, its files persisted, for any worker to take up."""
         if self.hosted.pop(hosted.row.id, None) is None:
             return
+        if stored:  # first: a call that finds it gone from here finds it stored a moment later
+            await self.store.release(hosted.row.id, self.worker_id)
         with contextlib.suppress(Unavailable):
             await self._meter(hosted)
         self.engine.discard(hosted.hub.box)
-        if stored:
-            await self.store.release(hosted.row.id, self.worker_id)
-        elif reason is not None:
+        if not stored and reason is not None:
             with contextlib.suppress(Unavailable):
                 await self.store.end(hosted.row.id, reason)
         log.info("sandbox %s %s", hosted.row.id, "stored" if stored else f"ended: {reason or 'ended elsewhere'}")
