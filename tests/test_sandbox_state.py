@@ -4,6 +4,8 @@ hosts; one killed outright is noticed at once; a fork is a sandbox of its own; a
 is its own, and stays inside its folders."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import io
 import json
@@ -93,23 +95,26 @@ def runtime(request):
     return request.param
 
 
-def own(settings, name, runtime, **changes):
-    return dataclasses.replace(settings, queue=f"{settings.queue}.{name}.{runtime}", port=free_port(), runtime=runtime,
-                               **changes)
+@contextlib.asynccontextmanager
+async def deployment(settings, spawn, name, runtime, worker=None, **changes):
+    """An API and a worker (with the worker's own changes) as processes of their own, on a queue of their
+    own; its settings, the worker's process, a client and a user."""
+    s = dataclasses.replace(settings, queue=f"{settings.queue}.{name}.{runtime}", port=free_port(), runtime=runtime,
+                            **changes)
+    spawn(s, "--role", "api")
+    process = spawn(dataclasses.replace(s, **(worker or {})), "--role", "worker")
+    async with api_of(s) as api:
+        yield s, process, api, await api.user(name)
 
 
 async def test_a_graceful_stop_stores_live_and_paused_sandboxes_for_the_next_worker(settings, spawn, runtime):
-    s = own(settings, "stop", runtime)
-    spawn(s, "--role", "api")
-    first = spawn(s, "--role", "worker")
-    async with api_of(s) as api:
-        token = await api.user("stop")
+    async with deployment(settings, spawn, "stop", runtime) as (s, first, api, token):
         paused, live = await create(api, token), await create(api, token)
         for box in (paused, live):
             await leave_files(api, token, box)
         await pause(api, token, paused)
         first.send_signal(signal.SIGTERM)
-        assert first.wait(90) == 0
+        assert await asyncio.to_thread(first.wait, 90) == 0  # (never blocking the loop: this process serves runtime_api)
         found = await sandbox(api, token, live)
         assert found["state"] == "paused" and found["stored"], found  # stored as its worker stopped, not ended
         spawn(s, "--role", "worker")
@@ -118,17 +123,13 @@ async def test_a_graceful_stop_stores_live_and_paused_sandboxes_for_the_next_wor
 
 
 async def test_a_killed_worker_s_sandboxes_come_back_from_their_last_persisted_point(settings, spawn, runtime):
-    s = own(settings, "kill", runtime)
-    spawn(s, "--role", "api")
-    doomed = spawn(s, "--role", "worker")
-    async with api_of(s) as api:
-        token = await api.user("kill")
+    async with deployment(settings, spawn, "kill", runtime) as (s, doomed, api, token):
         kept, never = await create(api, token), await create(api, token)
         await leave_files(api, token, kept)
         await pause(api, token, kept)
         await command(api, token, kept, "echo after the pause > later.txt")  # back on the worker, then lost with it
         doomed.send_signal(signal.SIGKILL)
-        doomed.wait()
+        await asyncio.to_thread(doomed.wait)
         started = time.monotonic()
         status, body, _ = await api.call("POST", f"/sandboxes/{never['id']}/run", token=token, json={"code": "1"})
         assert status == 410 and "worker_lost" in body["message"], body  # no persisted point: lost, said at once
@@ -269,7 +270,7 @@ def test_the_tar_check_passes_what_tar_writes_and_refuses_devices_fifos_and_garb
 ENGINE2 = Path("/tmp/coderund-engine2")  # kept between runs: the python image is loaded into it once
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def engine2():
     """A second Docker engine, a second "host": its own data root, exec root and unix socket, no bridge,
     no iptables, no registry (the python image comes from the system engine by docker save | load)."""
@@ -306,11 +307,8 @@ def engine2():
 
 async def test_two_hosts_one_stops_and_its_sandboxes_go_on_on_the_other(settings, spawn, runtime, engine2):
     dockerd, url = engine2
-    s = own(settings, "hosts", runtime, warm_max=0, warm_sandboxes=0)
-    spawn(s, "--role", "api")
-    host_a = spawn(dataclasses.replace(s, docker_url=url), "--role", "worker")
-    async with api_of(s) as api:
-        token = await api.user("hosts")
+    async with deployment(settings, spawn, "hosts", runtime, {"docker_url": url}, warm_max=0, warm_sandboxes=0) \
+            as (s, host_a, api, token):
         paused, live = await create(api, token), await create(api, token)
         on_a = {c["Id"] for c in docker.DockerClient(base_url=url).api.containers(quiet=True)}
         assert await container_of_sandbox(s, live["id"]) in on_a  # made on the second engine
@@ -318,9 +316,9 @@ async def test_two_hosts_one_stops_and_its_sandboxes_go_on_on_the_other(settings
             await leave_files(api, token, box)
         await pause(api, token, paused)
         host_a.send_signal(signal.SIGTERM)  # host A goes: its worker, then its engine
-        assert host_a.wait(90) == 0
+        assert await asyncio.to_thread(host_a.wait, 90) == 0
         dockerd.terminate()
-        dockerd.wait(60)
+        await asyncio.to_thread(dockerd.wait, 60)
         spawn(s, "--role", "worker")  # host B: the system engine
         for box in (paused, live):
             await files_are_back(api, token, box)

@@ -396,7 +396,7 @@ async def test_a_killed_worker_s_sandboxes_end_with_worker_lost(server, settings
         box = await create(api, token)
         container = await container_of_sandbox(settings, box["id"])
         worker.send_signal(signal.SIGKILL)
-        worker.wait()
+        await asyncio.to_thread(worker.wait)
         started = time.monotonic()  # a call answers at once: the worker's liveness lapses in seconds
         status, body, _ = await api.call("POST", f"/sandboxes/{box['id']}/run", token=token, json={"code": "1"})
         assert status == 410 and "worker_lost" in body["message"], body

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PLACE_TIMEOUT_S = 60  # for a worker to take a new sandbox and start it
 REPLY_WAIT_MS = 1000
 CHECK_S = 1  # a call with no word from its worker looks at the sandbox and the worker's liveness this often
-ALIVE_S, ALIVE_TTL_S = 1, 5  # a worker says it serves its sandboxes this often, and is taken for gone after
+ALIVE_S, ALIVE_TTL_S = 1, 4  # a worker says it serves its sandboxes this often; its key lapses after
 STOP_STORE_S = 60  # a stopping worker stores its sandboxes within this; those left end as worker_stopped
 NOBODY = "65534:65534"  # a sandbox's files are read and restored as its user, inside its container
 SCRIPTS = "tmp/.coderund-hub"  # the hub's own (root's, unreadable to nobody): not a sandbox's state
@@ -48,6 +48,7 @@ STATE_CHUNK = 1024 * 1024  # of the persisted tar, one row each
 SWEEP_S = 1  # the worker's look at its sandboxes' idleness
 REFRESH_S = 2  # and at their rows (ended or extended elsewhere)
 KILLED = 128 + 9
+PROBE_S = 2  # for a worker whose liveness key lapsed to answer, before its sandboxes are taken back
 MOVE_WAIT_S = 5  # for a sandbox's row to say where it went, once its worker said it is not there
 GONE_WAIT_S = 5  # for the reason a sandbox whose container is gone ended
 METER_S = 10  # a running sandbox's CPU is counted in its owner's usage this often, and as it pauses or ends
@@ -114,7 +115,7 @@ class Sandboxes:
         deadline = time.monotonic() + PLACE_TIMEOUT_S
         while True:
             if row.worker_id is not None and row.state in ("running", "paused"):
-                if await self.channel.is_alive(row.worker_id):
+                if await self._alive(row):
                     return row
                 if await self.store.lost(row.id, row.worker_id):
                     log.warning("sandbox %s: its worker %s is gone", row.id, row.worker_id)
@@ -278,7 +279,7 @@ class Sandboxes:
     async def _replies(self, reply: str, row: SandboxRow,
                        client_gone: Callable[[], bool] | None) -> AsyncIterator[Message]:
         """Messages on the reply stream until the caller stops, while the sandbox lives."""
-        after, quiet_s, interrupted = START, 0.0, False
+        after, quiet_s, interrupted, moved = START, 0.0, False, False
         while True:
             if client_gone is not None and not interrupted and client_gone():
                 interrupted = True
@@ -290,19 +291,35 @@ class Sandboxes:
             quiet_s = 0.0 if messages else quiet_s + REPLY_WAIT_MS / 1000
             if quiet_s >= CHECK_S:
                 quiet_s = 0.0
-                await self._still_there(row)
+                if not await self._still_there(row):
+                    if moved:
+                        raise Moved()
+                    moved = True  # its worker lets go of it as a pause's own end: that end may be on its way
 
-    async def _still_there(self, row: SandboxRow) -> None:
-        """Raises once the call cannot be answered: the sandbox ended (410), its worker is gone (the
-        sandbox back at its last persisted point, or 410 worker_lost), or it moved (stored meanwhile)."""
+    async def _still_there(self, row: SandboxRow) -> bool:
+        """Whether the call may still be answered; raises once it cannot: the sandbox ended (410), or its
+        worker is gone (the sandbox back at its last persisted point, or 410 worker_lost). False: it moved."""
         now = await self.find(row.user_id, str(row.id))
-        if now.worker_id == row.worker_id and await self.channel.is_alive(row.worker_id or ""):
-            return
+        if now.worker_id == row.worker_id and await self._alive(row):
+            return True
         if now.worker_id == row.worker_id and await self.store.lost(row.id, row.worker_id or ""):
             await self.find(row.user_id, str(row.id))  # 410 worker_lost where it had no persisted point
             raise Unavailable("The sandbox's worker was lost during the call: the sandbox is back as it was when last"
                               " paused; call it again.")
-        raise Moved()
+        return False
+
+    async def _alive(self, row: SandboxRow) -> bool:
+        """Whether the sandbox's worker serves: its liveness key is there, or, where it has lapsed (a
+        worker stalled for seconds), it answers a probe within PROBE_S. A dead worker is told in seconds."""
+        if await self.channel.is_alive(row.worker_id or ""):
+            return True
+        reply = self.channel.new_reply()
+        await self.channel.open(reply)
+        try:
+            await self.channel.call(row.worker_id or "", {"sandbox": str(row.id), "reply": reply, "op": {"op": "alive"}})
+            return bool(await self.channel.replies(reply, START, PROBE_S * 1000))
+        finally:
+            await self.channel.forget(reply)
 
     async def _interrupt(self, row: SandboxRow, reply: str) -> None:
         await self.channel.call(row.worker_id, {"sandbox": str(row.id), "reply": "", "target": reply,
@@ -557,6 +574,9 @@ class SandboxHost:
     async def _serve(self, message: Message) -> None:
         body, reply = message.body, message.body.get("reply", "")
         op = body["op"]
+        if op["op"] == "alive":  # an API process's probe: any answer will do
+            await self.channel.reply(reply, {"type": "end"}, opened=True)
+            return
         hosted = self.hosted.get(uuid.UUID(body["sandbox"]))
         if hosted is None:
             if reply:
