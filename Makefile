@@ -54,6 +54,7 @@ bench: test-env
 	$(VENV)/bin/python bench/latency.py
 	$(VENV)/bin/python bench/e2b_sdk.py
 	$(VENV)/bin/python bench/egress.py
+	$(VENV)/bin/python bench/sandbox_pause.py
 
 lint:
 	$(VENV)/bin/ruff check coderund tests bench

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 
 import aiohttp
 import psycopg
@@ -98,17 +100,19 @@ async def unread_downloads(base: str, auth: dict[str, str], box: str, hold_s: fl
         writer.close()
 
 
-async def main(args: argparse.Namespace) -> None:
+@contextlib.asynccontextmanager
+async def coderund(runtime: str, redis_url: str) -> AsyncIterator[Stack]:
+    """Its own `coderund --role api` and `--role worker`, on a database of its own, and a user of them."""
     name = f"coderund_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     database_url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    redis.Redis.from_url(args.redis_url).flushdb()
+    redis.Redis.from_url(redis_url).flushdb()
     await migrate(database_url)
     port = free_port()
     env = os.environ | {"CODERUND_DATABASE_URL": database_url, "CODERUND_PORT": str(port), "CODERUND_HOST": "127.0.0.1",
                         "CODERUND_QUEUE": f"coderund.bench.{uuid.uuid4().hex[:6]}", "CODERUND_LOG_LEVEL": "WARNING",
-                        "CODERUND_RUNTIME": args.runtime, "CODERUND_REDIS_URL": args.redis_url,
+                        "CODERUND_RUNTIME": runtime, "CODERUND_REDIS_URL": redis_url,
                         "CODERUND_WARM_SANDBOXES": "0"}
     api = subprocess.Popen([sys.executable, "-m", "coderund", "--role", "api"], env=env)
     worker = subprocess.Popen([sys.executable, "-m", "coderund", "--role", "worker"],
@@ -129,25 +133,39 @@ async def main(args: argparse.Namespace) -> None:
                 assert r.status in (200, 201), await r.text()
             async with session.post(f"{base}/login", json=user) as r:
                 auth = {"Authorization": f"Bearer {(await r.json())['token']}"}
-            async with session.post(f"{base}/sandboxes", json={"memory_mb": 2048, "disk_mb": args.file_mb + 64}, headers=auth) as r:
-                assert r.status == 201, await r.text()
-                box = (await r.json())["id"]
-            probe = Probe(api.pid, args.redis_url)
-            print(f"results: {args.displays} × display('x' * ({args.display_mb} << 20)) in one run ({args.runtime})")
-            await probe.during(results_flood(session, base, auth, box, args.displays, args.display_mb))
-            async with session.post(f"{base}/sandboxes/{box}/commands", json={"cmd": f"truncate -s {args.file_mb}M big"},
-                                    headers=auth) as r:
-                assert r.status == 200 and (await r.json())["exit_code"] == 0, await r.text()
-            print(f"downloads: two unread GETs of a {args.file_mb} MiB sparse file, held {args.hold:g} s")
-            await probe.during(unread_downloads(base, auth, box, args.hold))
-            async with session.delete(f"{base}/sandboxes/{box}", headers=auth):
-                pass
+            yield Stack(session, base, auth, api.pid)
     finally:
         for process in (api, worker):
             process.terminate()
             process.wait(60)
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Stack:
+    session: aiohttp.ClientSession
+    base: str
+    auth: dict[str, str]
+    api_pid: int
+
+
+async def main(args: argparse.Namespace) -> None:
+    async with coderund(args.runtime, args.redis_url) as stack:
+        session, base, auth = stack.session, stack.base, stack.auth
+        async with session.post(f"{base}/sandboxes", json={"memory_mb": 2048, "disk_mb": args.file_mb + 64}, headers=auth) as r:
+            assert r.status == 201, await r.text()
+            box = (await r.json())["id"]
+        probe = Probe(stack.api_pid, args.redis_url)
+        print(f"results: {args.displays} × display('x' * ({args.display_mb} << 20)) in one run ({args.runtime})")
+        await probe.during(results_flood(session, base, auth, box, args.displays, args.display_mb))
+        async with session.post(f"{base}/sandboxes/{box}/commands", json={"cmd": f"truncate -s {args.file_mb}M big"},
+                                headers=auth) as r:
+            assert r.status == 200 and (await r.json())["exit_code"] == 0, await r.text()
+        print(f"downloads: two unread GETs of a {args.file_mb} MiB sparse file, held {args.hold:g} s")
+        await probe.during(unread_downloads(base, auth, box, args.hold))
+        async with session.delete(f"{base}/sandboxes/{box}", headers=auth):
+            pass
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ class Settings:
     sandbox_max_disk_mb: int = _setting(2048, "most disk a stateful sandbox may ask for, in MiB")
     sandbox_max_cpus: float = _setting(2.0, "most CPUs a stateful sandbox may ask for (default 1)")
     warm_sandboxes: int = _setting(1, "stateful sandboxes of the default size a worker keeps started ahead of creates (0: none)")
+    sandbox_state_max_mb: int = _setting(1024, "most a paused sandbox's persisted files may take, in MiB (a pause past "
+                                         "it answers 413; an idle sandbox past it is frozen in place instead)")
+    sandbox_state_user_mb: int = _setting(4096, "most a user's paused sandboxes' persisted files may take together, in MiB")
     worker_max_sandboxes: int = _setting(16, "stateful sandboxes a worker hosts at once; more wait for another worker")
     egress: str = _setting("off", "network egress of tasks and sandboxes through coderund's proxy: off (a request with "
                                   "a 'network' policy is refused) or on", choices=("off", "on"))
@@ -216,7 +219,7 @@ def _check(s: Settings) -> None:
     for name in ("concurrency", "output_limit_kb", "tmpfs_mb", "pids_limit", "max_attempts", "session_ttl", "max_queue",
                  "user_max_pending", "warm_max_age_s", "warm_idle_s", "sandbox_max_per_user", "sandbox_max_lifetime_s",
                  "sandbox_memory_mb", "sandbox_max_memory_mb", "sandbox_disk_mb", "sandbox_max_disk_mb",
-                 "worker_max_sandboxes"):
+                 "worker_max_sandboxes", "sandbox_state_max_mb", "sandbox_state_user_mb"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{env_name(name)}={getattr(s, name)} must be at least 1")
     if not 0.1 <= s.sandbox_max_cpus <= 64:

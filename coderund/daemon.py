@@ -50,7 +50,7 @@ from .sandbox.runner import Sandbox
 from .repository.sandbox_channel import SandboxChannel
 from .repository.sandboxes import SandboxStore
 from .sandbox.stateful import Hub, Spec
-from .sandbox_requests import LANGUAGES, SandboxLimits
+from .sandbox_requests import LANGUAGES, SandboxLimits, StateLimits
 from .usecases import Admission, ApiKeys, Accounts, Executor, FileStore, LiveRuns, Sandboxes, SandboxHost, TaskService, Webhooks
 from .usecases.execution import missing_image_note
 from .worker import Worker
@@ -58,6 +58,7 @@ from .worker import Worker
 log = logging.getLogger(__name__)
 API_SHUTDOWN_S = 10  # for requests in flight when SIGTERM comes
 WORKER_DRAIN_S = 60  # for tasks in flight; past that they go back to the queue
+MB = 1024 * 1024
 DOCKER_TIMEOUT_S = 120
 FILL_PARALLEL = 6  # warm containers being made at once: with the cold starts, enough to keep the engine busy
 
@@ -195,7 +196,8 @@ async def start_worker(
     host = SandboxHost(SandboxStore(db), SandboxChannel(redis), sandbox.engine, plugins, Usage(db), worker_id=worker_id,
                        queue=settings.queue, max_sandboxes=settings.worker_max_sandboxes,
                        pool=warm_sandboxes(settings, sandbox.engine, plugins), cpu_s_per_day=settings.user_cpu_s_per_day,
-                       egress=sandbox.egress)
+                       egress=sandbox.egress,
+                       state=StateLimits(settings.sandbox_state_max_mb * MB, settings.sandbox_state_user_mb * MB))
     worker = Worker(queue=queue, executor=executor, workers=workers, sandbox=sandbox, concurrency=settings.concurrency,
                     retention_days=settings.retention_days, host=host)
     running = asyncio.create_task(worker.run())

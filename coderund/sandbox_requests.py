@@ -44,6 +44,14 @@ FILE_CHUNK = 1024 * 1024  # of a file, per call to the sandbox: a download's pac
 
 
 @dataclass(frozen=True)
+class StateLimits:
+    """The operator's bounds of persisted sandbox files: one sandbox's, and one user's live ones' together."""
+
+    max_bytes: int = 1024 * 1024 * 1024
+    user_max_bytes: int = 4 * 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class SandboxLimits:
     """The operator's: defaults and maxima of what a create may ask for."""
 

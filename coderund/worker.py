@@ -87,7 +87,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.queue.close()  # unacked messages go back to the queue
-        await self.host.close()  # a sandbox's state cannot move: it ends, and says why
+        await self.host.close()  # its sandboxes' files persisted, for any worker to restore
         try:
             await self.workers.forget_worker(self.id)
         except Unavailable:
@@ -145,8 +145,9 @@ class Worker:
         and the finish guard make a duplicate harmless."""
         tasks = self.executor.tasks
         live = await self.workers.live_workers(LEASE_S) | {self.id}
-        for sandbox_id in await self.host.store.end_lost(live, PLACE_TIMEOUT_S + LEASE_S):
-            log.warning("sandbox %s: its worker is gone; ended", sandbox_id)
+        for row in await self.host.store.end_lost(live, PLACE_TIMEOUT_S + LEASE_S):
+            log.warning("sandbox %s: its worker is gone; %s", row.id,
+                        "ended" if row.state == "ended" else "back to its last persisted point")
         for task_id in await tasks.requeue_orphans(LEASE_S, UNPUBLISHED_AFTER_S):
             await self.queue.publish(task_id)
             await tasks.mark_published(task_id)

@@ -178,7 +178,7 @@ async def sandbox_of_quota(api, settings, **quota: int) -> AsyncIterator[tuple[s
         await api.call("DELETE", f"/sandboxes/{sandbox['id']}", token=token)
 
 
-async def test_sandbox_creates_runs_and_commands_are_charged_to_the_rate(api, settings):
+async def test_sandbox_creates_forks_runs_and_commands_are_charged_to_the_rate(api, settings):
     async with sandbox_of_quota(api, settings, per_minute=3) as (token, sandbox):
         for _ in range(2):
             status, body, _ = await api.call("POST", f"/sandboxes/{sandbox['id']}/run", token=token, json={"code": "1"})
@@ -186,8 +186,9 @@ async def test_sandbox_creates_runs_and_commands_are_charged_to_the_rate(api, se
         status, body, headers = await api.call("POST", f"/sandboxes/{sandbox['id']}/commands", token=token,
                                                json={"cmd": "true"})
         assert status == 429 and body["error"] == "rate_limited" and int(headers["Retry-After"]) > 0, body
-        status, body, _ = await api.call("POST", "/sandboxes", token=token, json={})
-        assert status == 429 and body["error"] == "rate_limited", body
+        for path in ("/sandboxes", f"/sandboxes/{sandbox['id']}/fork"):  # a fork is a create, from a copy
+            status, body, _ = await api.call("POST", path, token=token, json={})
+            assert status == 429 and body["error"] == "rate_limited", (path, body)
 
 
 async def test_e2b_commands_inside_a_sandbox_are_charged_to_its_owners_rate(api, settings):

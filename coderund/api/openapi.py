@@ -235,6 +235,9 @@ SCHEMAS: dict[str, Any] = {
             "quota": {"type": "object", "properties": {
                 "cpu_s_per_day": {"type": "integer", "description": "0: none"}, "cpu_ms_today": {"type": "integer"},
                 "max_pending": {"type": "integer"}, "per_minute": {"type": "integer"}}},
+            "sandbox_state_bytes": {"type": "integer", "description": "what your live sandboxes' persisted files take"
+                                                                      " now (bounded by the operator's"
+                                                                      " --sandbox-state-user-mb)"},
         },
     },
     "Readiness": {
@@ -661,7 +664,12 @@ SANDBOX_SCHEMAS = {
                        "disk_mb": {"type": "integer"}, "idle_timeout_s": {"type": "integer"},
                        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
                        "created_at": {"type": "string"}, "expires_at": {"type": "string"},
-                       "network": {"oneOf": [_ref("NetworkPolicy"), {"type": "null"}]}},
+                       "network": {"oneOf": [_ref("NetworkPolicy"), {"type": "null"}]},
+                       "stored": {"type": "boolean", "description": "paused with its files persisted and no container:"
+                                  " the next call restores it on any worker"},
+                       "persisted_bytes": {"type": "integer", "description": "what its persisted files take (0: none)"},
+                       "restored": {"enum": ["files", None], "description": "files: it came back from its persisted"
+                                    " files with fresh contexts (interpreter memory is not kept); null: never restored"}},
     },
     "SandboxRun": {
         "type": "object", "required": ["code"],
@@ -770,6 +778,20 @@ SANDBOX_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                                            errors=(*CALL_ERRORS, "400", "413"),
                                            description="409 for a sandbox created without `network`: it has no way out "
                                                        "to open."),
+    ("post", f"{ONE}/pause"): _sandbox_op(
+        "Pause it: its files (work folder and home, /tmp) persisted, its container released",
+        {"200": _json(_ref("Sandbox"), "Stored")}, errors=(*CALL_ERRORS, "413"),
+        description="409 if it is paused already or busy with a call; 413 if its files are over the operator's bound "
+                    "of a sandbox's state (--sandbox-state-max-mb) or of a user's together (--sandbox-state-user-mb), "
+                    "and then nothing changes. The next call restores it, on any worker, with `restored: \"files\"`."),
+    ("post", f"{ONE}/resume"): _sandbox_op(
+        "Bring a paused sandbox back now (any call would)", {"200": _json(_ref("Sandbox"), "Running")}),
+    ("post", f"{ONE}/fork"): _sandbox_op(
+        "A new sandbox from a copy of this one's files as they are now", {"201": _json(_ref("Sandbox"), "Running")},
+        errors=(*CALL_ERRORS, "413", "429"),
+        description="Yours, with the source's language, limits, environment, metadata and remaining lifetime; "
+                    "counted against your sandboxes as a create is (429 past the cap). A running source is "
+                    "persisted first and keeps running; the two never share a write."),
     ("post", f"{ONE}/run"): _sandbox_op(
         "Run code in a persistent context (Python keeps variables, imports, definitions; bash keeps cwd and env)",
         {"200": _streamed("RunOutcome", "The run's outcome; with Accept: application/x-ndjson, events as they happen")},

@@ -81,7 +81,10 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def usage(request: web.Request) -> web.Response:
     days = domain.parse_days(request.query.get("days"))
-    return web.json_response(await request.app[SERVICES].tasks.usage_report(request[USER_ID], days))
+    services = request.app[SERVICES]
+    report = await services.tasks.usage_report(request[USER_ID], days)
+    # What the user's paused sandboxes' persisted files take now (bounded by --sandbox-state-user-mb).
+    return web.json_response({**report, "sandbox_state_bytes": await services.sandboxes.state_bytes(request[USER_ID])})
 
 
 async def submit(request: web.Request) -> web.Response:

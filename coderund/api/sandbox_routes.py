@@ -25,7 +25,8 @@ def document(row: Any) -> dict[str, Any]:
     return {"id": str(row.id), "state": row.state, "language": row.language, "memory_mb": row.memory_mb,
             "cpus": row.cpus, "disk_mb": row.disk_mb, "idle_timeout_s": row.idle_timeout_s, "metadata": row.metadata,
             "created_at": iso(row.created_at), "expires_at": iso(row.expires_at),
-            "network": None if row.network is None else row.network.document()}
+            "network": None if row.network is None else row.network.document(),
+            "stored": row.stored, "persisted_bytes": row.state_bytes, "restored": row.restored}
 
 
 def _sandboxes(request: web.Request) -> Any:
@@ -60,6 +61,19 @@ async def extend(request: web.Request) -> web.Response:
     sandboxes = _sandboxes(request)
     timeout_s = parse_timeout(await read_json(request), sandboxes.limits)
     return web.json_response(document(await sandboxes.extend(request[USER_ID], _id(request), timeout_s)))
+
+
+async def pause(request: web.Request) -> web.Response:
+    return web.json_response(document(await _sandboxes(request).pause(request[USER_ID], _id(request))))
+
+
+async def resume(request: web.Request) -> web.Response:
+    return web.json_response(document(await _sandboxes(request).resume(request[USER_ID], _id(request))))
+
+
+async def fork(request: web.Request) -> web.Response:
+    row = await _sandboxes(request).fork(request[USER_ID], _id(request))
+    return web.json_response(document(row), status=201, headers={"Location": f"/sandboxes/{row.id}"})
 
 
 def client_gone(request: web.Request) -> Any:
@@ -268,6 +282,9 @@ SANDBOX_ROUTES = [
     Route("DELETE", ONE, delete, scope=W),
     Route("POST", f"{ONE}/timeout", extend, scope=W),
     Route("PUT", f"{ONE}/network", set_network, scope=W),
+    Route("POST", f"{ONE}/pause", pause, scope=W),
+    Route("POST", f"{ONE}/resume", resume, scope=W),
+    Route("POST", f"{ONE}/fork", fork, scope=W),
     Route("POST", f"{ONE}/run", run, scope=W),
     Route("POST", f"{ONE}/commands", command, scope=W),
     Route("POST", f"{ONE}/contexts", create_context, scope=W),

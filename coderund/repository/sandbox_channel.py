@@ -21,6 +21,7 @@ from .sessions import answering
 PLACE_KEY = "coderund:sandboxes:{}:place"  # by queue: the workers that serve it
 CALLS_KEY = "coderund:sandboxes:worker:{}"
 REPLY_KEY = "coderund:sandboxes:reply:{}"
+ALIVE_KEY = "coderund:sandboxes:alive:{}"  # by worker: there while it serves its sandboxes
 REPLY_TTL_S = 300
 CALLS_MAX = 10_000
 START = "0-0"
@@ -40,6 +41,19 @@ class SandboxChannel:
     async def ping(self) -> None:
         with answering():
             await self.redis.ping()
+
+    async def alive(self, worker_id: str, ttl_s: float) -> None:
+        """The worker serves its sandboxes for ttl_s more (said again well before then)."""
+        with answering():
+            await self.redis.set(ALIVE_KEY.format(worker_id), "1", px=int(ttl_s * 1000))
+
+    async def is_alive(self, worker_id: str) -> bool:
+        with answering():
+            return bool(await self.redis.exists(ALIVE_KEY.format(worker_id)))
+
+    async def gone(self, worker_id: str) -> None:
+        with answering():
+            await self.redis.delete(ALIVE_KEY.format(worker_id))
 
     @staticmethod
     def new_reply() -> str:

@@ -16,7 +16,7 @@ import re
 import tarfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ REMOVE_RETRY_S = (1.0, 3.0, 10.0)
 # A fresh sandbox's start before any is measured: create, start and attach with the engine busy (make
 # bench, 2 cores); then a moving average of the last few, as a slower engine takes longer.
 START_S, START_AVERAGED = 0.13, 8
+EXEC_STDERR_MAX = 4096  # of an exec's stderr, kept for its error
 
 
 class SandboxError(Exception):
@@ -164,6 +165,45 @@ class Engine:
     async def unpause(self, container: str) -> None:
         await self.container_call("POST", "/containers/{id}/unpause", container)
 
+    async def exec_stream(self, container: str, cmd: list[str], user: str,
+                          stdin: AsyncIterator[bytes] | None = None, ok: tuple[int, ...] = (0,)) -> AsyncIterator[bytes]:
+        """cmd run in the container as user (docker exec), its stdout as it comes; what stdin gives goes to
+        its standard input, then its end. SandboxError at the end if it exits with other than ok,
+        with the last of its stderr."""
+        name = "POST /exec/{id}/start"
+        try:
+            made = await self.http.call("POST", "/containers/{id}/exec", container, body={
+                "Cmd": cmd, "User": user, "AttachStdin": stdin is not None, "AttachStdout": True, "AttachStderr": True})
+            reader, writer = await self.http.hijack(name, f"/exec/{made['Id']}/start", {"Detach": False, "Tty": False})
+        except EngineCallFailed as e:
+            raise _sandbox_error(e) from e
+        feeding = asyncio.ensure_future(_feed(writer, stdin)) if stdin is not None else None
+        err = bytearray()
+        try:
+            while True:
+                try:
+                    head = await reader.readexactly(8)
+                except asyncio.IncompleteReadError as e:
+                    if e.partial:
+                        raise SandboxError("docker: an exec's stream was cut mid-frame") from None
+                    break
+                payload = await reader.readexactly(int.from_bytes(head[4:], "big"))
+                if head[0] == 2:
+                    err = (err + payload)[-EXEC_STDERR_MAX:]
+                elif payload:
+                    yield payload
+            if feeding is not None:
+                await feeding
+        except (OSError, asyncio.IncompleteReadError) as e:
+            raise SandboxError(f"docker: an exec's stream broke: {e}") from e
+        finally:
+            if feeding is not None and not feeding.done():
+                feeding.cancel()
+            writer.close()
+        code = (await self.container_call("GET", "/exec/{id}/json", made["Id"]))["ExitCode"]
+        if code not in ok:
+            raise SandboxError(f"{cmd[0]} exited {code}: {err.decode(errors='replace').strip()}")
+
     async def cpu_ms(self, container: str) -> int:
         """The CPU time every process of the container has used so far (the engine's one-shot stats)."""
         stats = await self.container_call("GET", "/containers/{id}/stats", container,
@@ -259,6 +299,19 @@ class Engine:
         finally:
             with contextlib.suppress(docker.errors.DockerException):  # else swept as a leftover
                 api.remove_container(helper["Id"], force=True)
+
+
+async def _feed(writer: asyncio.StreamWriter, chunks: AsyncIterator[bytes]) -> None:
+    """An exec's standard input, then its end (a half close: its output still comes back); cut
+    whole if chunks fail, so the exec's output ends too."""
+    try:
+        async for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+    except BaseException:
+        writer.close()
+        raise
+    writer.write_eof()
 
 
 def _sandbox_error(e: EngineCallFailed) -> SandboxError:

@@ -7,6 +7,7 @@ call's body: its builders are pure functions.
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.parse
 from typing import Any
 
@@ -60,10 +61,16 @@ class EngineHTTP:
             raise EngineCallFailed(name, None, str(e) or type(e).__name__) from e
 
     async def attach(self, container: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """The container's stdin, stdout and stderr as one raw stream: the engine takes the
-        connection over (101 Upgrade), so it is a connection of its own, not a pooled one."""
-        name = "POST /containers/{id}/attach"
+        """The container's stdin, stdout and stderr as one raw stream."""
+        path = f"/containers/{urllib.parse.quote(container, safe='')}/attach?stdin=1&stdout=1&stderr=1&stream=1"
+        return await self.hijack("POST /containers/{id}/attach", path)
+
+    async def hijack(self, name: str, path: str, body: dict[str, Any] | None = None,
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A call whose connection the engine takes over (101 Upgrade) for a raw stream both ways (an
+        attach, an exec's start): a connection of its own, not a pooled one."""
         writer: asyncio.StreamWriter | None = None
+        data = json.dumps(body).encode() if body is not None else b""
         try:
             async with asyncio.timeout(self.timeout.total):
                 if self.socket_path:
@@ -71,9 +78,9 @@ class EngineHTTP:
                 else:
                     url = urllib.parse.urlsplit(self.base)
                     reader, writer = await asyncio.open_connection(url.hostname, url.port or 80)
-                path = f"{urllib.parse.urlsplit(self.base).path}/containers/{urllib.parse.quote(container, safe='')}/attach"
-                writer.write(f"POST {path}?stdin=1&stdout=1&stderr=1&stream=1 HTTP/1.1\r\nHost: docker\r\n"
-                             "Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n".encode())
+                writer.write(f"POST {urllib.parse.urlsplit(self.base).path}{path} HTTP/1.1\r\nHost: docker\r\n"
+                             "Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
                 # What follows the head stays in the reader for the box (the supervisor says nothing
                 # unasked, but nothing would be lost if it did).
                 head = await reader.readuntil(b"\r\n\r\n")

@@ -1,8 +1,11 @@
-"""Stateful sandboxes: long-lived containers with persistent interpreters, each hosted by one worker.
+"""Stateful sandboxes: long-lived containers with persistent interpreters, each hosted by one worker
+while it runs, and stored (its files persisted in PostgreSQL) while it is paused.
 
 The API side (Sandboxes) owns the rules: who may see a sandbox, its cap, its end and why; it reaches
-the hosting worker through the channel. The worker side (SandboxHost) starts each sandbox's hub,
-passes calls to it and events back, pauses idle sandboxes and ends those whose time is up.
+the hosting worker through the channel, and places a stored sandbox again, on any worker, at its next
+call. The worker side (SandboxHost) starts each sandbox's hub (restoring its files if it has some),
+passes calls to it and events back, stores idle sandboxes and ends those whose time is up; as it stops,
+it stores every sandbox it hosts.
 """
 from __future__ import annotations
 
@@ -25,27 +28,35 @@ from ..errors import (AppError, Conflict, NotFound, PayloadTooLarge, SandboxEnde
 from ..network import NetworkPolicy
 from ..plugins import Plugins
 from ..repository.sandbox_channel import START, Message, SandboxChannel
-from ..repository.sandboxes import SandboxRow, SandboxStore
+from ..repository.sandboxes import SandboxRow, SandboxStore, StateTooLarge
 from ..repository.usage import Usage
 from ..sandbox.egress import Egress, Session
 from ..sandbox.engine import Engine, SandboxError
 from ..sandbox.options import LABEL
 from ..sandbox.pool import WarmPool
+from ..sandbox.state_tar import BadState, TarCheck
 from ..sandbox.stateful import Hub, HubGone, Spec
-from ..sandbox_requests import SandboxLimits, SandboxRequest
+from ..sandbox_requests import SandboxLimits, SandboxRequest, StateLimits
 from .admission import Admission
 
 log = logging.getLogger(__name__)
 PLACE_TIMEOUT_S = 60  # for a worker to take a new sandbox and start it
 REPLY_WAIT_MS = 1000
-CHECK_S = 5  # a call with no word from its worker looks at the sandbox again this often
+CHECK_S = 1  # a call with no word from its worker looks at the sandbox and the worker's liveness this often
+ALIVE_S, ALIVE_TTL_S = 1, 4  # a worker says it serves its sandboxes this often; its key lapses after
+STOP_STORE_S = 60  # a stopping worker stores its sandboxes within this; those left end as worker_stopped
+NOBODY = "65534:65534"  # a sandbox's files are read and restored as its user, inside its container
+SCRIPTS = "tmp/.coderund-hub"  # the hub's own (root's, unreadable to nobody): not a sandbox's state
+STATE_CHUNK = 1024 * 1024  # of the persisted tar, one row each
 SWEEP_S = 1  # the worker's look at its sandboxes' idleness
 REFRESH_S = 2  # and at their rows (ended or extended elsewhere)
 KILLED = 128 + 9
+PROBE_S = 2  # for a worker whose liveness key lapsed to answer, before its sandboxes are taken back
+MOVE_WAIT_S = 5  # for a sandbox's row to say where it went, once its worker said it is not there
 GONE_WAIT_S = 5  # for the reason a sandbox whose container is gone ended
 METER_S = 10  # a running sandbox's CPU is counted in its owner's usage this often, and as it pauses or ends
-PAUSE_TRIES, PAUSE_RETRY_S = 3, 0.5  # an asked-for pause whose freeze fails
 CHARGED_OPS = ("run", "command")  # calls that start work: charged to the owner's rate, refused once the quota is spent
+NOT_HERE = "not_here"  # a worker's answer for a sandbox it no longer hosts (stored, or moved): the call is tried again
 
 
 class Sandboxes:
@@ -64,6 +75,30 @@ class Sandboxes:
         request = dataclasses.replace(request, network=self.admission.network(request.network))
         await self.admission.charge(user_id)
         row = await self.store.add(user_id, request, self.cap)
+        await self._place(row)
+        return await self.store.get(row.id) or row
+
+    async def fork(self, user_id: int, sandbox_id: str) -> SandboxRow:
+        """A new sandbox of the user's, with the source's limits, from a copy of its files as they are
+        now (a running source is persisted first); the two share nothing after."""
+        source = await self.find(user_id, sandbox_id)
+        network = self.admission.network(source.network)  # within the operator's widest as it is now
+        await self.admission.charge(user_id)
+        if not source.stored:
+            async for _ in self.call(user_id, sandbox_id, {"op": "snapshot"}, row=source):
+                pass
+        left_s = max(1, int((source.expires_at - datetime.now(UTC)).total_seconds()))
+        row = await self.store.add(user_id, SandboxRequest(
+            source.language, source.memory_mb, source.cpus, source.disk_mb, left_s, source.idle_timeout_s, source.env,
+            source.metadata, source.work_folder, network), self.cap)
+        if not await self.store.copy_state(source.id, row.id):
+            await self.store.end(row.id, "not_placed")
+            raise SandboxEnded((await self.store.get(source.id)).end_reason or "ended")
+        await self._place(row)
+        return await self.store.get(row.id) or row
+
+    async def _place(self, row: SandboxRow) -> None:
+        """A worker takes the sandbox and starts it (restoring its files, if it has some)."""
         reply = self.channel.new_reply()
         await self.channel.place(self.queue, {"sandbox": str(row.id), "reply": reply})
         try:
@@ -71,11 +106,32 @@ class Sandboxes:
         finally:
             await self.channel.forget(reply)
         if found is None:
-            await self.store.end(row.id, "not_placed")
+            if row.state_generation:
+                await self.store.unwake(row.id)
+            else:
+                await self.store.end(row.id, "not_placed")
             raise Unavailable(f"No worker started the sandbox within {PLACE_TIMEOUT_S} s; try again shortly.")
         if found.body.get("error"):
             raise Unavailable(f"The sandbox could not start: {found.body['error']['message']}")
-        return await self.store.get(row.id) or row
+
+    async def _ready(self, row: SandboxRow) -> SandboxRow:
+        """The sandbox on a live worker: a stored one placed again first, and one whose worker is gone
+        taken back to its last persisted point (410 worker_lost where it has none), at once."""
+        deadline = time.monotonic() + PLACE_TIMEOUT_S
+        while True:
+            if row.worker_id is not None and row.state in ("running", "paused"):
+                if await self._alive(row):
+                    return row
+                if await self.store.lost(row.id, row.worker_id):
+                    log.warning("sandbox %s: its worker %s is gone", row.id, row.worker_id)
+            elif row.stored:
+                if await self.store.wake(row.id):
+                    await self._place(await self.store.get(row.id) or row)
+            elif time.monotonic() > deadline:
+                raise Unavailable(f"The sandbox did not start within {PLACE_TIMEOUT_S} s; try again shortly.")
+            else:
+                await asyncio.sleep(0.2)  # starting: its create, or another call's wake, places it
+            row = await self.find(row.user_id, str(row.id))
 
     async def find(self, user_id: int, sandbox_id: str) -> SandboxRow:
         """The user's live sandbox; 404 for anyone else's, 410 with the reason once it has ended."""
@@ -127,16 +183,22 @@ class Sandboxes:
             raise SandboxEnded("expired")
         return extended
 
-    async def pause(self, user_id: int, sandbox_id: str) -> None:
-        """Freezes it now, as an idle one is: 409 if it is paused already, or busy with a call."""
+    async def pause(self, user_id: int, sandbox_id: str) -> SandboxRow:
+        """Stores it now, as an idle one is: its files persisted, its container released. 409 if it is
+        stored already, or busy with a call; 413 if its files are over the bounds."""
         row = await self.find(user_id, sandbox_id)
-        if row.state == "paused":
+        if row.stored:
             raise Conflict("The sandbox is paused already.")
         async for _ in self.call(user_id, sandbox_id, {"op": "pause"}, row=row):
             pass
+        return await self.find(user_id, sandbox_id)
+
+    async def state_bytes(self, user_id: int) -> int:
+        return await self.store.state_bytes(user_id)
 
     async def resume(self, user_id: int, sandbox_id: str) -> SandboxRow:
-        """Thaws it if paused (any call would); the row as it is then."""
+        """Brings it back if paused (any call would): restored from its files if it was stored; the row
+        as it is then."""
         row = await self.find(user_id, sandbox_id)
         if row.state == "paused":
             async for _ in self.call(user_id, sandbox_id, {"op": "ping"}, row=row):
@@ -180,12 +242,36 @@ class Sandboxes:
         """The events of one call to the sandbox, its end last; a refusal (no such file, disk full...)
         as its error. 410 if the sandbox ends meanwhile. A run whose client_gone() turns true is interrupted."""
         row = row or await self.find(user_id, sandbox_id)
-        if row.worker_id is None or row.state == "starting":
-            raise Conflict("The sandbox is still starting.")
         if op["op"] in CHARGED_OPS:
             await self.admission.charge(user_id)
         if op["op"] in ("run", "context_create") and not op.get("context") and not op.get("language"):
             op = {**op, "language": row.language}  # the sandbox's own language's context
+        for tries_left in (1, 0):
+            row = await self._ready(row)
+            answered = False
+            try:
+                async for message in self._call(row, op, data, client_gone):
+                    answered = True
+                    yield message
+                return
+            except Moved:
+                if answered or not tries_left:  # tried again only where nothing of it was done
+                    raise Unavailable("The sandbox moved between workers during the call; call it again.") from None
+                row = await self._moved(row)
+
+    async def _moved(self, row: SandboxRow) -> SandboxRow:
+        """The sandbox once its row says where it went (its worker lets go of it a moment after it stops
+        serving it there), or as it is after MOVE_WAIT_S."""
+        deadline = time.monotonic() + MOVE_WAIT_S
+        while True:
+            now = await self.find(row.user_id, str(row.id))
+            if (now.worker_id, now.state) != (row.worker_id, row.state) or time.monotonic() > deadline:
+                return now
+            await asyncio.sleep(0.1)
+
+    async def _call(self, row: SandboxRow, op: dict[str, Any], data: bytes,
+                    client_gone: Callable[[], bool] | None) -> AsyncIterator[Message]:
+        user_id, sandbox_id = row.user_id, str(row.id)
         reply = self.channel.new_reply()
         await self.channel.open(reply)
         ended = False
@@ -194,6 +280,8 @@ class Sandboxes:
             async for message in self._replies(reply, row, client_gone):
                 ended = message.body.get("type") == "end"
                 if ended and (code := (message.body.get("error") or {}).get("code")):
+                    if code == NOT_HERE:
+                        raise Moved()
                     if code == "gone":
                         await self._ended(user_id, sandbox_id)
                     raise refusal(code, message.body["error"].get("message", code), row)
@@ -224,7 +312,7 @@ class Sandboxes:
     async def _replies(self, reply: str, row: SandboxRow,
                        client_gone: Callable[[], bool] | None) -> AsyncIterator[Message]:
         """Messages on the reply stream until the caller stops, while the sandbox lives."""
-        after, quiet_s, interrupted = START, 0.0, False
+        after, quiet_s, interrupted, moved = START, 0.0, False, False
         while True:
             if client_gone is not None and not interrupted and client_gone():
                 interrupted = True
@@ -236,14 +324,57 @@ class Sandboxes:
             quiet_s = 0.0 if messages else quiet_s + REPLY_WAIT_MS / 1000
             if quiet_s >= CHECK_S:
                 quiet_s = 0.0
-                await self.find(row.user_id, str(row.id))
+                if not await self._still_there(row):
+                    if moved:
+                        raise Moved()
+                    moved = True  # its worker lets go of it as a pause's own end: that end may be on its way
+
+    async def _still_there(self, row: SandboxRow) -> bool:
+        """Whether the call may still be answered; raises once it cannot: the sandbox ended (410), or its
+        worker is gone (the sandbox back at its last persisted point, or 410 worker_lost). False: it moved."""
+        now = await self.find(row.user_id, str(row.id))
+        if now.worker_id == row.worker_id and await self._alive(row):
+            return True
+        if now.worker_id == row.worker_id and await self.store.lost(row.id, row.worker_id or ""):
+            await self.find(row.user_id, str(row.id))  # 410 worker_lost where it had no persisted point
+            raise Unavailable("The sandbox's worker was lost during the call: the sandbox is back as it was when last"
+                              " paused; call it again.")
+        return False
+
+    async def _alive(self, row: SandboxRow) -> bool:
+        """Whether the sandbox's worker serves: its liveness key is there, or, where it has lapsed (a
+        worker stalled for seconds), it answers a probe within PROBE_S. A dead worker is told in seconds."""
+        if await self.channel.is_alive(row.worker_id or ""):
+            return True
+        reply = self.channel.new_reply()
+        await self.channel.open(reply)
+        try:
+            await self.channel.call(row.worker_id or "", {"sandbox": str(row.id), "reply": reply, "op": {"op": "alive"}})
+            return bool(await self.channel.replies(reply, START, PROBE_S * 1000))
+        finally:
+            await self.channel.forget(reply)
 
     async def _interrupt(self, row: SandboxRow, reply: str) -> None:
         await self.channel.call(row.worker_id, {"sandbox": str(row.id), "reply": "", "target": reply,
                                                 "op": {"op": "interrupt"}})
 
 
-REFUSALS: dict[str, type[AppError]] = {"busy": Conflict, "no_context": NotFound, "not_found": NotFound,
+async def checked(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A persisted state's chunks, each passed once TarCheck has seen it: SandboxError at a bad member."""
+    check = TarCheck()
+    async for chunk in chunks:
+        try:
+            check.feed(chunk)
+        except BadState as e:
+            raise SandboxError(f"the sandbox's persisted state was refused: {e}") from None
+        yield chunk
+
+
+class Moved(Exception):
+    """The sandbox is no longer on the worker the call went to."""
+
+
+REFUSALS: dict[str, type[AppError]] = {"state_too_large": PayloadTooLarge, "busy": Conflict, "no_context": NotFound, "not_found": NotFound,
                                        "is_folder": Conflict, "disk_quota": PayloadTooLarge, "exists": Conflict,
                                        "no_stdin": Conflict, "pause_failed": Unavailable, "too_many": Conflict,
                                        "exhausted": Conflict, "tmp_full": Conflict}
@@ -278,7 +409,8 @@ class SandboxHost:
 
     def __init__(self, store: SandboxStore, channel: SandboxChannel, engine: Engine, plugins: Plugins, usage: Usage, *,
                  worker_id: str, queue: str, max_sandboxes: int, pool: WarmPool, cpu_s_per_day: int = 0,
-                 egress: Egress | None = None) -> None:
+                 egress: Egress | None = None, state: StateLimits = StateLimits()) -> None:
+        self.state = state  # the bounds of a sandbox's persisted files, and of a user's together
         self.usage = usage
         self.egress = egress  # None: egress is off
         self.cpu_s_per_day = cpu_s_per_day  # the default daily quota; a user's own replaces it
@@ -294,14 +426,33 @@ class SandboxHost:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        await asyncio.gather(self._placing(), self._serving(), self._sweeping(), self.pool.run())
+        await asyncio.gather(self._beating(), self._placing(), self._serving(), self._sweeping(), self.pool.run())
 
     async def close(self, reason: str = "worker_stopped") -> None:
+        """Stores every sandbox it hosts (within STOP_STORE_S; those left end, with the reason), so
+        that any other worker takes them up at their next call."""
         await self.pool.close()
         for task in list(self._tasks):
             task.cancel()
+        deadline = time.monotonic() + STOP_STORE_S
+        with contextlib.suppress(Unavailable):  # alive while it stores: calls wait rather than take it for lost
+            await self.channel.alive(self.worker_id, STOP_STORE_S + ALIVE_TTL_S)
         for hosted in list(self.hosted.values()):
-            await self._end(hosted, reason)
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                    await self._store(hosted, wait=True)
+            except (TimeoutError, StateTooLarge, SandboxError, Unavailable) as e:
+                log.warning("sandbox %s: not stored as its worker stops: %s", hosted.row.id, e)
+                await self._end(hosted, reason)
+        with contextlib.suppress(Unavailable):
+            await self.channel.gone(self.worker_id)
+
+    async def _beating(self) -> None:
+        async def step() -> None:
+            await self.channel.alive(self.worker_id, ALIVE_TTL_S)
+            await asyncio.sleep(ALIVE_S)
+
+        await self._forever(step, ALIVE_S)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -335,7 +486,7 @@ class SandboxHost:
         row = await self.store.claim(sandbox_id, self.worker_id)
         if row is None:
             return  # it ended before any worker took it: its creator has given up
-        egress = None
+        egress = hub = None
         try:
             plugin = self.plugins.get(row.language)
             if row.network is not None:
@@ -346,16 +497,24 @@ class SandboxHost:
                         egress and str(egress.folder))
             hub = (None if egress else self.pool.take(spec)) or await Hub.start(self.engine, spec, {f"{LABEL}.sandbox": str(row.id)})
             self.pool.wake()  # a sandbox runs nothing until asked: its replacement may start at once
+            if row.state_generation:
+                await self._restore(row, hub)
         except (SandboxError, KeyError, UnsupportedLanguage) as e:  # the last: a deployment without that plugin
             log.warning("sandbox %s: could not start: %s", row.id, e)
             if egress is not None:
                 await self.egress.close(egress)
-            await self.store.end(row.id, "start_failed")
+            if hub is not None:
+                self.engine.discard(hub.box)
+            if row.state_generation:  # its files stay, for another try
+                await self.store.unwake(row.id)
+            else:
+                await self.store.end(row.id, "start_failed")
             await self.channel.reply(reply, {"type": "end", "error": {"code": "start_failed", "message": str(e)}})
             return
         hosted = Hosted(row, hub, egress=egress)
         self.hosted[row.id] = hosted
-        if not await self.store.started(row.id, hub.box.id):
+        # Interpreter memory is never carried over (docs/internals.md says why): a restore is of files.
+        if not await self.store.started(row.id, hub.box.id, "files" if row.state_generation else None):
             await self._end(hosted, None)
             return
         self._spawn(self._watch(hosted))
@@ -375,19 +534,75 @@ class SandboxHost:
                 reason = f"crashed (exit {state.get('ExitCode')})"
         await self._end(hosted, reason)
 
-    async def _end(self, hosted: Hosted, reason: str | None) -> None:
-        """Removes its container; records the reason (None: recorded already, elsewhere)."""
+    async def _end(self, hosted: Hosted, reason: str | None, stored: bool = False) -> None:
+        """Removes its container; records the reason (None: recorded already, elsewhere), or with stored
+        lets go of the sandbox, its files persisted, for any worker to take up."""
         if self.hosted.pop(hosted.row.id, None) is None:
             return
+        if stored:  # first: a call that finds it gone from here finds it stored a moment later
+            await self.store.release(hosted.row.id, self.worker_id)
         with contextlib.suppress(Unavailable):
             await self._meter(hosted)
         self.engine.discard(hosted.hub.box)
         if hosted.egress is not None and self.egress is not None:
             await self.egress.close(hosted.egress)
-        if reason is not None:
+        if not stored and reason is not None:
             with contextlib.suppress(Unavailable):
                 await self.store.end(hosted.row.id, reason)
-        log.info("sandbox %s ended: %s", hosted.row.id, reason or "ended elsewhere")
+        log.info("sandbox %s %s", hosted.row.id, "stored" if stored else f"ended: {reason or 'ended elsewhere'}")
+
+    def _folders(self, row: SandboxRow) -> list[str]:
+        """What a sandbox's state is: its work folder (its home too: pip's --user installs) and /tmp."""
+        return [row.work_folder.strip("/"), "tmp"]
+
+    async def _tar(self, hosted: Hosted) -> AsyncIterator[bytes]:
+        """Its files as a tar made inside it, as its user (what that user cannot read is not taken)."""
+        buffer = bytearray()
+        # What is in the folders, not the folders themselves: their owner (root) and mode are the container's.
+        async for data in self.engine.exec_stream(hosted.hub.box.id, [
+                "sh", "-c", f'cd / && find "$@" -mindepth 1 -maxdepth 1 ! -path {SCRIPTS} -print0'
+                " | tar -cf - --null --ignore-failed-read -T -", "sh", *self._folders(hosted.row)],
+                NOBODY, ok=(0, 1)):  # 1: a file changed as it was read
+            buffer += data
+            while len(buffer) >= STATE_CHUNK:
+                yield bytes(buffer[:STATE_CHUNK])
+                del buffer[:STATE_CHUNK]
+        if buffer:
+            yield bytes(buffer)
+
+    async def _restore(self, row: SandboxRow, hub: Hub) -> None:
+        """The sandbox's own persisted tar, unpacked inside its new container as its user: nothing it
+        holds can reach past what that user's own code can: tar drops leading slashes and refuses `..`,
+        and nobody owns no file of root's and writes nothing on the read-only root (a member there
+        fails the restore); what a symlink in it reaches, that user reaches anyway. And checked on its
+        way: a device or a FIFO fails it too."""
+        async for _ in self.engine.exec_stream(hub.box.id, ["tar", "-C", "/", "-xf", "-"], NOBODY,
+                                               stdin=checked(self.store.load_state(row.id, row.state_generation))):
+            pass
+
+    async def _persist(self, hosted: Hosted, *, wait: bool = False) -> str | None:
+        """Its files as its new persisted point; the refusal's code if it cannot be now (busy with a call,
+        unless wait: a stopping worker's calls are cancelled)."""
+        async with hosted.lock:
+            if hosted.busy and not wait:
+                return "busy"
+            if self.hosted.get(hosted.row.id) is not hosted:
+                return NOT_HERE
+            if hosted.paused:  # frozen: nothing runs in it, nor would the tar
+                await self.engine.unpause(hosted.hub.box.id)
+                hosted.paused = False
+                await self.store.set_state(hosted.row.id, "running")
+            size = await self.store.save_state(hosted.row.id, self._tar(hosted), max_bytes=self.state.max_bytes,
+                                               user_max_bytes=self.state.user_max_bytes)
+            log.info("sandbox %s: %d bytes of files persisted", hosted.row.id, size)
+            return None
+
+    async def _store(self, hosted: Hosted, *, wait: bool = False) -> str | None:
+        """Persists it and lets it go (its container released); the refusal's code if not."""
+        refused = await self._persist(hosted, wait=wait)
+        if refused is None:
+            await self._end(hosted, None, stored=True)
+        return refused
 
     async def _serving(self) -> None:
         after = START
@@ -403,10 +618,13 @@ class SandboxHost:
     async def _serve(self, message: Message) -> None:
         body, reply = message.body, message.body.get("reply", "")
         op = body["op"]
+        if op["op"] == "alive":  # an API process's probe: any answer will do
+            await self.channel.reply(reply, {"type": "end"}, opened=True)
+            return
         hosted = self.hosted.get(uuid.UUID(body["sandbox"]))
         if hosted is None:
             if reply:
-                await self.channel.reply(reply, {"type": "end", "error": {"code": "gone", "message": "no such sandbox here"}},
+                await self.channel.reply(reply, {"type": "end", "error": {"code": NOT_HERE, "message": "no such sandbox here"}},
                                          opened=True)
             return
         if op["op"] == "close":
@@ -416,21 +634,10 @@ class SandboxHost:
             if hosted.egress is not None and self.egress is not None:
                 self.egress.replace(hosted.egress, NetworkPolicy(tuple(op["allow"])))
             if reply:
-                await self.channel.reply(reply, {"type": "end"})
+                await self.channel.reply(reply, {"type": "end"}, opened=True)
             return
-        if op["op"] == "pause":
-            end: dict[str, Any] = {"type": "end"}
-            for _ in range(PAUSE_TRIES):  # a freeze may fail while a process is in the kernel's hands
-                if await self._pause(hosted):
-                    break
-                if hosted.busy:
-                    end["error"] = {"code": "busy", "message": "the sandbox is busy with a call; pause it once that ends"}
-                    break
-                await asyncio.sleep(PAUSE_RETRY_S)
-            else:
-                end["error"] = {"code": "pause_failed", "message": "the sandbox could not be paused; try again"}
-            if reply:
-                await self.channel.reply(reply, end)
+        if op["op"] in ("pause", "snapshot"):
+            await self.channel.reply(reply, await self._persisted(hosted, op["op"] == "pause"), opened=True)
             return
         if op["op"] == "interrupt":
             op = {**op, "target": hosted.runs.get(body.get("target", ""), "")}
@@ -438,7 +645,8 @@ class SandboxHost:
             op = {**op, "data": base64.b64encode(message.data).decode()}
         hosted.busy += 1
         try:
-            await self._resume(hosted)
+            if not await self._resume(hosted):
+                raise Moved()
             async for event in hosted.hub.call(op, on_id=lambda rid: hosted.runs.__setitem__(reply, rid)):
                 data = base64.b64decode(event.pop("data")) if event.get("type") == "chunk" else b""
                 if reply:
@@ -446,17 +654,37 @@ class SandboxHost:
         except (HubGone, SandboxError) as e:
             if reply:
                 await self.channel.reply(reply, {"type": "end", "error": {"code": "gone", "message": str(e)}}, opened=True)
+        except Moved:  # stored while the call waited for it
+            if reply:
+                await self.channel.reply(reply, {"type": "end", "error": {"code": NOT_HERE, "message": "stored meanwhile"}},
+                                         opened=True)
         finally:
             hosted.runs.pop(reply, None)
             hosted.busy -= 1
             hosted.last_used = time.monotonic()
 
-    async def _resume(self, hosted: Hosted) -> None:
+    async def _persisted(self, hosted: Hosted, release: bool) -> dict[str, Any]:
+        """A pause's (release) or a fork's snapshot's end event."""
+        try:
+            refused = await (self._store(hosted) if release else self._persist(hosted))
+        except StateTooLarge as e:
+            return {"type": "end", "error": {"code": "state_too_large", "message": f"the sandbox was not paused: {e}"}}
+        except (SandboxError, Unavailable) as e:
+            return {"type": "end", "error": {"code": "pause_failed", "message": f"its files could not be persisted: {e}"}}
+        if refused == "busy":
+            return {"type": "end", "error": {"code": "busy", "message": "the sandbox is busy with a call; pause it once that ends"}}
+        return {"type": "end", "error": {"code": refused, "message": "stored meanwhile"}} if refused else {"type": "end"}
+
+    async def _resume(self, hosted: Hosted) -> bool:
+        """Thawed if frozen; False if it is no longer hosted here (stored meanwhile)."""
         async with hosted.lock:
+            if self.hosted.get(hosted.row.id) is not hosted:
+                return False
             if hosted.paused:
                 await self.engine.unpause(hosted.hub.box.id)
                 hosted.paused = False
                 await self.store.set_state(hosted.row.id, "running")
+            return True
 
     async def _sweeping(self) -> None:
         refreshed = 0.0
@@ -469,7 +697,7 @@ class SandboxHost:
                 if not hosted.paused and now - hosted.metered_at >= METER_S and not await self._meter(hosted):
                     await self._pause(hosted)
                 elif not hosted.paused and not hosted.busy and now - hosted.last_used >= hosted.row.idle_timeout_s:
-                    await self._pause(hosted)
+                    self._spawn(self._idle(hosted))
             if now - refreshed >= REFRESH_S and self.hosted:
                 refreshed = now
                 await self._refresh()
@@ -493,8 +721,19 @@ class SandboxHost:
         quota, used_ms = await self.usage.quota(user_id, datetime.now(UTC).date())
         return cpu_quota_left(used_ms, self.cpu_s_per_day if quota.cpu_s_per_day is None else quota.cpu_s_per_day)
 
+    async def _idle(self, hosted: Hosted) -> None:
+        """Stored as it idles; frozen where it cannot be (its files over the bounds, the engine failing)."""
+        hosted.last_used = time.monotonic()  # one try per idle spell
+        try:
+            if await self._store(hosted) is None:
+                return
+        except (StateTooLarge, SandboxError, Unavailable) as e:
+            log.warning("sandbox %s: not stored as it idles, frozen instead: %s", hosted.row.id, e)
+        await self._pause(hosted)
+
     async def _pause(self, hosted: Hosted) -> bool:
-        """Whether it is paused now: not while a call to it runs."""
+        """Freezes it (no CPU, memory kept), as it is when its owner's CPU quota is spent. Whether it
+        is paused now: not while a call to it runs."""
         async with hosted.lock:
             if hosted.paused:
                 return True
@@ -517,7 +756,7 @@ class SandboxHost:
             hosted = self.hosted.get(row.id)
             if hosted is None:
                 continue
-            if row.state == "ended":
+            if row.state == "ended" or row.worker_id != self.worker_id:  # or taken for lost, and moved
                 await self._end(hosted, None)
             elif row.expires_at <= now:
                 await self._end(hosted, "expired")
