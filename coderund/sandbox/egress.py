@@ -271,18 +271,24 @@ class Egress:
             raise Refused(429, session.over)
         if session.allowed >= self.rules.max_connections:
             raise Refused(429, f"this run's {self.rules.max_connections} connections are used")
-        addresses = [a for a in await self._resolve(host, ask.port) if is_allowed(a, self.rules.allow_private)]
-        if not addresses:
-            raise Refused(403, f"{host} resolves to no address that may be reached (private, loopback and the like)")
-        for address in addresses:
-            with contextlib.suppress(OSError, TimeoutError):
-                connected = await asyncio.wait_for(asyncio.open_connection(address, ask.port, limit=CHUNK),
-                                                   CONNECT_TIMEOUT_S)
-                session.allowed += 1
-                metrics.EGRESS_CONNECTIONS.labels("allowed").inc()
-                log.debug("egress %s: %s:%d at %s", session.key, host, ask.port, address)
-                return connected
-        raise Refused(502, f"{host}:{ask.port} does not answer")
+        # Counted before the awaits below, so that connections asked for at once cannot all pass the cap;
+        # given back when none is made.
+        session.allowed += 1
+        try:
+            addresses = [a for a in await self._resolve(host, ask.port) if is_allowed(a, self.rules.allow_private)]
+            if not addresses:
+                raise Refused(403, f"{host} resolves to no address that may be reached (private, loopback and the like)")
+            for address in addresses:
+                with contextlib.suppress(OSError, TimeoutError):
+                    connected = await asyncio.wait_for(asyncio.open_connection(address, ask.port, limit=CHUNK),
+                                                       CONNECT_TIMEOUT_S)
+                    metrics.EGRESS_CONNECTIONS.labels("allowed").inc()
+                    log.debug("egress %s: %s:%d at %s", session.key, host, ask.port, address)
+                    return connected
+            raise Refused(502, f"{host}:{ask.port} does not answer")
+        except BaseException:
+            session.allowed -= 1
+            raise
 
     async def _resolve(self, host: str, port: int) -> list[str]:
         if host in self.rules.hosts:
