@@ -10,7 +10,7 @@ from aiohttp import web
 
 from coderund.addresses import parse_networks
 from coderund.network import NetworkPolicy
-from coderund.sandbox.egress import Egress, Rules
+from coderund.sandbox.egress import MAX_OPEN, Egress, Rules
 from coderund.sandbox.options import EGRESS_SOCKET
 from tests.conftest import free_port
 
@@ -64,3 +64,20 @@ async def test_a_failed_connection_does_not_use_the_cap(proxy):
     for _ in range(MAX_CONNECTIONS + 1):
         assert b" 502 " in await ask(b"CONNECT a.test:%d HTTP/1.1\r\n\r\n" % closed)
     assert session.allowed == 0 and b" 200 " in await ask(b"CONNECT a.test:%d HTTP/1.1\r\n\r\n" % port)
+
+
+async def test_connections_open_at_once_are_capped(proxy):
+    """Idle connections (no head sent) hold the worker's descriptors: past MAX_OPEN a new one is
+    refused at once, and once they close, new ones are served again."""
+    session, ask, port, _ = proxy
+    idle = [await asyncio.open_unix_connection(str(session.folder / EGRESS_SOCKET)) for _ in range(MAX_OPEN)]
+    await asyncio.sleep(0.2)
+    assert len(session.handlers) == MAX_OPEN
+    assert b" 429 " in await ask(b"CONNECT a.test:%d HTTP/1.1\r\n\r\n" % port)
+    for _, writer in idle:
+        writer.close()
+    for _ in range(50):
+        if not session.handlers:
+            break
+        await asyncio.sleep(0.1)
+    assert b" 200 " in await ask(b"CONNECT a.test:%d HTTP/1.1\r\n\r\n" % port)

@@ -42,6 +42,9 @@ HEAD_TIMEOUT_S = 30
 RESOLVE_TIMEOUT_S = 10
 CONNECT_TIMEOUT_S = 10
 CHUNK = 64 * 1024
+# Connections of one session open at once, a request's head awaited or a tunnel copied: each holds the
+# worker's descriptors, which a program's own connections to its socket must not use up.
+MAX_OPEN = 64
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "proxy-connection",
                         "te", "trailer", "upgrade"})
@@ -216,7 +219,11 @@ class Egress:
         assert handler is not None
         session.handlers[handler] = ""
         try:
+            if len(session.handlers) > MAX_OPEN:
+                raise Refused(429, f"this run has {MAX_OPEN} connections open")
             await self._handle(session, reader, writer)
+        except Refused as e:
+            await self._refuse(session, writer, e)
         except (ConnectionError, CapReached, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass  # cancelled: its session closed, its host fell out of the policy, or a cap was reached
         finally:
@@ -234,12 +241,7 @@ class Egress:
             ask = parse_request(raw)
             upstream = await self._connect(session, ask)
         except Refused as e:
-            session.refused += 1
-            metrics.EGRESS_CONNECTIONS.labels("refused").inc()
-            log.info("egress %s: refused (%d): %s", session.key, e.status, e.reason)
-            writer.write(refusal(e.status, e.reason))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
+            await self._refuse(session, writer, e)
             return
         up_reader, up_writer = upstream
         try:
@@ -256,6 +258,14 @@ class Egress:
                 await asyncio.gather(out, return_exceptions=True)
         finally:
             up_writer.close()
+
+    async def _refuse(self, session: Session, writer: asyncio.StreamWriter, refused: Refused) -> None:
+        session.refused += 1
+        metrics.EGRESS_CONNECTIONS.labels("refused").inc()
+        log.info("egress %s: refused (%d): %s", session.key, refused.status, refused.reason)
+        writer.write(refusal(refused.status, refused.reason))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
 
     async def _connect(self, session: Session, ask: Ask) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to an allowed address of an allowed name; Refused otherwise."""
