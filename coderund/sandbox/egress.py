@@ -110,8 +110,13 @@ def _authority_host(host: str) -> str:
     return host
 
 
+def _whole(text: str) -> bool:
+    """Only ASCII digits: str.isdigit also takes ones int() refuses (latin-1's superscripts)."""
+    return text.isascii() and text.isdigit()
+
+
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not _whole(text) or not 0 < int(text) < 65536:
         raise Refused(400, "the target's port is not a TCP port")
     return int(text)
 
@@ -132,7 +137,7 @@ def _plain(method: str, target: str, version: str, headers: list[tuple[str, str]
     if any(name.lower() == "transfer-encoding" for name, _ in headers):
         raise Refused(411, "a request body must come with Content-Length")
     lengths = {value for name, value in headers if name.lower() == "content-length"}
-    if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
+    if len(lengths) > 1 or (lengths and not _whole(next(iter(lengths)))):
         raise Refused(400, "a bad Content-Length")
     connection = {token.strip().lower() for name, value in headers if name.lower() == "connection"
                   for token in value.split(",")}

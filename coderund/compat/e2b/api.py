@@ -154,9 +154,9 @@ def parse_list(query: dict[str, str], default_states: tuple[str, ...]) -> dict[s
     if order not in ("asc", "desc"):
         raise E2bError(400, "'order' is asc or desc.")
     limit, start = query.get("limit", str(PAGE_MAX)), query.get("nextToken", "0")
-    if not limit.isdigit() or not 1 <= int(limit) <= PAGE_MAX:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= PAGE_MAX:
         raise E2bError(400, f"'limit' must be a whole number from 1 to {PAGE_MAX}.")
-    if not start.isdigit() or len(start) > 9:
+    if not (start.isascii() and start.isdigit()) or len(start) > 9:
         raise E2bError(400, "'nextToken' is not one this server gave.")
     return {"metadata": metadata, "states": states, "template": template, "after": after,
             "descending": order == "desc", "limit": int(limit), "start": int(start)}
