@@ -46,6 +46,9 @@ CHUNK = 64 * 1024
 # worker's descriptors, which a program's own connections to its socket must not use up.
 MAX_OPEN = 64
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# A lone CR or LF (or another control byte) in a value: an upstream that ends lines at a bare LF
+# would read a header of the client's own after it, unchecked (Host, Transfer-Encoding).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "proxy-connection",
                         "te", "trailer", "upgrade"})
 REASONS = {400: "Bad Request", 403: "Forbidden", 411: "Length Required", 429: "Too Many Requests",
@@ -95,7 +98,7 @@ def parse_request(raw: bytes) -> Ask:
         if not line:
             continue
         name, colon, value = line.partition(":")
-        if not colon or not _TOKEN.fullmatch(name) or len(headers) >= MAX_HEADERS:
+        if not colon or not _TOKEN.fullmatch(name) or _CONTROL.search(value) or len(headers) >= MAX_HEADERS:
             raise Refused(400, "malformed or too many headers")
         headers.append((name, value.strip()))
     if method == "CONNECT":
