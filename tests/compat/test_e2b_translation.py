@@ -315,7 +315,9 @@ def test_e2b_network_rules_become_a_policy():
     assert new({"templateID": "base", "network": {"allow_out": ["pypi.org"], "deny_out": ["0.0.0.0/0"]}}).network == \
         NetworkPolicy(("pypi.org",))
     for network, words in (({"allow_out": ["10.0.0.0/8"]}, "network.allow_out[0]"), ({"deny_out": ["evil.com"]}, "deny_out"),
-                           ({"allow_out": "pypi.org"}, "network.allow_out"), ({"mask": 1}, "allow_out")):
+                           ({"allow_out": "pypi.org"}, "network.allow_out"), ({"mask": 1}, "allow_out"),
+                           ({"deny_out": 5}, "deny_out"), ({"deny_out": [["0.0.0.0/0"]]}, "deny_out"),
+                           ({"deny_out": "0.0.0.0/0"}, "deny_out")):
         with pytest.raises(api.E2bError, match=re.escape(words)):
             new({"templateID": "base", "network": network})
 

@@ -95,7 +95,8 @@ def _network(body: dict[str, Any], internet: NetworkPolicy | None) -> NetworkPol
         return internet if body.get("allow_internet_access") is True else None
     if not isinstance(network, dict) or set(network) - {"allow_out", "deny_out"}:
         raise E2bError(400, "'network' takes allow_out (host names) and deny_out (0.0.0.0/0 only).")
-    if set(network.get("deny_out") or []) - DENY_ALL:
+    deny = network.get("deny_out") or []
+    if not isinstance(deny, list) or not all(isinstance(item, str) for item in deny) or set(deny) - DENY_ALL:
         raise E2bError(400, "'network.deny_out': this server allows a list of host names and denies the rest;"
                             " deny_out may only be 0.0.0.0/0.")
     return NetworkPolicy(parse_patterns(network.get("allow_out") or [], "network.allow_out"))
