@@ -446,7 +446,7 @@ MAX_USAGE_DAYS = 90
 def parse_days(value: str | None) -> int:
     if value is None:
         return 7
-    if not value.isdigit() or not 1 <= int(value) <= MAX_USAGE_DAYS:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_USAGE_DAYS:
         raise ValidationFailed(f"'days' must be a whole number from 1 to {MAX_USAGE_DAYS}.")
     return int(value)
 

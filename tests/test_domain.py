@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from coderund.domain import (
-    Limits, RunReport, TaskState, Verdict, classify, parse_credentials, parse_task_request, resolve_limits,
+    Limits, RunReport, TaskState, Verdict, classify, parse_credentials, parse_days, parse_task_request, resolve_limits,
 )
 from coderund.errors import ValidationFailed
 
@@ -76,3 +76,10 @@ def test_classify(changes, verdict):
 def test_public_states_are_two_words():
     assert {s.public for s in TaskState} == {"in_progress", "ready"}
     assert TaskState.DONE.public == "ready" and TaskState.RUNNING.public == "in_progress"
+
+
+def test_usage_days_are_ascii_digits():
+    assert parse_days(None) == 7 and parse_days("30") == 30
+    for bad in ("0", "91", "x", "\u00b2", "\u0663"):  # "²", Arabic-Indic 3: digits to str.isdigit, not ASCII
+        with pytest.raises(ValidationFailed, match="'days'"):
+            parse_days(bad)

@@ -111,6 +111,12 @@ def test_a_tunnel_and_a_plain_request_are_read() -> None:
     (b"POST http://example.com/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
     (b"GET http://example.com/ HTTP/1.1\r\n folded\r\n\r\n", 400),
     (b"GET http://example.com/ HTTP/2\r\n\r\n", 400),
+    (b"GET http://example.com/ HTTP/1.1\r\nX: a\nHost: internal\r\n\r\n", 400),  # a bare LF, read as a line end upstream
+    (b"GET http://example.com/ HTTP/1.1\r\nX: a\rTransfer-Encoding: chunked\r\n\r\n", 400),
+    (b"GET http://example.com/ HTTP/1.1\r\nX: a\x00b\r\n\r\n", 400),
+    (b"CONNECT example.com:\xb2 HTTP/1.1\r\n\r\n", 400),  # a digit to str.isdigit, not to int()
+    (b"GET http://example.com:\xb3/ HTTP/1.1\r\n\r\n", 400),
+    (b"POST http://example.com/ HTTP/1.1\r\nContent-Length: \xb9\r\n\r\n", 400),
 ])
 def test_hostile_requests_are_refused(head, status) -> None:
     with pytest.raises(Refused) as refused:

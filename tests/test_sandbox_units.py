@@ -9,7 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from coderund.sandbox import supervisor
+from coderund.sandbox import kernel, supervisor
 from coderund.sandbox.engine import http_of
 from coderund.sandbox.options import Isolation, container_options
 
@@ -315,3 +315,12 @@ def test_our_engine_calls_go_where_the_sdks_do_and_never_over_tls():
     assert tcp.socket_path is None and tcp.base == "http://127.0.0.1:2375/v1.41"
     with pytest.raises(docker.errors.DockerException, match="TLS"):
         http_of(docker.APIClient(base_url="https://127.0.0.1:2376", version="1.41"), 4)
+
+
+def test_a_kernel_reads_shell_lines_only_where_python_cannot(capfd):
+    """`!command` is IPython's; a line beginning with ! inside a string is the string's, kept as written."""
+    namespace = {"__coderund_shell__": kernel.shell}
+    text = 'text = """\n!not a command\n"""\ntext'
+    assert kernel.execute(text, "<cell>", namespace) == "\n!not a command\n"
+    assert kernel.execute("x = 1\n!echo shell line\nx + 1", "<cell>", namespace) == 2
+    assert capfd.readouterr().out == "shell line\n"

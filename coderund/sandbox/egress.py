@@ -42,7 +42,13 @@ HEAD_TIMEOUT_S = 30
 RESOLVE_TIMEOUT_S = 10
 CONNECT_TIMEOUT_S = 10
 CHUNK = 64 * 1024
+# Connections of one session open at once, a request's head awaited or a tunnel copied: each holds the
+# worker's descriptors, which a program's own connections to its socket must not use up.
+MAX_OPEN = 64
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# A lone CR or LF (or another control byte) in a value: an upstream that ends lines at a bare LF
+# would read a header of the client's own after it, unchecked (Host, Transfer-Encoding).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "proxy-connection",
                         "te", "trailer", "upgrade"})
 REASONS = {400: "Bad Request", 403: "Forbidden", 411: "Length Required", 429: "Too Many Requests",
@@ -92,7 +98,7 @@ def parse_request(raw: bytes) -> Ask:
         if not line:
             continue
         name, colon, value = line.partition(":")
-        if not colon or not _TOKEN.fullmatch(name) or len(headers) >= MAX_HEADERS:
+        if not colon or not _TOKEN.fullmatch(name) or _CONTROL.search(value) or len(headers) >= MAX_HEADERS:
             raise Refused(400, "malformed or too many headers")
         headers.append((name, value.strip()))
     if method == "CONNECT":
@@ -107,8 +113,13 @@ def _authority_host(host: str) -> str:
     return host
 
 
+def _whole(text: str) -> bool:
+    """Only ASCII digits: str.isdigit also takes ones int() refuses (latin-1's superscripts)."""
+    return text.isascii() and text.isdigit()
+
+
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not _whole(text) or not 0 < int(text) < 65536:
         raise Refused(400, "the target's port is not a TCP port")
     return int(text)
 
@@ -129,7 +140,7 @@ def _plain(method: str, target: str, version: str, headers: list[tuple[str, str]
     if any(name.lower() == "transfer-encoding" for name, _ in headers):
         raise Refused(411, "a request body must come with Content-Length")
     lengths = {value for name, value in headers if name.lower() == "content-length"}
-    if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
+    if len(lengths) > 1 or (lengths and not _whole(next(iter(lengths)))):
         raise Refused(400, "a bad Content-Length")
     connection = {token.strip().lower() for name, value in headers if name.lower() == "connection"
                   for token in value.split(",")}
@@ -216,7 +227,11 @@ class Egress:
         assert handler is not None
         session.handlers[handler] = ""
         try:
+            if len(session.handlers) > MAX_OPEN:
+                raise Refused(429, f"this run has {MAX_OPEN} connections open")
             await self._handle(session, reader, writer)
+        except Refused as e:
+            await self._refuse(session, writer, e)
         except (ConnectionError, CapReached, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass  # cancelled: its session closed, its host fell out of the policy, or a cap was reached
         finally:
@@ -234,12 +249,7 @@ class Egress:
             ask = parse_request(raw)
             upstream = await self._connect(session, ask)
         except Refused as e:
-            session.refused += 1
-            metrics.EGRESS_CONNECTIONS.labels("refused").inc()
-            log.info("egress %s: refused (%d): %s", session.key, e.status, e.reason)
-            writer.write(refusal(e.status, e.reason))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
+            await self._refuse(session, writer, e)
             return
         up_reader, up_writer = upstream
         try:
@@ -257,6 +267,14 @@ class Egress:
         finally:
             up_writer.close()
 
+    async def _refuse(self, session: Session, writer: asyncio.StreamWriter, refused: Refused) -> None:
+        session.refused += 1
+        metrics.EGRESS_CONNECTIONS.labels("refused").inc()
+        log.info("egress %s: refused (%d): %s", session.key, refused.status, refused.reason)
+        writer.write(refusal(refused.status, refused.reason))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
     async def _connect(self, session: Session, ask: Ask) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to an allowed address of an allowed name; Refused otherwise."""
         host = normal_name(ask.host)
@@ -271,18 +289,24 @@ class Egress:
             raise Refused(429, session.over)
         if session.allowed >= self.rules.max_connections:
             raise Refused(429, f"this run's {self.rules.max_connections} connections are used")
-        addresses = [a for a in await self._resolve(host, ask.port) if is_allowed(a, self.rules.allow_private)]
-        if not addresses:
-            raise Refused(403, f"{host} resolves to no address that may be reached (private, loopback and the like)")
-        for address in addresses:
-            with contextlib.suppress(OSError, TimeoutError):
-                connected = await asyncio.wait_for(asyncio.open_connection(address, ask.port, limit=CHUNK),
-                                                   CONNECT_TIMEOUT_S)
-                session.allowed += 1
-                metrics.EGRESS_CONNECTIONS.labels("allowed").inc()
-                log.debug("egress %s: %s:%d at %s", session.key, host, ask.port, address)
-                return connected
-        raise Refused(502, f"{host}:{ask.port} does not answer")
+        # Counted before the awaits below, so that connections asked for at once cannot all pass the cap;
+        # given back when none is made.
+        session.allowed += 1
+        try:
+            addresses = [a for a in await self._resolve(host, ask.port) if is_allowed(a, self.rules.allow_private)]
+            if not addresses:
+                raise Refused(403, f"{host} resolves to no address that may be reached (private, loopback and the like)")
+            for address in addresses:
+                with contextlib.suppress(OSError, TimeoutError):
+                    connected = await asyncio.wait_for(asyncio.open_connection(address, ask.port, limit=CHUNK),
+                                                       CONNECT_TIMEOUT_S)
+                    metrics.EGRESS_CONNECTIONS.labels("allowed").inc()
+                    log.debug("egress %s: %s:%d at %s", session.key, host, ask.port, address)
+                    return connected
+            raise Refused(502, f"{host}:{ask.port} does not answer")
+        except BaseException:
+            session.allowed -= 1
+            raise
 
     async def _resolve(self, host: str, port: int) -> list[str]:
         if host in self.rules.hosts:

@@ -1035,7 +1035,7 @@ class BashContext(Context):
 
     def on_line(self, line):
         code, _, marker = line.decode(errors="replace").partition(" ")
-        if marker == self.marker and self.request is not None and code.isdigit():
+        if marker == self.marker and self.request is not None and code.isascii() and code.isdigit():
             self.forget_script()
             error = None if code == "0" else {"name": "ExitStatus", "value": f"exit status {code}", "traceback": ""}
             self.finish(self.request, error, exit_code=int(code))

@@ -170,10 +170,15 @@ def serve_ipython_display(display):
 
 
 def execute(code, filename, namespace):
-    """Runs the code; the value of its last statement when that is an expression."""
-    code = SHELL_LINE.sub(lambda line: f"{line[1]}__coderund_shell__({line[2]!r})", code)
+    """Runs the code; the value of its last statement when that is an expression. `!command` lines
+    are read as such only in code that is not Python as it stands: a line of a string that begins with
+    ! stays as written."""
+    try:
+        tree = ast.parse(code, filename)
+    except SyntaxError:
+        code = SHELL_LINE.sub(lambda line: f"{line[1]}__coderund_shell__({line[2]!r})", code)
+        tree = ast.parse(code, filename)
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    tree = ast.parse(code, filename)
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body.pop().value)

@@ -133,9 +133,12 @@ def test_connect_framing_codecs_and_timeouts():
     error = json.loads(connect.end_stream(connect.ConnectError("not_found", "x"))[5:])
     assert error == {"error": {"code": "not_found", "message": "x"}}
     assert connect.timeout_s("1500") == 1.5 and connect.timeout_s(None) is None
-    for bad in ("-1", "1e3", "12345678901"):
+    for bad in ("-1", "1e3", "12345678901", "\u00b2"):  # "²": a digit to str.isdigit, not to int()
         with pytest.raises(connect.ConnectError):
             connect.timeout_s(bad)
+    for query in ({"limit": "\u00b2"}, {"nextToken": "\u00b9"}):
+        with pytest.raises(api.E2bError):
+            api.parse_list(query, ("running",))
 
 
 def test_coderund_errors_as_connect_codes():
@@ -319,7 +322,9 @@ def test_e2b_network_rules_become_a_policy():
     assert new({"templateID": "base", "network": {"allow_out": ["pypi.org"], "deny_out": ["0.0.0.0/0"]}}).network == \
         NetworkPolicy(("pypi.org",))
     for network, words in (({"allow_out": ["10.0.0.0/8"]}, "network.allow_out[0]"), ({"deny_out": ["evil.com"]}, "deny_out"),
-                           ({"allow_out": "pypi.org"}, "network.allow_out"), ({"mask": 1}, "allow_out")):
+                           ({"allow_out": "pypi.org"}, "network.allow_out"), ({"mask": 1}, "allow_out"),
+                           ({"deny_out": 5}, "deny_out"), ({"deny_out": [["0.0.0.0/0"]]}, "deny_out"),
+                           ({"deny_out": "0.0.0.0/0"}, "deny_out")):
         with pytest.raises(api.E2bError, match=re.escape(words)):
             new({"templateID": "base", "network": network})
 

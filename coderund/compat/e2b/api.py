@@ -95,7 +95,8 @@ def _network(body: dict[str, Any], internet: NetworkPolicy | None) -> NetworkPol
         return internet if body.get("allow_internet_access") is True else None
     if not isinstance(network, dict) or set(network) - {"allow_out", "deny_out"}:
         raise E2bError(400, "'network' takes allow_out (host names) and deny_out (0.0.0.0/0 only).")
-    if set(network.get("deny_out") or []) - DENY_ALL:
+    deny = network.get("deny_out") or []
+    if not isinstance(deny, list) or not all(isinstance(item, str) for item in deny) or set(deny) - DENY_ALL:
         raise E2bError(400, "'network.deny_out': this server allows a list of host names and denies the rest;"
                             " deny_out may only be 0.0.0.0/0.")
     return NetworkPolicy(parse_patterns(network.get("allow_out") or [], "network.allow_out"))
@@ -154,9 +155,9 @@ def parse_list(query: dict[str, str], default_states: tuple[str, ...]) -> dict[s
     if order not in ("asc", "desc"):
         raise E2bError(400, "'order' is asc or desc.")
     limit, start = query.get("limit", str(PAGE_MAX)), query.get("nextToken", "0")
-    if not limit.isdigit() or not 1 <= int(limit) <= PAGE_MAX:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= PAGE_MAX:
         raise E2bError(400, f"'limit' must be a whole number from 1 to {PAGE_MAX}.")
-    if not start.isdigit() or len(start) > 9:
+    if not (start.isascii() and start.isdigit()) or len(start) > 9:
         raise E2bError(400, "'nextToken' is not one this server gave.")
     return {"metadata": metadata, "states": states, "template": template, "after": after,
             "descending": order == "desc", "limit": int(limit), "start": int(start)}

@@ -93,7 +93,7 @@ def timeout_s(header: str | None) -> float | None:
     """Connect-Timeout-Ms as seconds; None without one, invalid_argument for one that is not a number."""
     if header is None:
         return None
-    if not header.isdigit() or len(header) > MAX_TIMEOUT_DIGITS:
+    if not (header.isascii() and header.isdigit()) or len(header) > MAX_TIMEOUT_DIGITS:
         raise ConnectError("invalid_argument", "Connect-Timeout-Ms must be a whole number of at most 10 digits.")
     return int(header) / 1000
 
