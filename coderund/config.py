@@ -117,6 +117,8 @@ class Settings:
                                              "loopback, private, link-local, CGNAT, metadata and the like are refused)")
     egress_max: str = _setting("*", "the widest network policy a request may ask for: host names, *.domain or *, "
                                     "comma-separated; wider requests are narrowed to it")
+    egress_ports: str = _setting("80,443", "PORT,... the ports egress connects to (HTTP's and HTTPS's by default), or * "
+                                          "for any: an allowed name opens no other service of its host")
     egress_max_mb: int = _setting(1024, "bytes a task or sandbox may move through egress, both ways, in MiB; its "
                                         "connections are closed past it")
     egress_max_connections: int = _setting(256, "connections a task or sandbox may open through egress")
@@ -132,6 +134,13 @@ class Settings:
         if self.egress == "off":
             return None
         return NetworkPolicy(parse_patterns([p.strip() for p in self.egress_max.split(",") if p.strip()], "egress_max"))
+
+    @property
+    def egress_port_set(self) -> frozenset[int] | None:
+        """--egress-ports as ports; None: any."""
+        if self.egress_ports.strip() == "*":
+            return None
+        return frozenset(int(port) for port in self.egress_ports.split(",") if port.strip())
 
     @property
     def egress_host_table(self) -> dict[str, str]:
@@ -252,6 +261,9 @@ def _check_egress(s: Settings) -> None:
         parse_patterns([p.strip() for p in s.egress_max.split(",") if p.strip()], "egress_max")
     except ValidationFailed as e:
         raise ConfigError(f"{env_name('egress_max')}: {e}") from None
+    ports = [p.strip() for p in s.egress_ports.split(",")]
+    if ports != ["*"] and not all(p.isascii() and p.isdigit() and 0 < int(p) < 65536 for p in ports):
+        raise ConfigError(f"{env_name('egress_ports')}={s.egress_ports!r} is not * nor PORT,... (1 to 65535)")
     # A Unix socket's path is at most 107 bytes: the folder, a session's 32 hex digits and "/s".
     if s.egress == "on" and len(str(Path(s.cache_dir).resolve() / "egress")) + 35 > 107:
         raise ConfigError(f"{env_name('cache_dir')}={s.cache_dir!r} is too long a path for egress sockets (72 bytes at most)")

@@ -101,7 +101,7 @@ def egress(s: Settings) -> Egress | None:
         return None
     rules = Rules(widest=s.egress_widest, resolve=s.egress_resolve, hosts=s.egress_host_table,
                   allow_private=parse_networks(s.egress_allow_private), max_bytes=s.egress_max_mb * 1024 * 1024,
-                  max_connections=s.egress_max_connections)
+                  max_connections=s.egress_max_connections, ports=s.egress_port_set)
     return Egress(rules, Path(s.cache_dir).resolve() / "egress")
 
 

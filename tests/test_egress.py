@@ -130,6 +130,7 @@ async def egress_api(request, server, settings, upstreams):
                                                        "secure.test", "mirror.test"))
     async with own_server(settings, runtime=request.param, queue=f"{settings.queue}.egress.{request.param}",
                           egress="on", egress_resolve="static", egress_hosts=f"{hosts},private.test=127.0.0.2",
+                          egress_ports=",".join(map(str, upstreams["ports"].values())),
                           egress_allow_private="127.0.0.1/32", egress_max_mb=MAX_MB,
                           egress_max_connections=MAX_CONNECTIONS) as api:
         api.token = await api.user("egress")

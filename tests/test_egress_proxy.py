@@ -34,7 +34,7 @@ async def proxy(tmp_path):
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     egress = Egress(Rules(NetworkPolicy(("*",)), resolve="static", hosts={"a.test": "127.0.0.1"},
-                          allow_private=parse_networks("127.0.0.1/32"), max_connections=MAX_CONNECTIONS),
+                          allow_private=parse_networks("127.0.0.1/32"), max_connections=MAX_CONNECTIONS, ports=None),
                     tmp_path / "egress")
     session = await egress.open("probe", NetworkPolicy(("a.test",)))
 
@@ -81,3 +81,26 @@ async def test_connections_open_at_once_are_capped(proxy):
             break
         await asyncio.sleep(0.1)
     assert b" 200 " in await ask(b"CONNECT a.test:%d HTTP/1.1\r\n\r\n" % port)
+
+
+async def test_an_allowed_name_opens_no_other_port_of_its_host(proxy, tmp_path):
+    """--egress-ports: an allowed name's other services (a database, coderund's own API) stay shut."""
+    _, _, port, _ = proxy
+    egress = Egress(Rules(NetworkPolicy(("*",)), resolve="static", hosts={"a.test": "127.0.0.1"},
+                          allow_private=parse_networks("127.0.0.1/32"), ports=frozenset((port,))), tmp_path / "ports")
+    session = await egress.open("ports", NetworkPolicy(("a.test",)))
+    try:
+        async def ask(data: bytes) -> bytes:
+            reader, writer = await asyncio.open_unix_connection(str(session.folder / EGRESS_SOCKET))
+            writer.write(data)
+            answer = await reader.read(200)
+            writer.close()
+            return answer.split(b"\r\n")[0]
+
+        for other in (5432, port + 1 if port < 65535 else port - 1):
+            assert b" 403 " in await ask(b"CONNECT a.test:%d HTTP/1.1\r\n\r\n" % other)
+            assert b" 403 " in await ask(b"GET http://a.test:%d/ HTTP/1.1\r\nHost: a.test:%d\r\n\r\n" % (other, other))
+        assert session.allowed == 0 and session.refused == 4
+        assert b" 200 " in await ask(b"CONNECT a.test:%d HTTP/1.1\r\n\r\n" % port)
+    finally:
+        await egress.close(session)

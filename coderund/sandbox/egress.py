@@ -65,6 +65,7 @@ class Rules:
     allow_private: Networks = ()
     max_bytes: int = 1 << 30
     max_connections: int = 256
+    ports: frozenset[int] | None = frozenset((80, 443))  # None: any
 
 
 class Refused(Exception):
@@ -282,6 +283,8 @@ class Egress:
             raise Refused(403, f"{ask.host[:100]!r} is not a host name (addresses are never reached directly)")
         if not (session.policy.allows(host) and self.rules.widest.allows(host)):
             raise Refused(403, f"{host} is not in this sandbox's network policy")
+        if self.rules.ports is not None and ask.port not in self.rules.ports:
+            raise Refused(403, f"port {ask.port} is not one egress reaches ({', '.join(map(str, sorted(self.rules.ports)))})")
         current = asyncio.current_task()
         assert current is not None
         session.handlers[current] = host
