@@ -72,7 +72,8 @@ async def in_task(client: Client, auth: dict[str, str], upstream_port: int) -> d
 
 async def measure(runtime: str, port: int, args: argparse.Namespace) -> None:
     server = Server(runtime, CODERUND_EGRESS="on", CODERUND_EGRESS_RESOLVE="static",
-                    CODERUND_EGRESS_HOSTS="bench.test=127.0.0.1", CODERUND_EGRESS_ALLOW_PRIVATE="127.0.0.1/32")
+                    CODERUND_EGRESS_HOSTS="bench.test=127.0.0.1", CODERUND_EGRESS_ALLOW_PRIVATE="127.0.0.1/32",
+                    CODERUND_EGRESS_PORTS=str(port))
     try:
         await server.ready()
         async with aiohttp.ClientSession() as session:
