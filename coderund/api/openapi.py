@@ -567,9 +567,11 @@ E2B_NEW_SANDBOX = {"type": "object", "required": ["templateID"], "properties": {
     "envVars": {"type": "object", "additionalProperties": {"type": "string"}},
     "secure": {"type": "boolean"}, "allow_internet_access": {
         "type": "boolean", "description": "true: the operator's widest network policy where egress is on (else no network)"},
-    "network": {"type": "object", "properties": {
-        "allow_out": {"type": "array", "items": {"type": "string"}, "description": "host names and *.domain patterns"},
-        "deny_out": {"type": "array", "items": {"enum": ["0.0.0.0/0", "::/0"]}}}},
+    "network": {"type": "object", "additionalProperties": False, "properties": {
+        "allowOut": {"type": "array", "items": {"type": "string"}, "description": "host names and *.domain patterns"},
+        "denyOut": {"type": "array", "items": {"enum": ["0.0.0.0/0", "::/0"]}},
+        "allowPublicTraffic": {"type": "boolean", "description": "accepted; calls into a sandbox always need its token"},
+        "maskRequestHost": {"type": "string", "description": "accepted, unused"}}},
     "autoPause": {"type": "boolean"}}}
 E2B_TEMPLATE = {"type": "object", "required": ["templateID", "buildID", "cpuCount", "memoryMB", "public", "aliases"],
                 "properties": {"templateID": {"type": "string"}, "buildID": {"type": "string"},

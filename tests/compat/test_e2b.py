@@ -536,3 +536,15 @@ async def test_a_sandbox_killed_under_a_call_is_told_as_killed(e2b):
     asyncio.get_running_loop().call_later(2, lambda: asyncio.ensure_future(call(notebook.kill)))
     with pytest.raises(TimeoutException, match="killed while the request was in progress"):
         await call(notebook.run_code, "import time; time.sleep(60)", timeout=60)
+
+
+async def test_the_sdks_network_options_reach_the_policy(e2b):
+    """The SDK sends network's names in camelCase: a policy is refused where egress is off (this
+    server's), and options about calls into the sandbox are accepted."""
+    with pytest.raises(SandboxException, match="egress is off"):
+        await call(Sandbox.create, network={"allow_out": ["pypi.org"], "deny_out": ["0.0.0.0/0"]})
+    box = await call(Sandbox.create, network={"allow_public_traffic": False, "mask_request_host": "x"})
+    try:
+        assert (await call(box.commands.run, "echo ok")).stdout == "ok\n"
+    finally:
+        await call(box.kill)

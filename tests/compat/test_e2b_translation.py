@@ -319,12 +319,17 @@ def test_e2b_network_rules_become_a_policy():
     assert new({"templateID": "base", "allow_internet_access": True}).network == widest
     assert new({"templateID": "base", "allow_internet_access": False}).network is None
     assert api.parse_new_sandbox({"templateID": "base", "allow_internet_access": True}, LIMITS).network is None  # egress off
-    assert new({"templateID": "base", "network": {"allow_out": ["pypi.org"], "deny_out": ["0.0.0.0/0"]}}).network == \
+    # The wire's names are camelCase, as the SDK's client models send them
+    assert new({"templateID": "base", "network": {"allowOut": ["pypi.org"], "denyOut": ["0.0.0.0/0"]}}).network == \
         NetworkPolicy(("pypi.org",))
-    for network, words in (({"allow_out": ["10.0.0.0/8"]}, "network.allow_out[0]"), ({"deny_out": ["evil.com"]}, "deny_out"),
-                           ({"allow_out": "pypi.org"}, "network.allow_out"), ({"mask": 1}, "allow_out"),
-                           ({"deny_out": 5}, "deny_out"), ({"deny_out": [["0.0.0.0/0"]]}, "deny_out"),
-                           ({"deny_out": "0.0.0.0/0"}, "deny_out")):
+    # Calls into the sandbox always need its token: allowPublicTraffic and maskRequestHost change no egress
+    assert new({"templateID": "base", "network": {"allowPublicTraffic": False}}).network is None
+    assert new({"templateID": "base", "allow_internet_access": True, "network": {"maskRequestHost": "x"}}).network == widest
+    for network, words in (({"allowOut": ["10.0.0.0/8"]}, "network.allowOut[0]"), ({"denyOut": ["evil.com"]}, "denyOut"),
+                           ({"allowOut": "pypi.org"}, "network.allowOut"), ({"mask": 1}, "allowOut"),
+                           ({"allow_out": ["pypi.org"]}, "allowOut"), ({"allowPublicTraffic": "no"}, "allowPublicTraffic"),
+                           ({"denyOut": 5}, "denyOut"), ({"denyOut": [["0.0.0.0/0"]]}, "denyOut"),
+                           ({"denyOut": "0.0.0.0/0"}, "denyOut")):
         with pytest.raises(api.E2bError, match=re.escape(words)):
             new({"templateID": "base", "network": network})
 

@@ -62,7 +62,7 @@ def template_of(language: str) -> str:
 
 def parse_new_sandbox(body: Any, limits: SandboxLimits, internet: NetworkPolicy | None = None) -> SandboxRequest:
     """A NewSandbox as coderund's request: its timeout clamped to the operator's lifetimes; what a
-    coderund sandbox cannot be (MCP servers, volumes) a 400 naming it. Its network: network.allow_out's
+    coderund sandbox cannot be (MCP servers, volumes) a 400 naming it. Its network: network.allowOut's
     host names, or with allow_internet_access the operator's widest policy (internet; None where
     egress is off, and then E2B's default switch changes nothing)."""
     if not isinstance(body, dict):
@@ -89,17 +89,23 @@ def parse_new_sandbox(body: Any, limits: SandboxLimits, internet: NetworkPolicy 
 
 def _network(body: dict[str, Any], internet: NetworkPolicy | None) -> NetworkPolicy | None:
     """E2B's egress rules as a policy: coderund's is an allow list of names, denying the rest, so
-    deny_out may only say that (0.0.0.0/0); addresses are never allowed, only names."""
+    denyOut may only say that (0.0.0.0/0); addresses are never allowed, only names. The wire's names
+    are camelCase (the SDK's allow_out is allowOut)."""
     network = body.get("network")
     if network is None:
         return internet if body.get("allow_internet_access") is True else None
-    if not isinstance(network, dict) or set(network) - {"allow_out", "deny_out"}:
-        raise E2bError(400, "'network' takes allow_out (host names) and deny_out (0.0.0.0/0 only).")
-    deny = network.get("deny_out") or []
+    # allowPublicTraffic and maskRequestHost concern calls into the sandbox, which always need its token here
+    if not isinstance(network, dict) or set(network) - {"allowOut", "denyOut", "allowPublicTraffic", "maskRequestHost"}:
+        raise E2bError(400, "'network' takes allowOut (host names) and denyOut (0.0.0.0/0 only).")
+    if not isinstance(network.get("allowPublicTraffic", True), bool) or not isinstance(network.get("maskRequestHost", ""), str):
+        raise E2bError(400, "'network.allowPublicTraffic' is true or false, 'network.maskRequestHost' a string.")
+    deny = network.get("denyOut") or []
     if not isinstance(deny, list) or not all(isinstance(item, str) for item in deny) or set(deny) - DENY_ALL:
-        raise E2bError(400, "'network.deny_out': this server allows a list of host names and denies the rest;"
-                            " deny_out may only be 0.0.0.0/0.")
-    return NetworkPolicy(parse_patterns(network.get("allow_out") or [], "network.allow_out"))
+        raise E2bError(400, "'network.denyOut': this server allows a list of host names and denies the rest;"
+                            " denyOut may only be 0.0.0.0/0.")
+    if "allowOut" not in network and "denyOut" not in network:
+        return internet if body.get("allow_internet_access") is True else None
+    return NetworkPolicy(parse_patterns(network.get("allowOut") or [], "network.allowOut"))
 
 
 def parse_timeout(body: Any, name: str, limits: SandboxLimits, default: int | None = None) -> int:
